@@ -1,0 +1,147 @@
+"""Command line: run | chat | persona … | expressions … | bench …"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import Config, load_config
+from bot.errors import BotError, ConfigError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="serve Discord (needs DISCORD_TOKEN)")
+
+    chat = sub.add_parser("chat", help="roleplay in the terminal on the same engine and history")
+    chat.add_argument("--persona", help="switch this channel to a persona first")
+    chat.add_argument("--channel", type=int, default=0, help="history channel id (default 0: the terminal)")
+    chat.add_argument("--user", default="You", help="your name in the story")
+
+    persona = sub.add_parser("persona", help="list, show, import and export personas")
+    psub = persona.add_subparsers(dest="action", required=True)
+    psub.add_parser("list")
+    show = psub.add_parser("show")
+    show.add_argument("name")
+    imp = psub.add_parser("import", help="import a character card (PNG or JSON, V1/V2/V3)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--name", help="persona id to use (default: from the card's name)")
+    exp = psub.add_parser("export", help="export a persona as a card PNG SillyTavern imports")
+    exp.add_argument("name")
+    exp.add_argument("out", type=Path)
+    exp.add_argument("--spec", choices=["v2", "v3"], default="v3")
+
+    expressions = sub.add_parser("expressions", help="pre-render faces, sprite packs")
+    esub = expressions.add_subparsers(dest="action", required=True)
+    render = esub.add_parser("render", help="render a persona's expressions and a contact sheet")
+    render.add_argument("--persona", required=True)
+    render.add_argument("--labels", nargs="*", help="only these labels")
+    render.add_argument("--variants", type=int, default=1, help="renders per label (different seeds)")
+    render.add_argument("--sheet", type=Path, help="contact sheet path (default: cache folder)")
+    spi = esub.add_parser("import", help="import a sprite pack (folder or zip of label.png files)")
+    spi.add_argument("--persona", required=True)
+    spi.add_argument("source", type=Path)
+    spe = esub.add_parser("export", help="export a persona's faces as a sprite pack zip")
+    spe.add_argument("--persona", required=True)
+    spe.add_argument("out", type=Path)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench.add_argument("what", choices=["llm", "expressions", "discord"])
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions")
+    bench.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
+    return parser
+
+
+def _persona_command(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import persona_library
+
+    library = persona_library(config)
+    if args.action == "list":
+        for slug in library.names():
+            try:
+                print(f"{slug:20} {library.load(slug).name}")
+            except BotError as exc:
+                print(f"{slug:20} (broken: {exc})")
+    elif args.action == "show":
+        persona = library.load(args.name)
+        print(f"{persona.name} ({persona.slug})\n\n{persona.description}\n\nGreeting: {persona.greeting}")
+        print(f"Labels: {', '.join(persona.labels)}\nPortrait: {library.portrait_path(persona)}")
+        print(f"Lorebook entries: {len(persona.lorebook)}")
+    elif args.action == "import":
+        raw = _read_limited(args.file, config.persona.max_card_bytes)
+        persona = library.import_card(raw, args.file.name, slug=args.name)
+        print(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
+    elif args.action == "export":
+        persona = library.load(args.name)
+        args.out.write_bytes(library.export_card(persona, args.spec))
+        print(f"wrote {args.out} ({args.spec} card)")
+    return 0
+
+
+def _read_limited(path: Path, limit: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise BotError(f"{path}: {size} bytes, more than the {limit} allowed for a card")
+        return path.read_bytes()
+    except OSError as exc:
+        raise BotError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+async def _chat(config: Config, args: argparse.Namespace) -> int:
+    from bot.app import open_engine
+    from bot.console import Console
+
+    async with open_engine(config) as engine:
+        if args.persona:
+            await engine.set_persona(args.channel, args.persona)
+        await Console(engine, args.channel, args.user).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.command == "chat" else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        if args.command == "chat":
+            return asyncio.run(_chat(config, args))
+        if args.command == "persona":
+            return _persona_command(config, args)
+        if args.command == "run":
+            from bot.client import run_bot
+
+            return run_bot(config)
+        if args.command == "expressions":
+            from bot.expressions_cli import expressions_command
+
+            return asyncio.run(expressions_command(config, args))
+        if args.command == "bench":
+            from bot import bench
+
+            return asyncio.run(bench.main(config, args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

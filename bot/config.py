@@ -1,0 +1,235 @@
+"""config.toml -> typed, validated settings.
+
+Every problem is reported as one line naming the file and the dotted key, so a server admin can fix it
+without reading code. The Discord token never lives in the file: it comes from DISCORD_TOKEN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bot.errors import ConfigError
+
+DEFAULT_LABELS = (
+    "neutral",
+    "joy",
+    "amusement",
+    "sadness",
+    "anger",
+    "fear",
+    "surprise",
+    "love",
+    "embarrassment",
+    "confusion",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # empty: the bundled SmolLM2-135M-Instruct GGUF
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    n_threads: int = 0  # 0: llama.cpp's default
+    n_batch: int = 512
+    max_reply_tokens: int = 200
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    seed: int = -1
+    timeout_seconds: float = 120.0
+    queue_size: int = 8
+    state_cache_mb: int = 512
+
+
+@dataclass(frozen=True)
+class EmotionConfig:
+    min_confidence: float = 0.35
+    switch_margin: float = 0.10
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    lorebook_token_budget: int = 512
+    lorebook_scan_depth: int = 4
+    window_slack: float = 0.25
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "data/bot.sqlite3"
+
+
+@dataclass(frozen=True)
+class PersonaConfig:
+    dir: str = "persona"
+    avatars_dir: str = "avatars"
+    default: str = "mira"
+    max_card_bytes: int = 20_000_000
+    max_portrait_pixels: int = 16_777_216
+
+
+@dataclass(frozen=True)
+class ExpressionsConfig:
+    enabled: bool = True
+    model: str = ""  # hub id, diffusers folder or .safetensors file; empty: portraits only
+    lora: str = ""
+    lora_scale: float = 1.0
+    scheduler: str = ""  # empty: the model's own
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    cpu_offload: bool = False
+    resolution: int = 512
+    steps: int = 25
+    strength: float = 0.75
+    guidance: float = 7.0
+    seed: int = 0
+    mask_dilate: int = 8
+    mask_blur: int = 12
+    crop_padding: int = 32
+    negative_prompt: str = "lowres, bad anatomy, extra eyes, deformed face, blurry, text, watermark"
+    cache_dir: str = "avatars/cache"
+    timeout_seconds: float = 300.0
+    local_files_only: bool = False
+
+
+@dataclass(frozen=True)
+class DiscordConfig:
+    default_mode: Literal["all", "mention"] = "mention"
+    enable_new_channels: bool = False
+    cooldown_seconds: float = 3.0
+    max_pending_per_channel: int = 2
+    max_attachment_bytes: int = 8_000_000
+    stream_edits: bool = False
+    set_nickname: bool = True
+    sync_commands: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    persona: PersonaConfig = field(default_factory=PersonaConfig)
+    expressions: ExpressionsConfig = field(default_factory=ExpressionsConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    root: Path = Path(".")
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the folder config.toml lives in."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _check_value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} has the wrong type: {type(value).__name__}")
+    # bool is an int subclass in Python; in a config file `true` for a number is a mistake.
+    ok = (
+        isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        if hint is not float
+        else isinstance(value, int | float) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where} must be {_TYPE_NAMES.get(hint, hint.__name__)}, got {type(value).__name__} {value!r}"
+        )
+    if hint in (int, float) and value < 0 and not where.endswith(".seed'"):  # -1 seed = random
+        raise ConfigError(f"{where} must not be negative, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "root"}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        where = f"{source}: key '{prefix}{key}'"
+        if key not in known:
+            raise ConfigError(f"{where} is not a known setting (known: {', '.join(sorted(known))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table [{prefix}{key}]")
+            values[key] = _build(hint, value, source, f"{prefix}{key}.")
+        else:
+            values[key] = _check_value(value, hint, where)
+    return cls(**values)
+
+
+def _validate(config: Config, source: str) -> None:
+    rules = [
+        (config.model.n_ctx >= 512, "model.n_ctx", "must be at least 512"),
+        (
+            config.model.max_reply_tokens < config.model.n_ctx // 2,
+            "model.max_reply_tokens",
+            "must be under half of n_ctx",
+        ),
+        (config.model.queue_size >= 1, "model.queue_size", "must be at least 1"),
+        (config.model.timeout_seconds > 0, "model.timeout_seconds", "must be positive"),
+        (0.0 <= config.emotion.min_confidence <= 1.0, "emotion.min_confidence", "must be between 0 and 1"),
+        (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
+        (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
+        (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
+        (config.expressions.resolution % 8 == 0, "expressions.resolution", "must be a multiple of 8"),
+        (
+            config.discord.max_pending_per_channel >= 1,
+            "discord.max_pending_per_channel",
+            "must be at least 1",
+        ),
+    ]
+    for ok, key, why in rules:
+        if not ok:
+            raise ConfigError(f"{source}: key '{key}' {why}")
+
+
+def load_config(path: str | Path = "config.toml") -> Config:
+    """Read and validate a config file. Raises ConfigError naming the file and the key at fault."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (copy config.toml from the repository)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "token" in table or "token" in table.get("discord", {}):
+        raise ConfigError(f"{path}: key 'discord.token' is not read from files; set DISCORD_TOKEN instead")
+    config = _build(Config, table, str(path), "")
+    config = dataclasses.replace(config, root=path.resolve().parent)
+    _validate(config, str(path))
+    return config
+
+
+def discord_token() -> str | None:
+    """The bot token, only ever from the environment."""
+    token = os.environ.get("DISCORD_TOKEN", "").strip()
+    return token or None

@@ -1,0 +1,129 @@
+"""Terminal chat on the same engine and store as the Discord bot.
+
+Input is read on a daemon thread so the event loop stays free (and Ctrl-C can cancel a reply that is
+being written: the user's message stays stored, the half reply is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+from typing import TextIO
+
+from bot.engine import Engine, TurnResult
+from bot.errors import BotError
+
+HELP = "commands: /persona NAME (switch), /personas (list), /reset (forget this channel), /quit"
+
+
+class Console:
+    def __init__(self, engine: Engine, channel_id: int, user: str, out: TextIO = sys.stdout) -> None:
+        self.engine = engine
+        self.channel_id = channel_id
+        self.user = user
+        self.out = out
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._turn: asyncio.Task[TurnResult] | None = None
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+    def _interrupt(self) -> None:
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()
+        else:
+            self._lines.put_nowait(None)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
+        # Not possible off the main thread or on Windows: Ctrl-C then simply ends the program.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        persona = await self.engine.persona_for(self.channel_id)
+        await self._show_opening()
+        self.say(f"[{HELP}]")
+        while True:
+            self.say(f"{self.user}> ", end="")
+            line = await self._lines.get()
+            if line is None:
+                self.say()
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not await self._command(line):
+                    break
+                continue
+            persona = await self.engine.persona_for(self.channel_id)
+            self.say(f"{persona.name}: ", end="")
+            self._turn = asyncio.create_task(
+                self.engine.turn(self.channel_id, self.user, line, on_text=lambda t: self.say(t, end=""))
+            )
+            try:
+                result = await self._turn
+            except asyncio.CancelledError:
+                if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+                self.say("\n[reply cancelled; your message is kept in the history]")
+                continue
+            except BotError as exc:
+                self.say(f"\n[error: {exc}]")
+                continue
+            finally:
+                self._turn = None
+            self._show_result(result)
+
+    async def _show_opening(self) -> None:
+        persona = await self.engine.persona_for(self.channel_id)
+        count = await self.engine.store.count_messages(self.channel_id)
+        self.say(f"[{persona.name} in channel {self.channel_id}; {count} stored messages]")
+        history = await self.engine.store.history(self.channel_id, persona.slug, limit=6)
+        if not history and persona.greeting:
+            self.say(f"{persona.name}: {persona.fill(persona.greeting, self.user)}")
+        for message in history:
+            self.say(f"{message.author_name}: {message.content}")
+
+    def _show_result(self, result: TurnResult) -> None:
+        top = sorted(result.emotion.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        odds = ", ".join(f"{label} {p:.2f}" for label, p in top)
+        image = result.image.path or "(no portrait)"
+        self.say(f"\n[emotion: {result.emotion.label} ({odds}) | image: {image}]")
+        if result.image.fresh is not None:
+            result.image.fresh.add_done_callback(self._render_landed)
+
+    def _render_landed(self, future: asyncio.Future) -> None:  # type: ignore[type-arg]
+        if not future.cancelled() and future.exception() is None and future.result() is not None:
+            self.say(f"\n[new face rendered: {future.result()}]")
+
+    async def _command(self, line: str) -> bool:
+        """Handle a /command; False means quit."""
+        name, _, arg = line.partition(" ")
+        try:
+            if name == "/quit":
+                return False
+            if name == "/reset":
+                removed = await self.engine.reset(self.channel_id)
+                self.say(f"[forgot {removed} messages]")
+                await self._show_opening()
+            elif name == "/persona" and arg.strip():
+                persona = await self.engine.set_persona(self.channel_id, arg.strip())
+                self.say(f"[now playing {persona.name}]")
+                await self._show_opening()
+            elif name == "/personas":
+                self.say("[" + ", ".join(self.engine.personas.names()) + "]")
+            else:
+                self.say(f"[{HELP}]")
+        except BotError as exc:
+            self.say(f"[error: {exc}]")
+        return True

@@ -1,0 +1,216 @@
+"""One turn end to end. This is the only module that knows the order of the steps:
+
+save the user's message -> build the prompt -> stream the reply -> judge its emotion -> save the reply
+-> pick the face to show. The Discord front-end and the terminal chat both drive this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bot.config import Config
+from bot.emotion import EmotionResult, answer_variants, classification_messages, fold_variants, smooth
+from bot.llm import GenerationStats, LLMBackend
+from bot.persona import Persona, PersonaLibrary
+from bot.prompt import PromptBuilder, Turn
+from bot.store import Store, StoredMessage
+
+_log = logging.getLogger(__name__)
+
+HISTORY_FETCH = 400  # messages read per turn; the prompt window takes what fits
+MAX_STOP_NAMES = 8  # recent speakers whose "Name:" ends a reply (the model must not speak for them)
+EMPTY_REPLY = "…"
+
+TextCallback = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class ExpressionImage:
+    """The face to show now, and (on a cache miss) a render that will replace it when ready."""
+
+    path: Path | None
+    label: str
+    fresh: asyncio.Future[Path | None] | None = None
+
+
+class ExpressionProvider(Protocol):
+    async def image_for(self, persona: Persona, label: str) -> ExpressionImage: ...
+
+
+class PortraitOnly:
+    """Expressions switched off: every emotion shows the plain portrait."""
+
+    def __init__(self, personas: PersonaLibrary) -> None:
+        self.personas = personas
+
+    async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
+        path = self.personas.portrait_path(persona)
+        return ExpressionImage(path if path and path.is_file() else None, label)
+
+
+@dataclass
+class TurnResult:
+    text: str
+    emotion: EmotionResult
+    image: ExpressionImage
+    persona: Persona
+    user_message_id: int
+    reply_message_id: int
+    stats: GenerationStats
+    emotion_seconds: float
+    reply_seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def clean_reply(text: str, persona_name: str) -> str:
+    """The model's text as a chat message: no echoed 'Name:' prefix, no trailing half-turn."""
+    text = text.strip()
+    text = re.sub(rf"^\s*{re.escape(persona_name)}\s*:\s*", "", text, flags=re.IGNORECASE)
+    return text.strip() or EMPTY_REPLY
+
+
+class Engine:
+    """Serves turns for every channel. Turns in one channel run in order; channels do not wait for each
+    other except in the model's own queue."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        llm: LLMBackend,
+        personas: PersonaLibrary,
+        expressions: ExpressionProvider | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.llm = llm
+        self.personas = personas
+        self.expressions = expressions or PortraitOnly(personas)
+        self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
+        self._locks: dict[int, asyncio.Lock] = {}
+        # First stored message id of each channel's prompt window; keeps the prompt prefix stable.
+        self._window_ids: dict[tuple[int, str], int] = {}
+
+    def channel_lock(self, channel_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(channel_id, asyncio.Lock())
+
+    def channel_busy(self, channel_id: int) -> bool:
+        return self.channel_lock(channel_id).locked()
+
+    async def persona_for(self, channel_id: int) -> Persona:
+        state = await self.store.channel(channel_id)
+        return self.personas.load(state.persona or self.config.persona.default)
+
+    async def set_persona(self, channel_id: int, name: str) -> Persona:
+        """Switch a channel's persona (validated first); its next reply uses the new one."""
+        persona = self.personas.load(name)
+        await self.store.update_channel(channel_id, persona=persona.slug, last_emotion=None)
+        return persona
+
+    async def reset(self, channel_id: int) -> int:
+        async with self.channel_lock(channel_id):
+            removed = await self.store.clear_channel(channel_id)
+            await self.store.update_channel(channel_id, last_emotion=None)
+            for key in [k for k in self._window_ids if k[0] == channel_id]:
+                del self._window_ids[key]
+            return removed
+
+    async def check_message(self, channel_id: int, text: str) -> Persona:
+        """Raise InputError for a message that can never be a turn, before anything is stored."""
+        persona = await self.persona_for(channel_id)
+        await asyncio.to_thread(self.prompts.check_message, persona, text)
+        return persona
+
+    async def turn(
+        self,
+        channel_id: int,
+        author_name: str,
+        text: str,
+        *,
+        author_id: int | None = None,
+        discord_id: int | None = None,
+        on_text: TextCallback | None = None,
+    ) -> TurnResult:
+        """Run one turn. The user's message is committed before any model work; the reply after it."""
+        async with self.channel_lock(channel_id):
+            started = time.perf_counter()
+            persona = await self.check_message(channel_id, text)
+            user_row = await self.store.add_message(
+                channel_id,
+                role="user",
+                author_name=author_name,
+                content=text,
+                persona=persona.slug,
+                author_id=author_id,
+                discord_id=discord_id,
+            )
+            history = await self.store.history(channel_id, persona.slug, HISTORY_FETCH)
+            built = await asyncio.to_thread(self._build, channel_id, persona, history, author_name)
+
+            names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
+            stops = sorted({f"\n{n}:" for n in names} | {"\nUser:", f"\n{persona.name}:"})
+            generation = self.llm.generate(built.text, stop=stops)
+            parts: list[str] = []
+            reply_started = time.perf_counter()
+            async for chunk in generation.chunks():
+                parts.append(chunk)
+                if on_text is not None:
+                    result = on_text(chunk)
+                    if result is not None:
+                        await result
+            reply_seconds = time.perf_counter() - reply_started
+            reply = clean_reply("".join(parts), persona.name)
+
+            emotion_started = time.perf_counter()
+            state = await self.store.channel(channel_id)
+            emotion = await self._judge(persona, built.messages, reply, state.last_emotion)
+            emotion_seconds = time.perf_counter() - emotion_started
+
+            reply_row = await self.store.add_message(
+                channel_id,
+                role="assistant",
+                author_name=persona.name,
+                content=reply,
+                persona=persona.slug,
+                emotion=emotion.label,
+            )
+            await self.store.update_channel(channel_id, last_emotion=emotion.label)
+            image = await self.expressions.image_for(persona, emotion.label)
+            return TurnResult(
+                text=reply,
+                emotion=emotion,
+                image=image,
+                persona=persona,
+                user_message_id=user_row,
+                reply_message_id=reply_row,
+                stats=generation.stats,
+                emotion_seconds=emotion_seconds,
+                reply_seconds=reply_seconds,
+                timings={"total": time.perf_counter() - started},
+            )
+
+    def _build(self, channel_id: int, persona: Persona, history: list[StoredMessage], user: str):  # noqa: ANN202
+        turns = [Turn(m.role, m.author_name, m.content) for m in history]
+        key = (channel_id, persona.slug)
+        first_id = self._window_ids.get(key, 0)
+        start = next((i for i, m in enumerate(history) if m.id >= first_id), 0)
+        built = self.prompts.build(persona, turns, user, start)
+        if history:
+            self._window_ids[key] = history[built.window_start].id
+        return built
+
+    async def _judge(
+        self, persona: Persona, messages: list[dict[str, str]], reply: str, previous: str | None
+    ) -> EmotionResult:
+        variants = answer_variants(persona.labels)
+        prompt = self.llm.render(classification_messages(messages, reply, persona.name, persona.labels))
+        probabilities = fold_variants(await self.llm.classify(prompt, list(variants)), variants)
+        raw = max(probabilities, key=lambda label: probabilities[label])
+        return EmotionResult(smooth(probabilities, previous, self.config.emotion), raw, probabilities)

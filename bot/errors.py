@@ -1,0 +1,39 @@
+"""Errors a person can act on. Each message names the thing that is wrong and, where useful, the fix."""
+
+from __future__ import annotations
+
+
+class BotError(Exception):
+    """Base class: the message is written for the person running or using the bot."""
+
+
+class ConfigError(BotError):
+    """config.toml is missing or wrong."""
+
+
+class PersonaError(BotError):
+    """A persona file, name or character card is unusable."""
+
+
+class CardError(PersonaError):
+    """An uploaded or imported character card is malformed."""
+
+
+class InputError(BotError):
+    """A chat message cannot be used as a turn (empty, or longer than the context)."""
+
+
+class ModelError(BotError):
+    """The model file is missing, unreadable or not a GGUF."""
+
+
+class BusyError(BotError):
+    """The model's queue is full; the caller should say so instead of waiting."""
+
+
+class GenerationTimeout(BotError):
+    """A model call ran past its timeout."""
+
+
+class ExpressionError(BotError):
+    """A face region, portrait or inpainting model is unusable."""

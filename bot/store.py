@@ -1,0 +1,300 @@
+"""Chat history, channel state and the render index in one SQLite file (aiosqlite).
+
+Every connection runs in WAL mode with foreign keys on; every write is one transaction, so a crash or a
+cancelled task never leaves half a turn behind. The schema is versioned with PRAGMA user_version and
+migrated forward on open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+
+_log = logging.getLogger(__name__)
+
+Role = Literal["user", "assistant"]
+
+# Each entry migrates from version i to i + 1. Append only: shipped databases depend on the order.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY,
+        channel_id  INTEGER NOT NULL,
+        discord_id  INTEGER,
+        author_id   INTEGER,
+        author_name TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content     TEXT NOT NULL,
+        emotion     TEXT,
+        persona     TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        edited_at   REAL
+    );
+    CREATE INDEX messages_by_channel ON messages (channel_id, persona, id);
+    CREATE UNIQUE INDEX messages_by_discord_id ON messages (discord_id) WHERE discord_id IS NOT NULL;
+    CREATE TABLE channels (
+        channel_id   INTEGER PRIMARY KEY,
+        persona      TEXT,
+        enabled      INTEGER,
+        mode         TEXT CHECK (mode IN ('all', 'mention')),
+        last_emotion TEXT,
+        updated_at   REAL NOT NULL
+    );
+    CREATE TABLE renders (
+        key          TEXT PRIMARY KEY,
+        persona      TEXT NOT NULL,
+        label        TEXT NOT NULL,
+        variant      INTEGER NOT NULL,
+        path         TEXT NOT NULL,
+        source_hash  TEXT NOT NULL,
+        created_at   REAL NOT NULL
+    );
+    CREATE INDEX renders_by_persona ON renders (persona, label, variant);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    channel_id: int
+    discord_id: int | None
+    author_id: int | None
+    author_name: str
+    role: Role
+    content: str
+    emotion: str | None
+    persona: str
+    created_at: float
+    edited_at: float | None
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    channel_id: int
+    persona: str | None = None
+    enabled: bool | None = None  # None: the config's default
+    mode: str | None = None
+    last_emotion: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderRecord:
+    key: str
+    persona: str
+    label: str
+    variant: int
+    path: str
+    source_hash: str
+
+
+_MESSAGE_COLUMNS = (
+    "id, channel_id, discord_id, author_id, author_name, role, content, emotion, persona, created_at,"
+    " edited_at"
+)
+
+
+class Store:
+    """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        # One connection is shared by every task; BEGIN..COMMIT must not interleave between them.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves so each write is exactly one transaction.
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db, path)
+        try:
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: database schema version {version} is newer than this bot ({SCHEMA_VERSION})"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            # executescript commits on its own, so the version bump rides inside the same script.
+            await self._db.executescript(
+                f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;"
+            )
+            _log.info("migrated %s to schema version %d", self.path, target + 1)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor:
+        async with self._transaction() as db:
+            return await db.execute(sql, params)
+
+    # -- messages ---------------------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        channel_id: int,
+        *,
+        role: Role,
+        author_name: str,
+        content: str,
+        persona: str,
+        author_id: int | None = None,
+        discord_id: int | None = None,
+        emotion: str | None = None,
+    ) -> int:
+        """Store one message; returns its row id."""
+        cursor = await self._write(
+            "INSERT INTO messages (channel_id, discord_id, author_id, author_name, role, content, emotion,"
+            " persona, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (channel_id, discord_id, author_id, author_name, role, content, emotion, persona, time.time()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def history(self, channel_id: int, persona: str, limit: int = 400) -> list[StoredMessage]:
+        """The channel's most recent messages with this persona, oldest first."""
+        async with self._db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND persona = ?"
+            " ORDER BY id DESC LIMIT ?",
+            (channel_id, persona, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [StoredMessage(**dict(row)) for row in reversed(rows)]
+
+    async def set_discord_id(self, message_id: int, discord_id: int) -> None:
+        await self._write("UPDATE messages SET discord_id = ? WHERE id = ?", (discord_id, message_id))
+
+    async def edit_message(self, discord_id: int, content: str) -> bool:
+        """Apply a Discord edit to the stored copy. False when the message was never stored."""
+        cursor = await self._write(
+            "UPDATE messages SET content = ?, edited_at = ? WHERE discord_id = ?",
+            (content, time.time(), discord_id),
+        )
+        return cursor.rowcount > 0
+
+    async def delete_message(self, discord_id: int) -> bool:
+        cursor = await self._write("DELETE FROM messages WHERE discord_id = ?", (discord_id,))
+        return cursor.rowcount > 0
+
+    async def delete_row(self, message_id: int) -> None:
+        await self._write("DELETE FROM messages WHERE id = ?", (message_id,))
+
+    async def clear_channel(self, channel_id: int) -> int:
+        """Forget a channel's whole history; returns how many messages went."""
+        cursor = await self._write("DELETE FROM messages WHERE channel_id = ?", (channel_id,))
+        return cursor.rowcount
+
+    async def count_messages(self, channel_id: int | None = None) -> int:
+        sql, params = "SELECT COUNT(*) FROM messages", ()
+        if channel_id is not None:
+            sql, params = sql + " WHERE channel_id = ?", (channel_id,)
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- channels ---------------------------------------------------------------------------------------
+
+    async def channel(self, channel_id: int) -> ChannelState:
+        async with self._db.execute(
+            "SELECT channel_id, persona, enabled, mode, last_emotion FROM channels WHERE channel_id = ?",
+            (channel_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return ChannelState(channel_id)
+        enabled = None if row["enabled"] is None else bool(row["enabled"])
+        return ChannelState(row["channel_id"], row["persona"], enabled, row["mode"], row["last_emotion"])
+
+    async def update_channel(self, channel_id: int, **fields: object) -> None:
+        """Set some of persona, enabled, mode, last_emotion for a channel (created on first use)."""
+        allowed = {"persona", "enabled", "mode", "last_emotion"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown channel fields: {sorted(unknown)}")
+        columns = ", ".join(fields)
+        placeholders = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._write(
+            f"INSERT INTO channels (channel_id, {columns}, updated_at) VALUES (?, {placeholders}, ?)"
+            f" ON CONFLICT (channel_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+            (channel_id, *fields.values(), time.time()),
+        )
+
+    # -- render index -----------------------------------------------------------------------------------
+
+    async def render(self, key: str) -> RenderRecord | None:
+        async with self._db.execute(
+            "SELECT key, persona, label, variant, path, source_hash FROM renders WHERE key = ?", (key,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return RenderRecord(**dict(row)) if row else None
+
+    async def renders_for(self, persona: str) -> list[RenderRecord]:
+        async with self._db.execute(
+            "SELECT key, persona, label, variant, path, source_hash FROM renders WHERE persona = ?"
+            " ORDER BY label, variant",
+            (persona,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [RenderRecord(**dict(row)) for row in rows]
+
+    async def put_render(self, record: RenderRecord) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO renders (key, persona, label, variant, path, source_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                *(getattr(record, f) for f in ("key", "persona", "label", "variant", "path", "source_hash")),
+                time.time(),
+            ),
+        )
+
+    async def drop_stale_renders(self, persona: str, source_hash: str) -> list[RenderRecord]:
+        """Forget renders of a persona made from another portrait or prompt set; returns them."""
+        stale = [r for r in await self.renders_for(persona) if r.source_hash != source_hash]
+        if stale:
+            async with self._transaction() as db:
+                await db.executemany("DELETE FROM renders WHERE key = ?", [(r.key,) for r in stale])
+        return stale
+
+    async def count_renders(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM renders") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from bot.cards import read_card
+from bot.errors import CardError
+from bot.persona import PersonaLibrary
+
+from .cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
+
+
+def load(raw: bytes, name: str = "card.png"):
+    return read_card(raw, name, max_bytes=20_000_000, max_pixels=4096 * 4096)
+
+
+def test_v2_png_made_elsewhere_imports_and_round_trips(library: PersonaLibrary, tmp_path) -> None:
+    raw = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)})
+    persona = library.import_card(raw, "rook.png")
+    assert persona.slug == "captain-rook" and persona.name == "Captain Rook"
+    assert persona.greeting.startswith("*{{char}} grips")  # macros are kept, expanded only in prompts
+    assert persona.fill(persona.greeting, "Sam") == "*Captain Rook grips the wheel.* Hold on, Sam!"
+    assert len(persona.lorebook) == 2
+    reloaded = library.load("captain-rook")
+    assert reloaded == persona
+    with Image.open(library.portrait_path(reloaded)) as portrait:
+        assert portrait.size == (64, 96)
+
+    exported = library.export_card(reloaded, "v2")
+    card = load(exported)
+    assert card.spec == "v2"
+    original = V2_CARD["data"]
+    for key, value in original.items():
+        assert card.data[key] == value, key  # every field, unknown extensions and the lorebook included
+    assert card.portrait is not None and card.portrait.size == (64, 96)
+
+
+def test_v3_png_round_trips_and_ccv3_wins_over_chara(library: PersonaLibrary) -> None:
+    raw = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD), "ccv3": b64json(V3_CARD)})
+    persona = library.import_card(raw, "rook3.png")
+    assert persona.name == "Captain Rook V3"
+    card = load(library.export_card(library.load(persona.slug), "v3"))
+    assert card.spec == "v3"
+    for key, value in V3_CARD["data"].items():
+        assert card.data[key] == value, key
+    # SillyTavern reads the 'chara' chunk of a V3 export too: it must be a valid V2 card.
+    text = _text_chunks(library.export_card(library.load(persona.slug), "v3"))
+    v2 = json.loads(base64.b64decode(text["chara"]))
+    assert v2["spec"] == "chara_card_v2" and v2["data"]["name"] == "Captain Rook V3"
+    assert "assets" not in v2["data"]
+
+
+def _text_chunks(png: bytes) -> dict[str, str]:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return dict(image.text)  # type: ignore[attr-defined]
+
+
+def test_v1_json_card(library: PersonaLibrary) -> None:
+    v1 = {
+        "name": "Old Timer",
+        "description": "<BOT> talks to <USER>.",
+        "first_mes": "Hello.",
+        "mes_example": "",
+    }
+    persona = library.import_card(json.dumps(v1).encode(), "old.json")
+    assert persona.fill(persona.description, "Sam") == "Old Timer talks to Sam."
+    assert persona.portrait == ""
+
+
+def test_name_collisions_get_a_free_slug(library: PersonaLibrary) -> None:
+    raw = json.dumps(V2_CARD).encode()
+    assert library.import_card(raw, "a.json").slug == "captain-rook"
+    assert library.import_card(raw, "b.json").slug == "captain-rook-2"
+
+
+def test_path_like_names_never_become_paths(library: PersonaLibrary) -> None:
+    card = json.loads(json.dumps(V2_CARD))
+    card["data"]["name"] = "../../etc/passwd"
+    persona = library.import_card(json.dumps(card).encode(), "evil.json")
+    assert persona.slug == "etc-passwd"
+    assert (library.dir / "etc-passwd.toml").is_file()
+
+
+def _bomb_png() -> bytes:
+    """A small file whose header claims 30000 x 30000 pixels of zeros."""
+    width = height = 30000
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (width + 1)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+BAD_CARDS = [
+    (b"GIF89a not a png at all", "card.png", "named .png but is not a PNG"),
+    (plain_png(), "card.png", "no character data"),
+    (with_text_chunks(plain_png(), {"chara": "!!!not base64!!!"}), "card.png", "not valid base64"),
+    (
+        with_text_chunks(plain_png(), {"chara": base64.b64encode(b"{nope").decode()}),
+        "card.png",
+        "not valid JSON",
+    ),
+    (b"{nope", "card.json", "not valid JSON"),
+    (b"[1, 2]", "card.json", "must be an object"),
+    (json.dumps({"spec": "chara_card_v9", "data": {}}).encode(), "c.json", "unknown card spec"),
+    (json.dumps({"spec": "chara_card_v2", "data": {"name": 5}}).encode(), "c.json", "'name' must be text"),
+    (json.dumps({"spec": "chara_card_v2", "data": {"name": ""}}).encode(), "c.json", "'name' is missing"),
+    (json.dumps({"spec": "chara_card_v2"}).encode(), "c.json", "needs a 'data' object"),
+    (json.dumps({"name": "x", "alternate_greetings": "hi"}).encode(), "c.json", "must be a list of text"),
+    (
+        json.dumps({"name": "x", "character_book": {"entries": [{"keys": "a"}]}}).encode(),
+        "c.json",
+        "'keys' must be",
+    ),
+    (plain_png()[:40], "card.png", "truncated"),
+    (b"", "card.json", "card file is empty"),
+]
+
+
+@pytest.mark.parametrize(("raw", "name", "message"), BAD_CARDS)
+def test_bad_cards_get_clear_errors_and_change_nothing(
+    library: PersonaLibrary, snapshot, raw, name, message
+) -> None:
+    before = snapshot(library.dir), snapshot(library.avatars)
+    with pytest.raises(CardError, match=message) as info:
+        library.import_card(raw, name)
+    assert name in str(info.value)
+    assert (snapshot(library.dir), snapshot(library.avatars)) == before
+
+
+def test_oversized_card_is_refused_before_parsing(library: PersonaLibrary, snapshot) -> None:
+    before = snapshot(library.dir)
+    raw = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)}) + b"\0" * 50_000_000
+    with pytest.raises(CardError, match="more than the 20000000 allowed"):
+        library.import_card(raw, "huge.png")
+    assert snapshot(library.dir) == before
+
+
+def test_decompression_bomb_is_refused(library: PersonaLibrary, snapshot) -> None:
+    before = snapshot(library.dir), snapshot(library.avatars)
+    raw = with_text_chunks(_bomb_png(), {"chara": b64json(V2_CARD)})
+    assert len(raw) < 2_000_000
+    with pytest.raises(CardError, match="30000x30000 pixels"):
+        library.import_card(raw, "bomb.png")
+    assert (snapshot(library.dir), snapshot(library.avatars)) == before
+
+
+def test_corrupt_chunk_checksum(library: PersonaLibrary) -> None:
+    raw = bytearray(with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)}))
+    raw[-30] ^= 0xFF
+    with pytest.raises(CardError, match=r"corrupt|truncated"):
+        library.import_card(bytes(raw), "c.png")

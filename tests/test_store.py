@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.store import SCHEMA_VERSION, RenderRecord, Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await Store.open(tmp_path / "db" / "bot.sqlite3")
+    yield s
+    await s.close()
+
+
+async def test_schema_version_and_pragmas(store: Store) -> None:
+    raw = sqlite3.connect(store.path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_history_is_per_channel_and_per_persona_in_order(store: Store) -> None:
+    await store.add_message(1, role="user", author_name="Ann", content="one", persona="mira", author_id=5)
+    await store.add_message(2, role="user", author_name="Bob", content="other channel", persona="mira")
+    await store.add_message(
+        1, role="assistant", author_name="Mira", content="two", persona="mira", emotion="joy"
+    )
+    await store.add_message(1, role="user", author_name="Ann", content="to someone else", persona="rook")
+    history = await store.history(1, "mira")
+    assert [(m.role, m.content, m.emotion) for m in history] == [
+        ("user", "one", None),
+        ("assistant", "two", "joy"),
+    ]
+    assert history[0].author_id == 5 and history[0].author_name == "Ann"
+    assert [m.content for m in await store.history(1, "mira", limit=1)] == ["two"]
+
+
+async def test_edits_deletions_and_clear(store: Store) -> None:
+    await store.add_message(1, role="user", author_name="Ann", content="helo", persona="mira", discord_id=111)
+    await store.add_message(1, role="user", author_name="Ann", content="oops", persona="mira", discord_id=112)
+    assert await store.edit_message(111, "hello")
+    assert await store.delete_message(112)
+    assert not await store.edit_message(999, "never stored")
+    history = await store.history(1, "mira")
+    assert [m.content for m in history] == ["hello"] and history[0].edited_at is not None
+    assert await store.clear_channel(1) == 1
+    assert await store.history(1, "mira") == []
+
+
+async def test_channel_state_upserts(store: Store) -> None:
+    assert (await store.channel(7)).persona is None
+    await store.update_channel(7, persona="mira", enabled=True)
+    await store.update_channel(7, mode="all")
+    state = await store.channel(7)
+    assert (state.persona, state.enabled, state.mode) == ("mira", True, "all")
+    with pytest.raises(ValueError):
+        await store.update_channel(7, bogus=1)
+
+
+async def test_history_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    first = await Store.open(path)
+    await first.add_message(3, role="user", author_name="Ann", content="remember me", persona="mira")
+    await first.close()
+    second = await Store.open(path)
+    assert [m.content for m in await second.history(3, "mira")] == ["remember me"]
+    await second.close()
+
+
+async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -> None:
+    await asyncio.gather(
+        *(
+            store.add_message(c, role="user", author_name="x", content=str(i), persona="mira")
+            for i in range(40)
+            for c in (1, 2)
+        )
+    )
+    assert await store.count_messages() == 80
+
+
+async def test_failed_write_rolls_back(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.add_message(1, role="narrator", author_name="x", content="bad role", persona="mira")  # type: ignore[arg-type]
+    await store.add_message(1, role="user", author_name="x", content="fine", persona="mira")
+    assert await store.count_messages(1) == 1
+
+
+async def test_render_index_and_stale_renders(store: Store) -> None:
+    await store.put_render(RenderRecord("k1", "mira", "joy", 0, "a.png", "old"))
+    await store.put_render(RenderRecord("k2", "mira", "joy", 0, "b.png", "new"))
+    stale = await store.drop_stale_renders("mira", "new")
+    assert [r.key for r in stale] == ["k1"]
+    assert await store.render("k1") is None and (await store.render("k2")).path == "b.png"  # type: ignore[union-attr]
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    raw.close()
+    with pytest.raises(RuntimeError, match="newer than this bot"):
+        await Store.open(path)
