@@ -58,3 +58,23 @@ def folder_snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.fixture
 def snapshot() -> Iterator[type]:
     yield folder_snapshot  # type: ignore[misc]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random inpainting pipeline saved in diffusers' folder layout (built once)."""
+    from bot.tiny_diffusion import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+
+
+def expression_settings(model: Path | str) -> str:
+    return (
+        f'[expressions]\nmodel = "{model}"\nresolution = 64\nsteps = 2\nmask_dilate = 2\nmask_blur = 3\n'
+        "crop_padding = 8\nlocal_files_only = true\n"
+    )
+
+
+@pytest.fixture
+def expr_config(tmp_path: Path, tiny_pipeline_dir: Path) -> Config:
+    return load_config(write_config(tmp_path, expression_settings(tiny_pipeline_dir)))

@@ -1,0 +1,587 @@
+"""Expressions: redraw only the face of a persona's portrait for an emotion, cached on disk.
+
+Order of preference for a face: a hand-made sprite from a sprite pack, a cached render, then (on a
+miss) the best image at hand while a fresh render runs in the background on the render worker. A render
+never fails a chat: any pipeline error falls back to the best available image with a log line.
+
+Outside the feathered face mask the output is byte-identical to the portrait: the pipeline's output is
+composited back over the portrait with that mask, so a mask value of 0 always keeps the original pixel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import re
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageFilter
+
+from bot.config import Config, ExpressionsConfig
+from bot.engine import ExpressionImage
+from bot.errors import BusyError, ExpressionError
+from bot.llm import ModelWorker
+from bot.persona import Persona, PersonaLibrary
+from bot.store import RenderRecord, Store
+
+_log = logging.getLogger(__name__)
+
+# Prompt words for the default labels; a persona's [emotions.prompts] overrides any of them.
+DEFAULT_EMOTION_WORDS: dict[str, str] = {
+    "neutral": "calm neutral expression, relaxed face",
+    "joy": "happy smile, bright eyes",
+    "amusement": "amused grin, playful eyes, laughing",
+    "sadness": "sad expression, teary eyes, downturned mouth",
+    "anger": "angry expression, furrowed brows, clenched jaw",
+    "fear": "scared expression, wide eyes, trembling mouth",
+    "surprise": "surprised expression, raised eyebrows, open mouth",
+    "love": "loving gaze, soft smile, blushing cheeks",
+    "embarrassment": "embarrassed expression, deep blush, averted eyes",
+    "confusion": "confused expression, tilted head, raised eyebrow",
+}
+SPRITE_NAME = re.compile(r"^(?P<label>[a-z][a-z_-]{0,31}?)(?:-(?P<variant>\d{1,3}))?\.png$")
+MAX_SPRITE_BYTES = 10_000_000
+MAX_PACK_FILES = 200
+
+
+# -- face region ------------------------------------------------------------------------------------
+
+
+def _check_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:
+    x, y, w, h = box
+    width, height = size
+    if w <= 0 or h <= 0:
+        raise ExpressionError(f"{where}: face region {list(box)} is empty")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ExpressionError(f"{where}: face region {list(box)} lies outside the {width}x{height} portrait")
+    if w >= width and h >= height:
+        raise ExpressionError(
+            f"{where}: face region {list(box)} covers the whole portrait; mark only the face"
+        )
+
+
+def face_mask(
+    persona: Persona, portrait_size: tuple[int, int], avatars: Path, dilate: int, blur: int
+) -> Image.Image:
+    """The feathered face mask (mode L, white = redraw) for a persona's portrait."""
+    where = f"persona '{persona.slug}'"
+    if persona.face_mask:
+        path = avatars / Path(persona.face_mask).name
+        try:
+            with Image.open(path) as raw:
+                mask = raw.convert("L")
+        except (OSError, ValueError) as exc:
+            raise ExpressionError(f"{where}: face mask {path} cannot be read: {exc}") from None
+        if mask.size != portrait_size:
+            raise ExpressionError(f"{where}: face mask is {mask.size}, the portrait is {portrait_size}")
+        mask = mask.point(lambda v: 255 if v > 127 else 0)
+        box = mask.getbbox()
+        if box is None:
+            raise ExpressionError(f"{where}: face mask {path.name} is empty (no white pixels)")
+        if mask.getextrema() == (255, 255):
+            raise ExpressionError(f"{where}: face mask covers the whole portrait; mark only the face")
+    else:
+        box4 = persona.face_box or detect_face(persona, avatars)
+        _check_box(box4, portrait_size, where)
+        x, y, w, h = box4
+        mask = Image.new("L", portrait_size, 0)
+        mask.paste(255, (x, y, x + w, y + h))
+    if dilate > 0:
+        mask = mask.filter(ImageFilter.MaxFilter(2 * dilate + 1))
+    if blur > 0:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    return mask
+
+
+def detect_face(persona: Persona, avatars: Path) -> tuple[int, int, int, int]:
+    """Find the face box with OpenCV's anime-face or frontal-face cascade, when OpenCV is installed."""
+    try:
+        import cv2  # type: ignore[import-not-found]
+    except ImportError:
+        raise ExpressionError(
+            f"persona '{persona.slug}' has no face region: add face_box = [x, y, width, height] (or"
+            f' face_mask = "file.png") under [portrait] in persona/{persona.slug}.toml, or install'
+            " opencv-python-headless for automatic detection"
+        ) from None
+    path = avatars / Path(persona.portrait).name
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    faces = cascade.detectMultiScale(image, scaleFactor=1.1, minNeighbors=4) if image is not None else ()
+    if len(faces) == 0:
+        raise ExpressionError(f"persona '{persona.slug}': no face found automatically; set face_box by hand")
+    x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+    return int(x), int(y), int(w), int(h)
+
+
+def composite(portrait: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """The generated face over the portrait through the mask; where the mask is 0, the portrait's own
+    pixel (alpha included) is kept exactly."""
+    base = portrait.convert("RGBA")
+    face = generated.convert("RGB").resize(portrait.size, Image.Resampling.LANCZOS).convert("RGBA")
+    face.putalpha(base.getchannel("A"))
+    out = Image.composite(face, base, mask)
+    return out if portrait.mode == "RGBA" else out.convert(portrait.mode)
+
+
+# -- prompts, seeds, keys -------------------------------------------------------------------------------
+
+
+def emotion_prompt(persona: Persona, label: str) -> str:
+    words = persona.emotion_prompts.get(label) or DEFAULT_EMOTION_WORDS.get(label) or f"{label} expression"
+    base = persona.appearance.strip() or f"portrait of {persona.name}"
+    return f"{base}, {words}, detailed face, best quality"
+
+
+def seed_for(base: int, persona: str, label: str, variant: int) -> int:
+    digest = hashlib.sha256(f"{base}:{persona}:{label}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    persona: Persona
+    label: str
+    variant: int
+    prompt: str
+    seed: int
+    key: str
+    source_hash: str  # portrait + mask + persona prompts: renders made from other sources are stale
+
+
+# -- the diffusers pipeline --------------------------------------------------------------------------
+
+
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted != "auto":
+        return wanted
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def checkpoint_in_channels(path: Path) -> int:
+    """UNet input channels of a single-file SD checkpoint, from its safetensors header (9 = inpainting)."""
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(handle.read(length))
+        shape = header["model.diffusion_model.input_blocks.0.0.weight"]["shape"]
+        return int(shape[1])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ExpressionError(
+            f"{path}: not a readable Stable Diffusion .safetensors checkpoint ({exc})"
+        ) from None
+
+
+def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
+    """Load the inpainting pipeline from a hub id, a diffusers folder or a single .safetensors file."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    device = pick_device(settings.device)
+    dtype_name = settings.dtype if settings.dtype != "auto" else ("float32" if device == "cpu" else "float16")
+    dtype = getattr(torch, dtype_name)
+    name = settings.model
+    local = Path(name).expanduser()
+    if not local.is_absolute():
+        local = root / local
+    looks_like_path = (
+        name.startswith((".", "/", "~")) or name.endswith((".safetensors", ".ckpt")) or local.exists()
+    )
+    common: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if looks_like_path and not local.exists():
+            raise ExpressionError(f"inpainting model not found: {local}")
+        if local.is_file():
+            if local.suffix != ".safetensors":
+                raise ExpressionError(
+                    f"{local}: only .safetensors checkpoints are loaded (pickles can run code)"
+                )
+            channels = checkpoint_in_channels(local)
+            if channels not in (4, 9):
+                raise ExpressionError(
+                    f"{local}: UNet has {channels} input channels; expected 9 (inpainting) or 4"
+                )
+            if channels == 4:
+                _log.warning("%s is not an inpainting checkpoint; faces will blend less cleanly", local.name)
+            pipe = StableDiffusionInpaintPipeline.from_single_file(
+                str(local), local_files_only=settings.local_files_only, **common
+            )
+        else:
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                str(local) if local.is_dir() else name,
+                local_files_only=settings.local_files_only or local.is_dir(),
+                **common,
+            )
+    except ExpressionError:
+        raise
+    except Exception as exc:  # diffusers raises many types (OSError, EnvironmentError, ValueError...)
+        raise ExpressionError(f"cannot load inpainting model {name!r}: {exc}") from None
+    if settings.scheduler:
+        import diffusers
+
+        scheduler_class = getattr(diffusers, settings.scheduler, None)
+        if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+            raise ExpressionError(f"unknown scheduler {settings.scheduler!r} (a diffusers class name)")
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    if settings.lora:
+        try:
+            pipe.load_lora_weights(
+                str(root / settings.lora) if not Path(settings.lora).is_absolute() else settings.lora
+            )
+            pipe.fuse_lora(lora_scale=settings.lora_scale)
+        except Exception as exc:
+            raise ExpressionError(f"cannot load LoRA {settings.lora!r}: {exc}") from None
+    if settings.cpu_offload and device == "cuda":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class Renderer:
+    """Runs the pipeline for one job; blocking, so it is only called on the render worker thread."""
+
+    def __init__(
+        self,
+        settings: ExpressionsConfig,
+        root: Path,
+        loader: Callable[[ExpressionsConfig, Path], Any] = load_pipeline,
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self._loader = loader
+        self._pipe: Any = None
+        self.loads = 0  # how many times the pipeline was loaded (a cache hit must never load it)
+
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            self._pipe = self._loader(self.settings, self.root)
+            self.loads += 1
+        return self._pipe
+
+    def render(
+        self,
+        portrait: Image.Image,
+        mask: Image.Image,
+        prompt: str,
+        seed: int,
+        cancel: threading.Event | None = None,
+    ) -> Image.Image:
+        import torch
+
+        s = self.settings
+        pipe = self.pipe
+
+        def stop_when_cancelled(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                p._interrupt = True  # diffusers' documented way to end the denoising loop early
+            return kwargs
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        result = pipe(
+            prompt=prompt,
+            negative_prompt=s.negative_prompt or None,
+            image=portrait.convert("RGB"),
+            mask_image=mask,
+            height=s.resolution,
+            width=s.resolution,
+            padding_mask_crop=s.crop_padding,
+            num_inference_steps=s.steps,
+            strength=s.strength,
+            guidance_scale=s.guidance,
+            generator=generator,
+            callback_on_step_end=stop_when_cancelled,
+        ).images[0]
+        if cancel is not None and cancel.is_set():
+            raise asyncio.CancelledError("render cancelled")
+        return composite(portrait, result, mask)
+
+
+# -- the service the engine talks to -------------------------------------------------------------------
+
+
+class ExpressionService:
+    """Sprite packs, the render cache and the render worker behind one `image_for` call."""
+
+    def __init__(
+        self, config: Config, store: Store, personas: PersonaLibrary, renderer: Renderer | None = None
+    ) -> None:
+        self.config = config
+        self.settings = config.expressions
+        self.store = store
+        self.personas = personas
+        self.cache_dir = config.resolve(self.settings.cache_dir)
+        self.sprites_dir = personas.avatars / "sprites"
+        self.renderer = renderer or Renderer(self.settings, config.root)
+        self._worker = ModelWorker(limit=64, name="render worker")
+        self._inflight: dict[str, asyncio.Future[Path | None]] = {}
+        self._cancel = threading.Event()
+
+    @property
+    def pending(self) -> int:
+        return self._worker.pending
+
+    # -- inputs -----------------------------------------------------------------------------------------
+
+    def _portrait(self, persona: Persona) -> tuple[Image.Image, bytes]:
+        path = self.personas.portrait_path(persona)
+        if path is None:
+            raise ExpressionError(f"persona '{persona.slug}' has no portrait")
+        try:
+            raw = path.read_bytes()
+            with Image.open(io.BytesIO(raw)) as image:
+                if image.size[0] * image.size[1] > self.config.persona.max_portrait_pixels:
+                    raise ExpressionError(f"portrait {path.name} is too large ({image.size})")
+                image.load()
+                portrait = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        except FileNotFoundError:
+            raise ExpressionError(f"portrait not found: {path}") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ExpressionError(f"portrait {path} is not a readable image: {exc}") from None
+        return portrait, raw
+
+    def job(
+        self, persona: Persona, label: str, variant: int = 0
+    ) -> tuple[RenderJob, Image.Image, Image.Image]:
+        """Everything that decides a render, hashed into its cache key."""
+        s = self.settings
+        portrait, raw = self._portrait(persona)
+        mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
+        prompt = emotion_prompt(persona, label)
+        seed = seed_for(s.seed, persona.slug, label, variant)
+        source = (
+            _digest(raw)
+            + _digest(mask.tobytes())
+            + persona.appearance
+            + json.dumps(dict(persona.emotion_prompts), sort_keys=True)
+        )
+        recipe = {
+            "source": source,
+            "model": s.model,
+            "lora": s.lora,
+            "lora_scale": s.lora_scale,
+            "prompt": prompt,
+            "negative": s.negative_prompt,
+            "seed": seed,
+            "steps": s.steps,
+            "strength": s.strength,
+            "guidance": s.guidance,
+            "scheduler": s.scheduler,
+            "size": s.resolution,
+            "padding": s.crop_padding,
+            "dtype": s.dtype,
+        }
+        key = _digest(json.dumps(recipe, sort_keys=True).encode())
+        return RenderJob(persona, label, variant, prompt, seed, key, _digest(source.encode())), portrait, mask
+
+    # -- lookups ----------------------------------------------------------------------------------------
+
+    def sprite(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
+        """A hand-made sprite from an imported pack; these win over generated faces."""
+        name = f"{label}.png" if variant == 0 else f"{label}-{variant}.png"
+        path = self.sprites_dir / persona.slug / name
+        return path if path.is_file() else None
+
+    async def cached(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
+        try:
+            job, _, _ = await asyncio.to_thread(self.job, persona, label, variant)
+        except ExpressionError:
+            return None
+        record = await self.store.render(job.key)
+        if record is not None and Path(record.path).is_file():
+            return Path(record.path)
+        return None
+
+    async def best_available(self, persona: Persona, label: str) -> Path | None:
+        """What to show without rendering: sprite, cached render of the label, neutral, the portrait."""
+        for wanted in dict.fromkeys((label, "neutral")):
+            found = self.sprite(persona, wanted) or await self.cached(persona, wanted)
+            if found is not None:
+                return found
+        portrait = self.personas.portrait_path(persona)
+        return portrait if portrait is not None and portrait.is_file() else None
+
+    async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
+        """The face for an emotion now; on a cache miss, also a future for the fresh render."""
+        ready = self.sprite(persona, label) or await self.cached(persona, label)
+        if ready is not None:
+            return ExpressionImage(ready, label)
+        now = await self.best_available(persona, label)
+        if not (self.settings.enabled and self.settings.model and persona.portrait):
+            return ExpressionImage(now, label)
+        try:
+            fresh = self.render_in_background(persona, label)
+        except BusyError:
+            return ExpressionImage(now, label)
+        return ExpressionImage(now, label, fresh)
+
+    # -- rendering --------------------------------------------------------------------------------------
+
+    def render_in_background(
+        self, persona: Persona, label: str, variant: int = 0
+    ) -> asyncio.Future[Path | None]:
+        """Start (or join) a render; the future gives the new file, or None if it failed."""
+        inflight_key = f"{persona.slug}/{label}/{variant}"
+        existing = self._inflight.get(inflight_key)
+        if existing is not None and not existing.done():
+            return existing
+
+        async def run() -> Path | None:
+            try:
+                return await self.render(persona, label, variant)
+            except (ExpressionError, BusyError, TimeoutError) as exc:
+                _log.warning(
+                    "render of %s/%s failed (%s); showing the best available image", persona.slug, label, exc
+                )
+            except Exception:
+                _log.exception(
+                    "render of %s/%s failed; showing the best available image", persona.slug, label
+                )
+            return None
+
+        task = asyncio.ensure_future(run())
+        self._inflight[inflight_key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(inflight_key, None))
+        return task
+
+    async def render(self, persona: Persona, label: str, variant: int = 0, *, force: bool = False) -> Path:
+        """Render (or fetch from cache) one face. Raises ExpressionError / TimeoutError on failure."""
+        if not self.settings.model:
+            raise ExpressionError("no inpainting model configured: set [expressions] model in config.toml")
+        job, portrait, mask = await asyncio.to_thread(self.job, persona, label, variant)
+        record = await self.store.render(job.key)
+        if record is not None and Path(record.path).is_file() and not force:
+            return Path(record.path)
+        await self._drop_stale(persona.slug, job.source_hash)
+        cancel = threading.Event()
+        future = self._worker.submit(lambda: self._render_blocking(job, portrait, mask, cancel))
+        try:
+            path = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_seconds)
+        except (TimeoutError, asyncio.CancelledError):
+            cancel.set()  # the worker stops at the next denoising step
+            raise
+        await self.store.put_render(
+            RenderRecord(job.key, persona.slug, label, variant, str(path), job.source_hash)
+        )
+        return path
+
+    def _render_blocking(
+        self, job: RenderJob, portrait: Image.Image, mask: Image.Image, cancel: threading.Event
+    ) -> Path:
+        if cancel.is_set() or self._cancel.is_set():
+            raise asyncio.CancelledError("render cancelled before it started")
+        try:
+            image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel)
+        except Exception as exc:
+            import torch
+
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise ExpressionError(
+                    "the GPU ran out of memory while rendering; try cpu_offload = true"
+                ) from None
+            raise
+        folder = self.cache_dir / job.persona.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{job.label}-{job.variant}-{job.key[:16]}.png"
+        tmp = path.with_suffix(".tmp")
+        image.save(tmp, format="PNG")
+        tmp.replace(path)  # a reader never sees half a PNG
+        return path
+
+    async def _drop_stale(self, persona: str, source_hash: str) -> None:
+        for record in await self.store.drop_stale_renders(persona, source_hash):
+            Path(record.path).unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        self._cancel.set()
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.to_thread(self._worker.shutdown)
+
+    # -- sprite packs -----------------------------------------------------------------------------------
+
+    def import_sprites(self, persona: Persona, files: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Store hand-made sprites (name, PNG bytes) for a persona; returns the names kept.
+        Every file is checked before any is written."""
+        if len(files) > MAX_PACK_FILES:
+            raise ExpressionError(f"sprite pack has {len(files)} files, more than {MAX_PACK_FILES}")
+        accepted: list[tuple[str, Image.Image]] = []
+        for name, raw in files:
+            base = Path(name).name.lower()
+            match = SPRITE_NAME.match(base)
+            if match is None:
+                continue  # readme files, thumbnails: not sprites
+            if len(raw) > MAX_SPRITE_BYTES:
+                raise ExpressionError(f"sprite {base} is {len(raw)} bytes, more than {MAX_SPRITE_BYTES}")
+            try:
+                with Image.open(io.BytesIO(raw)) as image:
+                    if image.size[0] * image.size[1] > self.config.persona.max_portrait_pixels:
+                        raise ExpressionError(f"sprite {base} is too large ({image.size})")
+                    image.load()
+                    accepted.append((base, image.convert("RGBA")))
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise ExpressionError(f"sprite {base} is not a readable image: {exc}") from None
+        if not accepted:
+            raise ExpressionError("no sprites found (expected files named like joy.png or joy-1.png)")
+        folder = self.sprites_dir / persona.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        for base, image in accepted:
+            tmp = folder / f".{base}.tmp"
+            image.save(tmp, format="PNG")
+            tmp.replace(folder / base)
+        return [base for base, _ in accepted]
+
+    async def pack_files(self, persona: Persona) -> dict[str, Path]:
+        """SillyTavern-style sprite file names -> files: cached renders, overridden by hand-made sprites."""
+        files: dict[str, Path] = {}
+        for record in await self.store.renders_for(persona.slug):
+            name = f"{record.label}.png" if record.variant == 0 else f"{record.label}-{record.variant}.png"
+            if Path(record.path).is_file():
+                files[name] = Path(record.path)
+        folder = self.sprites_dir / persona.slug
+        if folder.is_dir():
+            for path in folder.glob("*.png"):
+                files[path.name] = path
+        return dict(sorted(files.items()))
+
+
+def contact_sheet(
+    faces: Sequence[tuple[str, Path | Image.Image]], thumb: int = 256, columns: int = 5
+) -> Image.Image:
+    """A labelled grid of faces, so a person can check all expressions at a glance."""
+    from PIL import ImageDraw
+
+    columns = max(1, min(columns, len(faces)))
+    rows = (len(faces) + columns - 1) // columns
+    caption = 24
+    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption)), (24, 24, 28))
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, source) in enumerate(faces):
+        image = Image.open(source) if isinstance(source, Path) else source
+        image = image.convert("RGB")
+        image.thumbnail((thumb, thumb))
+        x, y = (i % columns) * thumb, (i // columns) * (thumb + caption)
+        sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+        draw.text((x + 8, y + thumb + 5), label, fill=(235, 235, 240))
+    return sheet
