@@ -111,6 +111,8 @@ class DiscordConfig:
     stream_edits: bool = False
     set_nickname: bool = True
     sync_commands: bool = True
+    api_base: str = ""  # empty: discord.com
+    gateway_url: str = ""
 
 
 @dataclass(frozen=True)

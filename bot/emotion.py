@@ -25,10 +25,7 @@ class EmotionResult:
 def question(name: str, labels: Sequence[str]) -> Message:
     return {
         "role": "user",
-        "content": (
-            f"(Out of character: which one word best names the emotion in {name}'s last message? "
-            f"Answer with exactly one of: {', '.join(labels)}.)"
-        ),
+        "content": (f"(OOC: one word for the emotion of {name}'s last message, from: {', '.join(labels)})"),
     }
 
 

@@ -166,11 +166,13 @@ class Engine:
                     if result is not None:
                         await result
             reply_seconds = time.perf_counter() - reply_started
-            reply = clean_reply("".join(parts), persona.name)
+            raw_reply = "".join(parts)
+            reply = clean_reply(raw_reply, persona.name)
 
             emotion_started = time.perf_counter()
             state = await self.store.channel(channel_id)
-            emotion = await self._judge(persona, built.messages, reply, state.last_emotion)
+            # The judge reads the reply exactly as generated: those tokens are already evaluated.
+            emotion = await self._judge(persona, built.messages, raw_reply, state.last_emotion)
             emotion_seconds = time.perf_counter() - emotion_started
 
             reply_row = await self.store.add_message(

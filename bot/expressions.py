@@ -337,6 +337,8 @@ class ExpressionService:
         self._worker = ModelWorker(limit=64, name="render worker")
         self._inflight: dict[str, asyncio.Future[Path | None]] = {}
         self._cancel = threading.Event()
+        # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
+        self._unrenderable: dict[str, str] = {}
 
     @property
     def pending(self) -> int:
@@ -429,6 +431,15 @@ class ExpressionService:
             return ExpressionImage(ready, label)
         now = await self.best_available(persona, label)
         if not (self.settings.enabled and self.settings.model and persona.portrait):
+            return ExpressionImage(now, label)
+        try:
+            await asyncio.to_thread(self.job, persona, label)
+        except ExpressionError as exc:
+            # A persona problem (no face region, unreadable portrait) fails every render the same way:
+            # say so once, then keep showing the best image without retrying each turn.
+            if self._unrenderable.get(persona.slug) != str(exc):
+                self._unrenderable[persona.slug] = str(exc)
+                _log.warning("not rendering faces for %s: %s", persona.slug, exc)
             return ExpressionImage(now, label)
         try:
             fresh = self.render_in_background(persona, label)

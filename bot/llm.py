@@ -12,6 +12,7 @@ import functools
 import importlib.metadata
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -177,7 +178,9 @@ class LlamaBackend:
                     model_path=str(path),
                     n_ctx=config.n_ctx,
                     n_gpu_layers=config.n_gpu_layers,
-                    n_threads=config.n_threads or None,
+                    # llama-cpp-python's default is half the cores, which leaves a small machine idle.
+                    n_threads=config.n_threads or os.cpu_count() or 1,
+                    n_threads_batch=config.n_threads or os.cpu_count() or 1,
                     n_batch=config.n_batch,
                     verbose=False,
                 )

@@ -1,0 +1,371 @@
+"""`python -m bot bench llm|expressions|discord`: figures for the README, ratios against baselines
+measured in the same run. Benchmarks print; they never assert, so they cannot flake."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+
+STORY_LINES = (
+    ("user", "The wind is howling against the shutters. Do you think the lamp will hold tonight?"),
+    (
+        "assistant",
+        "*Mira checks the wick and trims it.* It has held through worse. Tell me about your voyage.",
+    ),
+    ("user", "We sailed from the southern isles, past the reef where the old wreck lies half under water."),
+    ("assistant", "*Her eyes light up.* The Marguerite? Sailors say her bell still rings at low tide."),
+    ("user", "I heard it myself. Three rings, then silence. The crew would not speak for an hour after."),
+    ("assistant", "*She pours two cups of tea.* Then you have a story worth trading. Drink, and go on."),
+)
+
+
+class LoopLag:
+    """Measures the event loop's worst delay: a task that asks to wake every 5 ms records lateness."""
+
+    def __init__(self, period: float = 0.005) -> None:
+        self.period = period
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.period)
+            self.worst = max(self.worst, time.perf_counter() - start - self.period)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = cpu
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}\nmachine: {machine()}\n")
+    print(f"| {'measure'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value} |")
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await fn()
+    return time.perf_counter() - start, result
+
+
+# -- llm ----------------------------------------------------------------------------------------------
+
+
+async def bench_llm(config: Config, quick: bool) -> None:
+    from bot.app import persona_library
+    from bot.engine import Engine
+    from bot.llm import LlamaBackend
+    from bot.store import Store
+
+    model_config = dataclasses.replace(
+        config.model, n_ctx=4096, temperature=0.7, seed=1, max_reply_tokens=128
+    )
+    config = dataclasses.replace(config, model=model_config)
+    with tempfile.TemporaryDirectory() as scratch:
+        store = await Store.open(Path(scratch) / "bench.sqlite3")
+        llm = await LlamaBackend.load(model_config, config.root)
+        engine = Engine(config, store, llm, persona_library(config))
+        persona = engine.personas.load(config.persona.default)
+        channel = 1
+        tokens = 0
+        i = 0
+        while tokens < 1500:  # a 1,500-token history
+            role, text = STORY_LINES[i % len(STORY_LINES)]
+            await store.add_message(
+                channel,
+                role=role,
+                author_name="Sam" if role == "user" else persona.name,  # type: ignore[arg-type]
+                content=f"{text} ({i})",
+                persona=persona.slug,
+            )
+            tokens += len(llm.tokenize(text)) + 6
+            i += 1
+
+        turns = []
+        with LoopLag() as lag:
+            for n in range(3 if quick else 6):
+                result = await engine.turn(channel, "Sam", f"What happened next, Mira? ({n})")
+                turns.append(result)
+        cold, warm = turns[0], turns[1:]
+        reply_s = statistics.median(t.reply_seconds for t in warm)
+        emotion_s = statistics.median(t.emotion_seconds for t in warm)
+
+        # Decode speed: the engine's worker vs llama-cpp-python called directly, same prompt, same length.
+        from llama_cpp import Llama
+
+        raw = Llama(
+            model_path=str(llm.path),
+            n_ctx=4096,
+            n_batch=model_config.n_batch,
+            verbose=False,
+            n_threads=model_config.n_threads or None,
+        )
+        prompt = llm.render(
+            [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+        )
+        prompt_tokens = raw.tokenize(prompt.encode(), add_bos=False, special=True)
+        n_tokens = 96
+        engine_rates, raw_rates = [], []
+        for _ in range(2 if quick else 4):
+            start = time.perf_counter()
+            first = None
+            count = 0
+            for _chunk in raw.create_completion(
+                prompt_tokens, max_tokens=n_tokens, temperature=0.7, seed=3, stream=True
+            ):
+                count += 1
+                first = first or time.perf_counter()
+            raw_rates.append((count - 1) / (time.perf_counter() - (first or start)))
+            raw.reset()
+            generation = llm.generate(prompt, max_tokens=n_tokens)
+            count = 0
+            async for _chunk in generation.chunks():
+                count += 1
+            stats = generation.stats
+            engine_rates.append((stats.generated_tokens - 1) / stats.decode_seconds)
+            llm._llm.reset()  # both start cold each round
+        raw.close()
+        await llm.close()
+        await store.close()
+
+    rows = [
+        ("history in the prompt", f"{cold.stats.prompt_tokens} tokens"),
+        ("cold turn: latency", f"{cold.reply_seconds + cold.emotion_seconds:.2f} s"),
+        ("cold turn: prompt tokens evaluated", f"{cold.stats.evaluated_tokens}"),
+        (
+            "warm turn: latency (median)",
+            f"{statistics.median(t.reply_seconds + t.emotion_seconds for t in warm):.2f} s",
+        ),
+        (
+            "warm turn: prompt tokens evaluated (median)",
+            f"{statistics.median(t.stats.evaluated_tokens for t in warm):.0f}",
+        ),
+        (
+            "warm turn: time to first token (median)",
+            f"{statistics.median(t.stats.prompt_seconds for t in warm) * 1000:.0f} ms",
+        ),
+        (
+            "emotion step / reply time (median)",
+            f"{emotion_s / reply_s:.3f} ({emotion_s * 1000:.0f} ms / {reply_s * 1000:.0f} ms)",
+        ),
+        ("decode speed, raw llama-cpp-python", f"{statistics.median(raw_rates):.1f} tokens/s"),
+        ("decode speed, engine worker", f"{statistics.median(engine_rates):.1f} tokens/s"),
+        (
+            "engine / raw decode ratio",
+            f"{statistics.median(engine_rates) / statistics.median(raw_rates):.3f}",
+        ),
+        ("event loop worst lag during replies", f"{lag.worst * 1000:.1f} ms"),
+    ]
+    table(f"bench llm: {llm.name}, n_ctx 4096", rows)
+
+
+# -- expressions ----------------------------------------------------------------------------------------
+
+
+async def bench_expressions(config: Config, quick: bool, gpu: bool) -> int:
+    if gpu:
+        return bench_gpu()
+    from bot.app import persona_library
+    from bot.expressions import ExpressionService
+    from bot.store import Store
+    from bot.tiny_diffusion import save_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        settings = dataclasses.replace(
+            config.expressions,
+            model=str(save_tiny_pipeline(folder / "tiny")),
+            resolution=128,
+            steps=4,
+            cache_dir=str(folder / "cache"),
+            local_files_only=True,
+        )
+        config = dataclasses.replace(config, expressions=settings)
+        store = await Store.open(folder / "bench.sqlite3")
+        service = ExpressionService(config, store, persona_library(config))
+        persona = service.personas.load(config.persona.default)
+        labels = list(persona.labels)[: 4 if quick else len(persona.labels)]
+        load_s, _ = await timed(lambda: service.render(persona, "neutral"))
+        times = []
+        with LoopLag() as lag:
+            for label in labels[1:]:
+                seconds, _ = await timed(lambda label=label: service.render(persona, label))
+                times.append(seconds)
+        hits = []
+        for _ in range(50):
+            seconds, _ = await timed(lambda: service.image_for(persona, labels[1]))
+            hits.append(seconds)
+        await service.close()
+        await store.close()
+    rows = [
+        ("pipeline", "tiny random-weight SD inpainting (CPU), 128 px crop, 4 steps"),
+        ("first render incl. pipeline load", f"{load_s:.2f} s"),
+        ("render per expression (median)", f"{statistics.median(times):.2f} s"),
+        ("cache hit (median of 50)", f"{statistics.median(hits) * 1000:.1f} ms"),
+        ("cache hit / render", f"{statistics.median(hits) / statistics.median(times):.4f}"),
+        ("event loop worst lag during renders", f"{lag.worst * 1000:.1f} ms"),
+    ]
+    table("bench expressions", rows)
+    return 0
+
+
+def bench_gpu() -> int:
+    import torch
+    from PIL import Image
+
+    from bot.tiny_diffusion import full_size_sd15_inpainting
+
+    if not torch.cuda.is_available():
+        print("bench expressions --gpu needs a CUDA GPU; none is visible to torch here.", file=sys.stderr)
+        return 2
+    pipe = full_size_sd15_inpainting().to("cuda", torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (768, 1024), (120, 100, 90))
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (260, 200, 510, 480))
+    rows = [
+        ("device", torch.cuda.get_device_name(0)),
+        ("architecture", "SD 1.5 inpainting (9-ch UNet), random weights, fp16"),
+    ]
+    for steps in (4, 8, 25):
+        for _ in range(2):  # the first run of each size pays cuDNN autotuning
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            pipe(
+                prompt="a smiling face",
+                image=image,
+                mask_image=mask,
+                height=512,
+                width=512,
+                padding_mask_crop=32,
+                num_inference_steps=steps,
+                strength=1.0,
+                guidance_scale=7.0,
+            )
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        rows.append((f"512x512 crop, {steps} steps", f"{seconds:.2f} s"))
+    rows.append(("peak VRAM (torch allocated)", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"))
+    table("bench expressions --gpu", rows)
+    return 0
+
+
+# -- discord ----------------------------------------------------------------------------------------------
+
+
+async def bench_discord(config: Config, quick: bool) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    try:
+        from bot.tiny_diffusion import save_tiny_pipeline
+        from tests.discord_server import FakeDiscord, posts_to, typing_in
+        from tests.harness import bot_config, running_bot
+    except ImportError as exc:
+        print(
+            f"bench discord needs the repository's tests/ folder (local Discord server): {exc}",
+            file=sys.stderr,
+        )
+        return
+
+    server = FakeDiscord()
+    await server.start()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        pipeline = save_tiny_pipeline(folder / "tiny")
+        cfg = bot_config(folder, server, pipeline)
+        cfg = dataclasses.replace(
+            cfg,
+            discord=dataclasses.replace(
+                cfg.discord,
+                cooldown_seconds=0.0,
+                max_pending_per_channel=4,
+                enable_new_channels=True,
+                default_mode="all",
+            ),
+        )
+        channels = list(server.channels.values())
+        typing_ms, reply_s = [], []
+        async with running_bot(cfg, server):
+            with LoopLag() as lag:
+                # Latency: one message at a time in one channel.
+                for n in range(3 if quick else 6):
+                    user = FakeDiscord.user("Sam", user_id=5_000_000_000_000_000_000)
+                    start = time.perf_counter()
+                    await server.say(channels[0], user, f"Tell me about the lamp ({n})")
+                    [*_, typing] = await server.wait_for(typing_in(channels[0]), count=n + 1)
+                    [*_, reply] = await server.wait_for(posts_to(channels[0]), count=n + 1)
+                    typing_ms.append((typing.at - start) * 1000)
+                    reply_s.append(reply.at - start)
+                # Throughput: four channels chatting at once.
+                per_channel = 2 if quick else 4
+                before = {c: len(server.sent(posts_to(c))) for c in channels}
+                start = time.perf_counter()
+                for n in range(per_channel):
+                    for i, channel in enumerate(channels):
+                        await server.say(
+                            channel,
+                            FakeDiscord.user(f"U{i}{n}", user_id=6_000_000_000_000_000_000 + i * 10 + n),
+                            f"Hello from channel {i}, message {n}",
+                        )
+                    for channel in channels:
+                        await server.wait_for(posts_to(channel), count=before[channel] + n + 1, limit=300)
+                elapsed = time.perf_counter() - start
+        await server.stop()
+    total = per_channel * len(channels)
+    rows = [
+        ("message -> typing indicator (median)", f"{statistics.median(typing_ms):.1f} ms"),
+        ("message -> typing indicator (worst)", f"{max(typing_ms):.1f} ms"),
+        ("message -> reply posted (median)", f"{statistics.median(reply_s):.2f} s"),
+        (
+            "4 channels at once: replies per minute",
+            f"{total / elapsed * 60:.1f} ({total} replies in {elapsed:.1f} s)",
+        ),
+        ("event loop worst lag (replies + renders)", f"{lag.worst * 1000:.1f} ms"),
+    ]
+    table("bench discord (local Discord server, bundled model, tiny inpainting pipeline)", rows)
+
+
+async def main(config: Config, args: argparse.Namespace) -> int:
+    if args.what == "llm":
+        await bench_llm(config, args.quick)
+    elif args.what == "expressions":
+        return await bench_expressions(config, args.quick, args.gpu)
+    else:
+        await bench_discord(config, args.quick)
+    return 0

@@ -1,0 +1,103 @@
+"""The discord.py Bot: safe defaults at construction, engine and store passed in, cogs wired in setup_hook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.config import Config, discord_token
+from bot.engine import Engine
+
+_log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin")
+
+
+def point_at(api_base: str, gateway_url: str) -> None:
+    """Use a Discord-compatible server other than discord.com (self-hosted servers, the test server).
+    discord.py keeps both as class attributes, so this applies to every client in the process."""
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class RoleplayBot(commands.Bot):
+    """Slash commands and channel chat over one Engine."""
+
+    def __init__(self, config: Config, engine: Engine) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.message_content = True  # privileged: enable it in the developer portal (see README)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),  # the LLM can never ping anyone
+            help_command=None,
+            max_messages=None,
+        )
+        self.config = config
+        self.engine = engine
+        point_at(config.discord.api_base, config.discord.gateway_url)
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        if self.config.discord.sync_commands:
+            synced = await self.tree.sync()
+            _log.info("synced %d slash commands", len(synced))
+
+    async def on_message(self, message: discord.Message) -> None:
+        # Text commands are not used: chat is handled by the chat cog's listener.
+        return
+
+    async def close(self) -> None:
+        chat = self.get_cog("Chat")
+        if chat is not None:
+            await chat.shutdown()  # type: ignore[attr-defined]
+        await super().close()
+
+    async def on_ready(self) -> None:
+        _log.info("connected as %s to %d servers", self.user, len(self.guilds))
+
+
+async def serve(config: Config, token: str) -> None:
+    from bot.app import open_engine
+
+    async with open_engine(config) as engine:
+        bot = RoleplayBot(config, engine)
+        async with bot:
+            await bot.start(token)
+
+
+def run_bot(config: Config) -> int:
+    token = discord_token()
+    if token is None:
+        print(
+            "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications, then\n"
+            "  DISCORD_TOKEN=... ./run run\n"
+            "To chat without Discord, try the terminal: ./run chat",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        asyncio.run(serve(config, token))
+    except discord.LoginFailure:
+        print(
+            "Discord refused the token in DISCORD_TOKEN (LoginFailure): check it and try again",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "Enable the Message Content intent for the bot in the developer portal (see README)",
+            file=sys.stderr,
+        )
+        return 2
+    return 0

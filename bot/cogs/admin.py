@@ -1,0 +1,295 @@
+"""Admin slash commands. Changing anything needs Manage Server: declared as the commands' default
+permission for Discord's UI, and checked again here, because server admins can override the default."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import BotError
+from bot.persona import Persona
+
+if TYPE_CHECKING:
+    from bot.client import RoleplayBot
+
+_log = logging.getLogger(__name__)
+
+CARD_TYPES = (".png", ".json")
+PROGRESS_EDIT_EVERY = 2.0
+ADMIN_ONLY = discord.Permissions(manage_guild=True)
+
+
+def require_manager(interaction: discord.Interaction) -> bool:
+    """In-code permission check; raises a friendly error for everyone without Manage Server."""
+    if interaction.guild is None:
+        raise app_commands.NoPrivateMessage("These commands work in a server channel.")
+    if not interaction.permissions.manage_guild:
+        raise app_commands.MissingPermissions(["manage_guild"])
+    return True
+
+
+manager_only = app_commands.check(require_manager)
+
+
+class ConfirmReset(discord.ui.View):
+    def __init__(self, owner: int) -> None:
+        super().__init__(timeout=60)
+        self.owner = owner
+        self.confirmed: bool | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner
+
+    @discord.ui.button(label="Erase history", style=discord.ButtonStyle.danger)
+    async def erase(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmReset]) -> None:
+        self.confirmed = True
+        await interaction.response.defer()
+        self.stop()
+
+    @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
+    async def keep(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmReset]) -> None:
+        self.confirmed = False
+        await interaction.response.defer()
+        self.stop()
+
+
+class Admin(commands.Cog):
+    persona = app_commands.Group(name="persona", description="The character the bot plays in this channel")
+    channel = app_commands.Group(
+        name="channel",
+        description="Where and when the bot answers",
+        default_permissions=ADMIN_ONLY,
+        guild_only=True,
+    )
+    expression = app_commands.Group(name="expression", description="The persona's faces")
+
+    def __init__(self, bot: RoleplayBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+        self.config = bot.config
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        if isinstance(error, app_commands.MissingPermissions):
+            text = "You need the **Manage Server** permission for this command."
+        elif isinstance(error, app_commands.CheckFailure):
+            text = str(error) or "You cannot use this command here."
+        elif isinstance(error, app_commands.CommandInvokeError) and isinstance(error.original, BotError):
+            text = str(error.original)
+        else:
+            _log.exception("slash command failed", exc_info=error)
+            text = "That failed unexpectedly; the bot's log has the details."
+        await self._tell(interaction, f"⚠️ {text}")
+
+    async def _tell(self, interaction: discord.Interaction, text: str, **kwargs: object) -> None:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+        else:
+            await interaction.response.send_message(text, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+
+    # -- /persona ---------------------------------------------------------------------------------------
+
+    @persona.command(name="set", description="Play another persona in this channel")
+    @app_commands.describe(name="persona id, see /persona list")
+    @app_commands.default_permissions(manage_guild=True)
+    @manager_only
+    async def persona_set(self, interaction: discord.Interaction, name: str) -> None:
+        persona = await self.engine.set_persona(interaction.channel_id or 0, name)
+        await interaction.response.send_message(
+            f"Now playing **{persona.name}** in this channel.", ephemeral=True
+        )
+        if self.config.discord.set_nickname and interaction.guild is not None:
+            try:
+                await interaction.guild.me.edit(nick=persona.name[:32])
+            except discord.HTTPException as exc:
+                _log.info("could not change nickname: %s", exc)
+        if persona.greeting and isinstance(interaction.channel, discord.abc.Messageable):
+            user = interaction.user.display_name
+            face = self.engine.personas.portrait_path(persona)
+            files = [discord.File(face, filename="expression.png")] if face and face.is_file() else []
+            await interaction.channel.send(persona.fill(persona.greeting, user)[:2000], files=files)
+
+    @persona_set.autocomplete("name")
+    async def _persona_names(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=n, value=n) for n in self.engine.personas.names() if current.lower() in n
+        ][:25]
+
+    @persona.command(name="list", description="Personas this bot can play")
+    async def persona_list(self, interaction: discord.Interaction) -> None:
+        lines = []
+        for slug in self.engine.personas.names():
+            try:
+                lines.append(f"`{slug}`: {self.engine.personas.load(slug).name}")
+            except BotError as exc:
+                lines.append(f"`{slug}`: (unusable: {exc})")
+        await interaction.response.send_message("\n".join(lines)[:2000] or "No personas yet.", ephemeral=True)
+
+    @persona.command(name="show", description="Who the bot is playing here")
+    async def persona_show(self, interaction: discord.Interaction, name: str | None = None) -> None:
+        persona = (
+            self.engine.personas.load(name)
+            if name
+            else await self.engine.persona_for(interaction.channel_id or 0)
+        )
+        embed = discord.Embed(title=persona.name, description=persona.fill(persona.description)[:4000])
+        if persona.scenario:
+            embed.add_field(name="Scenario", value=persona.fill(persona.scenario)[:1024], inline=False)
+        embed.set_footer(text=f"id: {persona.slug} · emotions: {', '.join(persona.labels)}")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @persona.command(name="import", description="Import a character card (PNG or JSON, V1/V2/V3)")
+    @app_commands.default_permissions(manage_guild=True)
+    @manager_only
+    async def persona_import(self, interaction: discord.Interaction, card: discord.Attachment) -> None:
+        limit = self.config.discord.max_attachment_bytes
+        if card.size > limit:  # refused before anything is downloaded
+            raise BotError(
+                f"`{card.filename}` is {card.size:,} bytes; cards up to {limit:,} bytes are accepted."
+            )
+        if Path(card.filename).suffix.lower() not in CARD_TYPES:
+            raise BotError(f"`{card.filename}` is not a card: upload a .png or .json character card.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        raw = await card.read()
+        persona = await asyncio.to_thread(self.engine.personas.import_card, raw[: limit + 1], card.filename)
+        await interaction.followup.send(
+            f"Imported **{persona.name}** as `{persona.slug}`. Use `/persona set {persona.slug}` to play it.",
+            ephemeral=True,
+        )
+
+    @persona.command(name="export", description="Download a persona as a SillyTavern card PNG")
+    async def persona_export(
+        self, interaction: discord.Interaction, name: str | None = None, spec: Literal["v2", "v3"] = "v3"
+    ) -> None:
+        persona = (
+            self.engine.personas.load(name)
+            if name
+            else await self.engine.persona_for(interaction.channel_id or 0)
+        )
+        data = await asyncio.to_thread(self.engine.personas.export_card, persona, spec)
+        await interaction.response.send_message(
+            f"**{persona.name}** as a {spec.upper()} card:",
+            ephemeral=True,
+            file=discord.File(io.BytesIO(data), filename=f"{persona.slug}.png"),
+        )
+
+    # -- /reset, /channel -------------------------------------------------------------------------------
+
+    @app_commands.command(name="reset", description="Erase this channel's chat history (asks first)")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @manager_only
+    async def reset(self, interaction: discord.Interaction) -> None:
+        channel_id = interaction.channel_id or 0
+        count = await self.engine.store.count_messages(channel_id)
+        view = ConfirmReset(interaction.user.id)
+        await interaction.response.send_message(
+            f"Erase all {count} stored messages of this channel? The persona forgets this conversation.",
+            view=view,
+            ephemeral=True,
+        )
+        await view.wait()
+        if view.confirmed:
+            removed = await self.engine.reset(channel_id)
+            await interaction.edit_original_response(content=f"Erased {removed} messages.", view=None)
+        else:
+            await interaction.edit_original_response(content="History kept.", view=None)
+
+    @channel.command(name="enable", description="Answer in this channel")
+    @manager_only
+    async def channel_enable(self, interaction: discord.Interaction) -> None:
+        await self.engine.store.update_channel(interaction.channel_id or 0, enabled=True)
+        state = await self.engine.store.channel(interaction.channel_id or 0)
+        mode = state.mode or self.config.discord.default_mode
+        how = "every message" if mode == "all" else "mentions and replies"
+        await interaction.response.send_message(f"Enabled here; answering {how}.", ephemeral=True)
+
+    @channel.command(name="disable", description="Stop answering in this channel")
+    @manager_only
+    async def channel_disable(self, interaction: discord.Interaction) -> None:
+        await self.engine.store.update_channel(interaction.channel_id or 0, enabled=False)
+        await interaction.response.send_message("Disabled here.", ephemeral=True)
+
+    @channel.command(name="mode", description="Answer every message, or only mentions and replies")
+    @manager_only
+    async def channel_mode(self, interaction: discord.Interaction, mode: Literal["all", "mention"]) -> None:
+        await self.engine.store.update_channel(interaction.channel_id or 0, mode=mode)
+        await interaction.response.send_message(f"Mode set to **{mode}**.", ephemeral=True)
+
+    # -- /expression, /status ---------------------------------------------------------------------------
+
+    @expression.command(name="show", description="Show the persona's face for an emotion")
+    async def expression_show(self, interaction: discord.Interaction, label: str | None = None) -> None:
+        channel_id = interaction.channel_id or 0
+        persona = await self.engine.persona_for(channel_id)
+        state = await self.engine.store.channel(channel_id)
+        label = label or state.last_emotion or "neutral"
+        if label not in persona.labels:
+            raise BotError(f"`{label}` is not one of {persona.name}'s emotions: {', '.join(persona.labels)}")
+        image = await self.engine.expressions.image_for(persona, label)
+        if image.path is None:
+            raise BotError(f"{persona.name} has no portrait.")
+        await interaction.response.send_message(
+            f"{persona.name}: *{label}*",
+            file=discord.File(image.path, filename="expression.png"),
+            ephemeral=True,
+        )
+
+    @expression.command(name="render", description="Pre-render every emotion of this channel's persona")
+    @app_commands.default_permissions(manage_guild=True)
+    @manager_only
+    async def expression_render(self, interaction: discord.Interaction) -> None:
+        from bot.expressions import ExpressionService, contact_sheet
+
+        service = self.engine.expressions
+        if not isinstance(service, ExpressionService):
+            raise BotError("No inpainting model is configured: set [expressions] model in config.toml.")
+        persona: Persona = await self.engine.persona_for(interaction.channel_id or 0)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        faces: list[tuple[str, Path]] = []
+        last_edit = 0.0
+        for i, label in enumerate(persona.labels):
+            if time.monotonic() - last_edit > PROGRESS_EDIT_EVERY:
+                await interaction.edit_original_response(
+                    content=f"Rendering {label}… ({i}/{len(persona.labels)})"
+                )
+                last_edit = time.monotonic()
+            faces.append((label, service.sprite(persona, label) or await service.render(persona, label)))
+        sheet = await asyncio.to_thread(contact_sheet, faces)
+        buffer = io.BytesIO()
+        await asyncio.to_thread(sheet.save, buffer, "PNG")
+        buffer.seek(0)
+        await interaction.edit_original_response(
+            content=f"Rendered {len(faces)} faces of {persona.name}.",
+            attachments=[discord.File(buffer, filename="contact-sheet.png")],
+        )
+
+    @app_commands.command(name="status", description="Model, queues and cache")
+    async def status(self, interaction: discord.Interaction) -> None:
+        engine = self.engine
+        persona = await engine.persona_for(interaction.channel_id or 0)
+        renders = await engine.store.count_renders()
+        render_queue = getattr(engine.expressions, "pending", 0)
+        lines = [
+            f"**Model**: `{engine.llm.name}` (context {engine.llm.n_ctx} tokens)",
+            f"**Queue**: {engine.llm.pending} replies, {render_queue} renders",
+            f"**Persona here**: {persona.name} (`{persona.slug}`)",
+            f"**Expression cache**: {renders} faces",
+            f"**Messages stored here**: {await engine.store.count_messages(interaction.channel_id or 0)}",
+        ]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+
+async def setup(bot: RoleplayBot) -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,259 @@
+"""Channel roleplay: answer messages in enabled channels, keep history in step with edits and deletions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from bot.engine import TurnResult
+from bot.errors import BotError, BusyError, GenerationTimeout, InputError
+from bot.splitting import split_message
+
+if TYPE_CHECKING:
+    from bot.client import RoleplayBot
+
+_log = logging.getLogger(__name__)
+
+BUSY_NOTICE_EVERY = 10.0  # seconds between "busy" notices in one channel, so the notices are not spam
+STREAM_EDIT_EVERY = 1.0  # Discord rate-limits edits; once a second reads as live typing
+COOLDOWN_REACTION = "⏳"
+
+
+def expression_file(path: Path | None) -> discord.File | None:
+    return (
+        discord.File(path, filename=f"expression{path.suffix or '.png'}") if path and path.is_file() else None
+    )
+
+
+class Chat(commands.Cog):
+    def __init__(self, bot: RoleplayBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+        self.settings = bot.config.discord
+        self._pending: dict[int, int] = {}
+        self._last_reply_at: dict[int, float] = {}
+        self._busy_noticed: dict[int, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
+        self._closing = False
+
+    # -- deciding whether to answer ---------------------------------------------------------------------
+
+    async def _addressed(self, message: discord.Message) -> bool:
+        """Whether the bot should answer: enabled channel, and the channel's mode."""
+        if message.author.bot or message.guild is None or self.bot.user is None:
+            return False
+        state = await self.engine.store.channel(message.channel.id)
+        enabled = state.enabled if state.enabled is not None else self.settings.enable_new_channels
+        if not enabled:
+            return False
+        if (state.mode or self.settings.default_mode) == "all":
+            return True
+        if self.bot.user in message.mentions:
+            return True
+        ref = message.reference
+        resolved = ref.resolved if ref is not None else None
+        return isinstance(resolved, discord.Message) and resolved.author.id == self.bot.user.id
+
+    def _text_of(self, message: discord.Message) -> str:
+        """The message as the story sees it: the bot's own mention removed, other mentions as names."""
+        text = message.content
+        if self.bot.user is not None:
+            text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
+        for user in message.mentions:
+            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+        return text.strip()
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        task = asyncio.current_task()
+        if self._closing or task is None:
+            return
+        # Registered before the first await, so shutdown and deletions can always reach this answer.
+        self._answering[message.id] = task
+        try:
+            await self._handle(message)
+        finally:
+            self._answering.pop(message.id, None)
+
+    async def _handle(self, message: discord.Message) -> None:
+        if not await self._addressed(message):
+            return
+        text = self._text_of(message)
+        if not text:
+            return
+        channel_id = message.channel.id
+        now = time.monotonic()
+        last = self._last_reply_at.get(message.author.id)
+        if last is not None and now - last < self.settings.cooldown_seconds:
+            await self._react(message, COOLDOWN_REACTION)
+            return
+        if self._pending.get(channel_id, 0) >= self.settings.max_pending_per_channel:
+            await self._say_busy(message)
+            return
+        self._last_reply_at[message.author.id] = now
+        self._pending[channel_id] = self._pending.get(channel_id, 0) + 1
+        try:
+            await self._answer(message, text)
+        finally:
+            self._pending[channel_id] -= 1
+
+    async def _answer(self, message: discord.Message, text: str) -> None:
+        channel = message.channel
+        streamed: StreamedReply | None = None
+        try:
+            async with channel.typing():
+                if self.settings.stream_edits:
+                    streamed = StreamedReply(message)
+                result = await self.engine.turn(
+                    channel.id,
+                    message.author.display_name,
+                    text,
+                    author_id=message.author.id,
+                    discord_id=message.id,
+                    on_text=streamed.add if streamed else None,
+                )
+        except (InputError, BusyError, GenerationTimeout) as exc:
+            await self._reply_notice(
+                message,
+                str(exc)
+                if not isinstance(exc, BusyError)
+                else "I'm still answering others; try again in a moment.",
+            )
+            return
+        except BotError as exc:
+            _log.warning("turn failed in channel %s: %s", channel.id, exc)
+            await self._reply_notice(message, f"Something went wrong: {exc}")
+            return
+        finally:
+            if streamed is not None:
+                await streamed.stop()
+        sent = await self._post(message, result, streamed)
+        await self.engine.store.set_discord_id(result.reply_message_id, sent.id)
+        if result.image.fresh is not None:
+            task = asyncio.create_task(self._swap_in_render(sent, result))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _post(
+        self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
+    ) -> discord.Message:
+        """Send the reply (split under Discord's limit) with the face attached to the first part."""
+        chunks = split_message(result.text) or ["…"]
+        image = expression_file(result.image.path)
+        files = [image] if image else []
+        if streamed is not None and streamed.message is not None:
+            first = await streamed.message.edit(content=chunks[0], attachments=files)
+        else:
+            first = await message.reply(chunks[0], files=files, mention_author=False)
+        for chunk in chunks[1:]:
+            await message.channel.send(chunk)
+        return first
+
+    async def _swap_in_render(self, sent: discord.Message, result: TurnResult) -> None:
+        """When the fresh face finishes rendering, show it in the already-sent reply."""
+        assert result.image.fresh is not None
+        try:
+            path = await result.image.fresh
+            if path is not None and path != result.image.path:
+                image = expression_file(path)
+                if image is not None:
+                    await sent.edit(attachments=[image])
+        except (discord.HTTPException, asyncio.CancelledError) as exc:
+            _log.info("could not update reply %s with the new face: %s", sent.id, exc)
+
+    async def _react(self, message: discord.Message, emoji: str) -> None:
+        # Without permission to react, staying quiet is the right fallback.
+        with contextlib.suppress(discord.HTTPException):
+            await message.add_reaction(emoji)
+
+    async def _say_busy(self, message: discord.Message) -> None:
+        now = time.monotonic()
+        if now - self._busy_noticed.get(message.channel.id, -BUSY_NOTICE_EVERY) < BUSY_NOTICE_EVERY:
+            await self._react(message, COOLDOWN_REACTION)
+            return
+        self._busy_noticed[message.channel.id] = now
+        await self._reply_notice(message, "I'm still answering earlier messages here; give me a moment.")
+
+    async def _reply_notice(self, message: discord.Message, text: str) -> None:
+        try:
+            await message.reply(f"-# {text}", mention_author=False, delete_after=30)
+        except discord.HTTPException as exc:
+            _log.info("could not send a notice in %s: %s", message.channel.id, exc)
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        content = payload.data.get("content")
+        author = payload.data.get("author") or {}
+        if content is None or author.get("bot"):
+            return
+        text = re.sub(rf"<@!?{self.bot.user.id}>", "", content).strip() if self.bot.user else content
+        if await self.engine.store.edit_message(payload.message_id, text):
+            _log.debug("applied edit of message %s", payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        answering = self._answering.get(payload.message_id)
+        if answering is not None and answering is not asyncio.current_task():
+            # Deleted while the bot was still on it: stop, so neither it nor a reply to it stays.
+            answering.cancel()
+            await asyncio.gather(answering, return_exceptions=True)
+        if await self.engine.store.delete_message(payload.message_id):
+            _log.debug("forgot deleted message %s", payload.message_id)
+
+    async def shutdown(self) -> None:
+        """Stop answering before the engine closes. Users' messages are already stored; an unsent reply
+        is dropped whole, never half-saved."""
+        self._closing = True
+        tasks = [*self._answering.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def cog_unload(self) -> None:
+        await self.shutdown()
+
+
+class StreamedReply:
+    """Shows the reply while it is written: one message, edited at most once a second."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self.source = message
+        self.message: discord.Message | None = None
+        self._text = ""
+        self._shown = ""
+        self._task = asyncio.create_task(self._loop())
+
+    def add(self, chunk: str) -> None:
+        self._text += chunk
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(STREAM_EDIT_EVERY)
+            preview = self._text.strip()[:1990]
+            if not preview or preview == self._shown:
+                continue
+            if self.message is None:
+                self.message = await self.source.reply(preview + " …", mention_author=False)
+            else:
+                await self.message.edit(content=preview + " …")
+            self._shown = preview
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, discord.HTTPException):
+            await self._task
+
+
+async def setup(bot: RoleplayBot) -> None:
+    await bot.add_cog(Chat(bot))

@@ -1,0 +1,570 @@
+"""A local server that speaks enough of Discord's REST API and gateway for the unmodified discord.py
+client: only its API base and gateway URL are pointed here. Every request is recorded so tests can
+assert on exactly what the bot sent (content, allowed_mentions, attachments, timing).
+
+It is a test double of Discord, not of our code: the bot under test runs unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+MANAGE_GUILD = 1 << 5
+MEMBER_PERMISSIONS = (
+    (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
+)  # view, send, files, history, slash
+ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    json: Any
+    files: dict[str, bytes]
+    at: float
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class FakeDiscord:
+    """Start with `await server.start()`; then point the bot at `server.api_base` / `server.gateway_url`."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1_000_000_000_000_000_000)
+        self.guild_id = self.new_id()
+        self.app_id = self.new_id()
+        self.bot_user = self.user("RoleplayBot", bot=True)
+        self.admin_role = self.new_id()
+        self.channels = {name: self.new_id() for name in ("general", "roleplay", "quiet", "side")}
+        self.requests: list[Request] = []
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.attachments: dict[str, bytes] = {}
+        self.commands: list[dict[str, Any]] = []
+        self.nickname: str | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self._seq = 0
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.identified = asyncio.Event()
+        self._original: dict[str, Any] = {}  # the latest interaction response message
+
+    def new_id(self) -> int:
+        return next(self._ids)
+
+    @staticmethod
+    def user(name: str, *, bot: bool = False, user_id: int | None = None) -> dict[str, Any]:
+        uid = user_id or int(time.time_ns() % 10**17) + 10**18
+        return {
+            "id": str(uid),
+            "username": name.lower(),
+            "global_name": name,
+            "discriminator": "0",
+            "avatar": None,
+            "bot": bot,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{name}", self._attachment)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/gateway"
+
+    # -- gateway ----------------------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(msg.data)
+            op = payload.get("op")
+            if op == 1:
+                await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+            elif op in (2, 6):  # identify, or resume (answered as a fresh session)
+                self.identify_payload = payload["d"]
+                self._sockets.append(ws)
+                await self._send(
+                    ws,
+                    "READY",
+                    {
+                        "v": 10,
+                        "user": self.bot_user,
+                        "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                        "session_id": "local-session",
+                        "resume_gateway_url": self.gateway_url,
+                        "application": {"id": str(self.app_id), "flags": 0},
+                        "private_channels": [],
+                        "relationships": [],
+                        "shard": [0, 1],
+                    },
+                )
+                await self._send(ws, "GUILD_CREATE", self.guild_payload())
+                self.identified.set()
+        if ws in self._sockets:
+            self._sockets.remove(ws)
+        return ws
+
+    async def _send(self, ws: web.WebSocketResponse, event: str, data: dict[str, Any]) -> None:
+        self._seq += 1
+        await ws.send_json({"op": 0, "t": event, "s": self._seq, "d": data})
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        for ws in list(self._sockets):
+            if not ws.closed:
+                await self._send(ws, event, data)
+
+    async def drop_connections(self) -> None:
+        """Close every gateway socket, as a restart of the bot process would see it."""
+        for ws in list(self._sockets):
+            await ws.close()
+        self._sockets.clear()
+        self.identified.clear()
+
+    def guild_payload(self) -> dict[str, Any]:
+        gid = str(self.guild_id)
+        bot_member = {
+            "user": self.bot_user,
+            "roles": [],
+            "joined_at": _now(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "nick": self.nickname,
+        }
+        return {
+            "id": gid,
+            "name": "Local Test Server",
+            "icon": None,
+            "owner_id": "1",
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "mfa_level": 0,
+            "premium_tier": 0,
+            "nsfw_level": 0,
+            "preferred_locale": "en-US",
+            "features": [],
+            "system_channel_flags": 0,
+            "premium_progress_bar_enabled": False,
+            "large": False,
+            "unavailable": False,
+            "member_count": 3,
+            "joined_at": _now(),
+            "emojis": [],
+            "stickers": [],
+            "roles": [
+                {
+                    "id": gid,
+                    "name": "@everyone",
+                    "permissions": str(MEMBER_PERMISSIONS),
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                },
+                {
+                    "id": str(self.admin_role),
+                    "name": "Admin",
+                    "permissions": str(ADMIN_PERMISSIONS),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": True,
+                    "flags": 0,
+                },
+            ],
+            "channels": [
+                {
+                    "id": str(cid),
+                    "type": 0,
+                    "name": name,
+                    "position": i,
+                    "permission_overwrites": [],
+                    "guild_id": gid,
+                    "nsfw": False,
+                    "parent_id": None,
+                    "topic": None,
+                    "rate_limit_per_user": 0,
+                }
+                for i, (name, cid) in enumerate(self.channels.items())
+            ],
+            "members": [bot_member],
+            "threads": [],
+            "presences": [],
+            "voice_states": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    # -- what users do --------------------------------------------------------------------------------
+
+    def member(self, user: dict[str, Any], admin: bool = False) -> dict[str, Any]:
+        return {
+            "user": user,
+            "roles": [str(self.admin_role)] if admin else [],
+            "joined_at": _now(),
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "pending": False,
+            "nick": None,
+            "avatar": None,
+            "permissions": str(ADMIN_PERMISSIONS if admin else MEMBER_PERMISSIONS),
+        }
+
+    def _message(self, channel: int, author: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
+        message = {
+            "id": str(self.new_id()),
+            "channel_id": str(channel),
+            "guild_id": str(self.guild_id),
+            "author": author,
+            "content": content,
+            "timestamp": _now(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "components": [],
+        }
+        message.update(extra)
+        self.messages[int(message["id"])] = message
+        return message
+
+    async def say(
+        self,
+        channel: int,
+        user: dict[str, Any],
+        content: str,
+        *,
+        mention_bot: bool = False,
+        reply_to: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A user posts a message (MESSAGE_CREATE reaches the bot)."""
+        extra: dict[str, Any] = {"member": {k: v for k, v in self.member(user).items() if k != "user"}}
+        if mention_bot:
+            content = f"<@{self.bot_user['id']}> {content}"
+            extra["mentions"] = [self.bot_user]
+        if reply_to is not None:
+            extra.update(
+                type=19,
+                message_reference={
+                    "message_id": reply_to["id"],
+                    "channel_id": str(channel),
+                    "guild_id": str(self.guild_id),
+                },
+                referenced_message=reply_to,
+            )
+        message = self._message(channel, user, content, **extra)
+        await self.dispatch("MESSAGE_CREATE", message)
+        return message
+
+    async def edit(self, message: dict[str, Any], content: str) -> None:
+        message.update(content=content, edited_timestamp=_now())
+        await self.dispatch("MESSAGE_UPDATE", message)
+
+    async def delete(self, message: dict[str, Any]) -> None:
+        await self.dispatch(
+            "MESSAGE_DELETE",
+            {"id": message["id"], "channel_id": message["channel_id"], "guild_id": str(self.guild_id)},
+        )
+
+    def upload(self, name: str, data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+        """A file a user attaches to a slash command (served from /attachments/)."""
+        self.attachments[name] = data
+        aid = str(self.new_id())
+        url = f"http://127.0.0.1:{self.port}/attachments/{name}"
+        return {
+            "id": aid,
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
+
+    async def slash(
+        self,
+        channel: int,
+        user: dict[str, Any],
+        name: str,
+        options: list[dict[str, Any]] | None = None,
+        *,
+        admin: bool = False,
+        resolved: dict[str, Any] | None = None,
+        kind: int = 2,
+        data: dict[str, Any] | None = None,
+        message: dict[str, Any] | None = None,
+    ) -> str:
+        """A user runs a slash command (or presses a button, kind=3); returns the interaction token."""
+        iid, token = self.new_id(), f"token-{self.new_id()}"
+        command = next((c for c in self.commands if c["name"] == name), None)
+        payload = data or {
+            "id": command["id"] if command else str(self.new_id()),
+            "name": name,
+            "type": 1,
+            "options": options or [],
+        }
+        if resolved:
+            payload["resolved"] = resolved
+        interaction = {
+            "id": str(iid),
+            "application_id": str(self.app_id),
+            "type": kind,
+            "data": payload,
+            "guild_id": str(self.guild_id),
+            "channel_id": str(channel),
+            "channel": {
+                "id": str(channel),
+                "type": 0,
+                "guild_id": str(self.guild_id),
+                "name": "x",
+                "position": 0,
+                "permission_overwrites": [],
+                "nsfw": False,
+                "parent_id": None,
+            },
+            "member": self.member(user, admin),
+            "token": token,
+            "version": 1,
+            "app_permissions": str(ADMIN_PERMISSIONS),
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "context": 0,
+            "attachment_size_limit": 25 * 1024 * 1024,
+        }
+        if message is not None:
+            interaction["message"] = message
+        await self.dispatch("INTERACTION_CREATE", interaction)
+        return token
+
+    # -- REST ---------------------------------------------------------------------------------------------
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append(Request("GET", f"/attachments/{name}", None, {}, time.perf_counter()))
+        if name not in self.attachments:
+            return web.Response(status=404)
+        return web.Response(body=self.attachments[name], content_type="application/octet-stream")
+
+    async def _read(self, request: web.Request) -> tuple[Any, dict[str, bytes]]:
+        files: dict[str, bytes] = {}
+        body: Any = None
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                else:
+                    files[part.filename or part.name or "file"] = bytes(await part.read())  # type: ignore[union-attr]
+        elif request.can_read_body:
+            raw = await request.read()
+            body = json.loads(raw) if raw else None
+        return body, files
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body, files = await self._read(request)
+        record = Request(request.method, path, body, files, time.perf_counter(), dict(request.query))
+        self.requests.append(record)
+        try:
+            response = await self._route(request.method, path.split("/")[1:], body, files)
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
+        return response
+
+    def _bot_message(self, channel: int, body: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+        attachments = []
+        for i, (name, data) in enumerate(files.items()):
+            self.attachments[name] = data
+            url = f"http://127.0.0.1:{self.port}/attachments/{name}"
+            attachments.append(
+                {
+                    "id": str(self.new_id() + i),
+                    "filename": name,
+                    "size": len(data),
+                    "url": url,
+                    "proxy_url": url,
+                }
+            )
+        extra = {"embeds": body.get("embeds") or [], "attachments": attachments}
+        if body.get("message_reference"):
+            extra["message_reference"] = body["message_reference"]
+            extra["type"] = 19
+        return self._message(channel, self.bot_user, body.get("content") or "", **extra)
+
+    async def _route(
+        self, method: str, parts: list[str], body: Any, files: dict[str, bytes]
+    ) -> web.StreamResponse:
+        ok = _json
+        match (method, parts):
+            case ("GET", ["users", "@me"]):
+                return ok(self.bot_user)
+            case ("GET", ["oauth2", "applications", "@me"]) | ("GET", ["applications", "@me"]):
+                return ok(
+                    {
+                        "id": str(self.app_id),
+                        "name": "RoleplayBot",
+                        "icon": None,
+                        "description": "",
+                        "bot_public": True,
+                        "bot_require_code_grant": False,
+                        "verify_key": "0" * 64,
+                        "owner": self.user("Owner", user_id=1),
+                        "team": None,
+                        "flags": 0,
+                        "summary": "",
+                    }
+                )
+            case ("GET", ["gateway" | "gateway", *_]):
+                return ok(
+                    {
+                        "url": self.gateway_url,
+                        "shards": 1,
+                        "session_start_limit": {
+                            "total": 1000,
+                            "remaining": 1000,
+                            "reset_after": 0,
+                            "max_concurrency": 1,
+                        },
+                    }
+                )
+            case ("PUT", ["applications", _, "commands"]) | (
+                "PUT",
+                ["applications", _, "guilds", _, "commands"],
+            ):
+                self.commands = [
+                    {**c, "id": str(self.new_id()), "application_id": str(self.app_id), "version": "1"}
+                    for c in body
+                ]
+                return ok(self.commands)
+            case ("POST", ["channels", _, "typing"]):
+                return web.Response(status=204)
+            case ("POST", ["channels", channel, "messages"]):
+                message = self._bot_message(int(channel), body or {}, files)
+                await self.dispatch("MESSAGE_CREATE", message)
+                return ok(message)
+            case ("PATCH", ["channels", _, "messages", mid]) | ("PATCH", ["webhooks", _, _, "messages", mid]):
+                message = self.messages.get(int(mid)) if mid != "@original" else self._original
+                if message is None:
+                    return ok({"message": "Unknown Message", "code": 10008}, status=404)
+                if body and "content" in body:
+                    message["content"] = body["content"] or ""
+                if files or (body and "attachments" in body):
+                    message["attachments"] = self._bot_message(int(message["channel_id"]), {}, files)[
+                        "attachments"
+                    ]
+                message["edited_timestamp"] = _now()
+                return ok(message)
+            case ("GET", ["webhooks", _, _, "messages", "@original"]):
+                return ok(self._original)
+            case ("PUT", ["channels", _, "messages", _, "reactions", _, "@me"]):
+                return web.Response(status=204)
+            case ("DELETE", ["channels", _, "messages", _]):
+                return web.Response(status=204)
+            case ("PATCH", ["guilds", _, "members", "@me"]):
+                self.nickname = (body or {}).get("nick")
+                return ok(self.member(self.bot_user) | {"nick": self.nickname})
+            case ("POST", ["interactions", iid, _, "callback"]):
+                data = (body or {}).get("data") or {}
+                kind = (body or {}).get("type")
+                self._original = self._bot_message(0, data, files)
+                self._original["flags"] = data.get("flags", 0)
+                response = {
+                    "interaction": {
+                        "id": iid,
+                        "type": 2,
+                        "response_message_id": self._original["id"],
+                        "response_message_loading": kind == 5,
+                        "response_message_ephemeral": bool(data.get("flags", 0) & 64),
+                    },
+                    "resource": {"type": kind, "message": self._original},
+                }
+                return ok(response)
+            case ("POST", ["webhooks", _, _]):
+                return ok(self._bot_message(0, body or {}, files))
+        return ok(
+            {"message": f"404: {method} /{'/'.join(parts)} is not implemented here", "code": 0}, status=404
+        )
+
+    # -- assertions -------------------------------------------------------------------------------------
+
+    def sent(self, predicate: Callable[[Request], bool] = lambda r: True) -> list[Request]:
+        return [r for r in self.requests if predicate(r)]
+
+    async def wait_for(
+        self, predicate: Callable[[Request], bool], limit: float = 60.0, count: int = 1
+    ) -> list[Request]:
+        """Wait until `count` recorded requests match (the bot works concurrently with the test)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.sent(predicate)) >= count), limit)
+        return self.sent(predicate)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # Exactly 'application/json', as Discord sends it: discord.py compares the header verbatim.
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def posts_to(channel: int) -> Callable[[Request], bool]:
+    return lambda r: r.method == "POST" and r.path == f"/channels/{channel}/messages"
+
+
+def typing_in(channel: int) -> Callable[[Request], bool]:
+    return lambda r: r.method == "POST" and r.path == f"/channels/{channel}/typing"
+
+
+def callbacks(token: str) -> Callable[[Request], bool]:
+    return lambda r: r.path.endswith(f"/{token}/callback") or f"/{token}" in r.path

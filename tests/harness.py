@@ -1,0 +1,59 @@
+"""Runs the real bot (real engine, bundled model, tiny inpainting pipeline) against FakeDiscord."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.app import open_engine
+from bot.client import RoleplayBot
+from bot.config import Config, load_config
+from bot.engine import Engine
+
+from .conftest import expression_settings, write_config
+from .discord_server import FakeDiscord
+
+
+def bot_config(folder: Path, server: FakeDiscord, pipeline: Path | None, extra: str = "") -> Config:
+    expressions = expression_settings(pipeline) if pipeline else "[expressions]\nenabled = false\n"
+    discord = (
+        f'[discord]\napi_base = "{server.api_base}"\ngateway_url = "{server.gateway_url}"\n'
+        "cooldown_seconds = 2.0\nmax_pending_per_channel = 2\nmax_attachment_bytes = 200000\n"
+    )
+    return load_config(write_config(folder, expressions + discord + extra))
+
+
+@dataclass
+class Running:
+    bot: RoleplayBot
+    engine: Engine
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    config: Config, server: FakeDiscord, wrap: Callable[[Engine], None] | None = None
+) -> AsyncIterator[Running]:
+    """The bot process: engine opened, bot connected and ready; everything closed on exit."""
+    async with open_engine(config) as engine:
+        if wrap is not None:
+            wrap(engine)
+        bot = RoleplayBot(config, engine)
+        task = asyncio.create_task(bot.start("local-test-token"))
+        try:
+            ready = asyncio.create_task(bot.wait_until_ready())
+            await asyncio.wait({ready, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # start-up failed: raise its error here, not a timeout later
+            if not ready.done():
+                ready.cancel()
+                raise TimeoutError("the bot did not become ready within 60 s")
+            yield Running(bot, engine, task)
+        finally:
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
+            await server.drop_connections()

@@ -1,0 +1,325 @@
+"""End to end: the unmodified discord.py client, the real engine on the bundled model and the tiny
+inpainting pipeline, against the local Discord server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.engine import Engine
+from bot.llm import Generation, LLMBackend
+from bot.prompt import Message
+
+from .cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
+from .discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
+from .harness import bot_config, running_bot
+
+pytestmark = pytest.mark.slow
+
+ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001)
+MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
+
+
+def pings_nobody(request: Request) -> bool:
+    """Discord pings only what allowed_mentions permits: here nothing, not even the replied-to user."""
+    allowed = request.json["allowed_mentions"]
+    return (
+        allowed["parse"] == []
+        and not allowed.get("users")
+        and not allowed.get("roles")
+        and not allowed.get("replied_user")
+    )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeDiscord]:
+    s = FakeDiscord()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path):
+    return bot_config(tmp_path, server, tiny_pipeline_dir)
+
+
+async def enable(server: FakeDiscord, channel: int, mode: str = "all") -> None:
+    token = await server.slash(
+        channel, ADMIN, "channel", [{"name": "enable", "type": 1, "options": []}], admin=True
+    )
+    await server.wait_for(callbacks(token))
+    token = await server.slash(
+        channel,
+        ADMIN,
+        "channel",
+        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": mode}]}],
+        admin=True,
+    )
+    await server.wait_for(callbacks(token))
+
+
+def callback_text(server: FakeDiscord, token: str) -> tuple[str, int]:
+    """Content and flags of everything the bot answered to one interaction."""
+    parts = [r.json or {} for r in server.sent(callbacks(token))]
+    texts = [(p.get("data") or p).get("content") or "" for p in parts]
+    flags = [(p.get("data") or p).get("flags") or 0 for p in parts]
+    return " ".join(t for t in texts if t), max(flags, default=0)
+
+
+async def test_enabled_channel_gets_reply_with_face_disabled_gets_nothing(
+    server: FakeDiscord, config
+) -> None:
+    general, quiet = server.channels["general"], server.channels["quiet"]
+    async with running_bot(config, server) as run:
+        assert server.identify_payload["intents"] & (
+            1 << 15
+        )  # message content intent, and nothing privileged else
+        assert not server.identify_payload["intents"] & ((1 << 1) | (1 << 8))  # no members, no presences
+        await enable(server, general)
+        await server.say(quiet, MEMBER, "anyone there?")
+        user_message = await server.say(general, MEMBER, "Hello Mira! What a storm.")
+        [reply] = await server.wait_for(posts_to(general))
+        assert reply.json["content"].strip()
+        assert pings_nobody(reply)
+        assert str(reply.json["message_reference"]["message_id"]) == user_message["id"]
+        assert list(reply.files) == ["expression.png"] and reply.files["expression.png"].startswith(
+            b"\x89PNG"
+        )
+        typing = server.sent(typing_in(general))
+        assert typing and typing[0].at < reply.at
+        assert server.sent(posts_to(quiet)) == [] and server.sent(typing_in(quiet)) == []
+        history = await run.engine.store.history(general, "mira")
+        assert [m.role for m in history] == ["user", "assistant"]
+        assert (
+            history[0].discord_id == int(user_message["id"])
+            and history[1].emotion in run.engine.personas.load("mira").labels
+        )
+        # The fresh render of the face replaces the image in the sent reply when it lands.
+        edit = await server.wait_for(
+            lambda r: r.method == "PATCH" and r.path.startswith(f"/channels/{general}/messages/")
+        )
+        assert edit[0].files and next(iter(edit[0].files.values())).startswith(b"\x89PNG")
+        # Edits and deletions of the user's message reach the stored history.
+        await server.edit(user_message, "Hello Mira! What a dreadful storm.")
+        await server.delete(await server.say(general, MEMBER, "oops, wrong channel"))
+        await asyncio.sleep(0.5)
+        texts = [m.content for m in await run.engine.store.history(general, "mira")]
+        assert "Hello Mira! What a dreadful storm." in texts and "oops, wrong channel" not in texts
+
+
+async def test_mention_mode(server: FakeDiscord, config) -> None:
+    channel = server.channels["roleplay"]
+    async with running_bot(config, server):
+        await enable(server, channel, mode="mention")
+        await server.say(channel, MEMBER, "just chatting with friends")
+        await server.say(channel, MEMBER, "are you awake?", mention_bot=True)
+        [reply] = await server.wait_for(posts_to(channel))
+        assert pings_nobody(reply)
+        bot_message = server.messages[max(server.messages)]
+        await asyncio.sleep(2.1)  # the member's cooldown
+        await server.say(channel, MEMBER, "and what about now?", reply_to=bot_message)
+        await server.wait_for(posts_to(channel), count=2)
+        await asyncio.sleep(0.5)
+        assert len(server.sent(posts_to(channel))) == 2  # the plain message got no answer
+
+
+async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
+    channel = server.channels["general"]
+    card = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)})
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        # A member without Manage Server is refused, and nothing changes.
+        token = await server.slash(
+            channel,
+            MEMBER,
+            "persona",
+            [{"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": "mira"}]}],
+        )
+        await server.wait_for(callbacks(token))
+        text, flags = callback_text(server, token)
+        assert "Manage Server" in text and flags & 64
+        # An admin imports a card from an attachment...
+        upload = server.upload("rook.png", card)
+        token = await server.slash(
+            channel,
+            ADMIN,
+            "persona",
+            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": upload["id"]}]}],
+            admin=True,
+            resolved={"attachments": {upload["id"]: upload}},
+        )
+        await server.wait_for(lambda r: callbacks(token)(r) and "Imported" in str(r.json), limit=30)
+        # ...swaps to it: nickname, greeting posted without pings, and the next reply is Rook's.
+        token = await server.slash(
+            channel,
+            ADMIN,
+            "persona",
+            [{"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": "captain-rook"}]}],
+            admin=True,
+        )
+        [greeting] = await server.wait_for(posts_to(channel))
+        assert greeting.json["content"].startswith("*Captain Rook grips the wheel.* Hold on, Ada!")
+        assert pings_nobody(greeting)
+        assert server.nickname == "Captain Rook"
+        await server.say(channel, MEMBER, "Where are we flying, captain?")
+        await server.wait_for(posts_to(channel), count=2)
+        history = await run.engine.store.history(channel, "captain-rook")
+        assert [m.author_name for m in history] == ["Milo", "Captain Rook"]
+        # A corrupt card is refused with a message that says what is wrong.
+        bad = server.upload("broken.png", b"GIF89a nope")
+        token = await server.slash(
+            channel,
+            ADMIN,
+            "persona",
+            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": bad["id"]}]}],
+            admin=True,
+            resolved={"attachments": {bad["id"]: bad}},
+        )
+        await server.wait_for(lambda r: callbacks(token)(r) and "not a PNG" in str(r.json), limit=30)
+        # An oversized one is refused before it is downloaded.
+        huge = server.upload("huge.png", b"\x89PNG" + b"\0" * 300_000)
+        token = await server.slash(
+            channel,
+            ADMIN,
+            "persona",
+            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": huge["id"]}]}],
+            admin=True,
+            resolved={"attachments": {huge["id"]: huge}},
+        )
+        await server.wait_for(callbacks(token))
+        assert "300,004 bytes" in callback_text(server, token)[0]
+        assert not server.sent(lambda r: r.path == "/attachments/huge.png")
+        # Read-only commands work for members.
+        token = await server.slash(channel, MEMBER, "status")
+        await server.wait_for(callbacks(token))
+        assert "SmolLM2" in callback_text(server, token)[0]
+
+
+class Scripted:
+    """The real model, except that its replies are the given texts: for checking what the bot does
+    with hostile or huge output that a 135M model cannot be made to write on demand."""
+
+    def __init__(self, model: LLMBackend, replies: Sequence[str]) -> None:
+        self._model = model
+        self._replies = list(replies)
+        self.name, self.n_ctx = model.name, model.n_ctx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._model.tokenize(text)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        return self._model.render(messages, add_generation_prompt)
+
+    def generate(self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None) -> Generation:
+        text = self._replies.pop(0)
+
+        async def chunks() -> AsyncIterator[str]:
+            for i in range(0, len(text), 50):
+                yield text[i : i + 50]
+
+        return Generation(chunks=chunks)
+
+
+LONG = (
+    "The storm rolls on. " * 60
+    + "\n\n```python\n"
+    + "print('lighthouse')\n" * 40
+    + "```\n\n"
+    + "Mira hums a tune while the kettle sings. " * 40
+)
+
+
+async def test_hostile_and_long_output(server: FakeDiscord, config) -> None:
+    channel = server.channels["general"]
+    hostile = f"@everyone look! <@&{server.admin_role}> and <@{ADMIN['id']}> come here @here"
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, [hostile, LONG])  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap=script):
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "say hi to everyone")
+        [reply] = await server.wait_for(posts_to(channel))
+        assert reply.json["content"] == hostile
+        assert pings_nobody(reply)
+        await asyncio.sleep(2.1)
+        await server.say(channel, MEMBER, "tell me a long story")
+        await server.wait_for(posts_to(channel), count=4)
+        await asyncio.sleep(0.5)
+        parts = [r.json["content"] for r in server.sent(posts_to(channel))[1:]]
+        assert len(parts) >= 3 and all(len(p) <= 2000 for p in parts)
+        assert all(p.count("```") % 2 == 0 for p in parts)
+        assert "".join(parts).replace("\n", "").replace(" ", "") == LONG.replace("\n", "").replace(" ", "")
+        assert all(pings_nobody(r) for r in server.sent(posts_to(channel)))
+        assert server.sent(posts_to(channel))[1].files  # the face rides on the first part
+
+
+async def test_history_survives_restart(server: FakeDiscord, config) -> None:
+    channel = server.channels["side"]
+    async with running_bot(config, server):
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "Remember: my ship is called the Gull.")
+        await server.wait_for(posts_to(channel))
+    async with running_bot(config, server) as run:  # a new process: new engine, new store connection
+        before = await run.engine.store.history(channel, "mira")
+        assert before[0].content == "Remember: my ship is called the Gull."
+        await server.say(channel, MEMBER, "What is my ship called?")
+        await server.wait_for(posts_to(channel), count=2)
+        after = await run.engine.store.history(channel, "mira")
+        assert len(after) == 4 and after[:2] == before
+
+
+async def test_burst_gets_cooldown_not_thirty_generations(server: FakeDiscord, config) -> None:
+    channel = server.channels["general"]
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        for i in range(30):
+            await server.say(channel, MEMBER, f"spam {i}")
+        reactions = await server.wait_for(lambda r: r.method == "PUT" and "/reactions/" in r.path, count=29)
+        assert len(reactions) == 29
+        await server.wait_for(posts_to(channel))
+        await asyncio.sleep(1.0)
+        assert len(server.sent(posts_to(channel))) == 1
+        assert await run.engine.store.count_messages(channel) == 2  # one turn, not thirty
+        # Several users at once: beyond the per-channel bound the bot says it is busy.
+        crowd = [FakeDiscord.user(f"User{i}", user_id=3_000_000_000_000_000_000 + i) for i in range(6)]
+        for user in crowd:
+            await server.say(channel, user, "hello there")
+        busy = await server.wait_for(lambda r: posts_to(channel)(r) and "still answering" in str(r.json))
+        assert pings_nobody(busy[0])
+
+
+def _is_reset_prompt(token: str):
+    return lambda r: callbacks(token)(r) and "Erase all" in str(r.json)
+
+
+async def test_reset_asks_for_confirmation(server: FakeDiscord, config) -> None:
+    channel = server.channels["general"]
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "hello")
+        await server.wait_for(posts_to(channel))
+        token = await server.slash(channel, ADMIN, "reset", admin=True)
+        [prompt] = await server.wait_for(_is_reset_prompt(token))
+        assert await run.engine.store.count_messages(channel) == 2  # nothing erased before confirming
+        original = server._original
+        button = prompt.json["data"]["components"][0]["components"][0]
+        await server.slash(
+            channel,
+            ADMIN,
+            "",
+            kind=3,
+            admin=True,
+            message=original,
+            data={"custom_id": button["custom_id"], "component_type": 2},
+        )
+        await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 messages" in str(r.json))
+        assert await run.engine.store.count_messages(channel) == 0

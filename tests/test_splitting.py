@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from bot.splitting import split_message
+
+
+def test_short_text_is_one_message() -> None:
+    assert split_message("hello") == ["hello"]
+
+
+def test_splits_at_sentences_under_the_limit() -> None:
+    text = " ".join(f"Sentence number {i} is here." for i in range(300))
+    chunks = split_message(text)
+    assert len(chunks) > 1 and all(len(c) <= 2000 for c in chunks)
+    assert all(c.endswith(".") for c in chunks)
+    assert " ".join(chunks) == text
+
+
+def test_prefers_paragraphs_and_never_cuts_words() -> None:
+    para = "word " * 150
+    text = "\n\n".join(para.strip() for _ in range(6))
+    chunks = split_message(text)
+    assert all(len(c) <= 2000 for c in chunks)
+    assert all(not c.endswith("wor") for c in chunks)
+    assert "".join(chunks).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_code_block_moves_whole_to_the_next_message() -> None:
+    text = "intro " * 300 + "\n```python\n" + "x = 1\n" * 50 + "```\nafter"
+    chunks = split_message(text)
+    assert all(c.count("```") % 2 == 0 for c in chunks)
+    assert any(c.startswith("```python") for c in chunks)
+
+
+def test_huge_code_block_is_closed_and_reopened() -> None:
+    text = "```js\n" + "let a = 1;\n" * 600 + "```"
+    chunks = split_message(text)
+    assert len(chunks) >= 3 and all(len(c) <= 2000 for c in chunks)
+    assert all(c.count("```") == 2 for c in chunks)
+    assert all(c.startswith("```js") for c in chunks)
+
+
+def test_one_giant_word_is_cut() -> None:
+    chunks = split_message("a" * 5000)
+    assert [len(c) for c in chunks] == [1996, 1996, 1008]
