@@ -21,8 +21,6 @@ _log = logging.getLogger(__name__)
 Message = dict[str, str]
 # Tokens kept free beyond the reply budget: the template's end-of-turn markers and rounding.
 TEMPLATE_MARGIN = 16
-# Rough per-turn overhead of chat templates (role markers, newlines) for the first guess of the window.
-TURN_OVERHEAD = 6
 OPENING_USER_TURN = "(The roleplay begins.)"
 
 
@@ -162,11 +160,10 @@ class PromptBuilder:
         start = min(max(window_start, 0), max(len(turns) - 1, 0))
         text, n_tokens = attempt(start)
         if n_tokens > self.budget:
-            start = self._fresh_start(turns, head, tail)
+            # Refill to (1 - slack) of the budget: the new window then holds for several turns.
+            target = int(self.budget * (1.0 - self.config.window_slack))
+            start = self._first_fitting(attempt, start, len(turns) - 1, target)
             text, n_tokens = attempt(start)
-            while n_tokens > self.budget and start < len(turns) - 1:
-                start += 1
-                text, n_tokens = attempt(start)
             if n_tokens > self.budget:
                 raise InputError(
                     f"the prompt needs {n_tokens} tokens but the context allows {self.budget};"
@@ -174,15 +171,14 @@ class PromptBuilder:
                 )
         return BuiltPrompt(text, n_tokens, head + history_messages(persona, turns[start:]) + tail, start)
 
-    def _fresh_start(self, turns: Sequence[Turn], head: list[Message], tail: list[Message]) -> int:
-        """First turn of a new window filling (1 - slack) of the budget, so it lasts several turns."""
-        target = int(self.budget * (1.0 - self.config.window_slack))
-        used = sum(self.count(m["content"]) + TURN_OVERHEAD for m in head + tail)
-        start = len(turns)
-        while start > 0:
-            cost = self.count(turns[start - 1].content) + len(turns[start - 1].name) // 3 + TURN_OVERHEAD
-            if used + cost > target:
-                break
-            used += cost
-            start -= 1
-        return min(start, max(len(turns) - 1, 0))
+    @staticmethod
+    def _first_fitting(attempt: Callable[[int], tuple[str, int]], low: int, high: int, target: int) -> int:
+        """Earliest window start in [low, high] whose rendered prompt fits in `target` tokens (binary
+        search: fewer turns never need more tokens). `high` when even the last turn alone is too big."""
+        while low < high:
+            middle = (low + high) // 2
+            if attempt(middle)[1] <= target:
+                high = middle
+            else:
+                low = middle + 1
+        return low

@@ -1,0 +1,87 @@
+"""`python -m bot chat` as a person uses it: a real process, typed lines, Ctrl-C, and a restart."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, write_config
+
+pytestmark = pytest.mark.slow
+
+
+class Chat:
+    def __init__(self, config: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "--config", str(config), "chat", "--user", "Sam"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        self.output = ""
+        self._chunks: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read(1):
+            self._chunks.put(chunk)
+
+    def expect(self, text: str, limit: float = 120) -> str:
+        deadline = time.monotonic() + limit
+        while text not in self.output:
+            try:
+                self.output += self._chunks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{text!r} never appeared; output so far:\n{self.output}") from None
+        return self.output
+
+    def type(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> int:
+        return self.proc.wait(timeout=60)
+
+
+def test_terminal_chat_survives_ctrl_c_and_restart(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    chat = Chat(config)
+    chat.expect("[Mira in channel 0; 0 stored messages]")
+    chat.expect("Mira: *Mira sets a kettle")  # the greeting opens a new story
+    chat.type("Hello Mira, I'm soaked through.")
+    chat.expect("[emotion: ")
+    chat.expect(f"| image: {tmp_path / 'avatars' / 'mira.png'}]")
+    # Ctrl-C while a reply is being written cancels that reply only.
+    chat.type("Tell me the longest story you know about the sea.")
+    chat.expect("Sam> Mira: ")
+    time.sleep(0.3)
+    chat.proc.send_signal(signal.SIGINT)
+    chat.expect("[reply cancelled; your message is kept in the history]")
+    chat.type("/quit")
+    assert chat.close() == 0
+
+    again = Chat(config)
+    # Both user messages and the first reply are there; the cancelled reply is not.
+    again.expect("[Mira in channel 0; 3 stored messages]")
+    out = again.expect("Sam: Tell me the longest story you know about the sea.")
+    assert "Sam: Hello Mira, I'm soaked through." in out
+    again.type("/persona ../../etc")
+    again.expect("[error: '../../etc' is not a valid persona name")
+    again.type("/reset")
+    again.expect("[forgot 3 messages]")
+    again.type("/quit")
+    assert again.close() == 0

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.app import open_engine
+from bot.config import Config
+from bot.errors import InputError, PersonaError
+
+pytestmark = pytest.mark.slow
+
+
+async def test_turn_end_to_end(config: Config) -> None:
+    async with open_engine(config) as engine:
+        seen_while_streaming: list[list[str]] = []
+
+        async def on_text(_: str) -> None:
+            if not seen_while_streaming:  # at the first token, the user's message is already committed
+                seen_while_streaming.append([m.role for m in await engine.store.history(5, "mira")])
+
+        result = await engine.turn(5, "Sam", "Hi Mira! Is the lamp lit?", author_id=42, on_text=on_text)
+        assert seen_while_streaming == [["user"]]
+        assert result.text.strip()
+        mira = engine.personas.load("mira")
+        assert result.emotion.label in mira.labels and result.emotion.raw_label in mira.labels
+        assert set(result.emotion.probabilities) == set(mira.labels)
+        assert abs(sum(result.emotion.probabilities.values()) - 1) < 1e-6
+        assert result.image.path == engine.personas.portrait_path(mira)
+        history = await engine.store.history(5, "mira")
+        assert [(m.role, m.author_name) for m in history] == [("user", "Sam"), ("assistant", "Mira")]
+        assert history[1].content == result.text and history[1].emotion == result.emotion.label
+        assert (await engine.store.channel(5)).last_emotion == result.emotion.label
+        # The emotion question reuses the evaluated conversation: it costs far less than the reply.
+        assert result.emotion_seconds < result.reply_seconds
+
+
+async def test_history_continues_after_restart(config: Config) -> None:
+    async with open_engine(config) as engine:
+        await engine.turn(6, "Sam", "My name is Sam and my boat is the Gull.")
+    async with open_engine(config) as engine:  # a new process
+        assert len(await engine.store.history(6, "mira")) == 2
+        await engine.turn(6, "Sam", "What is my boat called?")
+        history = await engine.store.history(6, "mira")
+        assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+        assert history[0].content == "My name is Sam and my boat is the Gull."
+
+
+async def test_cancelled_turn_keeps_the_users_message_only(config: Config) -> None:
+    async with open_engine(config) as engine:
+        started = asyncio.Event()
+        task = asyncio.create_task(
+            engine.turn(7, "Sam", "Tell me everything.", on_text=lambda _: started.set())
+        )
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [m.role for m in await engine.store.history(7, "mira")] == ["user"]
+        await engine.turn(7, "Sam", "Sorry, go on.")  # the model and the channel are usable again
+        assert [m.role for m in await engine.store.history(7, "mira")] == ["user", "user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "empty"), ("   \n ", "empty"), ("fog " * 3000, "tokens long")]
+)
+async def test_bad_messages_change_nothing(config: Config, text: str, message: str) -> None:
+    async with open_engine(config) as engine:
+        with pytest.raises(InputError, match=message):
+            await engine.turn(8, "Sam", text)
+        assert await engine.store.count_messages() == 0
+
+
+async def test_persona_switch(config: Config) -> None:
+    async with open_engine(config) as engine:
+        with pytest.raises(PersonaError, match="not a valid persona name"):
+            await engine.set_persona(9, "../mira")
+        with pytest.raises(PersonaError, match="no persona named"):
+            await engine.set_persona(9, "nobody")
+        assert (await engine.store.channel(9)).persona is None
+        other = engine.personas.load("mira")
+        engine.personas.save(type(other)(**{**other.__dict__, "slug": "mira-noir", "name": "Noir Mira"}))
+        assert (await engine.set_persona(9, "mira-noir")).name == "Noir Mira"
+        result = await engine.turn(9, "Sam", "Who are you?")
+        assert result.persona.slug == "mira-noir"
+        assert [m.persona for m in await engine.store.history(9, "mira-noir")] == ["mira-noir", "mira-noir"]

