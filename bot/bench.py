@@ -127,12 +127,14 @@ async def bench_llm(config: Config, quick: bool) -> None:
         # Decode speed: the engine's worker vs llama-cpp-python called directly, same prompt, same length.
         from llama_cpp import Llama
 
+        threads = llm.threads  # the engine's own thread count
         raw = Llama(
             model_path=str(llm.path),
             n_ctx=4096,
             n_batch=model_config.n_batch,
             verbose=False,
-            n_threads=model_config.n_threads or None,
+            n_threads=threads,
+            n_threads_batch=threads,
         )
         prompt = llm.render(
             [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
@@ -157,7 +159,7 @@ async def bench_llm(config: Config, quick: bool) -> None:
                 count += 1
             stats = generation.stats
             engine_rates.append((stats.generated_tokens - 1) / stats.decode_seconds)
-            llm._llm.reset()  # both start cold each round
+            await llm.forget()  # both start cold each round
         raw.close()
         await llm.close()
         await store.close()

@@ -22,18 +22,15 @@ class EmotionResult:
     probabilities: dict[str, float]
 
 
-def question(name: str, labels: Sequence[str]) -> Message:
-    return {
-        "role": "user",
-        "content": (f"(OOC: one word for the emotion of {name}'s last message, from: {', '.join(labels)})"),
-    }
+def question(name: str) -> Message:
+    # Short on purpose: it is evaluated every turn. The label list lives in the system message,
+    # which stays in the cached prefix (see prompt.system_message).
+    return {"role": "user", "content": f"(OOC: {name}'s emotion in one word?)"}
 
 
-def classification_messages(
-    reply_messages: Sequence[Message], reply: str, name: str, labels: Sequence[str]
-) -> list[Message]:
+def classification_messages(reply_messages: Sequence[Message], reply: str, name: str) -> list[Message]:
     """The reply's own conversation, the reply, then the question: a prefix-sharing extension."""
-    return [*reply_messages, {"role": "assistant", "content": reply}, question(name, labels)]
+    return [*reply_messages, {"role": "assistant", "content": reply}, question(name)]
 
 
 def answer_variants(labels: Sequence[str]) -> dict[str, str]:

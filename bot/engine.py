@@ -156,7 +156,7 @@ class Engine:
 
             names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
             stops = sorted({f"\n{n}:" for n in names} | {"\nUser:", f"\n{persona.name}:"})
-            generation = self.llm.generate(built.text, stop=stops)
+            generation = self.llm.generate(built.text, stop=stops, session=channel_id)
             parts: list[str] = []
             reply_started = time.perf_counter()
             async for chunk in generation.chunks():
@@ -172,7 +172,7 @@ class Engine:
             emotion_started = time.perf_counter()
             state = await self.store.channel(channel_id)
             # The judge reads the reply exactly as generated: those tokens are already evaluated.
-            emotion = await self._judge(persona, built.messages, raw_reply, state.last_emotion)
+            emotion = await self._judge(persona, built.messages, raw_reply, state.last_emotion, channel_id)
             emotion_seconds = time.perf_counter() - emotion_started
 
             reply_row = await self.store.add_message(
@@ -209,10 +209,11 @@ class Engine:
         return built
 
     async def _judge(
-        self, persona: Persona, messages: list[dict[str, str]], reply: str, previous: str | None
+        self, persona: Persona, messages: list[dict[str, str]], reply: str, previous: str | None, channel: int
     ) -> EmotionResult:
         variants = answer_variants(persona.labels)
-        prompt = self.llm.render(classification_messages(messages, reply, persona.name, persona.labels))
-        probabilities = fold_variants(await self.llm.classify(prompt, list(variants)), variants)
+        prompt = self.llm.render(classification_messages(messages, reply, persona.name))
+        scores = await self.llm.classify(prompt, list(variants), session=channel)
+        probabilities = fold_variants(scores, variants)
         raw = max(probabilities, key=lambda label: probabilities[label])
         return EmotionResult(smooth(probabilities, previous, self.config.emotion), raw, probabilities)

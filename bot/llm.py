@@ -15,7 +15,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,7 @@ class LlamaBackend:
         eos = self._token_text(llama.token_eos())
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
+        self._sessions = SessionStates(llama, config.state_cache_mb << 20)
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -171,8 +173,6 @@ class LlamaBackend:
         worker = ModelWorker(config.queue_size, "model")
 
         def build() -> Any:
-            from llama_cpp import LlamaRAMCache
-
             try:
                 llama = _counting_llama_class()(
                     model_path=str(path),
@@ -186,9 +186,6 @@ class LlamaBackend:
                 )
             except (ValueError, RuntimeError) as exc:
                 raise ModelError(f"{path}: llama.cpp could not load the model: {exc}") from None
-            if config.state_cache_mb > 0:
-                # Keeps other channels' evaluated prompts, so switching channels does not re-read history.
-                llama.set_cache(LlamaRAMCache(capacity_bytes=config.state_cache_mb << 20))
             return llama
 
         llama = await worker.run(build)
@@ -199,6 +196,14 @@ class LlamaBackend:
     @property
     def pending(self) -> int:
         return self._worker.pending
+
+    @property
+    def threads(self) -> int:
+        return int(self._llm.context_params.n_threads)
+
+    async def forget(self) -> None:
+        """Drop the evaluated context, so the next call starts cold (benchmarks measure cold turns)."""
+        await self._worker.run(self._llm.reset)
 
     # -- tokenizer and template (thread-safe: they read only the vocabulary) -------------------------------
 
@@ -215,13 +220,23 @@ class LlamaBackend:
 
     # -- generation ---------------------------------------------------------------------------------------
 
-    def generate(self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None) -> Generation:
-        """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job."""
-        generation = Generation(chunks=lambda: self._stream(prompt, list(stop), max_tokens, generation.stats))
+    def generate(
+        self,
+        prompt: str,
+        *,
+        stop: Sequence[str] = (),
+        max_tokens: int | None = None,
+        session: Hashable = None,
+    ) -> Generation:
+        """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job.
+        `session` (a channel) lets the model keep that conversation's evaluated prefix across turns."""
+        generation = Generation(
+            chunks=lambda: self._stream(prompt, list(stop), max_tokens, generation.stats, session)
+        )
         return generation
 
     async def _stream(
-        self, prompt: str, stop: list[str], max_tokens: int | None, stats: GenerationStats
+        self, prompt: str, stop: list[str], max_tokens: int | None, stats: GenerationStats, session: Hashable
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -236,6 +251,7 @@ class LlamaBackend:
                 return
             llm = self._llm
             try:
+                self._sessions.switch_to(session)
                 tokens = self._prompt_tokens(prompt)
                 if len(tokens) >= self.n_ctx:
                     raise ModelError(
@@ -298,15 +314,18 @@ class LlamaBackend:
 
     # -- classification -----------------------------------------------------------------------------------
 
-    async def classify(self, prompt: str, options: Sequence[str]) -> dict[str, float]:
+    async def classify(
+        self, prompt: str, options: Sequence[str], *, session: Hashable = None
+    ) -> dict[str, float]:
         """Probability of each option as the model's answer to the prompt, under the constraint that the
-        answer is one of them. Shares the evaluated prefix with the previous call on this channel."""
-        return await self._worker.run(lambda: self._classify(prompt, list(options)))
+        answer is one of them. Shares the evaluated prefix with the previous call of the same session."""
+        return await self._worker.run(lambda: self._classify(prompt, list(options), session))
 
-    def _classify(self, prompt: str, options: list[str]) -> dict[str, float]:
+    def _classify(self, prompt: str, options: list[str], session: Hashable = None) -> dict[str, float]:
         import numpy as np
 
         llm = self._llm
+        self._sessions.switch_to(session)
         tokens = self._prompt_tokens(prompt)
         if len(tokens) + 8 >= self.n_ctx:
             raise ModelError("the emotion question does not fit the context")
@@ -355,6 +374,49 @@ class LlamaBackend:
         self._cancel_all.set()
         await asyncio.to_thread(self._worker.shutdown)
         self._llm.close()
+
+
+class SessionStates:
+    """Evaluated contexts of recent sessions (channels), kept in RAM so that switching between channels
+    does not re-read their histories. A session's state is saved only when the worker moves to another
+    session, into preallocated numpy buffers by llama.cpp itself (the GIL is released during the copy,
+    so the event loop keeps running). Used from the model worker thread only."""
+
+    def __init__(self, llama: Any, capacity_bytes: int) -> None:
+        self._llm = llama
+        self._capacity = capacity_bytes
+        self._current: Hashable = None
+        self._saved: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()  # session -> (state, tokens)
+
+    def switch_to(self, session: Hashable) -> None:
+        if session is None or session == self._current:
+            return
+        import llama_cpp
+        import numpy as np
+
+        llm = self._llm
+        if self._current is not None and llm.n_tokens > 0 and self._capacity > 0:
+            size = llama_cpp.llama_state_get_size(llm.ctx)
+            if size <= self._capacity:
+                buffer = np.empty(size, dtype=np.uint8)
+                written = llama_cpp.llama_state_get_data(llm.ctx, _ubyte_pointer(buffer), size)
+                self._saved[self._current] = (buffer[:written], llm.input_ids[: llm.n_tokens].copy())
+                self._saved.move_to_end(self._current)
+                while sum(state.nbytes for state, _ in self._saved.values()) > self._capacity:
+                    self._saved.popitem(last=False)
+        restored = self._saved.pop(session, None)
+        if restored is not None:
+            state, tokens = restored
+            llama_cpp.llama_state_set_data(llm.ctx, _ubyte_pointer(state), state.nbytes)
+            llm.n_tokens = len(tokens)
+            llm.input_ids[: len(tokens)] = tokens
+        self._current = session
+
+
+def _ubyte_pointer(array: Any) -> Any:
+    import ctypes
+
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 @functools.cache

@@ -72,6 +72,8 @@ def system_message(persona: Persona, user: str, lore: str) -> str:
         ("Scenario", persona.scenario),
         ("World info", lore),
         ("Example dialogue", persona.example_dialogue.replace("<START>", "").strip()),
+        # Asked out of character after each reply; listed here, in the cached prefix, not per turn.
+        ("Emotions {{char}} can show", ", ".join(persona.labels)),
     ):
         if text.strip():
             parts.append(f"{title}:\n{text.strip()}")

@@ -218,7 +218,9 @@ class Scripted:
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         return self._model.render(messages, add_generation_prompt)
 
-    def generate(self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None) -> Generation:
+    def generate(
+        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
+    ) -> Generation:
         text = self._replies.pop(0)
 
         async def chunks() -> AsyncIterator[str]:

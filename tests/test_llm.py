@@ -109,3 +109,22 @@ async def test_timeout_ends_a_long_reply() -> None:
             _ = [c async for c in generation.chunks()]
     finally:
         await backend.close()
+
+
+async def test_switching_channels_keeps_each_channels_prefix(model: LlamaBackend) -> None:
+    conversations = {
+        channel: [
+            {"role": "system", "content": f"Channel {channel}. " + "The tide is high. " * 60},
+            {"role": "user", "content": "Hello"},
+        ]
+        for channel in ("a", "b")
+    }
+    evaluated: dict[str, list[int]] = {"a": [], "b": []}
+    for turn in range(2):
+        for channel, messages in conversations.items():
+            generation = model.generate(model.render(messages), max_tokens=6, session=channel)
+            text = "".join([c async for c in generation.chunks()])
+            evaluated[channel].append(generation.stats.evaluated_tokens)
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"More {turn}"}]
+    # Each channel's second turn reads only its new messages, although the other channel ran in between.
+    assert all(first > 300 and second < 30 for first, second in evaluated.values()), evaluated
