@@ -141,31 +141,46 @@ async def bench_llm(config: Config, quick: bool) -> None:
         )
         prompt_tokens = raw.tokenize(prompt.encode(), add_bos=False, special=True)
         n_tokens = 96
-        engine_rates, raw_rates = [], []
-        for _ in range(2 if quick else 4):
-            start = time.perf_counter()
-            first = None
-            count = 0
-            for _chunk in raw.create_completion(
-                prompt_tokens, max_tokens=n_tokens, temperature=0.7, seed=3, stream=True
-            ):
+        m = model_config
+        # The engine's own sampling settings and seed: both sides generate the same tokens.
+        sampling = {
+            "temperature": m.temperature,
+            "top_p": m.top_p,
+            "top_k": m.top_k,
+            "min_p": m.min_p,
+            "repeat_penalty": m.repeat_penalty,
+            "seed": m.seed,
+        }
+
+        def raw_rate() -> tuple[float, int]:
+            first, count = None, 0
+            for _chunk in raw.create_completion(prompt_tokens, max_tokens=n_tokens, stream=True, **sampling):
                 count += 1
                 first = first or time.perf_counter()
-            raw_rates.append((count - 1) / (time.perf_counter() - (first or start)))
+            rate = (count - 1) / (time.perf_counter() - (first or 0.0))
             raw.reset()
+            return rate, count
+
+        async def engine_rate() -> tuple[float, int]:
             generation = llm.generate(prompt, max_tokens=n_tokens)
-            count = 0
             async for _chunk in generation.chunks():
-                count += 1
+                pass
+            await llm.forget()
             stats = generation.stats
-            engine_rates.append((stats.generated_tokens - 1) / stats.decode_seconds)
-            await llm.forget()  # both start cold each round
+            return (stats.generated_tokens - 1) / stats.decode_seconds, stats.generated_tokens
+
+        engine_rates, raw_rates, counts = [], [], set()
+        for round_ in range(2 if quick else 4):
+            for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate the order
+                rate, count = raw_rate() if side == "raw" else await engine_rate()
+                (raw_rates if side == "raw" else engine_rates).append(rate)
+                counts.add(count)
         raw.close()
         await llm.close()
         await store.close()
 
     rows = [
-        ("history in the prompt", f"{cold.stats.prompt_tokens} tokens"),
+        ("prompt: persona + 1,500-token history", f"{cold.stats.prompt_tokens} tokens"),
         ("cold turn: latency", f"{cold.reply_seconds + cold.emotion_seconds:.2f} s"),
         ("cold turn: prompt tokens evaluated", f"{cold.stats.evaluated_tokens}"),
         (
@@ -184,6 +199,7 @@ async def bench_llm(config: Config, quick: bool) -> None:
             "emotion step / reply time (median)",
             f"{emotion_s / reply_s:.3f} ({emotion_s * 1000:.0f} ms / {reply_s * 1000:.0f} ms)",
         ),
+        ("tokens generated per decode run", ", ".join(map(str, sorted(counts)))),
         ("decode speed, raw llama-cpp-python", f"{statistics.median(raw_rates):.1f} tokens/s"),
         ("decode speed, engine worker", f"{statistics.median(engine_rates):.1f} tokens/s"),
         (

@@ -95,10 +95,27 @@ def face_mask(
         mask = Image.new("L", portrait_size, 0)
         mask.paste(255, (x, y, x + w, y + h))
     if dilate > 0:
-        mask = mask.filter(ImageFilter.MaxFilter(2 * dilate + 1))
+        mask = dilate_mask(mask, dilate)
     if blur > 0:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
     return mask
+
+
+def dilate_mask(mask: Image.Image, radius: int) -> Image.Image:
+    """Grow the white area by `radius` pixels (a square kernel, done separably in numpy: Pillow's
+    MaxFilter takes hundreds of milliseconds here and holds the GIL, stalling the event loop)."""
+    import numpy as np
+
+    grown = np.asarray(mask) > 127
+    for axis in (0, 1):
+        source, grown = grown, grown.copy()
+        for shift in range(1, radius + 1):
+            ahead: list[slice] = [slice(None), slice(None)]
+            behind: list[slice] = [slice(None), slice(None)]
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, -shift)
+            grown[tuple(ahead)] |= source[tuple(behind)]
+            grown[tuple(behind)] |= source[tuple(ahead)]
+    return Image.fromarray(grown.astype(np.uint8) * 255, mode="L")
 
 
 def detect_face(persona: Persona, avatars: Path) -> tuple[int, int, int, int]:
@@ -337,6 +354,7 @@ class ExpressionService:
         self._worker = ModelWorker(limit=64, name="render worker")
         self._inflight: dict[str, asyncio.Future[Path | None]] = {}
         self._cancel = threading.Event()
+        self._source_memo: dict[str, tuple[object, tuple[Image.Image, Image.Image, str]]] = {}
         # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
         self._unrenderable: dict[str, str] = {}
 
@@ -363,20 +381,36 @@ class ExpressionService:
             raise ExpressionError(f"portrait {path} is not a readable image: {exc}") from None
         return portrait, raw
 
+    def _sources(self, persona: Persona) -> tuple[Image.Image, Image.Image, str]:
+        """Portrait, feathered mask and their content digest, memoized on the files' size and mtime so
+        that a cache hit costs a stat() and a database lookup, not image work."""
+        s = self.settings
+        files = [self.personas.portrait_path(persona)]
+        if persona.face_mask:
+            files.append(self.personas.avatars / Path(persona.face_mask).name)
+        stamps = tuple(
+            (str(f), f.stat().st_mtime_ns, f.stat().st_size) if f and f.exists() else (str(f),) for f in files
+        )
+        key = (stamps, persona.face_box, s.mask_dilate, s.mask_blur)
+        cached = self._source_memo.get(persona.slug)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        portrait, raw = self._portrait(persona)
+        mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
+        value = (portrait, mask, _digest(raw) + _digest(mask.tobytes()))
+        self._source_memo[persona.slug] = (key, value)
+        return value
+
     def job(
         self, persona: Persona, label: str, variant: int = 0
     ) -> tuple[RenderJob, Image.Image, Image.Image]:
         """Everything that decides a render, hashed into its cache key."""
         s = self.settings
-        portrait, raw = self._portrait(persona)
-        mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
+        portrait, mask, pixels_digest = self._sources(persona)
         prompt = emotion_prompt(persona, label)
         seed = seed_for(s.seed, persona.slug, label, variant)
         source = (
-            _digest(raw)
-            + _digest(mask.tobytes())
-            + persona.appearance
-            + json.dumps(dict(persona.emotion_prompts), sort_keys=True)
+            pixels_digest + persona.appearance + json.dumps(dict(persona.emotion_prompts), sort_keys=True)
         )
         recipe = {
             "source": source,
