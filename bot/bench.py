@@ -88,7 +88,7 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
 async def bench_llm(config: Config, quick: bool) -> None:
     from bot.app import persona_library
     from bot.engine import Engine
-    from bot.llm import LlamaBackend
+    from bot.llm import LlamaBackend, sampling
     from bot.store import Store
 
     model_config = dataclasses.replace(
@@ -141,20 +141,11 @@ async def bench_llm(config: Config, quick: bool) -> None:
         )
         prompt_tokens = raw.tokenize(prompt.encode(), add_bos=False, special=True)
         n_tokens = 96
-        m = model_config
-        # The engine's own sampling settings and seed: both sides generate the same tokens.
-        sampling = {
-            "temperature": m.temperature,
-            "top_p": m.top_p,
-            "top_k": m.top_k,
-            "min_p": m.min_p,
-            "repeat_penalty": m.repeat_penalty,
-            "seed": m.seed,
-        }
+        settings = sampling(model_config)  # the engine's own sampling: both sides generate the same tokens
 
         def raw_rate() -> tuple[float, int]:
             first, count = None, 0
-            for _chunk in raw.create_completion(prompt_tokens, max_tokens=n_tokens, stream=True, **sampling):
+            for _chunk in raw.create_completion(prompt_tokens, max_tokens=n_tokens, stream=True, **settings):
                 count += 1
                 first = first or time.perf_counter()
             rate = (count - 1) / (time.perf_counter() - (first or 0.0))

@@ -60,6 +60,18 @@ def check_gguf(path: Path) -> None:
             raise ModelError(f"{path} is not a GGUF model file (wrong magic bytes)")
 
 
+def sampling(config: ModelConfig) -> dict[str, Any]:
+    """llama-cpp-python sampling arguments from the config (a negative seed means a random one)."""
+    return {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": config.top_k,
+        "min_p": config.min_p,
+        "repeat_penalty": config.repeat_penalty,
+        "seed": None if config.seed < 0 else config.seed,
+    }
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
@@ -267,12 +279,7 @@ class LlamaBackend:
                     max_tokens=max_tokens or config.max_reply_tokens,
                     stop=stop,
                     stream=True,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    top_k=config.top_k,
-                    min_p=config.min_p,
-                    repeat_penalty=config.repeat_penalty,
-                    seed=None if config.seed < 0 else config.seed,
+                    **sampling(config),
                 )
                 for chunk in chunks:
                     if first is None:

@@ -4,6 +4,7 @@ inpainting pipeline, against the local Discord server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,20 @@ async def enable(server: FakeDiscord, channel: int, mode: str = "all") -> None:
         admin=True,
     )
     await server.wait_for(callbacks(token))
+
+
+async def set_persona(server: FakeDiscord, channel: int, user: dict[str, Any], name: str, admin: bool) -> str:
+    option = {"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": name}]}
+    return await server.slash(channel, user, "persona", [option], admin=admin)
+
+
+async def import_card(server: FakeDiscord, channel: int, name: str, data: bytes) -> str:
+    """An admin runs /persona import with `data` attached as `name`."""
+    upload = server.upload(name, data)
+    option = {"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": upload["id"]}]}
+    return await server.slash(
+        channel, ADMIN, "persona", [option], admin=True, resolved={"attachments": {upload["id"]: upload}}
+    )
 
 
 def callback_text(server: FakeDiscord, token: str) -> tuple[str, int]:
@@ -134,34 +149,15 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
     async with running_bot(config, server) as run:
         await enable(server, channel)
         # A member without Manage Server is refused, and nothing changes.
-        token = await server.slash(
-            channel,
-            MEMBER,
-            "persona",
-            [{"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": "mira"}]}],
-        )
+        token = await set_persona(server, channel, MEMBER, "mira", admin=False)
         await server.wait_for(callbacks(token))
         text, flags = callback_text(server, token)
         assert "Manage Server" in text and flags & 64
         # An admin imports a card from an attachment...
-        upload = server.upload("rook.png", card)
-        token = await server.slash(
-            channel,
-            ADMIN,
-            "persona",
-            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": upload["id"]}]}],
-            admin=True,
-            resolved={"attachments": {upload["id"]: upload}},
-        )
+        token = await import_card(server, channel, "rook.png", card)
         await server.wait_for(lambda r: callbacks(token)(r) and "Imported" in str(r.json), limit=30)
         # ...swaps to it: nickname, greeting posted without pings, and the next reply is Rook's.
-        token = await server.slash(
-            channel,
-            ADMIN,
-            "persona",
-            [{"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": "captain-rook"}]}],
-            admin=True,
-        )
+        token = await set_persona(server, channel, ADMIN, "captain-rook", admin=True)
         [greeting] = await server.wait_for(posts_to(channel))
         assert greeting.json["content"].startswith("*Captain Rook grips the wheel.* Hold on, Ada!")
         assert pings_nobody(greeting)
@@ -171,26 +167,10 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
         history = await run.engine.store.history(channel, "captain-rook")
         assert [m.author_name for m in history] == ["Milo", "Captain Rook"]
         # A corrupt card is refused with a message that says what is wrong.
-        bad = server.upload("broken.png", b"GIF89a nope")
-        token = await server.slash(
-            channel,
-            ADMIN,
-            "persona",
-            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": bad["id"]}]}],
-            admin=True,
-            resolved={"attachments": {bad["id"]: bad}},
-        )
+        token = await import_card(server, channel, "broken.png", b"GIF89a nope")
         await server.wait_for(lambda r: callbacks(token)(r) and "not a PNG" in str(r.json), limit=30)
         # An oversized one is refused before it is downloaded.
-        huge = server.upload("huge.png", b"\x89PNG" + b"\0" * 300_000)
-        token = await server.slash(
-            channel,
-            ADMIN,
-            "persona",
-            [{"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": huge["id"]}]}],
-            admin=True,
-            resolved={"attachments": {huge["id"]: huge}},
-        )
+        token = await import_card(server, channel, "huge.png", b"\x89PNG" + b"\0" * 300_000)
         await server.wait_for(callbacks(token))
         assert "300,004 bytes" in callback_text(server, token)[0]
         assert not server.sent(lambda r: r.path == "/attachments/huge.png")
@@ -204,9 +184,10 @@ class Scripted:
     """The real model, except that its replies are the given texts: for checking what the bot does
     with hostile or huge output that a 135M model cannot be made to write on demand."""
 
-    def __init__(self, model: LLMBackend, replies: Sequence[str]) -> None:
+    def __init__(self, model: LLMBackend, replies: Sequence[str], pause: float = 0.0) -> None:
         self._model = model
         self._replies = list(replies)
+        self._pause = pause
         self.name, self.n_ctx = model.name, model.n_ctx
 
     def __getattr__(self, name: str) -> Any:
@@ -225,6 +206,7 @@ class Scripted:
 
         async def chunks() -> AsyncIterator[str]:
             for i in range(0, len(text), 50):
+                await asyncio.sleep(self._pause)  # a slow model, for streaming
                 yield text[i : i + 50]
 
         return Generation(chunks=chunks)
@@ -325,3 +307,34 @@ async def test_reset_asks_for_confirmation(server: FakeDiscord, config) -> None:
         )
         await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 messages" in str(r.json))
         assert await run.engine.store.count_messages(channel) == 0
+
+
+async def test_streaming_shows_the_reply_while_it_is_written(
+    server: FakeDiscord, tmp_path: Path, tiny_pipeline_dir
+) -> None:
+    config = bot_config(tmp_path, server, tiny_pipeline_dir, discord_extra="stream_edits = true\n")
+    channel = server.channels["general"]
+    story = "The lamp flickers as the storm comes in from the west. " * 6
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, [story], pause=0.35)  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap=script):
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "Tell me about the storm")
+        [preview] = await server.wait_for(posts_to(channel))
+        assert preview.json["content"].endswith(" …") and len(preview.json["content"]) < len(story)
+        assert pings_nobody(preview)
+
+        def edits(r: Request) -> bool:
+            return r.method == "PATCH" and r.path.startswith(f"/channels/{channel}/messages/")
+
+        final = await server.wait_for(lambda r: edits(r) and (r.json or {}).get("content") == story.strip())
+        # Live previews: the first post, then edits at most once a second (the bot sleeps between them).
+        previews = [preview] + [
+            r for r in server.sent(edits) if str((r.json or {}).get("content")).endswith(" …")
+        ]
+        assert len(previews) >= 2
+        assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(previews))
+        assert final[-1].files
+        assert len(server.sent(posts_to(channel))) == 1  # one message, edited in place
