@@ -29,6 +29,7 @@ MAX_STOP_NAMES = 8  # recent speakers whose "Name:" ends a reply (the model must
 EMPTY_REPLY = "…"
 
 TextCallback = Callable[[str], Awaitable[None] | None]
+Deliver = Callable[["TurnResult"], Awaitable[int | None]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class TurnResult:
     image: ExpressionImage
     persona: Persona
     user_message_id: int
-    reply_message_id: int
+    reply_message_id: int | None  # set once the reply is delivered and stored
     stats: GenerationStats
     emotion_seconds: float
     reply_seconds: float
@@ -137,8 +138,10 @@ class Engine:
         author_id: int | None = None,
         discord_id: int | None = None,
         on_text: TextCallback | None = None,
+        deliver: Deliver | None = None,
     ) -> TurnResult:
-        """Run one turn. The user's message is committed before any model work; the reply after it."""
+        """Run one turn. The user's message is committed before any model work; the reply once
+        `deliver` (the front-end's send, returning the sent message's id) has succeeded."""
         async with self.channel_lock(channel_id):
             started = time.perf_counter()
             persona = await self.check_message(channel_id, text)
@@ -175,28 +178,45 @@ class Engine:
             emotion = await self._judge(persona, built.messages, raw_reply, state.last_emotion, channel_id)
             emotion_seconds = time.perf_counter() - emotion_started
 
-            reply_row = await self.store.add_message(
-                channel_id,
-                role="assistant",
-                author_name=persona.name,
-                content=reply,
-                persona=persona.slug,
-                emotion=emotion.label,
-            )
-            await self.store.update_channel(channel_id, last_emotion=emotion.label)
             image = await self.expressions.image_for(persona, emotion.label)
-            return TurnResult(
+            result = TurnResult(
                 text=reply,
                 emotion=emotion,
                 image=image,
                 persona=persona,
                 user_message_id=user_row,
-                reply_message_id=reply_row,
+                reply_message_id=None,
                 stats=generation.stats,
                 emotion_seconds=emotion_seconds,
                 reply_seconds=reply_seconds,
-                timings={"total": time.perf_counter() - started},
             )
+            # The reply enters the history only once it was delivered (a failed send stores nothing).
+            delivered_id = await deliver(result) if deliver is not None else None
+            saving = asyncio.ensure_future(
+                self._save_reply(channel_id, persona, reply, emotion, delivered_id)
+            )
+            try:
+                result.reply_message_id = await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                await saving  # the reply was sent: record it before giving in to the cancellation
+                raise
+            result.timings["total"] = time.perf_counter() - started
+            return result
+
+    async def _save_reply(
+        self, channel_id: int, persona: Persona, reply: str, emotion: EmotionResult, discord_id: int | None
+    ) -> int:
+        row = await self.store.add_message(
+            channel_id,
+            role="assistant",
+            author_name=persona.name,
+            content=reply,
+            persona=persona.slug,
+            emotion=emotion.label,
+            discord_id=discord_id,
+        )
+        await self.store.update_channel(channel_id, last_emotion=emotion.label)
+        return row
 
     def _build(self, channel_id: int, persona: Persona, history: list[StoredMessage], user: str):  # noqa: ANN202
         turns = [Turn(m.role, m.author_name, m.content) for m in history]

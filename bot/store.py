@@ -199,9 +199,6 @@ class Store:
             rows = await cursor.fetchall()
         return [StoredMessage(**dict(row)) for row in reversed(rows)]
 
-    async def set_discord_id(self, message_id: int, discord_id: int) -> None:
-        await self._write("UPDATE messages SET discord_id = ? WHERE id = ?", (discord_id, message_id))
-
     async def edit_message(self, discord_id: int, content: str) -> bool:
         """Apply a Discord edit to the stored copy. False when the message was never stored."""
         cursor = await self._write(

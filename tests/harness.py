@@ -18,12 +18,18 @@ from .discord_server import FakeDiscord
 
 
 def bot_config(
-    folder: Path, server: FakeDiscord, pipeline: Path | None, extra: str = "", discord_extra: str = ""
+    folder: Path,
+    server: FakeDiscord,
+    pipeline: Path | None,
+    extra: str = "",
+    discord_extra: str = "",
+    cooldown: float = 2.0,
 ) -> Config:
     expressions = expression_settings(pipeline) if pipeline else "[expressions]\nenabled = false\n"
     discord = (
         f'[discord]\napi_base = "{server.api_base}"\ngateway_url = "{server.gateway_url}"\n'
-        "cooldown_seconds = 2.0\nmax_pending_per_channel = 2\nmax_attachment_bytes = 200000\n" + discord_extra
+        f"cooldown_seconds = {cooldown}\n"
+        "max_pending_per_channel = 2\nmax_attachment_bytes = 200000\n" + discord_extra
     )
     return load_config(write_config(folder, expressions + discord + extra))
 

@@ -64,6 +64,15 @@ async def enable(server: FakeDiscord, channel: int, mode: str = "all") -> None:
     await server.wait_for(callbacks(token))
 
 
+async def stored(engine: Engine, channel: int, persona: str, count: int) -> list[Any]:
+    """The channel's history once it holds `count` messages: a reply is stored right after it is sent."""
+    async with asyncio.timeout(30):
+        # The store has no change notification; polling the test's database is fine.
+        while len(history := await engine.store.history(channel, persona)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return history
+
+
 async def set_persona(server: FakeDiscord, channel: int, user: dict[str, Any], name: str, admin: bool) -> str:
     option = {"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": name}]}
     return await server.slash(channel, user, "persona", [option], admin=admin)
@@ -108,7 +117,7 @@ async def test_enabled_channel_gets_reply_with_face_disabled_gets_nothing(
         typing = server.sent(typing_in(general))
         assert typing and typing[0].at < reply.at
         assert server.sent(posts_to(quiet)) == [] and server.sent(typing_in(quiet)) == []
-        history = await run.engine.store.history(general, "mira")
+        history = await stored(run.engine, general, "mira", 2)
         assert [m.role for m in history] == ["user", "assistant"]
         assert (
             history[0].discord_id == int(user_message["id"])
@@ -164,7 +173,7 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
         assert server.nickname == "Captain Rook"
         await server.say(channel, MEMBER, "Where are we flying, captain?")
         await server.wait_for(posts_to(channel), count=2)
-        history = await run.engine.store.history(channel, "captain-rook")
+        history = await stored(run.engine, channel, "captain-rook", 2)
         assert [m.author_name for m in history] == ["Milo", "Captain Rook"]
         # A corrupt card is refused with a message that says what is wrong.
         token = await import_card(server, channel, "broken.png", b"GIF89a nope")
@@ -257,11 +266,15 @@ async def test_history_survives_restart(server: FakeDiscord, config) -> None:
         assert before[0].content == "Remember: my ship is called the Gull."
         await server.say(channel, MEMBER, "What is my ship called?")
         await server.wait_for(posts_to(channel), count=2)
-        after = await run.engine.store.history(channel, "mira")
+        after = await stored(run.engine, channel, "mira", 4)
         assert len(after) == 4 and after[:2] == before
 
 
-async def test_burst_gets_cooldown_not_thirty_generations(server: FakeDiscord, config) -> None:
+async def test_burst_gets_cooldown_not_thirty_generations(
+    server: FakeDiscord, tmp_path: Path, tiny_pipeline_dir: Path
+) -> None:
+    # A cooldown far longer than the burst takes, however slow the machine running the test.
+    config = bot_config(tmp_path, server, tiny_pipeline_dir, cooldown=120.0)
     channel = server.channels["general"]
     async with running_bot(config, server) as run:
         await enable(server, channel)

@@ -84,3 +84,22 @@ async def test_persona_switch(config: Config) -> None:
         result = await engine.turn(9, "Sam", "Who are you?")
         assert result.persona.slug == "mira-noir"
         assert [m.persona for m in await engine.store.history(9, "mira-noir")] == ["mira-noir", "mira-noir"]
+
+
+async def test_reply_is_stored_only_once_delivered(config: Config) -> None:
+    async with open_engine(config) as engine:
+
+        async def refused(_: object) -> int:
+            raise ConnectionError("Discord is down")
+
+        with pytest.raises(ConnectionError):
+            await engine.turn(10, "Sam", "Hello?", deliver=refused)
+        assert [m.role for m in await engine.store.history(10, "mira")] == ["user"]
+
+        async def sent(result: object) -> int:
+            return 987654321
+
+        result = await engine.turn(10, "Sam", "Hello again?", deliver=sent)
+        history = await engine.store.history(10, "mira")
+        assert [m.role for m in history] == ["user", "user", "assistant"]
+        assert history[-1].discord_id == 987654321 and history[-1].id == result.reply_message_id

@@ -25,6 +25,7 @@ _log = logging.getLogger(__name__)
 BUSY_NOTICE_EVERY = 10.0  # seconds between "busy" notices in one channel, so the notices are not spam
 STREAM_EDIT_EVERY = 1.0  # Discord rate-limits edits; once a second reads as live typing
 COOLDOWN_REACTION = "⏳"
+SHUTDOWN_GRACE = 10.0  # seconds answers in progress get to finish when the bot stops
 
 
 def expression_file(path: Path | None) -> discord.File | None:
@@ -115,13 +116,14 @@ class Chat(commands.Cog):
             async with channel.typing():
                 if self.settings.stream_edits:
                     streamed = StreamedReply(message)
-                result = await self.engine.turn(
+                await self.engine.turn(
                     channel.id,
                     message.author.display_name,
                     text,
                     author_id=message.author.id,
                     discord_id=message.id,
                     on_text=streamed.add if streamed else None,
+                    deliver=lambda result: self._deliver(message, result, streamed),
                 )
         except (InputError, BusyError, GenerationTimeout) as exc:
             await self._reply_notice(
@@ -134,16 +136,25 @@ class Chat(commands.Cog):
         except BotError as exc:
             _log.warning("turn failed in channel %s: %s", channel.id, exc)
             await self._reply_notice(message, f"Something went wrong: {exc}")
-            return
+        except discord.HTTPException as exc:
+            # Discord refused the reply: the engine stored nothing for it, so history stays true.
+            _log.warning("could not send the reply in channel %s: %s", channel.id, exc)
         finally:
             if streamed is not None:
                 await streamed.stop()
+
+    async def _deliver(
+        self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
+    ) -> int:
+        """Post the reply (the engine stores it only after this returns), then follow up the face."""
+        if streamed is not None:
+            await streamed.stop()  # no preview edit may land after the final text
         sent = await self._post(message, result, streamed)
-        await self.engine.store.set_discord_id(result.reply_message_id, sent.id)
         if result.image.fresh is not None:
             task = asyncio.create_task(self._swap_in_render(sent, result))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        return sent.id
 
     async def _post(
         self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
@@ -212,13 +223,18 @@ class Chat(commands.Cog):
             _log.debug("forgot deleted message %s", payload.message_id)
 
     async def shutdown(self) -> None:
-        """Stop answering before the engine closes. Users' messages are already stored; an unsent reply
-        is dropped whole, never half-saved."""
+        """Stop taking messages, let answers in progress finish for a grace period, then cancel the
+        rest. Users' messages are already stored; an unsent reply is dropped whole, never half-saved."""
         self._closing = True
-        tasks = [*self._answering.values(), *self._background]
-        for task in tasks:
+        answering = [task for task in self._answering.values() if task is not asyncio.current_task()]
+        if answering:
+            _, late = await asyncio.wait(answering, timeout=SHUTDOWN_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for task in self._background:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def cog_unload(self) -> None:
         await self.shutdown()
