@@ -102,9 +102,6 @@ class Engine:
     def channel_lock(self, channel_id: int) -> asyncio.Lock:
         return self._locks.setdefault(channel_id, asyncio.Lock())
 
-    def channel_busy(self, channel_id: int) -> bool:
-        return self.channel_lock(channel_id).locked()
-
     async def persona_for(self, channel_id: int) -> Persona:
         state = await self.store.channel(channel_id)
         return self.personas.load(state.persona or self.config.persona.default)

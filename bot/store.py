@@ -211,9 +211,6 @@ class Store:
         cursor = await self._write("DELETE FROM messages WHERE discord_id = ?", (discord_id,))
         return cursor.rowcount > 0
 
-    async def delete_row(self, message_id: int) -> None:
-        await self._write("DELETE FROM messages WHERE id = ?", (message_id,))
-
     async def clear_channel(self, channel_id: int) -> int:
         """Forget a channel's whole history; returns how many messages went."""
         cursor = await self._write("DELETE FROM messages WHERE channel_id = ?", (channel_id,))
