@@ -444,10 +444,11 @@ class ExpressionService:
             job, _, _ = await asyncio.to_thread(self.job, persona, label, variant)
         except ExpressionError:
             return None
+        return await self._cached_file(job)
+
+    async def _cached_file(self, job: RenderJob) -> Path | None:
         record = await self.store.render(job.key)
-        if record is not None and Path(record.path).is_file():
-            return Path(record.path)
-        return None
+        return Path(record.path) if record is not None and Path(record.path).is_file() else None
 
     async def best_available(self, persona: Persona, label: str) -> Path | None:
         """What to show without rendering: sprite, cached render of the label, neutral, the portrait."""
@@ -455,25 +456,36 @@ class ExpressionService:
             found = self.sprite(persona, wanted) or await self.cached(persona, wanted)
             if found is not None:
                 return found
+        return self._portrait_file(persona)
+
+    def _portrait_file(self, persona: Persona) -> Path | None:
         portrait = self.personas.portrait_path(persona)
         return portrait if portrait is not None and portrait.is_file() else None
 
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
         """The face for an emotion now; on a cache miss, also a future for the fresh render."""
-        ready = self.sprite(persona, label) or await self.cached(persona, label)
-        if ready is not None:
-            return ExpressionImage(ready, label)
-        now = await self.best_available(persona, label)
-        if not (self.settings.enabled and self.settings.model and persona.portrait):
-            return ExpressionImage(now, label)
+        sprite = self.sprite(persona, label)
+        if sprite is not None:
+            return ExpressionImage(sprite, label)
         try:
-            await asyncio.to_thread(self.job, persona, label)
+            job, _, _ = await asyncio.to_thread(self.job, persona, label)
         except ExpressionError as exc:
             # A persona problem (no face region, unreadable portrait) fails every render the same way:
             # say so once, then keep showing the best image without retrying each turn.
             if self._unrenderable.get(persona.slug) != str(exc):
                 self._unrenderable[persona.slug] = str(exc)
                 _log.warning("not rendering faces for %s: %s", persona.slug, exc)
+            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
+        ready = await self._cached_file(job)
+        if ready is not None:
+            return ExpressionImage(ready, label)
+        neutral = (
+            None
+            if label == "neutral"
+            else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
+        )
+        now = neutral or self._portrait_file(persona)
+        if not (self.settings.enabled and self.settings.model):
             return ExpressionImage(now, label)
         try:
             fresh = self.render_in_background(persona, label)

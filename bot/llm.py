@@ -226,6 +226,10 @@ class LlamaBackend:
         self._formatter.add_generation_prompt = add_generation_prompt
         return self._formatter(messages=list(messages)).prompt
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
+    def _answer_tokens(self, option: str) -> tuple[int, ...]:
+        return tuple(self._llm.tokenize(option.encode("utf-8"), add_bos=False, special=False))
+
     def _prompt_tokens(self, prompt: str) -> list[int]:
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
         return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
@@ -338,7 +342,7 @@ class LlamaBackend:
             raise ModelError("the emotion question does not fit the context")
         llm.eval_suffix(tokens)
         base = llm.n_tokens
-        sequences = {o: tuple(llm.tokenize(o.encode("utf-8"), add_bos=False, special=False)) for o in options}
+        sequences = {o: self._answer_tokens(o) for o in options}
         eos = llm.token_eos()
         n_vocab = llm.n_vocab()
 
