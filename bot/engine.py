@@ -229,7 +229,10 @@ class Engine:
         self, persona: Persona, messages: list[dict[str, str]], reply: str, previous: str | None, channel: int
     ) -> EmotionResult:
         variants = answer_variants(persona.labels)
-        prompt = self.llm.render(classification_messages(messages, reply, persona.name))
+        # Rendering the whole conversation is CPU work: keep it off the event loop.
+        prompt = await asyncio.to_thread(
+            self.llm.render, classification_messages(messages, reply, persona.name)
+        )
         scores = await self.llm.classify(prompt, list(variants), session=channel)
         probabilities = fold_variants(scores, variants)
         raw = max(probabilities, key=lambda label: probabilities[label])
