@@ -12,7 +12,6 @@ import binascii
 import io
 import json
 import struct
-import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,8 +19,8 @@ from typing import Any, Literal
 from PIL import Image, PngImagePlugin
 
 from bot.errors import CardError
+from bot.images import PNG_SIGNATURE, decode_image
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 V2_SPEC = "chara_card_v2"
 V3_SPEC = "chara_card_v3"
 
@@ -76,15 +75,6 @@ def _png_text_chunks(raw: bytes) -> dict[str, str]:
     return chunks
 
 
-def _check_png_size(raw: bytes, max_pixels: int) -> None:
-    """Refuse a huge picture from its IHDR header alone, before any pixel is decompressed."""
-    if raw[12:16] != b"IHDR":
-        raise CardError("PNG file is corrupt (no IHDR header)")
-    width, height = struct.unpack(">II", raw[16:24])
-    if width * height > max_pixels:
-        raise CardError(f"the card's picture is {width}x{height} pixels, more than the {max_pixels} allowed")
-
-
 def _decode_payload(text: str, chunk: str) -> Any:
     try:
         raw = base64.b64decode(text.strip(), validate=True)
@@ -100,26 +90,6 @@ def _parse_json(raw: bytes, what: str) -> Any:
         raise CardError(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise CardError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def _open_portrait(raw: bytes, max_pixels: int) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise CardError(
-                    f"the card's picture is {width}x{height} pixels, more than the {max_pixels} allowed"
-                )
-            image.load()
-    except CardError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CardError("the card's picture is too large to decode (decompression bomb?)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CardError(f"the card's picture cannot be decoded: {exc}") from None
-    return image.convert("RGBA" if "A" in image.getbands() else "RGB")
 
 
 def _validate(payload: Any) -> Card:
@@ -173,14 +143,13 @@ def read_card(raw: bytes, filename: str, *, max_bytes: int, max_pixels: int) -> 
     try:
         if raw.startswith(PNG_SIGNATURE):
             chunks = _png_text_chunks(raw)
-            _check_png_size(raw, max_pixels)
             if "ccv3" in chunks:  # V3 wins: it is the newer, richer copy of the same card
                 card = _validate(_decode_payload(chunks["ccv3"], "ccv3"))
             elif "chara" in chunks:
                 card = _validate(_decode_payload(chunks["chara"], "chara"))
             else:
                 raise CardError("PNG has no character data (no 'chara' or 'ccv3' text chunk)")
-            card.portrait = _open_portrait(raw, max_pixels)
+            card.portrait = decode_image(raw, "the card's picture", max_pixels=max_pixels, error=CardError)
             return card
         if filename.lower().endswith(".png"):
             raise CardError("file is named .png but is not a PNG image")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from PIL import Image, ImageFilter
 from bot.config import Config, ExpressionsConfig
 from bot.engine import ExpressionImage
 from bot.errors import BusyError, ExpressionError
+from bot.images import decode_image
 from bot.llm import ModelWorker
 from bot.persona import Persona, PersonaLibrary
 from bot.store import RenderRecord, Store
@@ -370,15 +370,12 @@ class ExpressionService:
             raise ExpressionError(f"persona '{persona.slug}' has no portrait")
         try:
             raw = path.read_bytes()
-            with Image.open(io.BytesIO(raw)) as image:
-                if image.size[0] * image.size[1] > self.config.persona.max_portrait_pixels:
-                    raise ExpressionError(f"portrait {path.name} is too large ({image.size})")
-                image.load()
-                portrait = image.convert("RGBA" if "A" in image.getbands() else "RGB")
         except FileNotFoundError:
             raise ExpressionError(f"portrait not found: {path}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ExpressionError(f"portrait {path} is not a readable image: {exc}") from None
+        except OSError as exc:
+            raise ExpressionError(f"portrait {path} cannot be read: {exc.strerror}") from None
+        limit = self.config.persona.max_portrait_pixels
+        portrait = decode_image(raw, f"portrait {path}", max_pixels=limit, error=ExpressionError)
         return portrait, raw
 
     def _sources(self, persona: Persona) -> tuple[Image.Image, Image.Image, str]:
@@ -591,14 +588,9 @@ class ExpressionService:
                 continue  # readme files, thumbnails: not sprites
             if len(raw) > MAX_SPRITE_BYTES:
                 raise ExpressionError(f"sprite {base} is {len(raw)} bytes, more than {MAX_SPRITE_BYTES}")
-            try:
-                with Image.open(io.BytesIO(raw)) as image:
-                    if image.size[0] * image.size[1] > self.config.persona.max_portrait_pixels:
-                        raise ExpressionError(f"sprite {base} is too large ({image.size})")
-                    image.load()
-                    accepted.append((base, image.convert("RGBA")))
-            except (OSError, SyntaxError, ValueError) as exc:
-                raise ExpressionError(f"sprite {base} is not a readable image: {exc}") from None
+            limit = self.config.persona.max_portrait_pixels
+            image = decode_image(raw, f"sprite {base}", max_pixels=limit, error=ExpressionError)
+            accepted.append((base, image.convert("RGBA")))
         if not accepted:
             raise ExpressionError("no sprites found (expected files named like joy.png or joy-1.png)")
         folder = self.sprites_dir / persona.slug

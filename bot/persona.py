@@ -23,6 +23,7 @@ from PIL import Image
 from bot.cards import TEXT_FIELDS, Card, read_card, write_card_png
 from bot.config import DEFAULT_LABELS
 from bot.errors import PersonaError
+from bot.images import decode_image
 
 _log = logging.getLogger(__name__)
 
@@ -383,8 +384,9 @@ class PersonaLibrary:
         """A card PNG SillyTavern can import: the portrait with the persona embedded."""
         path = self.portrait_path(persona)
         if path is not None and path.is_file():
-            with Image.open(path) as image:
-                portrait = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            portrait = decode_image(
+                path.read_bytes(), f"portrait {path}", max_pixels=self.max_pixels, error=PersonaError
+            )
         else:
             portrait = Image.new("RGB", (400, 600), (40, 40, 48))
         return write_card_png(portrait, persona_card_data(persona), spec)

@@ -317,3 +317,12 @@ def test_render_command_writes_contact_sheet(expr_config: Config, capsys: pytest
     assert "rendered 4 faces" in capsys.readouterr().out
     with Image.open(sheet) as image:
         assert image.size == (4 * 256, 256 + 24)
+
+
+def test_decompression_bomb_sprite_is_a_clear_error(service: ExpressionService) -> None:
+    from .test_cards import _bomb_png
+
+    mira = service.personas.load("mira")
+    with pytest.raises(ExpressionError, match=r"joy\.png is 30000x30000 pixels"):
+        service.import_sprites(mira, [("joy.png", _bomb_png())])
+    assert not (service.sprites_dir / "mira").exists()
