@@ -52,6 +52,11 @@ MAX_SPRITE_BYTES = 10_000_000
 MAX_PACK_FILES = 200
 
 
+def sprite_name(label: str, variant: int = 0) -> str:
+    """SillyTavern's sprite file names: joy.png, then joy-1.png, joy-2.png for variants."""
+    return f"{label}.png" if variant == 0 else f"{label}-{variant}.png"
+
+
 # -- face region ------------------------------------------------------------------------------------
 
 
@@ -160,6 +165,15 @@ def emotion_prompt(persona: Persona, label: str) -> str:
 def seed_for(base: int, persona: str, label: str, variant: int) -> int:
     digest = hashlib.sha256(f"{base}:{persona}:{label}:{variant}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def _file_stamp(path: Path | None) -> tuple[object, ...]:
+    """What identifies a file's version cheaply: its path, mtime and size (just the path if missing)."""
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        stat = None
+    return (str(path),) if stat is None else (str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def _digest(data: bytes) -> str:
@@ -385,9 +399,7 @@ class ExpressionService:
         files = [self.personas.portrait_path(persona)]
         if persona.face_mask:
             files.append(self.personas.avatars / Path(persona.face_mask).name)
-        stamps = tuple(
-            (str(f), f.stat().st_mtime_ns, f.stat().st_size) if f and f.exists() else (str(f),) for f in files
-        )
+        stamps = tuple(_file_stamp(f) for f in files)
         key = (stamps, persona.face_box, s.mask_dilate, s.mask_blur)
         cached = self._source_memo.get(persona.slug)
         if cached is not None and cached[0] == key:
@@ -432,8 +444,7 @@ class ExpressionService:
 
     def sprite(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
         """A hand-made sprite from an imported pack; these win over generated faces."""
-        name = f"{label}.png" if variant == 0 else f"{label}-{variant}.png"
-        path = self.sprites_dir / persona.slug / name
+        path = self.sprites_dir / persona.slug / sprite_name(label, variant)
         return path if path.is_file() else None
 
     async def cached(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
@@ -446,14 +457,6 @@ class ExpressionService:
     async def _cached_file(self, job: RenderJob) -> Path | None:
         record = await self.store.render(job.key)
         return Path(record.path) if record is not None and Path(record.path).is_file() else None
-
-    async def best_available(self, persona: Persona, label: str) -> Path | None:
-        """What to show without rendering: sprite, cached render of the label, neutral, the portrait."""
-        for wanted in dict.fromkeys((label, "neutral")):
-            found = self.sprite(persona, wanted) or await self.cached(persona, wanted)
-            if found is not None:
-                return found
-        return self._portrait_file(persona)
 
     def _portrait_file(self, persona: Persona) -> Path | None:
         portrait = self.personas.portrait_path(persona)
@@ -605,9 +608,8 @@ class ExpressionService:
         """SillyTavern-style sprite file names -> files: cached renders, overridden by hand-made sprites."""
         files: dict[str, Path] = {}
         for record in await self.store.renders_for(persona.slug):
-            name = f"{record.label}.png" if record.variant == 0 else f"{record.label}-{record.variant}.png"
             if Path(record.path).is_file():
-                files[name] = Path(record.path)
+                files[sprite_name(record.label, record.variant)] = Path(record.path)
         folder = self.sprites_dir / persona.slug
         if folder.is_dir():
             for path in folder.glob("*.png"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from bot.app import persona_library
 from bot.config import Config
 from bot.errors import ExpressionError
-from bot.expressions import MAX_PACK_FILES, MAX_SPRITE_BYTES, ExpressionService, contact_sheet
+from bot.expressions import MAX_PACK_FILES, MAX_SPRITE_BYTES, ExpressionService, contact_sheet, sprite_name
 from bot.persona import Persona
 from bot.store import Store
 
@@ -35,7 +35,7 @@ async def render_all(
     for i, (label, variant) in enumerate(jobs):
         progress(i, len(jobs), started, label)
         path = service.sprite(persona, label, variant) or await service.render(persona, label, variant)
-        faces.append((label if variant == 0 else f"{label}-{variant}", path))
+        faces.append((sprite_name(label, variant).removesuffix(".png"), path))
     progress(len(jobs), len(jobs), started, "done")
     sys.stderr.write("\n")
     return faces

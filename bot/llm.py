@@ -184,15 +184,17 @@ class LlamaBackend:
         check_gguf(path)
         worker = ModelWorker(config.queue_size, "model")
 
+        # llama-cpp-python's default is half the cores, which leaves a small machine idle.
+        threads = config.n_threads or os.cpu_count() or 1
+
         def build() -> Any:
             try:
                 llama = _counting_llama_class()(
                     model_path=str(path),
                     n_ctx=config.n_ctx,
                     n_gpu_layers=config.n_gpu_layers,
-                    # llama-cpp-python's default is half the cores, which leaves a small machine idle.
-                    n_threads=config.n_threads or os.cpu_count() or 1,
-                    n_threads_batch=config.n_threads or os.cpu_count() or 1,
+                    n_threads=threads,
+                    n_threads_batch=threads,
                     n_batch=config.n_batch,
                     verbose=False,
                 )
