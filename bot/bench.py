@@ -309,7 +309,7 @@ def bench_gpu() -> int:
 # -- discord ----------------------------------------------------------------------------------------------
 
 
-async def bench_discord(config: Config, quick: bool) -> None:
+async def bench_discord(config: Config, quick: bool) -> int:
     repo = Path(__file__).resolve().parent.parent
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))
@@ -322,7 +322,7 @@ async def bench_discord(config: Config, quick: bool) -> None:
             f"bench discord needs the repository's tests/ folder (local Discord server): {exc}",
             file=sys.stderr,
         )
-        return
+        return 2
 
     server = FakeDiscord()
     await server.start()
@@ -380,6 +380,7 @@ async def bench_discord(config: Config, quick: bool) -> None:
         ("event loop worst lag (replies + renders)", lag.describe()),
     ]
     table("bench discord (local Discord server, bundled model, tiny inpainting pipeline)", rows)
+    return 0
 
 
 async def main(config: Config, args: argparse.Namespace) -> int:
@@ -388,5 +389,5 @@ async def main(config: Config, args: argparse.Namespace) -> int:
     elif args.what == "expressions":
         return await bench_expressions(config, args.quick, args.gpu)
     else:
-        await bench_discord(config, args.quick)
+        return await bench_discord(config, args.quick)
     return 0
