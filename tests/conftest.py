@@ -12,16 +12,20 @@ from bot.config import Config, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write_config(folder: Path, extra: str = "") -> Path:
-    """A config.toml in `folder` with its own database, personas and avatars (copied from the repo)."""
+def write_config(folder: Path, extra: str = "", *, sprites: bool = True) -> Path:
+    """A config.toml in `folder` with its own database, personas and avatars (copied from the repo).
+    `sprites=False` leaves out the shipped expression sets, so that faces are rendered."""
     shutil.copytree(REPO / "persona", folder / "persona", dirs_exist_ok=True)
+    skip = ("cache",) if sprites else ("cache", "sprites")
     shutil.copytree(
-        REPO / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns("cache")
+        REPO / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip)
     )
     path = folder / "config.toml"
     path.write_text(
         "[model]\nn_ctx = 2048\nmax_reply_tokens = 48\ntemperature = 0.0\nseed = 7\n"
-        '[store]\npath = "data/test.sqlite3"\n' + extra
+        '[store]\npath = "data/test.sqlite3"\n'
+        # `auto` would measure the judges in the background during every test; test_emotion covers it.
+        '[emotion]\njudge = "classifier"\n' + extra
     )
     return path
 
@@ -77,4 +81,4 @@ def expression_settings(model: Path | str) -> str:
 
 @pytest.fixture
 def expr_config(tmp_path: Path, tiny_pipeline_dir: Path) -> Config:
-    return load_config(write_config(tmp_path, expression_settings(tiny_pipeline_dir)))
+    return load_config(write_config(tmp_path, expression_settings(tiny_pipeline_dir), sprites=False))

@@ -1,32 +1,201 @@
 from __future__ import annotations
 
-from bot.config import EmotionConfig
-from bot.emotion import answer_variants, classification_messages, fold_variants, smooth
+import asyncio
+import json
+from pathlib import Path
 
-CONFIG = EmotionConfig(min_confidence=0.35, switch_margin=0.10)
+import pytest
 
+from bot.config import DEFAULT_LABELS, EmotionConfig
+from bot.emotion import EmotionJudge
+from bot.emotion.classifier import shipped
+from bot.emotion.evaluation import gold, read_goemotions, score
+from bot.emotion.judge import combine, probe_examples
+from bot.emotion.labels import GOEMOTIONS, TO_DEFAULT, canonical, project, projection, unjudgeable
+from bot.emotion.llm_judge import answer_variants, calibrate, classification_messages, fold_variants
+from bot.emotion.smoothing import smooth
+from bot.emotion.text import strip_roleplay
 
-def test_variants_fold_into_labels() -> None:
-    variants = answer_variants(["joy", "anger"])
-    assert variants == {"joy": "joy", "Joy": "joy", "anger": "anger", "Anger": "anger"}
-    probs = fold_variants({"joy": 0.2, "Joy": 0.4, "anger": 0.1, "Anger": 0.3}, variants)
-    assert abs(probs["joy"] - 0.6) < 1e-9 and abs(probs["anger"] - 0.4) < 1e-9
+from .conftest import REPO
 
-
-def test_smoothing_keeps_the_face_on_weak_signals() -> None:
-    assert smooth({"joy": 0.5, "anger": 0.5}, None, CONFIG) == "joy"  # first turn: the best
-    assert smooth({"joy": 0.3, "anger": 0.25, "fear": 0.45}, "joy", CONFIG) == "fear"
-    assert smooth({"joy": 0.2, "anger": 0.3, "fear": 0.5}, "anger", CONFIG) == "fear"
-    # Weak winner: keep the previous expression.
-    assert smooth({"joy": 0.3, "anger": 0.34, "fear": 0.36}, "joy", CONFIG) == "joy"
-    # Strong enough, but barely ahead of the previous one: keep it.
-    assert smooth({"joy": 0.38, "anger": 0.45, "fear": 0.17}, "joy", CONFIG) == "joy"
-    # A previous label the persona no longer has is ignored.
-    assert smooth({"joy": 0.6, "anger": 0.4}, "smug", CONFIG) == "joy"
+CONFIG = EmotionConfig(judge="classifier", min_lift=2.0, switch_lift=0.5)
+DEV = REPO.parent / "shared" / "goemotions" / "dev.tsv"
 
 
-def test_question_extends_the_replys_conversation() -> None:
+def best(probs: dict[str, float]) -> str:
+    return max(probs, key=lambda label: probs[label])
+
+
+def classifier_judge() -> EmotionJudge:
+    return EmotionJudge(CONFIG, None)
+
+
+# -- labels ---------------------------------------------------------------------------------------------
+
+
+def test_every_goemotions_label_has_a_default_face() -> None:
+    assert set(TO_DEFAULT) == set(GOEMOTIONS) and set(TO_DEFAULT.values()) == set(DEFAULT_LABELS)
+    assert projection(DEFAULT_LABELS) == TO_DEFAULT
+    assert projection(GOEMOTIONS) == {g: g for g in GOEMOTIONS}  # all 28: each its own face
+
+
+def test_subsets_and_synonyms_fall_back_to_the_nearest_face() -> None:
+    small = projection(["neutral", "joy", "sadness"])
+    assert small["amusement"] == "joy" and small["love"] == "joy" and small["gratitude"] == "joy"
+    assert small["embarrassment"] == "sadness" and small["grief"] == "sadness"
+    assert small["anger"] == "neutral"  # no angry face: the calm one, never a wrong emotion
+    named = projection(["happy", "sad", "angry", "calm"])
+    assert named["joy"] == "happy" and named["annoyance"] == "angry" and named["neutral"] == "calm"
+    assert canonical("Embarrassed") == "embarrassment"
+    assert unjudgeable(["joy", "smug", "neutral"]) == ["smug"]
+    probs = project({"amusement": 0.5, "joy": 0.25, "anger": 0.25}, ["joy", "neutral"])
+    assert probs == {"joy": 0.75, "neutral": 0.25}
+
+
+def test_roleplay_markup_is_stripped_but_actions_kept() -> None:
+    text = "Mira: *She laughs softly.* (OOC: brb, dinner) Hello <@123456789>! ((ooc note)) Joy is here."
+    assert strip_roleplay(text, ["Joy"]) == "She laughs softly. Hello ! is here."
+
+
+# -- the shipped classifier -----------------------------------------------------------------------------
+
+
+def test_classifier_reads_roleplay_replies() -> None:
+    judge = classifier_judge()
+    examples = probe_examples()
+    predictions = [best(judge.classify_text(text, DEFAULT_LABELS, ["Mira"])) for _, text in examples]
+    result = score(predictions, [(label,) for label, _ in examples], DEFAULT_LABELS)
+    # Written for this project, one clear emotion each: a judge that ignores the text (uniform
+    # probabilities, one label for everything) scores 0.10 here.
+    assert result.accuracy >= 0.6, result
+    assert result.largest_share <= 0.3, result.predicted
+    assert len(result.predicted) >= 8  # nearly every face is used
+
+
+@pytest.mark.skipif(not DEV.is_file(), reason="GoEmotions dev split not present beside the repository")
+def test_classifier_on_goemotions_dev() -> None:
+    judge = classifier_judge()
+    examples = read_goemotions(DEV, limit=1500)
+    predictions = [best(judge.classify_text(e.text, DEFAULT_LABELS)) for e in examples]
+    result = score(predictions, [gold(e, DEFAULT_LABELS) for e in examples], DEFAULT_LABELS)
+    assert result.accuracy >= 0.55 and result.largest_share <= 0.5, result
+
+
+def test_classifier_probabilities_are_a_distribution_over_28_labels() -> None:
+    probs = shipped().probabilities("thank you so much, this made my day")
+    assert set(probs) == set(GOEMOTIONS) and abs(sum(probs.values()) - 1) < 1e-5
+    assert best(probs) == "gratitude"
+    empty = shipped().probabilities("")  # nothing known: the bias alone, still a distribution
+    assert abs(sum(empty.values()) - 1) < 1e-5
+
+
+def test_score_counts_any_mapped_label_as_right() -> None:
+    result = score(["joy", "anger", "neutral"], [("joy", "love"), ("sadness",), ("neutral",)], DEFAULT_LABELS)
+    assert result.accuracy == pytest.approx(2 / 3) and result.predicted["anger"] == 1
+
+
+# -- smoothing and combining ----------------------------------------------------------------------------
+
+
+def test_smoothing_scales_with_the_number_of_labels() -> None:
+    assert smooth({"joy": 0.5, "anger": 0.5}, None, CONFIG) == ("joy", "")  # first turn: the best
+    # Twice chance's odds: 0.50 for 3 labels, 0.18 for 10, 0.07 for 28.
+    label, why = smooth({"joy": 0.45, "anger": 0.25, "fear": 0.30}, "fear", CONFIG)
+    assert label == "fear" and why == "joy only 0.45 < 0.50"
+    assert smooth({"joy": 0.55, "anger": 0.25, "fear": 0.20}, "fear", CONFIG) == ("joy", "")
+    ten = dict.fromkeys(DEFAULT_LABELS, 0.8 / 9)
+    ten["fear"] = 0.2
+    assert smooth(ten, "joy", CONFIG) == ("fear", "")
+    many = dict.fromkeys(GOEMOTIONS, 0.92 / 27)
+    many["fear"] = 0.08
+    assert smooth(many, "joy", CONFIG) == ("fear", "")
+    many["fear"] = 0.06
+    assert smooth(many, "joy", CONFIG)[0] == "joy"
+    # Clear, but barely ahead of the face shown (0.5 x chance = 0.17 for 3 labels): keep it.
+    label, why = smooth({"joy": 0.40, "anger": 0.52, "fear": 0.08}, "joy", CONFIG)
+    assert label == "joy" and why == "anger 0.52 not 0.17 above joy 0.40"
+    assert smooth({"joy": 0.6, "anger": 0.4}, "smug", CONFIG) == ("joy", "")  # unknown previous face
+
+
+def test_combining_judges_lets_neither_veto() -> None:
+    combined = combine({"joy": 1.0, "anger": 0.0}, {"joy": 0.2, "anger": 0.8})
+    assert abs(sum(combined.values()) - 1) < 1e-9 and 0 < combined["anger"] < combined["joy"]
+
+
+async def test_judge_follows_the_text_and_explains_a_kept_face() -> None:
+    judge = classifier_judge()
+    laugh = await judge.judge(
+        name="Mira", labels=DEFAULT_LABELS, reply="*She bursts out laughing.* Haha, LOL!"
+    )
+    assert (laugh.label, laugh.raw_label, laugh.judge, laugh.kept) == (
+        "amusement",
+        "amusement",
+        "classifier",
+        "",
+    )
+    scared = await judge.judge(
+        name="Mira",
+        labels=DEFAULT_LABELS,
+        reply="I'm terrified. Something is on the stairs!",
+        previous="amusement",
+    )
+    assert scared.label == "fear"
+    strict = EmotionJudge(EmotionConfig(judge="classifier", min_lift=9.0), None)  # needs p >= 0.5
+    shrug = await strict.judge(name="Mira", labels=DEFAULT_LABELS, reply="Well.", previous="fear")
+    assert shrug.label == "fear" and shrug.raw_label != "fear" and shrug.kept.startswith(shrug.raw_label)
+
+
+# -- the LLM judge ------------------------------------------------------------------------------------
+
+
+def test_question_lists_the_labels_and_extends_the_conversation() -> None:
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
-    out = classification_messages(messages, "reply", "Mira")
+    out = classification_messages(messages, "reply", "Mira", ["joy", "anger"])
     assert out[:2] == messages and out[2] == {"role": "assistant", "content": "reply"}
-    assert out[3]["role"] == "user" and "Mira" in out[3]["content"]
+    assert out[3]["role"] == "user" and "Mira" in out[3]["content"] and "joy, anger" in out[3]["content"]
+    variants = answer_variants(["joy", "anger"])
+    assert variants == {" joy": "joy", " Joy": "joy", " anger": "anger", " Anger": "anger"}
+    probs = fold_variants({" joy": 0.2, " Joy": 0.4, " anger": 0.1, " Anger": 0.3}, variants)
+    assert probs["joy"] == pytest.approx(0.6)
+    assert calibrate({"joy": 0.8, "anger": 0.2}, {"joy": 0.8, "anger": 0.2}) == pytest.approx(
+        {"joy": 0.5, "anger": 0.5}
+    )
+
+
+@pytest.mark.slow
+def test_answer_ends_include_the_templates_end_of_turn(model) -> None:
+    im_end = model._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    assert len(im_end) == 1 and im_end[0] in model._answer_ends
+
+
+@pytest.mark.slow
+async def test_llm_scores_whole_labels_from_the_text(model) -> None:
+    def prompt(word: str) -> str:
+        return model.render([{"role": "user", "content": f"Repeat exactly one word: {word}"}])
+
+    options = [" sadness", " surprise", " anger"]  # " s" starts two of them: the trie is walked deeper
+    for word in ("sadness", "surprise", "anger"):
+        probs = await model.classify(prompt(word), options, session="t")
+        assert best(probs) == f" {word}", (word, probs)
+
+
+@pytest.mark.slow
+async def test_auto_measures_once_and_remembers(model, tmp_path: Path, monkeypatch) -> None:
+    import bot.emotion.judge as judge_module
+
+    few = probe_examples()[::4]  # ten lines: enough to exercise the measurement
+    monkeypatch.setattr(judge_module, "probe_examples", lambda: few)
+    verdicts = tmp_path / "emotion-judge.json"
+    config = EmotionConfig(judge="auto")
+    judge = EmotionJudge(config, model, model_id="smollm", verdict_file=verdicts)
+    assert judge.mode == "classifier"  # until measured
+    first = await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha, that's hilarious!")
+    assert first.judge == "classifier"
+    assert judge._probe is not None
+    chosen = await asyncio.wait_for(judge._probe, 300)
+    saved = json.loads(verdicts.read_text())["smollm"]
+    assert saved["judge"] == chosen == judge.mode and set(saved["probe"]) == {"classifier", "llm", "both"}
+    again = EmotionJudge(config, model, model_id="smollm", verdict_file=verdicts)
+    assert again.mode == chosen and again._mode == chosen  # remembered: no second measurement
+    other = EmotionJudge(config, model, model_id="another model", verdict_file=verdicts)
+    assert other._mode is None

@@ -50,6 +50,7 @@ async def test_generation_streams_and_reuses_the_prefix(model: LlamaBackend) -> 
         {"role": "system", "content": "You are a pirate. " * 20},
         {"role": "user", "content": "Hello!"},
     ]
+    await model.forget()  # the model is shared by the whole run: start this conversation cold
     first = model.generate(model.render(messages), max_tokens=12)
     chunks = [c async for c in first.chunks()]
     assert chunks and first.stats.generated_tokens >= 1

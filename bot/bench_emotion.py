@@ -1,0 +1,174 @@
+"""`python -m bot bench emotion`: how well each emotion judge reads GoEmotions' dev split mapped onto the
+10 default labels, next to always-neutral and a keyword lexicon, and what each judge costs next to a
+60-token reply on the loaded model."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import re
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bot.bench import machine
+from bot.config import DEFAULT_LABELS, Config
+from bot.emotion.evaluation import Example, Scores, gold, read_goemotions, score
+from bot.emotion.judge import PROBE_SYSTEM, EmotionJudge
+from bot.emotion.smoothing import smooth
+from bot.prompt import Message
+
+REPLY_TOKENS = 60
+LLM_SAMPLE = 200  # dev rows judged by the LLM (each is a model call); the classifier reads them all
+
+# A plain keyword lexicon: the baseline any judge must beat.
+LEXICON: dict[str, tuple[str, ...]] = {
+    "joy": ("happy", "glad", "great", "awesome", "yay", "wonderful", "excited", "thanks", "thank", "good"),
+    "amusement": ("lol", "haha", "lmao", "funny", "hilarious", "laugh", "joke", "rofl"),
+    "sadness": ("sad", "sorry", "miss", "cry", "unfortunately", "depressing", "lost", "hurts", "lonely"),
+    "anger": ("angry", "hate", "stupid", "furious", "idiot", "damn", "annoying", "worst", "disgusting"),
+    "fear": ("scared", "afraid", "fear", "terrified", "nervous", "worried", "scary", "anxious"),
+    "surprise": ("wow", "whoa", "omg", "surprised", "unexpected", "shocked", "really", "realized"),
+    "love": ("love", "adore", "darling", "sweet", "care", "beautiful", "cute", "dear"),
+    "embarrassment": ("embarrassing", "embarrassed", "awkward", "blush", "ashamed", "cringe"),
+    "confusion": ("confused", "why", "what", "huh", "understand", "wonder", "how", "curious"),
+}
+_WORDS = re.compile(r"[a-z']+")
+
+
+def lexicon_label(text: str) -> str:
+    words = Counter(_WORDS.findall(text.lower()))
+    hits = {label: sum(words[w] for w in keys) for label, keys in LEXICON.items()}
+    best = max(hits, key=lambda label: hits[label])
+    return best if hits[best] > 0 else "neutral"
+
+
+def describe(scores: Scores) -> tuple[str, str, str, str]:
+    top = ", ".join(f"{label} {n / scores.n:.2f}" for label, n in scores.predicted.most_common(4))
+    return f"{scores.accuracy:.3f}", f"{scores.macro_f1:.3f}", f"{scores.largest_share:.2f}", top
+
+
+def print_table(title: str, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
+    head = ("judge", "rows", "accuracy", "macro-F1", "largest label share", "most predicted")
+    print(f"\n{title}\n")
+    print("| " + " | ".join(head) + " |\n|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def judged(examples: list[Example], predict: Callable[[str], str]) -> tuple[list[str], float]:
+    started = time.perf_counter()
+    predictions = [predict(e.text) for e in examples]
+    return predictions, (time.perf_counter() - started) / max(1, len(examples))
+
+
+async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
+    data = args.data or config.root.parent / "shared" / "goemotions" / "dev.tsv"
+    if not Path(data).is_file():
+        print(f"bench emotion: {data} not found (pass --data path/to/goemotions/dev.tsv)")
+        return 2
+    labels = list(DEFAULT_LABELS)
+    examples = read_goemotions(Path(data))
+    golds = [gold(e, labels) for e in examples]
+    sample_size = 60 if args.quick else LLM_SAMPLE
+    sample = examples[:sample_size]
+    sample_golds = golds[:sample_size]
+    judge = EmotionJudge(config.emotion, None)
+
+    def classify(text: str) -> dict[str, float]:
+        return judge.classify_text(text, labels)
+
+    def best(probs: dict[str, float]) -> str:
+        return max(probs, key=lambda label: probs[label])
+
+    by_classifier, classifier_s = judged(examples, lambda text: best(classify(text)))
+    rows = [
+        ("always neutral", str(len(examples)), *describe(score(["neutral"] * len(examples), golds, labels))),
+        (
+            "keyword lexicon",
+            str(len(examples)),
+            *describe(score(judged(examples, lexicon_label)[0], golds, labels)),
+        ),
+        ("classifier (shipped)", str(len(examples)), *describe(score(by_classifier, golds, labels))),
+    ]
+
+    # The face as the chat shows it: smoothing over consecutive replies keeps weak or marginal changes out.
+    shown: list[str] = []
+    previous: str | None = None
+    for example in examples:
+        previous, _ = smooth(classify(example.text), previous, config.emotion)
+        shown.append(previous)
+    changed = sum(a != b for a, b in itertools.pairwise(shown)) / max(1, len(shown) - 1)
+
+    from bot.llm import LlamaBackend
+
+    model_config = dataclasses.replace(config.model, n_ctx=2048, temperature=0.7, seed=1)
+    llm = await LlamaBackend.load(model_config, config.root)
+    try:
+        llm_judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
+        assert llm_judge.llm is not None
+        messages: list[Message] = [
+            {"role": "system", "content": PROBE_SYSTEM},
+            {"role": "user", "content": "Hello?"},
+        ]
+        llm_probs = []
+        started = time.perf_counter()
+        for example in sample:
+            llm_probs.append(
+                await llm_judge.llm.probabilities(messages, example.text, "Mira", labels, session="bench")
+            )
+        llm_s = (time.perf_counter() - started) / len(sample)
+        from bot.emotion.judge import combine
+
+        rows += [
+            (
+                f"classifier, same {len(sample)} rows",
+                str(len(sample)),
+                *describe(score(by_classifier[:sample_size], sample_golds, labels)),
+            ),
+            (
+                f"LLM judge ({llm.name})",
+                str(len(sample)),
+                *describe(score([best(p) for p in llm_probs], sample_golds, labels)),
+            ),
+            (
+                "both (combined)",
+                str(len(sample)),
+                *describe(
+                    score(
+                        [best(combine(classify(e.text), p)) for e, p in zip(sample, llm_probs, strict=True)],
+                        sample_golds,
+                        labels,
+                    )
+                ),
+            ),
+        ]
+        reply_times = []
+        prompt = llm.render([*messages, {"role": "user", "content": "Tell me about the storm last night."}])
+        for _ in range(2 if args.quick else 4):
+            started = time.perf_counter()
+            generation = llm.generate(prompt, max_tokens=REPLY_TOKENS, stop=[], session="reply")
+            async for _chunk in generation.chunks():
+                pass
+            reply_times.append(
+                (time.perf_counter() - started) * REPLY_TOKENS / max(1, generation.stats.generated_tokens)
+            )
+        reply_s = statistics.median(reply_times)
+    finally:
+        await llm.close()
+
+    print_table(
+        f"bench emotion: {Path(data).name} mapped onto the 10 default labels\nmachine: {machine()}", rows
+    )
+    print(
+        f"\nfaces shown with smoothing (min_lift {config.emotion.min_lift}, switch_lift "
+        f"{config.emotion.switch_lift}): the face changes on {changed:.0%} of consecutive replies"
+    )
+    print(f"\n| cost per judgement | seconds | fraction of a {REPLY_TOKENS}-token reply ({reply_s:.2f} s) |")
+    print("|---|---|---|")
+    print(f"| classifier | {classifier_s * 1000:.2f} ms | {classifier_s / reply_s:.4f} |")
+    print(f"| LLM judge | {llm_s * 1000:.0f} ms | {llm_s / reply_s:.3f} |")
+    return 0

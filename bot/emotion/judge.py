@@ -1,0 +1,216 @@
+"""Which emotion a reply shows, from the judges the config allows.
+
+- `classifier`: the shipped text classifier (fast, model-independent);
+- `llm`: the reply model itself, constrained to the labels (good only on capable models);
+- `both`: the two combined (geometric mean of their probabilities);
+- `auto`: whichever of the three scores best on a small labelled probe set (bot/emotion/data/probe.tsv)
+  for the loaded model; measured once per model file in the background, the classifier serving until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import EmotionConfig
+from bot.emotion.classifier import TextClassifier, shipped
+from bot.emotion.labels import project, unjudgeable
+from bot.emotion.llm_judge import Classifier, LLMJudge
+from bot.emotion.smoothing import smooth
+from bot.emotion.text import strip_roleplay
+from bot.errors import BotError
+from bot.prompt import Message
+
+_log = logging.getLogger(__name__)
+
+PROBE_FILE = Path(__file__).parent / "data" / "probe.tsv"
+PROBE_SYSTEM = "You are Mira, a lighthouse keeper, in a roleplay chat. Stay in character."
+MODES = ("classifier", "llm", "both")
+
+
+@dataclass(frozen=True)
+class EmotionResult:
+    label: str  # the expression to show (after smoothing)
+    raw_label: str  # the most probable label for this reply alone
+    probabilities: dict[str, float]
+    judge: str = "classifier"  # which judge decided: classifier, llm or both
+    kept: str = ""  # why the previous face was kept instead of raw_label ("" when it was not)
+
+
+def combine(first: Mapping[str, float], second: Mapping[str, float]) -> dict[str, float]:
+    """Geometric mean of two distributions over the same labels, renormalised. Each is mixed with a
+    little of the uniform distribution first, so one judge's zero cannot veto the other's choice."""
+    n = len(first)
+    mixed = {
+        label: math.sqrt((0.9 * first[label] + 0.1 / n) * (0.9 * second.get(label, 0.0) + 0.1 / n))
+        for label in first
+    }
+    total = sum(mixed.values())
+    return {label: p / total for label, p in mixed.items()}
+
+
+def probe_examples(path: Path = PROBE_FILE) -> list[tuple[str, str]]:
+    """(label, roleplay line) pairs written for this project, over the 10 default labels."""
+    rows = []
+    for line in path.read_text("utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            label, text = line.split("\t", 1)
+            rows.append((label, text))
+    return rows
+
+
+class EmotionJudge:
+    """Judges replies for every channel; create one per engine."""
+
+    def __init__(
+        self,
+        config: EmotionConfig,
+        llm: Classifier | None,
+        *,
+        model_id: str = "",
+        verdict_file: Path | None = None,
+        classifier: TextClassifier | None = None,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier or shipped()
+        self.llm = LLMJudge(llm) if llm is not None else None
+        self.model_id = model_id
+        self.verdict_file = verdict_file
+        self._mode = config.judge if config.judge != "auto" else self._known_verdict()
+        self._probe: asyncio.Task[str] | None = None
+        self._warned: set[tuple[str, ...]] = set()
+        if self._mode in ("llm", "both") and self.llm is None:
+            raise BotError(f"emotion.judge = {self._mode!r} needs a language model")
+
+    @property
+    def mode(self) -> str:
+        """The judge in use now ("classifier" while `auto` is still measuring)."""
+        return self._mode or "classifier"
+
+    # -- judging --------------------------------------------------------------------------------------
+
+    def classify_text(self, text: str, labels: Sequence[str], names: Sequence[str] = ()) -> dict[str, float]:
+        """The classifier's probabilities over `labels` for a reply (roleplay markup stripped)."""
+        key = tuple(labels)
+        if key not in self._warned:
+            self._warned.add(key)
+            missing = unjudgeable(labels)
+            if missing:
+                _log.warning(
+                    "the emotion classifier never picks %s (no GoEmotions label maps there)", missing
+                )
+        return project(self.classifier.probabilities(strip_roleplay(text, names)), labels)
+
+    async def judge(
+        self,
+        *,
+        name: str,
+        labels: Sequence[str],
+        reply: str,
+        messages: Sequence[Message] = (),
+        previous: str | None = None,
+        speakers: Sequence[str] = (),
+        session: Hashable = None,
+    ) -> EmotionResult:
+        """The face for a reply: the judges' probabilities, then smoothing against the previous face."""
+        if self._mode is None:
+            self._start_probe()
+        mode = self.mode
+        probs: dict[str, float] | None = None
+        if mode in ("classifier", "both"):
+            probs = await asyncio.to_thread(self.classify_text, reply, labels, [name, *speakers])
+        if mode in ("llm", "both"):
+            assert self.llm is not None
+            judged = await self.llm.probabilities(messages, reply, name, labels, session=session)
+            probs = judged if probs is None else combine(probs, judged)
+        assert probs is not None
+        raw = max(probs, key=lambda label: probs[label])
+        label, kept = smooth(probs, previous, self.config)
+        return EmotionResult(label, raw, probs, mode, kept)
+
+    # -- auto: measure once per model -----------------------------------------------------------------
+
+    def _known_verdict(self) -> str | None:
+        # Without a model, or without a file to remember the verdict in (tests, benchmarks), there is
+        # nothing to measure: the classifier judges.
+        if self.llm is None or self.verdict_file is None:
+            return "classifier"
+        if not self.verdict_file.is_file():
+            return None
+        try:
+            verdicts = json.loads(self.verdict_file.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        verdict = verdicts.get(self.model_id, {}).get("judge") if isinstance(verdicts, dict) else None
+        return verdict if verdict in MODES else None
+
+    def _start_probe(self) -> None:
+        if self._probe is None:
+            self._probe = asyncio.ensure_future(self.measure())
+
+    async def measure(self) -> str:
+        """Score each judge on the probe set with the loaded model, adopt the best and remember it."""
+        examples = probe_examples()
+        labels = [label for label in dict.fromkeys(label for label, _ in examples)]
+        right = dict.fromkeys(MODES, 0)
+        for label, text in examples:
+            by_text = self.classify_text(text, labels, ["Mira"])
+            options = {"classifier": by_text}
+            if self.llm is not None:
+                messages: list[Message] = [
+                    {"role": "system", "content": PROBE_SYSTEM},
+                    {"role": "user", "content": "Hello?"},
+                ]
+                try:
+                    by_llm = await self.llm.probabilities(messages, text, "Mira", labels, session="probe")
+                except BotError as exc:
+                    _log.warning(
+                        "emotion judge: the model could not be probed (%s); using the classifier", exc
+                    )
+                    self._mode = "classifier"
+                    return self._mode
+                options |= {"llm": by_llm, "both": combine(by_text, by_llm)}
+            for mode, probs in options.items():
+                right[mode] += max(probs, key=lambda lab: probs[lab]) == label
+        # Ties go to the cheaper judge: the classifier, then the LLM alone.
+        best = max(MODES, key=lambda mode: (right[mode], -MODES.index(mode)))
+        summary = ", ".join(f"{mode} {right[mode]}/{len(examples)}" for mode in MODES)
+        _log.info(
+            "emotion judge: auto chose %s for %s (probe: %s)", best, self.model_id or "the model", summary
+        )
+        self._mode = best
+        self._remember(best, right, len(examples))
+        return best
+
+    def _remember(self, verdict: str, right: Mapping[str, int], n: int) -> None:
+        if self.verdict_file is None or not self.model_id:
+            return
+        try:
+            verdicts = json.loads(self.verdict_file.read_text("utf-8")) if self.verdict_file.is_file() else {}
+            if not isinstance(verdicts, dict):
+                verdicts = {}
+        except (OSError, ValueError):
+            verdicts = {}
+        verdicts[self.model_id] = {"judge": verdict, "probe": {m: f"{right[m]}/{n}" for m in MODES}}
+        try:
+            self.verdict_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.verdict_file.parent, prefix=".judge.")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(verdicts, handle, indent=1)
+            os.replace(tmp, self.verdict_file)
+        except OSError as exc:
+            _log.warning("emotion judge: cannot save the verdict to %s: %s", self.verdict_file, exc)
+
+    async def close(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BotError):
+                await self._probe
