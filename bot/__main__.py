@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--persona", help="switch this channel to a persona first")
     chat.add_argument("--channel", type=int, default=0, help="history channel id (default 0: the terminal)")
     chat.add_argument("--user", default="You", help="your name in the story")
+    chat.add_argument(
+        "--no-images", action="store_true", help="print the face's file path instead of drawing the face"
+    )
 
     persona = sub.add_parser("persona", help="list, show, import and export personas")
     psub = persona.add_subparsers(dest="action", required=True)
@@ -42,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("name")
     exp.add_argument("out", type=Path)
     exp.add_argument("--spec", choices=["v2", "v3"], default="v3")
+    face = psub.add_parser("face", help="preview a persona's face region on its portrait, or set it")
+    face.add_argument("name")
+    face.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="set the face region")
+    face.add_argument("--out", type=Path, help="preview PNG (default: data/NAME-face.png)")
 
     expressions = sub.add_parser("expressions", help="pre-render faces, sprite packs")
     esub = expressions.add_subparsers(dest="action", required=True)
@@ -58,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     spe.add_argument("out", type=Path)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["llm", "expressions", "discord"])
+    bench.add_argument("what", choices=["llm", "emotion", "expressions", "discord"])
+    bench.add_argument("--data", type=Path, help="emotion: GoEmotions dev.tsv (default ../shared/goemotions)")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions")
     bench.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
     return parser
@@ -87,6 +95,37 @@ def _persona_command(config: Config, args: argparse.Namespace) -> int:
         persona = library.load(args.name)
         args.out.write_bytes(library.export_card(persona, args.spec))
         print(f"wrote {args.out} ({args.spec} card)")
+    elif args.action == "face":
+        return _face_command(config, args)
+    return 0
+
+
+def _face_command(config: Config, args: argparse.Namespace) -> int:
+    """Show where a persona's face is (the only part a render redraws), and optionally set it."""
+    from bot.app import persona_library
+    from bot.expressions import check_face_box, face_mask, face_preview
+    from bot.images import decode_image
+
+    library = persona_library(config)
+    persona = library.load(args.name)
+    path = library.portrait_path(persona)
+    if path is None or not path.is_file():
+        raise BotError(f"persona '{persona.slug}' has no portrait file (set [portrait] image)")
+    portrait = decode_image(
+        path.read_bytes(), f"portrait {path}", max_pixels=config.persona.max_portrait_pixels, error=BotError
+    )
+    if args.box:
+        box = (args.box[0], args.box[1], args.box[2], args.box[3])
+        check_face_box(box, portrait, f"persona '{persona.slug}'")
+        print(f"face_box = {list(box)} saved in {library.set_face_box(persona, box)}")
+        persona = library.load(persona.slug)
+    settings = config.expressions
+    mask = face_mask(persona, portrait.size, library.avatars, settings.mask_dilate, settings.mask_blur)
+    out = args.out or config.resolve(Path(config.store.path).parent) / f"{persona.slug}-face.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    face_preview(portrait, mask).save(out)
+    where = f"face_box = {list(persona.face_box)}" if persona.face_box else "automatic detection"
+    print(f"{persona.name}: {where}; preview (dimmed outside what a render may redraw): {out}")
     return 0
 
 
@@ -107,7 +146,7 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     async with open_engine(config) as engine:
         if args.persona:
             await engine.set_persona(args.channel, args.persona)
-        await Console(engine, args.channel, args.user).run()
+        await Console(engine, args.channel, args.user, images=not args.no_images).run()
     return 0
 
 

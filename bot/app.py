@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from bot.config import Config
+from bot.emotion import EmotionJudge
 from bot.engine import Engine
 from bot.llm import LlamaBackend
 from bot.persona import PersonaLibrary
 from bot.store import Store
+
+JUDGE_VERDICTS = "emotion-judge.json"  # beside the database: which judge `auto` chose for each model
+
+
+def model_identity(path: Path) -> str:
+    """A model file as `auto` remembers it: name and size (a new download measures again)."""
+    try:
+        return f"{path.name} ({path.stat().st_size} bytes)"
+    except OSError:
+        return path.name
 
 
 def persona_library(config: Config) -> PersonaLibrary:
@@ -31,14 +43,22 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
         llm = await LlamaBackend.load(config.model, config.root)
         try:
             expressions = None
-            if config.expressions.enabled and config.expressions.model:
+            if config.expressions.enabled:
+                # Sprites (the shipped drawn sets, imported packs) need no inpainting model.
                 from bot.expressions import ExpressionService
 
                 expressions = ExpressionService(config, store, personas)
-            engine = Engine(config, store, llm, personas, expressions)
+            judge = EmotionJudge(
+                config.emotion,
+                llm,
+                model_id=model_identity(llm.path),
+                verdict_file=config.resolve(config.store.path).parent / JUDGE_VERDICTS,
+            )
+            engine = Engine(config, store, llm, personas, expressions, judge)
             try:
                 yield engine
             finally:
+                await judge.close()
                 if expressions is not None:
                     await expressions.close()
         finally:

@@ -11,20 +11,26 @@ import contextlib
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TextIO
 
 from bot.engine import Engine, TurnResult
 from bot.errors import BotError
+from bot.faces import TerminalFaces
 
 HELP = "commands: /persona NAME (switch), /personas (list), /reset (forget this channel), /quit"
 
 
 class Console:
-    def __init__(self, engine: Engine, channel_id: int, user: str, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, engine: Engine, channel_id: int, user: str, out: TextIO = sys.stdout, *, images: bool = True
+    ) -> None:
         self.engine = engine
         self.channel_id = channel_id
         self.user = user
         self.out = out
+        self.faces = TerminalFaces(out, images)
+        self._shown: Path | None = None  # the face last drawn, so an unchanged face is not drawn again
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._turn: asyncio.Task[TurnResult] | None = None
 
@@ -93,18 +99,34 @@ class Console:
             self.say(f"{persona.name}: {persona.fill(persona.greeting, self.user)}")
         for message in history:
             self.say(f"{message.author_name}: {message.content}")
+        face = await self.engine.current_face(self.channel_id)
+        self._show_face(face.path, persona.face_box)
 
     def _show_result(self, result: TurnResult) -> None:
-        top = sorted(result.emotion.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        emotion = result.emotion
+        top = sorted(emotion.probabilities.items(), key=lambda kv: -kv[1])[:3]
         odds = ", ".join(f"{label} {p:.2f}" for label, p in top)
-        image = result.image.path or "(no portrait)"
-        self.say(f"\n[emotion: {result.emotion.label} ({odds}) | image: {image}]")
+        self.say(f"\n[emotion: {emotion.label} ({odds}; judged by {emotion.judge})]")
+        if emotion.kept:
+            self.say(f"[kept the {emotion.label} face: {emotion.kept}]")
+        self._show_face(result.image.path, result.persona.face_box)
         if result.image.fresh is not None:
-            result.image.fresh.add_done_callback(self._render_landed)
+            box = result.persona.face_box
+            result.image.fresh.add_done_callback(lambda future: self._render_landed(future, box))
 
-    def _render_landed(self, future: asyncio.Future) -> None:  # type: ignore[type-arg]
+    def _show_face(self, path: Path | None, box: tuple[int, int, int, int] | None) -> None:
+        if path is None:
+            self.say("[face: (no portrait)]")
+        elif path == self._shown and self.faces.active:
+            return  # the same face as before: the terminal already shows it
+        elif not self.faces.show(path, box):
+            self.say(f"[face: {path}]")
+        self._shown = path
+
+    def _render_landed(self, future: asyncio.Future, box: tuple[int, int, int, int] | None) -> None:  # type: ignore[type-arg]
         if not future.cancelled() and future.exception() is None and future.result() is not None:
-            self.say(f"\n[new face rendered: {future.result()}]")
+            self.say("\n[new face rendered]")
+            self._show_face(future.result(), box)
 
     async def _command(self, line: str) -> bool:
         """Handle a /command; False means quit."""

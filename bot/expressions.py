@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image, ImageFilter
 
 from bot.config import Config, ExpressionsConfig
+from bot.emotion.labels import GOEMOTIONS, canonical, projection
 from bot.engine import ExpressionImage
 from bot.errors import BusyError, ExpressionError
 from bot.images import decode_image
@@ -55,6 +56,56 @@ MAX_PACK_FILES = 200
 def sprite_name(label: str, variant: int = 0) -> str:
     """SillyTavern's sprite file names: joy.png, then joy-1.png, joy-2.png for variants."""
     return f"{label}.png" if variant == 0 else f"{label}-{variant}.png"
+
+
+# -- sprite packs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpriteImport:
+    stored: dict[str, str]  # pack file -> the persona's sprite file it becomes
+    unused: dict[str, str]  # pack file -> why it was not used
+
+
+def plan_sprites(labels: Sequence[str], names: Sequence[str]) -> SpriteImport:
+    """Which pack files become which of the persona's sprites. A file named after one of the labels
+    (or a synonym: happy.png for joy) is used as that label; SillyTavern's finer labels fill labels
+    still missing (admiration.png shows joy when there is no joy.png)."""
+    by_canonical = {canonical(label): label for label in labels}
+    fills = projection(labels)
+    stored: dict[str, str] = {}
+    unused: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    fallback: list[tuple[int, str, str]] = []
+    for name in dict.fromkeys(names):
+        match = SPRITE_NAME.match(name)
+        if match is None:
+            unused[name] = "not a sprite (expected LABEL.png or LABEL-N.png)"
+            continue
+        word, variant = match["label"], int(match["variant"] or 0)
+        label = word if word in labels else by_canonical.get(canonical(word))
+        if label is None:
+            if canonical(word) in fills:
+                fallback.append(
+                    (GOEMOTIONS.index(canonical(word)), name, sprite_name(fills[canonical(word)], variant))
+                )
+            else:
+                unused[name] = f"no emotion '{word}' among the persona's labels"
+            continue
+        target = sprite_name(label, variant)
+        if target in taken and word != label:  # joy.png beats happy.png for joy
+            unused[name] = f"{taken[target]} already gives {target}"
+            continue
+        if target in taken:
+            unused[taken[target]] = f"{name} already gives {target}"
+            del stored[taken[target]]
+        stored[name], taken[target] = target, name
+    for _, name, target in sorted(fallback):
+        if target in taken:
+            unused[name] = f"{taken[target]} already gives {target}"
+        else:
+            stored[name], taken[target] = target, name
+    return SpriteImport(stored, unused)
 
 
 # -- face region ------------------------------------------------------------------------------------
@@ -104,6 +155,24 @@ def face_mask(
     if blur > 0:
         mask = mask.filter(ImageFilter.GaussianBlur(blur))
     return mask
+
+
+def face_preview(portrait: Image.Image, mask: Image.Image) -> Image.Image:
+    """The portrait with everything outside the (feathered) face mask dimmed and the mask's bounding
+    box outlined: what a render may change, at a glance."""
+    from PIL import ImageDraw, ImageEnhance
+
+    base = portrait.convert("RGB")
+    out = Image.composite(base, ImageEnhance.Brightness(base).enhance(0.35), mask)
+    box = mask.point(lambda v: 255 if v > 127 else 0).getbbox()
+    if box is not None:
+        ImageDraw.Draw(out).rectangle(box, outline=(255, 60, 60), width=3)
+    return out
+
+
+def check_face_box(box: tuple[int, int, int, int], portrait: Image.Image, where: str) -> None:
+    """Raise ExpressionError unless `box` is a usable face region of the portrait."""
+    _check_box(box, portrait.size, where)
 
 
 def dilate_mask(mask: Image.Image, radius: int) -> Image.Image:
@@ -467,6 +536,8 @@ class ExpressionService:
         sprite = self.sprite(persona, label)
         if sprite is not None:
             return ExpressionImage(sprite, label)
+        if not (self.settings.enabled and self.settings.model):
+            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
         try:
             job, _, _ = await asyncio.to_thread(self.job, persona, label)
         except ExpressionError as exc:
@@ -485,8 +556,6 @@ class ExpressionService:
             else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
         )
         now = neutral or self._portrait_file(persona)
-        if not (self.settings.enabled and self.settings.model):
-            return ExpressionImage(now, label)
         try:
             fresh = self.render_in_background(persona, label)
         except BusyError:
@@ -578,31 +647,36 @@ class ExpressionService:
 
     # -- sprite packs -----------------------------------------------------------------------------------
 
-    def import_sprites(self, persona: Persona, files: Sequence[tuple[str, bytes]]) -> list[str]:
-        """Store hand-made sprites (name, PNG bytes) for a persona; returns the names kept.
-        Every file is checked before any is written."""
+    def import_sprites(self, persona: Persona, files: Sequence[tuple[str, bytes]]) -> SpriteImport:
+        """Store hand-made sprites (name, PNG bytes) for a persona. SillyTavern's label names (GoEmotions'
+        28) and common synonyms are mapped onto the persona's labels; every file is checked before any
+        is written, and the files that could not be used are reported with the reason."""
         if len(files) > MAX_PACK_FILES:
             raise ExpressionError(f"sprite pack has {len(files)} files, more than {MAX_PACK_FILES}")
+        plan = plan_sprites(persona.labels, [Path(name).name.lower() for name, _ in files])
         accepted: list[tuple[str, Image.Image]] = []
         for name, raw in files:
             base = Path(name).name.lower()
-            match = SPRITE_NAME.match(base)
-            if match is None:
-                continue  # readme files, thumbnails: not sprites
+            target = plan.stored.get(base)
+            if target is None:
+                continue
             if len(raw) > MAX_SPRITE_BYTES:
                 raise ExpressionError(f"sprite {base} is {len(raw)} bytes, more than {MAX_SPRITE_BYTES}")
             limit = self.config.persona.max_portrait_pixels
             image = decode_image(raw, f"sprite {base}", max_pixels=limit, error=ExpressionError)
-            accepted.append((base, image.convert("RGBA")))
+            accepted.append((target, image.convert("RGBA")))
         if not accepted:
-            raise ExpressionError("no sprites found (expected files named like joy.png or joy-1.png)")
+            raise ExpressionError(
+                f"no usable sprites found (expected files named after {persona.slug}'s emotions, like "
+                f"joy.png or joy-1.png; unused: {', '.join(plan.unused) or 'none'})"
+            )
         folder = self.sprites_dir / persona.slug
         folder.mkdir(parents=True, exist_ok=True)
-        for base, image in accepted:
-            tmp = folder / f".{base}.tmp"
+        for target, image in accepted:
+            tmp = folder / f".{target}.tmp"
             image.save(tmp, format="PNG")
-            tmp.replace(folder / base)
-        return [base for base, _ in accepted]
+            tmp.replace(folder / target)
+        return plan
 
     async def pack_files(self, persona: Persona) -> dict[str, Path]:
         """SillyTavern-style sprite file names -> files: cached renders, overridden by hand-made sprites."""

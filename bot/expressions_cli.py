@@ -89,8 +89,11 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             contact_sheet(faces).save(sheet_path)
             print(f"rendered {len(faces)} faces; contact sheet: {sheet_path}")
         elif args.action == "import":
-            kept = service.import_sprites(persona, read_pack(args.source))
-            print(f"imported {len(kept)} sprites for {persona.slug}: {', '.join(kept)}")
+            plan = service.import_sprites(persona, read_pack(args.source))
+            renamed = [f"{src} as {dst}" if src != dst else src for src, dst in plan.stored.items()]
+            print(f"imported {len(plan.stored)} sprites for {persona.slug}: {', '.join(renamed)}")
+            for name, why in plan.unused.items():
+                print(f"  not used: {name}: {why}")
         elif args.action == "export":
             files = await service.pack_files(persona)
             if not files:

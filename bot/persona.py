@@ -6,6 +6,7 @@ cards are free text and never touch the filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from PIL import Image
 
 from bot.cards import TEXT_FIELDS, Card, read_card, write_card_png
 from bot.config import DEFAULT_LABELS
-from bot.errors import PersonaError
+from bot.errors import CardError, PersonaError
 from bot.images import decode_image
 
 _log = logging.getLogger(__name__)
@@ -140,6 +141,31 @@ def _text_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(_expect(v, str, where, "a list of text") for v in value)
 
 
+def _face_box(value: Any, where: str) -> tuple[int, int, int, int]:
+    if not (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        raise PersonaError(f"{where} must be four non-negative integers [x, y, width, height]")
+    return (value[0], value[1], value[2], value[3])
+
+
+def _labels(value: Any, where: str) -> tuple[str, ...]:
+    labels = _text_list(value, where)
+    bad = [label for label in labels if not LABEL_RE.match(label)]
+    if bad or len(labels) < 2 or len(set(labels)) != len(labels):
+        raise PersonaError(f"{where} needs 2+ distinct lowercase words, bad: {bad or labels}")
+    return labels
+
+
+def _prompts(value: Any, where: str) -> dict[str, str]:
+    _expect(value, dict, where, "a table")
+    for label, words in value.items():
+        _expect(words, str, f"{where[:-1]}.{label}'", "text")
+    return dict(value)
+
+
 def persona_from_toml(slug: str, table: dict[str, Any], source: str, extra: Mapping[str, Any]) -> Persona:
     """Validate a persona table (already parsed). Raises PersonaError naming the file and key."""
     known = set(_TOP_TEXT) | set(_TOP_LISTS) | set(_TABLES)
@@ -167,29 +193,11 @@ def persona_from_toml(slug: str, table: dict[str, Any], source: str, extra: Mapp
         portrait.get("appearance", ""), str, f"{source}: key 'portrait.appearance'", "text"
     )
     if "face_box" in portrait:
-        box = portrait["face_box"]
-        if not (
-            isinstance(box, list)
-            and len(box) == 4
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-        ):
-            raise PersonaError(
-                f"{source}: key 'portrait.face_box' must be four integers [x, y, width, height]"
-            )
-        kwargs["face_box"] = tuple(box)
+        kwargs["face_box"] = _face_box(portrait["face_box"], f"{source}: key 'portrait.face_box'")
     emotions = table.get("emotions", {})
     if "labels" in emotions:
-        labels = _text_list(emotions["labels"], f"{source}: key 'emotions.labels'")
-        bad = [label for label in labels if not LABEL_RE.match(label)]
-        if bad or len(labels) < 2 or len(set(labels)) != len(labels):
-            raise PersonaError(
-                f"{source}: key 'emotions.labels' needs 2+ distinct lowercase words, bad: {bad or labels}"
-            )
-        kwargs["labels"] = labels
-    prompts = _expect(emotions.get("prompts", {}), dict, f"{source}: key 'emotions.prompts'", "a table")
-    for label, words in prompts.items():
-        _expect(words, str, f"{source}: key 'emotions.prompts.{label}'", "text")
-    kwargs["emotion_prompts"] = dict(prompts)
+        kwargs["labels"] = _labels(emotions["labels"], f"{source}: key 'emotions.labels'")
+    kwargs["emotion_prompts"] = _prompts(emotions.get("prompts", {}), f"{source}: key 'emotions.prompts'")
     if not kwargs.get("name", "").strip():
         raise PersonaError(f"{source}: key 'name' is missing or empty")
     book = extra.get("character_book") or {}
@@ -240,28 +248,69 @@ def persona_to_toml(persona: Persona, extra_file: str = "") -> dict[str, Any]:
 _CARD_TO_PERSONA = {"first_mes": "greeting", "mes_example": "example_dialogue"}
 
 
+# The card's `extensions` key under which this project keeps what SillyTavern has no field for: the face
+# region, the appearance words for redrawing it, the emotion labels and their prompt words.
+CARD_EXTENSION = "expressive_rp_bot"
+
+
 def persona_from_card(card: Card, slug: str, portrait_file: str) -> Persona:
     data = card.data
-    kwargs = {_CARD_TO_PERSONA.get(key, key): data.get(key, "") for key in TEXT_FIELDS}
+    kwargs: dict[str, Any] = {_CARD_TO_PERSONA.get(key, key): data.get(key, "") for key in TEXT_FIELDS}
     known = set(TEXT_FIELDS) | {"alternate_greetings", "tags"}
     extra = {key: value for key, value in data.items() if key not in known}
     kwargs["name"] = kwargs["name"].strip()
+    kwargs["appearance"] = f"portrait of {kwargs['name']}"
+    extensions = data.get("extensions") or {}
+    if CARD_EXTENSION in extensions:
+        # Ours: read into the persona's own fields, and written back from them on export.
+        kwargs |= _face_settings(extensions[CARD_EXTENSION])
+        extra["extensions"] = {k: v for k, v in extensions.items() if k != CARD_EXTENSION}
     return Persona(
         slug=slug,
         alternate_greetings=tuple(data.get("alternate_greetings", [])),
         tags=tuple(data.get("tags", [])),
         portrait=portrait_file,
-        appearance=f"portrait of {kwargs['name']}",
         lorebook=tuple(_lore_entries(data.get("character_book") or {})),
         card_extra=extra,
         **kwargs,
     )
 
 
+def _face_settings(table: Any) -> dict[str, Any]:
+    """This project's card extension, validated like a persona file (a card is untrusted)."""
+    where = f"card extension '{CARD_EXTENSION}'"
+    if not isinstance(table, dict):
+        raise CardError(f"{where} must be an object, got {type(table).__name__}")
+    checks = {
+        "face_box": _face_box,
+        "appearance": lambda value, at: _expect(value, str, at, "text"),
+        "labels": _labels,
+        "emotion_prompts": _prompts,
+    }
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in checks:
+            raise CardError(f"{where}: unknown field {key!r}")
+        try:
+            settings[key] = checks[key](value, f"{where}: field '{key}'")
+        except PersonaError as exc:
+            raise CardError(str(exc)) from None
+    return settings
+
+
 def persona_card_data(persona: Persona) -> dict[str, Any]:
     """The persona as a V2/V3 card's data object (unknown fields from the imported card kept)."""
     data: dict[str, Any] = dict(persona.card_extra)
-    data.setdefault("extensions", {})
+    extensions = dict(data.get("extensions") or {})
+    ours: dict[str, Any] = {"labels": list(persona.labels)}
+    if persona.face_box:
+        ours["face_box"] = list(persona.face_box)
+    if persona.appearance:
+        ours["appearance"] = persona.appearance
+    if persona.emotion_prompts:
+        ours["emotion_prompts"] = dict(persona.emotion_prompts)
+    extensions[CARD_EXTENSION] = ours
+    data["extensions"] = extensions
     for key in TEXT_FIELDS:
         data[key] = getattr(persona, _CARD_TO_PERSONA.get(key, key))
     data["alternate_greetings"] = list(persona.alternate_greetings)
@@ -379,6 +428,21 @@ class PersonaLibrary:
         path = self.dir / f"{slug}.toml"
         _atomic_write(path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8"))
         return path
+
+    def set_face_box(self, persona: Persona, box: tuple[int, int, int, int]) -> Path:
+        """Record a persona's face region. Only the face_box line of its file changes where there is one,
+        so the file's comments and layout stay; otherwise the file is rewritten."""
+        path = self.path_of(persona.slug)
+        updated = dataclasses.replace(persona, face_box=box)
+        text = path.read_text("utf-8") if path.is_file() else ""
+        line = re.compile(r"^face_box\s*=\s*\[[^\]\n]*\]", re.MULTILINE)
+        if len(line.findall(text)) == 1:
+            edited = line.sub(f"face_box = [{', '.join(map(str, box))}]", text)
+            table = tomllib.loads(edited)
+            if table.get("portrait", {}).get("face_box") == list(box):
+                _atomic_write(path, edited.encode("utf-8"))
+                return path
+        return self.save(updated)
 
     def export_card(self, persona: Persona, spec: Literal["v2", "v3"] = "v3") -> bytes:
         """A card PNG SillyTavern can import: the portrait with the persona embedded."""

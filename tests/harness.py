@@ -25,13 +25,13 @@ def bot_config(
     discord_extra: str = "",
     cooldown: float = 2.0,
 ) -> Config:
-    expressions = expression_settings(pipeline) if pipeline else "[expressions]\nenabled = false\n"
+    expressions = expression_settings(pipeline) if pipeline else ""  # none: shipped sprites only
     discord = (
         f'[discord]\napi_base = "{server.api_base}"\ngateway_url = "{server.gateway_url}"\n'
         f"cooldown_seconds = {cooldown}\n"
         "max_pending_per_channel = 2\nmax_attachment_bytes = 200000\n" + discord_extra
     )
-    return load_config(write_config(folder, expressions + discord + extra))
+    return load_config(write_config(folder, expressions + discord + extra, sprites=pipeline is None))
 
 
 @dataclass

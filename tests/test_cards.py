@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
+import re
 import struct
 import zlib
 
@@ -11,7 +13,7 @@ from PIL import Image
 
 from bot.cards import read_card
 from bot.errors import CardError
-from bot.persona import PersonaLibrary
+from bot.persona import CARD_EXTENSION, PersonaLibrary
 
 from .cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
 
@@ -36,9 +38,45 @@ def test_v2_png_made_elsewhere_imports_and_round_trips(library: PersonaLibrary, 
     card = load(exported)
     assert card.spec == "v2"
     original = V2_CARD["data"]
+    ours = card.data["extensions"].pop(CARD_EXTENSION)  # this project's face settings, added on export
+    assert ours["labels"] == list(reloaded.labels) and ours["appearance"] == "portrait of Captain Rook"
     for key, value in original.items():
         assert card.data[key] == value, key  # every field, unknown extensions and the lorebook included
     assert card.portrait is not None and card.portrait.size == (64, 96)
+
+
+def test_face_settings_survive_a_card_round_trip(library: PersonaLibrary) -> None:
+    mira = library.load("mira")
+    assert mira.face_box and mira.appearance and mira.emotion_prompts
+    custom = dataclasses.replace(
+        mira, slug="mira-custom", labels=("neutral", "joy", "smug"), emotion_prompts={"smug": "smirk"}
+    )
+    for spec in ("v2", "v3"):
+        again = library.import_card(library.export_card(custom, spec), "mira.png", slug=f"again-{spec}")
+        for field in ("face_box", "appearance", "labels", "emotion_prompts", "name", "greeting", "tags"):
+            assert getattr(again, field) == getattr(custom, field), (spec, field)
+        # Ours is read into the persona's fields, not kept twice in the card's other data.
+        assert CARD_EXTENSION not in again.card_extra.get("extensions", {})
+        assert library.load(f"again-{spec}") == again
+
+
+@pytest.mark.parametrize(
+    ("ours", "message"),
+    [
+        ({"face_box": [1, 2, 3]}, "field 'face_box' must be four non-negative integers"),
+        ({"labels": ["joy"]}, "field 'labels' needs 2+ distinct lowercase words"),
+        ({"labels": ["joy", "../x"]}, "field 'labels' needs 2+ distinct"),
+        ({"emotion_prompts": {"joy": 5}}, "field 'emotion_prompts.joy' must be text"),
+        ({"mask": "x.png"}, "unknown field 'mask'"),
+        ([], "must be an object"),
+    ],
+)
+def test_bad_face_settings_in_a_card(library: PersonaLibrary, snapshot, ours, message: str) -> None:
+    card = {**V2_CARD, "data": {**V2_CARD["data"], "extensions": {CARD_EXTENSION: ours}}}
+    before = snapshot(library.dir), snapshot(library.avatars)
+    with pytest.raises(CardError, match=re.escape(message)):
+        library.import_card(json.dumps(card).encode(), "card.json")
+    assert (snapshot(library.dir), snapshot(library.avatars)) == before
 
 
 def test_v3_png_round_trips_and_ccv3_wins_over_chara(library: PersonaLibrary) -> None:
@@ -47,6 +85,7 @@ def test_v3_png_round_trips_and_ccv3_wins_over_chara(library: PersonaLibrary) ->
     assert persona.name == "Captain Rook V3"
     card = load(library.export_card(library.load(persona.slug), "v3"))
     assert card.spec == "v3"
+    assert card.data["extensions"].pop(CARD_EXTENSION)["labels"] == list(persona.labels)
     for key, value in V3_CARD["data"].items():
         assert card.data[key] == value, key
     # SillyTavern reads the 'chara' chunk of a V3 export too: it must be a valid V2 card.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -63,8 +64,10 @@ def test_terminal_chat_survives_ctrl_c_and_restart(tmp_path: Path) -> None:
     chat.expect("[Mira in channel 0; 0 stored messages]")
     chat.expect("Mira: *Mira sets a kettle")  # the greeting opens a new story
     chat.type("Hello Mira, I'm soaked through.")
-    chat.expect("[emotion: ")
-    chat.expect(f"| image: {tmp_path / 'avatars' / 'mira.png'}]")
+    out = chat.expect("judged by classifier)]")
+    # The face for the judged emotion: output is not a terminal, so its path.
+    label = re.findall(r"\[emotion: (\w+) ", out)[-1]
+    chat.expect(f"[face: {tmp_path / 'avatars' / 'sprites' / 'mira' / label}.png]")
     # Ctrl-C while a reply is being written cancels that reply only.
     chat.type("Tell me the longest story you know about the sea.")
     chat.expect("Sam> Mira: ")
@@ -85,3 +88,69 @@ def test_terminal_chat_survives_ctrl_c_and_restart(tmp_path: Path) -> None:
     again.expect("[forgot 3 messages]")
     again.type("/quit")
     assert again.close() == 0
+
+
+class TerminalChat:
+    """`python -m bot chat` in a pseudo-terminal of 100x40 cells, as a person's terminal runs it."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 800, 800))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm-256color", "COLORTERM": "truecolor"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot", "--config", str(config), "chat", "--user", "Sam", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            cwd=REPO,
+            env=env,
+        )
+        os.close(slave)
+        self.output = b""
+
+    def expect(self, text: bytes, limit: float = 120) -> bytes:
+        import select
+
+        deadline = time.monotonic() + limit
+        while text not in self.output:
+            ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{text!r} never appeared; output so far:\n{self.output!r}")
+            try:
+                self.output += os.read(self.master, 65536)
+            except OSError:  # the process ended
+                raise AssertionError(f"{text!r} never appeared; output:\n{self.output!r}") from None
+        return self.output
+
+    def type(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self) -> int:
+        code = self.proc.wait(timeout=60)
+        os.close(self.master)
+        return code
+
+
+HALF_BLOCK = "▀".encode()
+
+
+def test_terminal_draws_the_face_inline(tmp_path: Path) -> None:
+    chat = TerminalChat(write_config(tmp_path))
+    opening = chat.expect(b"[commands: ")
+    assert HALF_BLOCK in opening and b"[face: " not in opening  # the current face, drawn
+    drawn = opening.count(HALF_BLOCK)
+    chat.type("/quit")
+    assert chat.close() == 0
+
+    plain = TerminalChat(tmp_path / "config.toml", "--no-images")
+    opening = plain.expect(b"[commands: ")
+    assert HALF_BLOCK not in opening
+    assert f"[face: {tmp_path / 'avatars' / 'sprites' / 'mira' / 'neutral.png'}]".encode() in opening
+    plain.type("/quit")
+    assert plain.close() == 0
+    assert drawn >= 24 * 10  # 24 columns wide, several rows: a picture, not a stray character

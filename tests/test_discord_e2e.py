@@ -351,3 +351,32 @@ async def test_streaming_shows_the_reply_while_it_is_written(
         assert all(b.at - a.at >= 0.9 for a, b in itertools.pairwise(previews))
         assert final[-1].files
         assert len(server.sent(posts_to(channel))) == 1  # one message, edited in place
+
+
+async def test_shipped_faces_follow_the_emotion_without_a_diffusion_model(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    """A new user's set-up: no inpainting model, the example persona's drawn expression set."""
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    sprites = tmp_path / "avatars" / "sprites" / "mira"
+    channel = server.channels["general"]
+    replies = {
+        "amusement": "*She bursts out laughing.* Haha, LOL! That's hilarious, you fell right in!",
+        "sadness": "*Her eyes fill with tears.* I miss him so much. I feel so sad and alone tonight.",
+        "anger": "*She slams the door.* How dare you! I am furious with you. Get out!",
+    }
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, list(replies.values()))  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap=script) as run:
+        await enable(server, channel)
+        for n, label in enumerate(replies, 1):
+            await server.say(channel, MEMBER, f"What now? ({n})")
+            posts = await server.wait_for(posts_to(channel), count=n)
+            [face] = posts[-1].files.values()
+            assert face == (sprites / f"{label}.png").read_bytes(), label  # the face of the judged emotion
+            history = await stored(run.engine, channel, "mira", 2 * n)
+            assert history[-1].emotion == label
+        # No renderer was configured: nothing is edited in later.
+        assert not [r for r in server.sent(lambda r: r.method == "PATCH") if r.path.startswith("/channels/")]

@@ -26,7 +26,10 @@ async def test_turn_end_to_end(config: Config) -> None:
         assert result.emotion.label in mira.labels and result.emotion.raw_label in mira.labels
         assert set(result.emotion.probabilities) == set(mira.labels)
         assert abs(sum(result.emotion.probabilities.values()) - 1) < 1e-6
-        assert result.image.path == engine.personas.portrait_path(mira)
+        # The shipped drawn face of the judged emotion (no inpainting model is configured).
+        assert (
+            result.image.path == engine.personas.avatars / "sprites" / "mira" / f"{result.emotion.label}.png"
+        )
         history = await engine.store.history(5, "mira")
         assert [(m.role, m.author_name) for m in history] == [("user", "Sam"), ("assistant", "Mira")]
         assert history[1].content == result.text and history[1].emotion == result.emotion.label

@@ -257,14 +257,16 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
     with zipfile.ZipFile(buffer, "w") as pack:
         pack.writestr("joy.png", sprite.getvalue())
         pack.writestr("anger-1.png", sprite.getvalue())
-        pack.writestr("../../escape.png", sprite.getvalue())
+        pack.writestr("../../joy-2.png", sprite.getvalue())
         pack.writestr("readme.txt", "hi")
     (tmp_path / "pack.zip").write_bytes(buffer.getvalue())
     from bot.expressions_cli import read_pack, write_pack
 
-    kept = service.import_sprites(mira, read_pack(tmp_path / "pack.zip"))
-    assert sorted(kept) == ["anger-1.png", "escape.png", "joy.png"]
-    assert not (service.sprites_dir.parent.parent / "escape.png").exists()
+    plan = service.import_sprites(mira, read_pack(tmp_path / "pack.zip"))
+    assert plan.stored == {"joy.png": "joy.png", "anger-1.png": "anger-1.png", "joy-2.png": "joy-2.png"}
+    assert plan.unused == {}  # read_pack passes only the PNG members
+    assert (service.sprites_dir / "mira" / "joy-2.png").is_file()  # the member's path is never followed
+    assert not (service.sprites_dir.parent.parent / "joy-2.png").exists()
     image = await service.image_for(mira, "joy")
     assert image.path == service.sprites_dir / "mira" / "joy.png" and image.path != rendered
     files = await service.pack_files(mira)
@@ -282,7 +284,7 @@ def test_bad_sprite_packs(service: ExpressionService, tmp_path: Path) -> None:
         read_pack(tmp_path / "junk.zip")
     with pytest.raises(ExpressionError, match=r"joy\.png is not a readable image"):
         service.import_sprites(mira, [("joy.png", b"garbage")])
-    with pytest.raises(ExpressionError, match="no sprites found"):
+    with pytest.raises(ExpressionError, match="no usable sprites found .* unused: notes.txt"):
         service.import_sprites(mira, [("notes.txt", b"x")])
 
 

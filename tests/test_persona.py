@@ -33,7 +33,7 @@ def test_check_slug_normalises_case() -> None:
     [
         ("name = 3\n", "key 'name' must be text"),
         ('name = "x"\nmood = "y"\n', "unknown key 'mood'"),
-        ('name = "x"\n[portrait]\nface_box = [1, 2]\n', "four integers"),
+        ('name = "x"\n[portrait]\nface_box = [1, 2]\n', "four non-negative integers"),
         ('name = "x"\n[emotions]\nlabels = ["joy"]\n', r"2\+ distinct lowercase words"),
         ('name = "x"\n[emotions]\nlabels = ["Joy!", "sad"]\n', r"2\+ distinct lowercase words"),
         ('name = ""\n', "key 'name' is missing"),
