@@ -154,3 +154,27 @@ def test_terminal_draws_the_face_inline(tmp_path: Path) -> None:
     plain.type("/quit")
     assert plain.close() == 0
     assert drawn >= 24 * 10  # 24 columns wide, several rows: a picture, not a stray character
+
+
+def test_chat_says_why_the_face_was_kept(tmp_path: Path) -> None:
+    import io
+
+    from bot.console import Console
+    from bot.emotion import EmotionResult
+    from bot.engine import ExpressionImage, TurnResult
+    from bot.llm import GenerationStats
+    from bot.persona import Persona
+
+    out = io.StringIO()
+    console = Console(None, 0, "Sam", out, images=True)  # type: ignore[arg-type]
+    face = tmp_path / "fear.png"
+    emotion = EmotionResult("fear", "joy", {"fear": 0.3, "joy": 0.4}, "classifier", "joy 0.40 not 0.05 above")
+    result = TurnResult(
+        "…", emotion, ExpressionImage(face, "fear"), Persona("mira", "Mira"), 1, None, GenerationStats(), 0, 0
+    )
+    console._show_result(result)
+    assert out.getvalue() == (
+        "\n[emotion: fear (joy 0.40, fear 0.30; judged by classifier)]\n"
+        "[kept the fear face: joy 0.40 not 0.05 above]\n"
+        f"[face: {face}]\n"  # not a terminal: the path
+    )
