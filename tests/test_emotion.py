@@ -200,12 +200,14 @@ async def test_auto_measures_once_and_remembers(model, tmp_path: Path, monkeypat
     config = EmotionConfig(judge="auto")
     judge = EmotionJudge(config, model, model_id="smollm", verdict_file=verdicts)
     assert judge.mode == "classifier"  # until measured
+    assert judge.describe() == "classifier (auto: measuring the model)"
     first = await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha, that's hilarious!")
     assert first.judge == "classifier"
     assert judge._probe is not None
     chosen = await asyncio.wait_for(judge._probe, 300)
     saved = json.loads(verdicts.read_text())["smollm"]
     assert saved["judge"] == chosen == judge.mode and set(saved["probe"]) == {"classifier", "llm", "both"}
+    assert judge.describe() == f"{chosen} (auto)"
     again = EmotionJudge(config, model, model_id="smollm", verdict_file=verdicts)
     assert again.mode == chosen and again._mode == chosen  # remembered: no second measurement
     other = EmotionJudge(config, model, model_id="another model", verdict_file=verdicts)

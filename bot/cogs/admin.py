@@ -285,6 +285,7 @@ class Admin(commands.Cog):
             f"**Model**: `{engine.llm.name}` (context {engine.llm.n_ctx} tokens)",
             f"**Queue**: {engine.llm.pending} replies, {render_queue} renders",
             f"**Persona here**: {persona.name} (`{persona.slug}`)",
+            f"**Emotion judge**: {engine.judge.describe()}",
             f"**Expression cache**: {renders} faces",
             f"**Messages stored here**: {await engine.store.count_messages(interaction.channel_id or 0)}",
         ]

@@ -95,6 +95,12 @@ class EmotionJudge:
         """The judge in use now ("classifier" while `auto` is still measuring)."""
         return self._mode or "classifier"
 
+    def describe(self) -> str:
+        """The judge in use, for people: 'classifier (auto: measuring the model)' and the like."""
+        if self.config.judge != "auto":
+            return self.mode
+        return f"{self.mode} (auto{': measuring the model' if self._mode is None else ''})"
+
     # -- judging --------------------------------------------------------------------------------------
 
     def classify_text(self, text: str, labels: Sequence[str], names: Sequence[str] = ()) -> dict[str, float]:
