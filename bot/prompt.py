@@ -71,9 +71,9 @@ def system_message(persona: Persona, user: str, lore: str) -> str:
         ("Personality", persona.personality),
         ("Scenario", persona.scenario),
         ("World info", lore),
+        # The emotion labels are not listed here: small models copy such a list into their replies,
+        # and the LLM judge's question names them anyway.
         ("Example dialogue", persona.example_dialogue.replace("<START>", "").strip()),
-        # Asked out of character after each reply; listed here, in the cached prefix, not per turn.
-        ("Emotions {{char}} can show", ", ".join(persona.labels)),
     ):
         if text.strip():
             parts.append(f"{title}:\n{text.strip()}")
