@@ -28,6 +28,7 @@ from bot.config import Config, ExpressionsConfig
 from bot.emotion.labels import GOEMOTIONS, canonical, projection
 from bot.engine import ExpressionImage
 from bot.errors import BusyError, ExpressionError
+from bot.files import atomic_write, png_bytes
 from bot.images import decode_image
 from bot.llm import ModelWorker
 from bot.persona import Persona, PersonaLibrary
@@ -630,9 +631,7 @@ class ExpressionService:
         folder = self.cache_dir / job.persona.slug
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{job.label}-{job.variant}-{job.key[:16]}.png"
-        tmp = path.with_suffix(".tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)  # a reader never sees half a PNG
+        atomic_write(path, png_bytes(image))
         return path
 
     async def _drop_stale(self, persona: str, source_hash: str) -> None:
@@ -673,9 +672,7 @@ class ExpressionService:
         folder = self.sprites_dir / persona.slug
         folder.mkdir(parents=True, exist_ok=True)
         for target, image in accepted:
-            tmp = folder / f".{target}.tmp"
-            image.save(tmp, format="PNG")
-            tmp.replace(folder / target)
+            atomic_write(folder / target, png_bytes(image))
         return plan
 
     async def pack_files(self, persona: Persona) -> dict[str, Path]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from PIL import Image
 from bot.cards import TEXT_FIELDS, Card, read_card, write_card_png
 from bot.config import DEFAULT_LABELS
 from bot.errors import CardError, PersonaError
+from bot.files import atomic_write, png_bytes
 from bot.images import decode_image
 
 _log = logging.getLogger(__name__)
@@ -336,20 +335,6 @@ def slugify(name: str) -> str:
     return slug or "persona"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class PersonaLibrary:
     """The persona folder and the avatars folder, read and written safely."""
 
@@ -419,14 +404,14 @@ class PersonaLibrary:
         extra_file = ""
         if persona.card_extra:
             extra_file = f"{slug}.card.json"
-            _atomic_write(
+            atomic_write(
                 self.dir / extra_file, json.dumps(persona.card_extra, ensure_ascii=False, indent=1).encode()
             )
         if portrait is not None:
-            buffer = _png_bytes(portrait)
-            _atomic_write(self.avatars / Path(persona.portrait).name, buffer)
+            buffer = png_bytes(portrait)
+            atomic_write(self.avatars / Path(persona.portrait).name, buffer)
         path = self.dir / f"{slug}.toml"
-        _atomic_write(path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8"))
+        atomic_write(path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8"))
         return path
 
     def set_face_box(self, persona: Persona, box: tuple[int, int, int, int]) -> Path:
@@ -440,7 +425,7 @@ class PersonaLibrary:
             edited = line.sub(f"face_box = [{', '.join(map(str, box))}]", text)
             table = tomllib.loads(edited)
             if table.get("portrait", {}).get("face_box") == list(box):
-                _atomic_write(path, edited.encode("utf-8"))
+                atomic_write(path, edited.encode("utf-8"))
                 return path
         return self.save(updated)
 
@@ -454,11 +439,3 @@ class PersonaLibrary:
         else:
             portrait = Image.new("RGB", (400, 600), (40, 40, 48))
         return write_card_png(portrait, persona_card_data(persona), spec)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()

@@ -14,8 +14,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from bot.emotion.llm_judge import Classifier, LLMJudge
 from bot.emotion.smoothing import smooth
 from bot.emotion.text import strip_roleplay
 from bot.errors import BotError
+from bot.files import atomic_write
 from bot.prompt import Message
 
 _log = logging.getLogger(__name__)
@@ -208,10 +207,7 @@ class EmotionJudge:
         verdicts[self.model_id] = {"judge": verdict, "probe": {m: f"{right[m]}/{n}" for m in MODES}}
         try:
             self.verdict_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.verdict_file.parent, prefix=".judge.")
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(verdicts, handle, indent=1)
-            os.replace(tmp, self.verdict_file)
+            atomic_write(self.verdict_file, json.dumps(verdicts, indent=1).encode("utf-8"))
         except OSError as exc:
             _log.warning("emotion judge: cannot save the verdict to %s: %s", self.verdict_file, exc)
 
