@@ -11,8 +11,11 @@ import base64
 import binascii
 import io
 import json
+import math
+import re
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,13 +86,49 @@ def _decode_payload(text: str, chunk: str) -> Any:
     return _parse_json(raw, f"the PNG's '{chunk}' chunk")
 
 
+MAX_JSON_DEPTH = 32  # real cards nest 4-6 levels; deeper is an attack on the parser
+MAX_NUMBER_DIGITS = 30
+
+
+def _number(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise CardError(f"a number in the card has {len(text)} digits")
+    return int(text)
+
+
+def _not_finite(name: str) -> float:
+    raise CardError(f"the card holds {name}, which is not a JSON number")
+
+
+def _check_values(value: Any, path: str = "card", depth: int = 0) -> None:
+    """Every string encodable as UTF-8 (no lone surrogates) and nesting within MAX_JSON_DEPTH."""
+    if depth > MAX_JSON_DEPTH:
+        raise CardError(f"{path} is nested more than {MAX_JSON_DEPTH} levels deep")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CardError(f"{path} holds an invalid character (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, f"{path} key", depth + 1)
+            _check_values(item, f"{path}.{key}"[:120], depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{path}[{i}]"[:120], depth + 1)
+
+
 def _parse_json(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(raw.decode("utf-8-sig"))
+        value = json.loads(raw.decode("utf-8-sig"), parse_int=_number, parse_constant=_not_finite)
     except UnicodeDecodeError:
         raise CardError(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise CardError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise CardError(f"{what} is nested too deeply") from None
+    _check_values(value)
+    return value
 
 
 def _validate(payload: Any) -> Card:
@@ -117,21 +156,103 @@ def _validate(payload: Any) -> Card:
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise CardError(f"card field '{key}' must be a list of text")
+    if data.get("extensions", {}) is None:
+        data["extensions"] = {}  # SillyTavern writes null for "none"
     if not isinstance(data.get("extensions", {}), dict):
         raise CardError("card field 'extensions' must be an object")
-    book = data.get("character_book")
-    if book is not None:
-        if not isinstance(book, dict) or not isinstance(book.get("entries", []), list):
-            raise CardError("card field 'character_book' must be an object with an 'entries' list")
-        for i, entry in enumerate(book.get("entries", [])):
-            if not isinstance(entry, dict):
-                raise CardError(f"character_book entry {i} must be an object")
-            keys = entry.get("keys", [])
-            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-                raise CardError(f"character_book entry {i}: 'keys' must be a list of text")
-            if not isinstance(entry.get("content", ""), str):
-                raise CardError(f"character_book entry {i}: 'content' must be text")
+    lore_entries(data.get("character_book"), "card field 'character_book'", CardError)
     return Card(spec, data)
+
+
+@dataclass(frozen=True)
+class LoreEntry:
+    keys: tuple[str, ...]
+    content: str
+    secondary_keys: tuple[str, ...] = ()
+    selective: bool = False
+    constant: bool = False
+    case_sensitive: bool = False
+    insertion_order: int = 100
+    enabled: bool = True
+    use_regex: bool = False
+
+    def triggered_by(self, text: str) -> bool:
+        if not self.enabled:
+            return False
+        if self.constant:
+            return True
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+
+        def hit(keys: Iterable[str]) -> bool:
+            # Whole-word match, so the key "art" does not fire on "start".
+            return any(
+                k.strip() and re.search(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags) for k in keys
+            )
+
+        return hit(self.keys) and (not self.selective or not self.secondary_keys or hit(self.secondary_keys))
+
+
+def _key_list(value: Any, where: str, error: type[Exception]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):  # SillyTavern accepts "a, b" for a list of keys
+        return tuple(k.strip() for k in value.split(",") if k.strip())
+    if isinstance(value, list) and all(isinstance(k, str) for k in value):
+        return tuple(value)
+    raise error(f"{where} must be a list of text, got {type(value).__name__}")
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool, where: str, error: type[Exception]) -> bool:
+    value = entry.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise error(f"{where}: '{key}' must be true or false, got {type(value).__name__}")
+    return value
+
+
+def lore_entries(book: Any, where: str, error: type[Exception]) -> list[LoreEntry]:
+    """A card's character_book, validated (cards are untrusted, and so is a persona's card data file).
+    Raises `error` naming the entry and the field."""
+    if book is None:
+        return []
+    if not isinstance(book, dict):
+        raise error(f"{where} must be an object, got {type(book).__name__}")
+    raw_entries = book.get("entries") or []
+    if isinstance(raw_entries, dict):  # SillyTavern's world-info files key entries by id
+        raw_entries = list(raw_entries.values())
+    if not isinstance(raw_entries, list):
+        raise error(f"{where}: 'entries' must be a list, got {type(raw_entries).__name__}")
+    entries = []
+    for i, entry in enumerate(raw_entries):
+        at = f"{where} entry {i}"
+        if not isinstance(entry, dict):
+            raise error(f"{at} must be an object, got {type(entry).__name__}")
+        content = entry.get("content") or ""
+        if not isinstance(content, str):
+            raise error(f"{at}: 'content' must be text, got {type(content).__name__}")
+        order = entry.get("insertion_order", 100)
+        if order is None:
+            order = 100
+        if isinstance(order, bool) or not isinstance(order, int | float) or not math.isfinite(order):
+            raise error(f"{at}: 'insertion_order' must be a number, got {order!r:.40}")
+        extensions = entry.get("extensions") or {}
+        if not isinstance(extensions, dict):
+            raise error(f"{at}: 'extensions' must be an object, got {type(extensions).__name__}")
+        entries.append(
+            LoreEntry(
+                keys=_key_list(entry.get("keys"), f"{at}: 'keys'", error),
+                content=content,
+                secondary_keys=_key_list(entry.get("secondary_keys"), f"{at}: 'secondary_keys'", error),
+                selective=_flag(entry, "selective", False, at, error),
+                constant=_flag(entry, "constant", False, at, error),
+                case_sensitive=_flag(entry, "case_sensitive", False, at, error),
+                insertion_order=int(order),
+                enabled=_flag(entry, "enabled", True, at, error),
+                use_regex=bool(extensions.get("use_regex") or entry.get("use_regex")),
+            )
+        )
+    return entries
 
 
 def read_card(raw: bytes, filename: str, *, max_bytes: int, max_pixels: int) -> Card:

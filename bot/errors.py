@@ -23,6 +23,10 @@ class InputError(BotError):
     """A chat message cannot be used as a turn (empty, or longer than the context)."""
 
 
+class StoreError(BotError):
+    """The history database cannot be opened or used (wrong path, not SQLite, newer schema)."""
+
+
 class ModelError(BotError):
     """The model file is missing, unreadable or not a GGUF."""
 

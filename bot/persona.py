@@ -19,7 +19,7 @@ from typing import Any, Literal
 import tomli_w
 from PIL import Image
 
-from bot.cards import TEXT_FIELDS, Card, read_card, write_card_png
+from bot.cards import TEXT_FIELDS, Card, LoreEntry, lore_entries, read_card, write_card_png
 from bot.config import DEFAULT_LABELS
 from bot.errors import CardError, PersonaError
 from bot.files import atomic_write, png_bytes
@@ -34,33 +34,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "short, vivid, in the first person, never speaking for the other participants."
 )
 _MACRO_RE = re.compile(r"\{\{\s*(char|user)\s*\}\}|<(BOT|USER)>", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class LoreEntry:
-    keys: tuple[str, ...]
-    content: str
-    secondary_keys: tuple[str, ...] = ()
-    selective: bool = False
-    constant: bool = False
-    case_sensitive: bool = False
-    insertion_order: int = 100
-    enabled: bool = True
-
-    def triggered_by(self, text: str) -> bool:
-        if not self.enabled:
-            return False
-        if self.constant:
-            return True
-        flags = 0 if self.case_sensitive else re.IGNORECASE
-
-        def hit(keys: Iterable[str]) -> bool:
-            # Whole-word match, so the key "art" does not fire on "start".
-            return any(
-                k.strip() and re.search(rf"(?<!\w){re.escape(k.strip())}(?!\w)", text, flags) for k in keys
-            )
-
-        return hit(self.keys) and (not self.selective or not self.secondary_keys or hit(self.secondary_keys))
 
 
 @dataclass(frozen=True)
@@ -199,27 +172,19 @@ def persona_from_toml(slug: str, table: dict[str, Any], source: str, extra: Mapp
     kwargs["emotion_prompts"] = _prompts(emotions.get("prompts", {}), f"{source}: key 'emotions.prompts'")
     if not kwargs.get("name", "").strip():
         raise PersonaError(f"{source}: key 'name' is missing or empty")
-    book = extra.get("character_book") or {}
-    kwargs["lorebook"] = tuple(_lore_entries(book))
+    kwargs["lorebook"] = tuple(
+        _lore_entries(extra.get("character_book"), f"{source}: card data 'character_book'")
+    )
     return Persona(slug=slug, card_extra=dict(extra), **kwargs)
 
 
-def _lore_entries(book: Mapping[str, Any]) -> Iterable[LoreEntry]:
-    for entry in book.get("entries", []):
-        if entry.get("extensions", {}).get("use_regex") or entry.get("use_regex"):
+def _lore_entries(book: Any, where: str, error: type[PersonaError] = PersonaError) -> Iterable[LoreEntry]:
+    for entry in lore_entries(book, where, error):
+        if entry.use_regex:
             # Regex keys from an untrusted card could hang the bot (catastrophic backtracking).
-            _log.warning("lorebook entry %r uses regex keys; skipped", entry.get("name") or entry.get("keys"))
+            _log.warning("lorebook entry %r uses regex keys; skipped", entry.keys[:3])
             continue
-        yield LoreEntry(
-            keys=tuple(entry.get("keys", [])),
-            content=str(entry.get("content", "")),
-            secondary_keys=tuple(k for k in entry.get("secondary_keys", []) if isinstance(k, str)),
-            selective=bool(entry.get("selective", False)),
-            constant=bool(entry.get("constant", False)),
-            case_sensitive=bool(entry.get("case_sensitive", False)),
-            insertion_order=int(entry.get("insertion_order", 100) or 0),
-            enabled=bool(entry.get("enabled", True)),
-        )
+        yield entry
 
 
 def persona_to_toml(persona: Persona, extra_file: str = "") -> dict[str, Any]:
@@ -269,7 +234,7 @@ def persona_from_card(card: Card, slug: str, portrait_file: str) -> Persona:
         alternate_greetings=tuple(data.get("alternate_greetings", [])),
         tags=tuple(data.get("tags", [])),
         portrait=portrait_file,
-        lorebook=tuple(_lore_entries(data.get("character_book") or {})),
+        lorebook=tuple(_lore_entries(data.get("character_book"), "card field 'character_book'", CardError)),
         card_extra=extra,
         **kwargs,
     )
@@ -368,8 +333,10 @@ class PersonaLibrary:
             extra_path = self.dir / Path(str(extra_name)).name  # never leave the persona folder
             try:
                 extra = json.loads(extra_path.read_text("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise PersonaError(f"{path}: card data file {extra_path.name!r} unreadable: {exc}") from None
+            except (OSError, ValueError, RecursionError) as exc:
+                raise PersonaError(f"{path}: card data file {extra_path.name} unreadable: {exc}") from None
+            if not isinstance(extra, dict):
+                raise PersonaError(f"{path}: card data file {extra_path.name} must hold a JSON object")
         return persona_from_toml(slug, table, str(path), extra)
 
     def portrait_path(self, persona: Persona) -> Path | None:
@@ -397,21 +364,34 @@ class PersonaLibrary:
         return f"{base}-{n}"
 
     def save(self, persona: Persona, portrait: Image.Image | None = None) -> Path:
-        """Write a persona (and its portrait); files are replaced atomically."""
+        """Write a persona (and its portrait): all of it or, if anything fails, none of it. Every file's
+        bytes are made before the first is written; each file is replaced atomically."""
         slug = check_slug(persona.slug)
+        extra_file = f"{slug}.card.json" if persona.card_extra else ""
+        path = self.dir / f"{slug}.toml"
+        writes: list[tuple[Path, bytes]] = []
+        try:
+            if extra_file:
+                text = json.dumps(persona.card_extra, ensure_ascii=False, indent=1)
+                writes.append((self.dir / extra_file, text.encode("utf-8")))
+            if portrait is not None:
+                writes.append((self.avatars / Path(persona.portrait).name, png_bytes(portrait)))
+            writes.append((path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8")))
+        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+            raise PersonaError(f"persona '{slug}' cannot be saved: {exc}") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.avatars.mkdir(parents=True, exist_ok=True)
-        extra_file = ""
-        if persona.card_extra:
-            extra_file = f"{slug}.card.json"
-            atomic_write(
-                self.dir / extra_file, json.dumps(persona.card_extra, ensure_ascii=False, indent=1).encode()
-            )
-        if portrait is not None:
-            buffer = png_bytes(portrait)
-            atomic_write(self.avatars / Path(persona.portrait).name, buffer)
-        path = self.dir / f"{slug}.toml"
-        atomic_write(path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8"))
+        before = {target: target.read_bytes() if target.is_file() else None for target, _ in writes}
+        try:
+            for target, data in writes:
+                atomic_write(target, data)
+        except BaseException:
+            for target, old in before.items():  # put back what was there
+                if old is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    atomic_write(target, old)
+            raise
         return path
 
     def set_face_box(self, persona: Persona, box: tuple[int, int, int, int]) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 import aiosqlite
+
+from bot.errors import StoreError
 
 _log = logging.getLogger(__name__)
 
@@ -104,6 +108,31 @@ _MESSAGE_COLUMNS = (
 )
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_path(path: Path) -> None:
+    """Refuse, with a clear line, database paths SQLite would fail on obscurely."""
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not a database file (set [store] path to a file)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"{path}: a parent of this path is a file, not a folder") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read the database: {exc.strerror}") from None
+        if header and header != SQLITE_HEADER:
+            raise StoreError(f"{path}: not an SQLite database (refusing to touch it)")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"{path}: not writable")
+
+
 class Store:
     """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
 
@@ -115,19 +144,27 @@ class Store:
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
+        """Open (or create) the database. Raises StoreError naming the file and the problem; a failed
+        open never leaves the connection's thread running (which would keep the process alive)."""
         path = Path(path)
         if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN ourselves so each write is exactly one transaction.
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db, path)
+            _check_path(path)
         try:
+            # isolation_level=None: we issue BEGIN ourselves so each write is exactly one transaction.
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from None
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db, path)
             await store._migrate()
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"{path}: cannot use the database: {exc}") from None
         except BaseException:
             await db.close()
             raise
@@ -141,8 +178,9 @@ class Store:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path}: database schema version {version} is newer than this bot ({SCHEMA_VERSION})"
+            raise StoreError(
+                f"{self.path}: database schema version {version} is newer than this bot's"
+                f" ({SCHEMA_VERSION}); update the bot, or point [store] path at another file"
             )
         for target in range(version, SCHEMA_VERSION):
             # executescript commits on its own, so the version bump rides inside the same script.

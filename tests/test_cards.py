@@ -154,7 +154,7 @@ BAD_CARDS = [
     (json.dumps({"spec": "chara_card_v2"}).encode(), "c.json", "needs a 'data' object"),
     (json.dumps({"name": "x", "alternate_greetings": "hi"}).encode(), "c.json", "must be a list of text"),
     (
-        json.dumps({"name": "x", "character_book": {"entries": [{"keys": "a"}]}}).encode(),
+        json.dumps({"name": "x", "character_book": {"entries": [{"keys": 5}]}}).encode(),
         "c.json",
         "'keys' must be",
     ),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.errors import StoreError
 from bot.store import SCHEMA_VERSION, RenderRecord, Store
 
 
@@ -101,5 +102,5 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     raw.close()
-    with pytest.raises(RuntimeError, match="newer than this bot"):
+    with pytest.raises(StoreError, match="newer than this bot"):
         await Store.open(path)

@@ -70,7 +70,8 @@ class Chat(commands.Cog):
         if self.bot.user is not None:
             text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
         for user in message.mentions:
-            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+            # A function, not a replacement string: a display name like \1 is text, not a group.
+            text = re.sub(rf"<@!?{user.id}>", lambda _, name=user.display_name: f"@{name}", text)
         return text.strip()
 
     # -- events -----------------------------------------------------------------------------------------
