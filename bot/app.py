@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from bot.emotion import EmotionJudge
 from bot.engine import Engine
 from bot.llm import LlamaBackend
 from bot.persona import PersonaLibrary
+from bot.prompt import PromptBuilder
 from bot.store import Store
 
 JUDGE_VERDICTS = "emotion-judge.json"  # beside the database: which judge `auto` chose for each model
@@ -42,6 +44,9 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
     try:
         llm = await LlamaBackend.load(config.model, config.root)
         try:
+            # A default persona too large for the context should stop start-up, not every chat.
+            prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
+            await asyncio.to_thread(prompts.check_persona, personas.load(config.persona.default))
             expressions = None
             if config.expressions.enabled:
                 # Sprites (the shipped drawn sets, imported packs) need no inpainting model.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 
 import discord
@@ -72,6 +74,20 @@ async def serve(config: Config, token: str) -> None:
 
     async with open_engine(config) as engine:
         bot = RoleplayBot(config, engine)
+        stopping: list[asyncio.Task[None]] = []
+
+        def stop(signum: int) -> None:
+            # docker stop and systemd send SIGTERM, Ctrl-C sends SIGINT: both drain like a normal close
+            # (answers being written finish or are cancelled cleanly, replies are stored).
+            if not stopping:
+                _log.info("%s received: shutting down", signal.Signals(signum).name)
+                stopping.append(asyncio.create_task(bot.close()))
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # Not available on Windows' event loop: there Ctrl-C ends the process as before.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop, signum)
         async with bot:
             await bot.start(token)
 

@@ -31,6 +31,10 @@ DEFAULT_LABELS = (
 )
 
 
+MAX_CONTEXT = 1 << 20  # tokens; every model's own limit is checked against its file at load
+CPUS = os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = ""  # empty: the bundled SmolLM2-135M-Instruct GGUF
@@ -186,6 +190,14 @@ def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
 def _validate(config: Config, source: str) -> None:
     rules = [
         (config.model.n_ctx >= 512, "model.n_ctx", "must be at least 512"),
+        (config.model.n_ctx <= MAX_CONTEXT, "model.n_ctx", f"must be at most {MAX_CONTEXT}"),
+        (config.model.n_batch >= 1, "model.n_batch", "must be at least 1"),
+        (
+            config.model.n_threads <= CPUS,
+            "model.n_threads",
+            f"must be at most the {CPUS} CPU threads of this machine (0 = all)",
+        ),
+        (config.model.state_cache_mb <= 1 << 20, "model.state_cache_mb", "must be at most 1048576"),
         (
             config.model.max_reply_tokens < config.model.n_ctx // 2,
             "model.max_reply_tokens",

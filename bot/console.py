@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import sys
 import threading
@@ -39,6 +40,9 @@ class Console:
         self.out.flush()
 
     def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            # Bytes that are not UTF-8 (a pasted Latin-1 line) become U+FFFD instead of ending the chat.
+            sys.stdin.reconfigure(errors="replace")
         for line in sys.stdin:
             loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\n"))
         loop.call_soon_threadsafe(self._lines.put_nowait, None)

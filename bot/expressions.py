@@ -17,6 +17,7 @@ import logging
 import re
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ DEFAULT_EMOTION_WORDS: dict[str, str] = {
 SPRITE_NAME = re.compile(r"^(?P<label>[a-z][a-z_-]{0,31}?)(?:-(?P<variant>\d{1,3}))?\.png$")
 MAX_SPRITE_BYTES = 10_000_000
 MAX_PACK_FILES = 200
+MAX_DECODED_PORTRAITS = 4  # personas whose decoded portrait and mask stay in memory
+MAX_PACK_BYTES = 100_000_000  # a whole sprite pack, unpacked
 
 
 def sprite_name(label: str, variant: int = 0) -> str:
@@ -438,7 +441,10 @@ class ExpressionService:
         self._worker = ModelWorker(limit=64, name="render worker")
         self._inflight: dict[str, asyncio.Future[Path | None]] = {}
         self._cancel = threading.Event()
-        self._source_memo: dict[str, tuple[object, tuple[Image.Image, Image.Image, str]]] = {}
+        # Decoded portraits and masks of recent personas (a 4000x4000 portrait is ~110 MB decoded).
+        self._source_memo: OrderedDict[str, tuple[object, tuple[Image.Image, Image.Image, str]]] = (
+            OrderedDict()
+        )
         # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
         self._unrenderable: dict[str, str] = {}
 
@@ -473,11 +479,15 @@ class ExpressionService:
         key = (stamps, persona.face_box, s.mask_dilate, s.mask_blur)
         cached = self._source_memo.get(persona.slug)
         if cached is not None and cached[0] == key:
+            self._source_memo.move_to_end(persona.slug)
             return cached[1]
         portrait, raw = self._portrait(persona)
         mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
         value = (portrait, mask, _digest(raw) + _digest(mask.tobytes()))
         self._source_memo[persona.slug] = (key, value)
+        self._source_memo.move_to_end(persona.slug)
+        while len(self._source_memo) > MAX_DECODED_PORTRAITS:
+            self._source_memo.popitem(last=False)
         return value
 
     def job(
@@ -646,24 +656,28 @@ class ExpressionService:
 
     # -- sprite packs -----------------------------------------------------------------------------------
 
-    def import_sprites(self, persona: Persona, files: Sequence[tuple[str, bytes]]) -> SpriteImport:
-        """Store hand-made sprites (name, PNG bytes) for a persona. SillyTavern's label names (GoEmotions'
-        28) and common synonyms are mapped onto the persona's labels; every file is checked before any
-        is written, and the files that could not be used are reported with the reason."""
+    def import_sprites(
+        self, persona: Persona, files: Sequence[tuple[str, bytes | Callable[[], bytes]]]
+    ) -> SpriteImport:
+        """Store hand-made sprites (name, PNG bytes or a function reading them) for a persona.
+        SillyTavern's label names (GoEmotions' 28) and common synonyms are mapped onto the persona's
+        labels. Files are read and checked one at a time (only their re-encoded PNGs are kept) and
+        nothing is written unless every one is good; unused files are reported with the reason."""
         if len(files) > MAX_PACK_FILES:
             raise ExpressionError(f"sprite pack has {len(files)} files, more than {MAX_PACK_FILES}")
         plan = plan_sprites(persona.labels, [Path(name).name.lower() for name, _ in files])
-        accepted: list[tuple[str, Image.Image]] = []
-        for name, raw in files:
+        accepted: list[tuple[str, bytes]] = []
+        for name, data in files:
             base = Path(name).name.lower()
             target = plan.stored.get(base)
             if target is None:
                 continue
+            raw = data() if callable(data) else data
             if len(raw) > MAX_SPRITE_BYTES:
                 raise ExpressionError(f"sprite {base} is {len(raw)} bytes, more than {MAX_SPRITE_BYTES}")
             limit = self.config.persona.max_portrait_pixels
             image = decode_image(raw, f"sprite {base}", max_pixels=limit, error=ExpressionError)
-            accepted.append((target, image.convert("RGBA")))
+            accepted.append((target, png_bytes(image.convert("RGBA"))))
         if not accepted:
             raise ExpressionError(
                 f"no usable sprites found (expected files named after {persona.slug}'s emotions, like "
@@ -671,8 +685,8 @@ class ExpressionService:
             )
         folder = self.sprites_dir / persona.slug
         folder.mkdir(parents=True, exist_ok=True)
-        for target, image in accepted:
-            atomic_write(folder / target, png_bytes(image))
+        for target, encoded in accepted:
+            atomic_write(folder / target, encoded)
         return plan
 
     async def pack_files(self, persona: Persona) -> dict[str, Path]:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import sys
 import time
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bot.app import persona_library
 from bot.config import Config
 from bot.errors import ExpressionError
-from bot.expressions import MAX_PACK_FILES, MAX_SPRITE_BYTES, ExpressionService, contact_sheet, sprite_name
+from bot.expressions import (
+    MAX_PACK_BYTES,
+    MAX_PACK_FILES,
+    MAX_SPRITE_BYTES,
+    ExpressionService,
+    contact_sheet,
+    sprite_name,
+)
 from bot.persona import Persona
 from bot.store import Store
 
@@ -41,26 +52,55 @@ async def render_all(
     return faces
 
 
-def read_pack(source: Path) -> list[tuple[str, bytes]]:
-    """Sprite files from a folder or a zip; sizes are checked before anything is decompressed."""
+@contextlib.contextmanager
+def open_pack(source: Path) -> Iterator[list[tuple[str, Callable[[], bytes]]]]:
+    """The PNG files of a sprite pack (a folder or a zip), each read only when asked for, so that an
+    import holds one picture at a time. Counts and sizes are checked before anything is decompressed,
+    and each read stops at the size limit whatever the zip's header claims."""
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() == ".png")[: MAX_PACK_FILES + 1]
-        for path in paths:
-            if path.stat().st_size > MAX_SPRITE_BYTES:
-                raise ExpressionError(f"{path.name} is larger than {MAX_SPRITE_BYTES} bytes")
-        return [(p.name, p.read_bytes()) for p in paths]
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() == ".png")
+        _check_sizes(source.name, [(p.name, p.stat().st_size) for p in paths])
+        yield [(p.name, functools.partial(_read_file, p)) for p in paths]
+        return
     try:
-        with zipfile.ZipFile(source) as pack:
-            members = [m for m in pack.infolist() if not m.is_dir() and m.filename.lower().endswith(".png")]
-            if len(members) > MAX_PACK_FILES:
-                raise ExpressionError(f"{source.name} has more than {MAX_PACK_FILES} images")
-            for member in members:
-                if member.file_size > MAX_SPRITE_BYTES:
-                    raise ExpressionError(f"{member.filename} unpacks to more than {MAX_SPRITE_BYTES} bytes")
-            # Only the base name is used: a member named ../../x.png cannot escape the sprite folder.
-            return [(Path(m.filename).name, pack.read(m)) for m in members]
+        pack = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ExpressionError(f"{source}: not a folder or a readable zip file ({exc})") from None
+    with pack:
+        members = [m for m in pack.infolist() if not m.is_dir() and m.filename.lower().endswith(".png")]
+        _check_sizes(source.name, [(m.filename, m.file_size) for m in members])
+        # Only the base name is used: a member named ../../x.png cannot escape the sprite folder.
+        yield [(Path(m.filename).name, functools.partial(_read_member, pack, m)) for m in members]
+
+
+def _check_sizes(pack: str, sizes: list[tuple[str, int]]) -> None:
+    if len(sizes) > MAX_PACK_FILES:
+        raise ExpressionError(f"{pack} has {len(sizes)} images, more than {MAX_PACK_FILES}")
+    for name, size in sizes:
+        if size > MAX_SPRITE_BYTES:
+            raise ExpressionError(f"{name} unpacks to more than {MAX_SPRITE_BYTES} bytes")
+    total = sum(size for _, size in sizes)
+    if total > MAX_PACK_BYTES:
+        raise ExpressionError(f"{pack} unpacks to {total} bytes, more than {MAX_PACK_BYTES}")
+
+
+def _read_file(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return _bounded(handle.read(MAX_SPRITE_BYTES + 1), path.name)
+
+
+def _read_member(pack: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+    try:
+        with pack.open(member) as handle:
+            return _bounded(handle.read(MAX_SPRITE_BYTES + 1), member.filename)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise ExpressionError(f"{member.filename}: cannot be unpacked ({exc})") from None
+
+
+def _bounded(data: bytes, name: str) -> bytes:
+    if len(data) > MAX_SPRITE_BYTES:
+        raise ExpressionError(f"{name} unpacks to more than {MAX_SPRITE_BYTES} bytes")
+    return data
 
 
 def write_pack(files: dict[str, Path]) -> bytes:
@@ -89,7 +129,8 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             contact_sheet(faces).save(sheet_path)
             print(f"rendered {len(faces)} faces; contact sheet: {sheet_path}")
         elif args.action == "import":
-            plan = service.import_sprites(persona, read_pack(args.source))
+            with open_pack(args.source) as files:
+                plan = service.import_sprites(persona, files)
             renamed = [f"{src} as {dst}" if src != dst else src for src, dst in plan.stored.items()]
             print(f"imported {len(plan.stored)} sprites for {persona.slug}: {', '.join(renamed)}")
             for name, why in plan.unused.items():

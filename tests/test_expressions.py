@@ -260,11 +260,12 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
         pack.writestr("../../joy-2.png", sprite.getvalue())
         pack.writestr("readme.txt", "hi")
     (tmp_path / "pack.zip").write_bytes(buffer.getvalue())
-    from bot.expressions_cli import read_pack, write_pack
+    from bot.expressions_cli import open_pack, write_pack
 
-    plan = service.import_sprites(mira, read_pack(tmp_path / "pack.zip"))
+    with open_pack(tmp_path / "pack.zip") as files:
+        plan = service.import_sprites(mira, files)
     assert plan.stored == {"joy.png": "joy.png", "anger-1.png": "anger-1.png", "joy-2.png": "joy-2.png"}
-    assert plan.unused == {}  # read_pack passes only the PNG members
+    assert plan.unused == {}  # open_pack passes only the PNG members
     assert (service.sprites_dir / "mira" / "joy-2.png").is_file()  # the member's path is never followed
     assert not (service.sprites_dir.parent.parent / "joy-2.png").exists()
     image = await service.image_for(mira, "joy")
@@ -277,11 +278,14 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
 
 def test_bad_sprite_packs(service: ExpressionService, tmp_path: Path) -> None:
     mira = service.personas.load("mira")
-    from bot.expressions_cli import read_pack
+    from bot.expressions_cli import open_pack
 
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
-    with pytest.raises(ExpressionError, match="not a folder or a readable zip"):
-        read_pack(tmp_path / "junk.zip")
+    with (
+        pytest.raises(ExpressionError, match="not a folder or a readable zip"),
+        open_pack(tmp_path / "junk.zip"),
+    ):
+        pass
     with pytest.raises(ExpressionError, match=r"joy\.png is not a readable image"):
         service.import_sprites(mira, [("joy.png", b"garbage")])
     with pytest.raises(ExpressionError, match=r"no usable sprites found .* unused: notes\.txt"):

@@ -113,6 +113,14 @@ class Chat(commands.Cog):
     async def _answer(self, message: discord.Message, text: str) -> None:
         channel = message.channel
         streamed: StreamedReply | None = None
+        delivered = False
+
+        async def deliver(result: TurnResult) -> int:
+            nonlocal delivered
+            sent = await self._deliver(message, result, streamed)
+            delivered = True
+            return sent
+
         try:
             async with channel.typing():
                 if self.settings.stream_edits:
@@ -124,7 +132,7 @@ class Chat(commands.Cog):
                     author_id=message.author.id,
                     discord_id=message.id,
                     on_text=streamed.add if streamed else None,
-                    deliver=lambda result: self._deliver(message, result, streamed),
+                    deliver=deliver,
                 )
         except (InputError, BusyError, GenerationTimeout) as exc:
             await self._reply_notice(
@@ -142,7 +150,11 @@ class Chat(commands.Cog):
             _log.warning("could not send the reply in channel %s: %s", channel.id, exc)
         finally:
             if streamed is not None:
-                await streamed.stop()
+                if delivered:
+                    await streamed.stop()
+                else:
+                    # Shielded: a deletion that cancels this answer must not also cancel the clean-up.
+                    await asyncio.shield(streamed.discard())
 
     async def _deliver(
         self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
@@ -270,6 +282,14 @@ class StreamedReply:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, discord.HTTPException):
             await self._task
+
+    async def discard(self) -> None:
+        """The reply will not be delivered (cancelled, failed): take the half-written preview down."""
+        await self.stop()
+        if self.message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self.message.delete()
+            self.message = None
 
 
 async def setup(bot: RoleplayBot) -> None:
