@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -285,13 +285,19 @@ class FakeDiscord:
         content: str,
         *,
         mention_bot: bool = False,
+        mentions: Sequence[dict[str, Any]] = (),
         reply_to: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A user posts a message (MESSAGE_CREATE reaches the bot)."""
+        """A user posts a message (MESSAGE_CREATE reaches the bot); `mentions` are users named in it."""
         extra: dict[str, Any] = {"member": {k: v for k, v in self.member(user).items() if k != "user"}}
+        if mentions:
+            content = " ".join(f"<@{u['id']}>" for u in mentions) + f" {content}"
+            extra["mentions"] = [
+                {**u, "member": {k: v for k, v in self.member(u).items() if k != "user"}} for u in mentions
+            ]
         if mention_bot:
             content = f"<@{self.bot_user['id']}> {content}"
-            extra["mentions"] = [self.bot_user]
+            extra["mentions"] = [*extra.get("mentions", []), self.bot_user]
         if reply_to is not None:
             extra.update(
                 type=19,

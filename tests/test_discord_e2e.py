@@ -381,3 +381,38 @@ async def test_shipped_faces_follow_the_emotion_without_a_diffusion_model(
             assert history[-1].emotion == label
         # No renderer was configured: nothing is edited in later.
         assert not [r for r in server.sent(lambda r: r.method == "PATCH") if r.path.startswith("/channels/")]
+
+
+async def test_a_display_name_is_text_not_a_pattern(server: FakeDiscord, tmp_path: Path) -> None:
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    channel = server.channels["general"]
+    odd = FakeDiscord.user("Odd", user_id=2_000_000_000_000_000_003)
+    odd["global_name"] = r"\1 \g<0> \\"  # would be group references in a regex replacement
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "have you met this one?", mentions=[odd])
+        [reply] = await server.wait_for(posts_to(channel))
+        assert reply.json["content"].strip()
+        history = await stored(run.engine, channel, "mira", 2)
+        assert history[0].content == r"@\1 \g<0> \\ have you met this one?"
+
+
+async def test_a_cancelled_streamed_reply_takes_its_preview_down(server: FakeDiscord, tmp_path: Path) -> None:
+    config = bot_config(tmp_path, server, None, discord_extra="stream_edits = true\n")
+    channel = server.channels["general"]
+    story = "The lamp flickers as the storm comes in from the west. " * 8
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, [story], pause=0.35)  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap=script) as run:
+        await enable(server, channel)
+        question = await server.say(channel, MEMBER, "Tell me about the storm")
+        [preview] = await server.wait_for(posts_to(channel))
+        assert preview.json["content"].endswith(" …")
+        [preview_id] = [m["id"] for m in server.messages.values() if m["content"].endswith(" …")]
+        await server.delete(question)  # the member takes the question back while it is answered
+        await server.wait_for(
+            lambda r: r.method == "DELETE" and r.path == f"/channels/{channel}/messages/{preview_id}"
+        )
+        assert all(m.role == "user" for m in await run.engine.store.history(channel, "mira"))  # no half reply
