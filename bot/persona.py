@@ -349,7 +349,10 @@ class PersonaLibrary:
         card = read_card(raw, filename, max_bytes=self.max_card_bytes, max_pixels=self.max_pixels)
         slug = check_slug(slug) if slug else self._free_slug(slugify(card.data["name"]))
         portrait_file = f"{slug}.png" if card.portrait is not None else ""
-        persona = persona_from_card(card, slug, portrait_file)
+        try:
+            persona = persona_from_card(card, slug, portrait_file)
+        except PersonaError as exc:
+            raise CardError(f"{filename}: {exc}") from None
         self.save(persona, card.portrait)
         _log.info("imported %s card %r as persona %s", card.spec, persona.name, slug)
         return persona

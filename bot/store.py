@@ -156,11 +156,12 @@ class Store:
             raise StoreError(f"{path}: cannot open the database: {exc}") from None
         try:
             db.row_factory = aiosqlite.Row
+            store = cls(db, path)
+            await store._check_version()  # before anything below may write to a newer bot's file
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
-            store = cls(db, path)
             await store._migrate()
         except sqlite3.DatabaseError as exc:
             await db.close()
@@ -173,7 +174,7 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
-    async def _migrate(self) -> None:
+    async def _check_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
@@ -182,6 +183,10 @@ class Store:
                 f"{self.path}: database schema version {version} is newer than this bot's"
                 f" ({SCHEMA_VERSION}); update the bot, or point [store] path at another file"
             )
+        return version
+
+    async def _migrate(self) -> None:
+        version = await self._check_version()
         for target in range(version, SCHEMA_VERSION):
             # executescript commits on its own, so the version bump rides inside the same script.
             await self._db.executescript(

@@ -1,0 +1,272 @@
+"""The bad-input corpus: one case per kind of bad input an operator or a member can give. Each must end
+with one clear line (no traceback), exit status 2 where a command refuses it, and leave the store,
+persona/ and avatars/ byte-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bot.__main__ import main
+
+from .cardfiles import V2_CARD
+from .conftest import REPO, folder_snapshot, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def state(folder: Path) -> dict[str, dict[str, bytes]]:
+    return {part: folder_snapshot(folder / part) for part in ("persona", "avatars", "data")}
+
+
+def refused(capsys, args: list[str], folder: Path, message: str) -> str:
+    """Run a command in-process; it must exit 2 with one line naming the problem and change nothing."""
+    before = state(folder)
+    code = main(["--config", str(folder / "config.toml"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert state(folder) == before
+    return err
+
+
+def setup(tmp_path: Path, extra: str = "", *, store: bool = True) -> Path:
+    """A bot folder as a user has it after some use: config, personas, avatars and a history database."""
+    write_config(tmp_path, extra)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    if store:
+        import asyncio
+
+        from bot.store import Store
+
+        async def create() -> None:
+            await (await Store.open(tmp_path / "data" / "test.sqlite3")).close()
+
+        asyncio.run(create())
+    return tmp_path
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("n_ctx = 4294968320\n", "key 'model.n_ctx' must be at most 1048576"),
+        (
+            "n_ctx = 65536\n",
+            "key 'model.n_ctx' = 65536 is more than SmolLM2-135M-Instruct.Q4_1.gguf's training",
+        ),
+        ("n_threads = 100000\n", "key 'model.n_threads' must be at most the"),
+        ("n_batch = 0\n", "key 'model.n_batch' must be at least 1"),
+    ],
+)
+def test_config_out_of_range(tmp_path: Path, capsys, extra: str, message: str) -> None:
+    folder = setup(tmp_path)
+    config = folder / "config.toml"
+    text = config.read_text().replace("n_ctx = 2048\n", "") if "n_ctx" in extra else config.read_text()
+    config.write_text(text.replace("[model]\n", "[model]\n" + extra, 1))
+    refused(capsys, ["chat"], folder, message)
+
+
+# -- store ----------------------------------------------------------------------------------------------
+
+
+def run_cli(folder: Path, *args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess:
+    """The real command in its own process: a hang fails the test instead of stalling the suite."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot", "--config", str(folder / "config.toml"), *args],
+        input=stdin,
+        capture_output=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
+def store_case(tmp_path: Path, name: str) -> tuple[Path, str]:
+    folder = setup(tmp_path, store=False)
+    db = folder / "data" / "test.sqlite3"
+    if name == "folder":
+        db.mkdir()
+        return folder, "is a folder, not a database file"
+    if name == "under a file":
+        (folder / "data" / "file").write_text("x")
+        config = folder / "config.toml"
+        config.write_text(config.read_text().replace("data/test.sqlite3", "data/file/test.sqlite3"))
+        return folder, "a parent of this path is a file"
+    if name == "not sqlite":
+        db.write_bytes(b"this is my diary, not a database\n" * 100)
+        return folder, "not an SQLite database"
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA user_version = 999")
+    return folder, "database schema version 999 is newer than this bot's"
+
+
+@pytest.mark.parametrize("name", ["folder", "under a file", "not sqlite", "newer schema"])
+def test_unusable_store(tmp_path: Path, name: str) -> None:
+    folder, message = store_case(tmp_path, name)
+    before = state(folder)
+    done = run_cli(folder, "chat")
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err
+    assert state(folder) == before
+
+
+# -- persona files and card data files ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("book", "message"),
+    [
+        ({"entries": [{"keys": ["a"], "insertion_order": "first"}]}, "'insertion_order' must be a number"),
+        ({"entries": [{"keys": 5}]}, "'keys' must be a list of text, got int"),
+        ({"entries": "many"}, "'entries' must be a list, got str"),
+        ({"entries": [7]}, "entry 0 must be an object, got int"),
+        ([], "must be an object, got list"),
+    ],
+)
+def test_odd_lorebook_in_a_card_data_file(tmp_path: Path, capsys, book, message: str) -> None:
+    folder = setup(tmp_path)
+    toml = folder / "persona" / "mira.toml"
+    toml.write_text(toml.read_text() + '\n[card]\nextra = "mira.card.json"\n')
+    (folder / "persona" / "mira.card.json").write_text(json.dumps({"character_book": book}))
+    err = refused(capsys, ["persona", "show", "mira"], folder, message)
+    assert "mira.toml" in err
+
+
+def test_card_data_file_that_is_not_an_object(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    toml = folder / "persona" / "mira.toml"
+    toml.write_text(toml.read_text() + '\n[card]\nextra = "mira.card.json"\n')
+    (folder / "persona" / "mira.card.json").write_text("[1, 2]")
+    refused(
+        capsys, ["persona", "show", "mira"], folder, "card data file mira.card.json must hold a JSON object"
+    )
+
+
+def test_persona_too_large_for_the_context_is_named(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    toml = folder / "persona" / "mira.toml"
+    toml.write_text(
+        toml.read_text().replace('personality = "', 'personality = "' + "very long words " * 900, 1)
+    )
+    refused(capsys, ["chat"], folder, "persona 'mira' alone needs")
+
+
+# -- cards ---------------------------------------------------------------------------------------------
+
+
+def card_with(**data) -> bytes:
+    return json.dumps({**V2_CARD, "data": {**V2_CARD["data"], **data}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            card_with(character_book={"entries": [{"keys": ["a"], "insertion_order": "first"}]}),
+            "must be a number",
+        ),
+        (card_with(character_book={"entries": [{"keys": 5}]}), "'keys' must be a list of text"),
+        (card_with(character_book={"entries": [{"keys": ["a"], "extensions": 3}]}), "'extensions' must be"),
+        (card_with(character_book=[]), "'character_book' must be an object"),
+        (card_with(tags=5), "'tags' must be a list of text"),
+        (b'{"spec": "chara_card_v2", "data": {"name": "x", "weight": Infinity}}', "Infinity"),
+        (b'{"spec": "chara_card_v2", "data": {"name": "x", "n": ' + b"9" * 5000 + b"}}", "5000 digits"),
+        (b'{"spec": "chara_card_v2", "data": {"name": "\\ud800x"}}', "lone surrogate"),
+        (
+            b'{"spec": "chara_card_v2", "data": {"name": "x", "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+            "nested",
+        ),
+        (card_with(extensions={"expressive_rp_bot": {"face_box": [1, 2]}}), "field 'face_box' must be four"),
+    ],
+)
+def test_bad_cards(tmp_path: Path, capsys, raw: bytes, message: str) -> None:
+    folder = setup(tmp_path)
+    (tmp_path / "card.json").write_bytes(raw)
+    err = refused(capsys, ["persona", "import", str(tmp_path / "card.json")], folder, message)
+    assert err.startswith("error: card.json: ")  # the file's name, never an object's repr
+
+
+def test_null_extensions_and_comma_keys_are_accepted_as_sillytavern_does(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    raw = card_with(extensions=None, character_book={"entries": [{"keys": "storm, sky", "content": "x"}]})
+    (tmp_path / "card.json").write_bytes(raw)
+    assert (
+        main(["--config", str(folder / "config.toml"), "persona", "import", str(tmp_path / "card.json")]) == 0
+    )
+    assert "imported 'Captain Rook'" in capsys.readouterr().out
+
+
+# -- images and sprite packs ------------------------------------------------------------------------------
+
+
+def test_sprite_pack_that_unpacks_too_large(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    pack = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(pack, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for i in range(20):  # 20 x 9.9 MB of zeros: a small file that unpacks to 198 MB
+            archive.writestr(f"joy-{i}.png", b"\0" * 9_900_000)
+    assert pack.stat().st_size < 1_000_000
+    refused(capsys, ["expressions", "import", "--persona", "mira", str(pack)], folder, "more than 100000000")
+
+
+def test_sprite_pack_with_a_broken_picture_writes_nothing(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    pack = tmp_path / "pack.zip"
+    good = (REPO / "avatars" / "sprites" / "mira" / "joy.png").read_bytes()
+    with zipfile.ZipFile(pack, "w") as archive:
+        archive.writestr("joy.png", good)
+        archive.writestr("sadness.png", b"\x89PNG\r\n\x1a\n broken")
+    refused(capsys, ["expressions", "import", "--persona", "mira", str(pack)], folder, "sadness.png")
+
+
+# -- messages ------------------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_typed_into_the_chat_is_replaced(tmp_path: Path) -> None:
+    folder = setup(tmp_path)
+    done = run_cli(folder, "chat", "--user", "Sam", stdin=b"caf\xe9 au lait, s'il vous pla\xeet\n/quit\n")
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"[emotion: " in done.stdout  # the line was answered, and the chat went on to /quit
+    with sqlite3.connect(folder / "data" / "test.sqlite3") as db:
+        [(content,)] = db.execute("SELECT content FROM messages WHERE role = 'user'").fetchall()
+    assert content == "caf\ufffd au lait, s'il vous pla\ufffdt"
+
+
+# -- the Discord process -------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
+    import asyncio
+
+    from .discord_server import FakeDiscord
+
+    server = FakeDiscord()
+    await server.start()
+    try:
+        discord = f'[discord]\napi_base = "{server.api_base}"\ngateway_url = "{server.gateway_url}"\n'
+        folder = setup(tmp_path, discord, store=False)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--config", str(folder / "config.toml"), "run",
+            cwd=REPO,
+            env={**os.environ, "DISCORD_TOKEN": "local-test-token"},
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await server.wait_for(lambda r: r.method == "PUT" and "/commands" in r.path, limit=60)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        assert b"SIGTERM received: shutting down" in err and b"Traceback" not in err
+    finally:
+        await server.stop()
