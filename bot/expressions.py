@@ -29,7 +29,7 @@ from bot.config import Config, ExpressionsConfig
 from bot.emotion.labels import GOEMOTIONS, canonical, projection
 from bot.engine import ExpressionImage
 from bot.errors import BusyError, ExpressionError
-from bot.files import atomic_write, png_bytes
+from bot.files import atomic_write, png_bytes, write_all
 from bot.images import decode_image
 from bot.llm import ModelWorker
 from bot.persona import Persona, PersonaLibrary
@@ -685,8 +685,7 @@ class ExpressionService:
             )
         folder = self.sprites_dir / persona.slug
         folder.mkdir(parents=True, exist_ok=True)
-        for target, encoded in accepted:
-            atomic_write(folder / target, encoded)
+        write_all([(folder / target, encoded) for target, encoded in accepted])
         return plan
 
     async def pack_files(self, persona: Persona) -> dict[str, Path]:

@@ -24,6 +24,22 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def write_all(writes: list[tuple[Path, bytes]]) -> None:
+    """Write several files, all of them or none: if one write fails, the files written before it get
+    their old content back (or are removed when they are new)."""
+    before = {path: path.read_bytes() if path.is_file() else None for path, _ in writes}
+    try:
+        for path, data in writes:
+            atomic_write(path, data)
+    except BaseException:
+        for path, old in before.items():
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, old)
+        raise
+
+
 def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")

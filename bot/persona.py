@@ -22,7 +22,7 @@ from PIL import Image
 from bot.cards import TEXT_FIELDS, Card, LoreEntry, lore_entries, read_card, write_card_png
 from bot.config import DEFAULT_LABELS
 from bot.errors import CardError, PersonaError
-from bot.files import atomic_write, png_bytes
+from bot.files import atomic_write, png_bytes, write_all
 from bot.images import decode_image
 
 _log = logging.getLogger(__name__)
@@ -384,17 +384,7 @@ class PersonaLibrary:
             raise PersonaError(f"persona '{slug}' cannot be saved: {exc}") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.avatars.mkdir(parents=True, exist_ok=True)
-        before = {target: target.read_bytes() if target.is_file() else None for target, _ in writes}
-        try:
-            for target, data in writes:
-                atomic_write(target, data)
-        except BaseException:
-            for target, old in before.items():  # put back what was there
-                if old is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    atomic_write(target, old)
-            raise
+        write_all(writes)
         return path
 
     def set_face_box(self, persona: Persona, box: tuple[int, int, int, int]) -> Path:
