@@ -270,3 +270,48 @@ async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
         assert b"SIGTERM received: shutting down" in err and b"Traceback" not in err
     finally:
         await server.stop()
+
+
+JSON_VALUES = [None, True, 0, -1, 1.5, "", "text", [], ["a"], [1], {}, {"a": 1}, [[]], [{}]]
+
+
+def test_every_json_value_type_in_every_card_field_is_accepted_or_refused_cleanly(tmp_path: Path) -> None:
+    from bot.app import persona_library
+    from bot.config import load_config
+    from bot.errors import PersonaError
+
+    folder = setup(tmp_path)
+    library = persona_library(load_config(folder / "config.toml"))
+    entry_fields = [
+        "keys",
+        "secondary_keys",
+        "content",
+        "insertion_order",
+        "enabled",
+        "selective",
+        "constant",
+    ]
+    entry_fields += ["case_sensitive", "extensions", "use_regex", "name", "priority", "id"]
+    cases: list[dict] = []
+    for field in [*V2_CARD["data"], "extensions", "character_book", "alternate_greetings", "tags"]:
+        cases += [{field: value} for value in JSON_VALUES]
+    for field in entry_fields:
+        cases += [{"character_book": {"entries": [{"keys": ["a"], field: value}]}} for value in JSON_VALUES]
+    cases += [{"character_book": {"entries": value}} for value in JSON_VALUES]
+    cases += [
+        {"extensions": {"expressive_rp_bot": {k: v}}} for k in ("face_box", "labels") for v in JSON_VALUES
+    ]
+    outcomes = {"imported": 0, "refused": 0}
+    for n, data in enumerate(cases):
+        raw = card_with(**data)
+        before = state(folder)
+        try:
+            persona = library.import_card(raw, "card.json", slug=f"fuzz-{n}")
+        except PersonaError as exc:  # CardError included: a clear message, nothing written
+            assert "card.json" in str(exc) and "\n" not in str(exc), (data, exc)
+            assert state(folder) == before, data
+            outcomes["refused"] += 1
+        else:
+            assert library.load(persona.slug) == persona, data  # what was written reads back the same
+            outcomes["imported"] += 1
+    assert outcomes["imported"] and outcomes["refused"]
