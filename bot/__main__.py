@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data", type=Path, help="emotion: GoEmotions dev.tsv (default ../shared/goemotions)")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions")
     bench.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
+    bench.add_argument(
+        "--contended", action="store_true", help="llm: measure again beside a busy loop on one core"
+    )
     return parser
 
 

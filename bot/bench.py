@@ -80,9 +80,21 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def table(title: str, rows: list[tuple[str, str]]) -> None:
+def load_average() -> str:
+    import os
+
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def table(title: str, rows: list[tuple[str, str]], settings: str = "") -> None:
+    """A Markdown table with what it was measured on: machine, 1-minute load average (taken when the
+    table is printed, right after the measurement) and the thread settings."""
     width = max(len(k) for k, _ in rows)
-    print(f"\n{title}\nmachine: {machine()}\n")
+    extra = f"; {settings}" if settings else ""
+    print(f"\n{title}\nmachine: {machine()}; load average (1 min): {load_average()}{extra}\n")
     print(f"| {'measure'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
     for key, value in rows:
         print(f"| {key.ljust(width)} | {value} |")
@@ -97,7 +109,42 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
 # -- llm ----------------------------------------------------------------------------------------------
 
 
-async def bench_llm(config: Config, quick: bool) -> None:
+class CpuHog:
+    """A competing program: a busy loop pinned to the last core, bounded in time (it ends by itself
+    even if the benchmark is killed), as a browser tab or a game would take a core."""
+
+    SECONDS = 900
+
+    def __enter__(self) -> CpuHog:
+        import os
+        import subprocess
+
+        core = (os.cpu_count() or 1) - 1
+        code = (
+            "import os, time\n"
+            f"os.sched_setaffinity(0, {{{core}}}) if hasattr(os, 'sched_setaffinity') else None\n"
+            f"end = time.monotonic() + {self.SECONDS}\n"
+            "while time.monotonic() < end: pass\n"
+        )
+        self.process = subprocess.Popen([sys.executable, "-c", code])
+        self.core = core
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@dataclasses.dataclass
+class LlmRound:
+    warm: list[Any]  # TurnResult
+    lag: LoopLag
+    engine_rates: list[float]
+    raw_rates: list[float]
+    counts: set[int]
+
+
+async def bench_llm(config: Config, quick: bool, contended: bool = False) -> None:
     from bot.app import persona_library
     from bot.emotion import EmotionJudge
     from bot.engine import Engine
@@ -111,10 +158,10 @@ async def bench_llm(config: Config, quick: bool) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         store = await Store.open(Path(scratch) / "bench.sqlite3")
         llm = await LlamaBackend.load(model_config, config.root)
-        # The LLM judge: its cost rides on the reply's evaluated context, which is what this measures
-        # (the shipped classifier's cost is in `bench emotion`).
-        judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
-        engine = Engine(config, store, llm, persona_library(config), judge=judge)
+        # The LLM judge first: its cost rides on the reply's evaluated context, which is what this
+        # measures; the shipped classifier is measured after it on the same conversation.
+        llm_judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
+        engine = Engine(config, store, llm, persona_library(config), judge=llm_judge)
         persona = engine.personas.load(config.persona.default)
         channel = 1
         tokens = 0
@@ -130,32 +177,25 @@ async def bench_llm(config: Config, quick: bool) -> None:
             )
             tokens += len(llm.tokenize(text)) + 6
             i += 1
+        cold = await engine.turn(channel, "Sam", "What happened next, Mira?")
 
-        turns = []
-        with LoopLag() as lag:
-            for n in range(3 if quick else 6):
-                result = await engine.turn(channel, "Sam", f"What happened next, Mira? ({n})")
-                turns.append(result)
-        cold, warm = turns[0], turns[1:]
-        reply_s = statistics.median(t.reply_seconds for t in warm)
-        emotion_s = statistics.median(t.emotion_seconds for t in warm)
-
-        # Decode speed: the engine's worker vs llama-cpp-python called directly, same prompt, same length.
+        # Decode speed: the engine's worker vs llama-cpp-python called directly, same prompt, same
+        # length, same threads.
         from llama_cpp import Llama
 
-        threads = llm.threads  # the engine's own thread count
+        decode, batch = llm.threads
         raw = Llama(
             model_path=str(llm.path),
             n_ctx=4096,
             n_batch=model_config.n_batch,
             verbose=False,
-            n_threads=threads,
-            n_threads_batch=threads,
+            n_threads=decode,
+            n_threads_batch=batch,
         )
         prompt = llm.render(
             [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
         )
-        prompt_tokens = raw.tokenize(prompt.encode(), add_bos=False, special=True)
+        prompt_tokens = llm._prompt_tokens(prompt)
         n_tokens = 96
         settings = sampling(model_config)  # the engine's own sampling: both sides generate the same tokens
 
@@ -169,53 +209,100 @@ async def bench_llm(config: Config, quick: bool) -> None:
             return rate, count
 
         async def engine_rate() -> tuple[float, int]:
-            generation = llm.generate(prompt, max_tokens=n_tokens)
+            generation = llm.generate(prompt, max_tokens=n_tokens, session="decode")
             async for _chunk in generation.chunks():
                 pass
             await llm.forget()
             stats = generation.stats
             return (stats.generated_tokens - 1) / stats.decode_seconds, stats.generated_tokens
 
-        engine_rates, raw_rates, counts = [], [], set()
-        for round_ in range(2 if quick else 4):
-            for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate the order
-                rate, count = raw_rate() if side == "raw" else await engine_rate()
-                (raw_rates if side == "raw" else engine_rates).append(rate)
-                counts.add(count)
+        async def measure(turns: int, tag: str) -> LlmRound:
+            warm = []
+            with LoopLag() as lag:
+                for n in range(turns):
+                    warm.append(await engine.turn(channel, "Sam", f"And then? ({tag} {n})"))
+            result = LlmRound(warm, lag, [], [], set())
+            for round_ in range(2 if quick else 4):
+                for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate
+                    rate, count = raw_rate() if side == "raw" else await engine_rate()
+                    (result.raw_rates if side == "raw" else result.engine_rates).append(rate)
+                    result.counts.add(count)
+            return result
+
+        turns = 2 if quick else 5
+        quiet = await measure(turns, "quiet")
+        engine.judge = EmotionJudge(dataclasses.replace(config.emotion, judge="classifier"), llm)
+        with LoopLag():
+            by_classifier = [await engine.turn(channel, "Sam", f"Go on. ({n})") for n in range(turns)]
+        engine.judge = llm_judge
+        busy: LlmRound | None = None
+        if contended:
+            with CpuHog():
+                busy = await measure(turns, "contended")
         raw.close()
         await llm.close()
         await store.close()
 
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    def emotion_share(turns: list[Any]) -> str:
+        emotion = median([t.emotion_seconds for t in turns])
+        reply = median([t.reply_seconds for t in turns])
+        return f"{emotion / reply:.4f} ({emotion * 1000:.1f} ms / {reply * 1000:.0f} ms)"
+
+    warm = quiet.warm
     rows = [
         ("prompt: persona + 1,500-token history", f"{cold.stats.prompt_tokens} tokens"),
         ("cold turn: latency", f"{cold.reply_seconds + cold.emotion_seconds:.2f} s"),
         ("cold turn: prompt tokens evaluated", f"{cold.stats.evaluated_tokens}"),
         (
             "warm turn: latency (median)",
-            f"{statistics.median(t.reply_seconds + t.emotion_seconds for t in warm):.2f} s",
+            f"{median([t.reply_seconds + t.emotion_seconds for t in warm]):.2f} s",
         ),
         (
             "warm turn: prompt tokens evaluated (median)",
-            f"{statistics.median(t.stats.evaluated_tokens for t in warm):.0f}",
+            f"{median([t.stats.evaluated_tokens for t in warm]):.0f}",
         ),
         (
             "warm turn: time to first token (median)",
-            f"{statistics.median(t.stats.prompt_seconds for t in warm) * 1000:.0f} ms",
+            f"{median([t.stats.prompt_seconds for t in warm]) * 1000:.0f} ms",
         ),
-        (
-            "emotion step (LLM judge) / reply time (median)",
-            f"{emotion_s / reply_s:.3f} ({emotion_s * 1000:.0f} ms / {reply_s * 1000:.0f} ms)",
-        ),
-        ("tokens generated per decode run", ", ".join(map(str, sorted(counts)))),
-        ("decode speed, raw llama-cpp-python", f"{statistics.median(raw_rates):.1f} tokens/s"),
-        ("decode speed, engine worker", f"{statistics.median(engine_rates):.1f} tokens/s"),
-        (
-            "engine / raw decode ratio",
-            f"{statistics.median(engine_rates) / statistics.median(raw_rates):.3f}",
-        ),
-        ("event loop worst lag during replies", lag.describe()),
+        ("emotion step / reply time, LLM judge (median)", emotion_share(warm)),
+        ("emotion step / reply time, shipped classifier (median)", emotion_share(by_classifier)),
+        ("tokens generated per decode run", ", ".join(map(str, sorted(quiet.counts)))),
+        ("decode speed, raw llama-cpp-python", f"{median(quiet.raw_rates):.1f} tokens/s"),
+        ("decode speed, engine worker", f"{median(quiet.engine_rates):.1f} tokens/s"),
+        ("engine / raw decode ratio", f"{median(quiet.engine_rates) / median(quiet.raw_rates):.3f}"),
+        ("event loop worst lag during replies", quiet.lag.describe()),
     ]
-    table(f"bench llm: {llm.name}, n_ctx 4096", rows)
+    threads = f"threads: decode {decode}, prompt {batch}"
+    table(f"bench llm: {llm.name}, n_ctx 4096", rows, threads)
+    if busy is not None:
+        engine_ratio = median(busy.engine_rates) / median(quiet.engine_rates)
+        table(
+            "bench llm --contended: the same beside a busy loop on the last core",
+            [
+                (
+                    "decode speed, engine: quiet -> contended",
+                    f"{median(quiet.engine_rates):.1f} -> {median(busy.engine_rates):.1f} tokens/s"
+                    f" (ratio {engine_ratio:.2f})",
+                ),
+                (
+                    "decode speed, raw llama-cpp-python: quiet -> contended",
+                    f"{median(quiet.raw_rates):.1f} -> {median(busy.raw_rates):.1f} tokens/s"
+                    f" (ratio {median(busy.raw_rates) / median(quiet.raw_rates):.2f})",
+                ),
+                (
+                    "warm turn latency: quiet -> contended (median)",
+                    f"{median([t.reply_seconds for t in quiet.warm]):.2f} ->"
+                    f" {median([t.reply_seconds for t in busy.warm]):.2f} s",
+                ),
+                ("event loop worst lag, quiet", quiet.lag.describe()),
+                ("event loop worst lag, contended", busy.lag.describe()),
+            ],
+            threads,
+        )
 
 
 # -- expressions ----------------------------------------------------------------------------------------
@@ -353,8 +440,14 @@ async def bench_discord(config: Config, quick: bool) -> int:
                     user = FakeDiscord.user("Sam", user_id=5_000_000_000_000_000_000)
                     start = time.perf_counter()
                     await server.say(channels[0], user, f"Tell me about the lamp ({n})")
-                    [*_, typing] = await server.wait_for(typing_in(channels[0]), count=n + 1)
-                    [*_, reply] = await server.wait_for(posts_to(channels[0]), count=n + 1)
+
+                    def after(kind: Callable[[Any], bool], since: float = start) -> Callable[[Any], bool]:
+                        return lambda r: kind(r) and r.at >= since
+
+                    # The first typing event after this message was sent: discord.py repeats typing
+                    # every few seconds while a reply is pending, so counting events would drift.
+                    typing = min((await server.wait_for(after(typing_in(channels[0])))), key=lambda r: r.at)
+                    reply = min((await server.wait_for(after(posts_to(channels[0])))), key=lambda r: r.at)
                     typing_ms.append((typing.at - start) * 1000)
                     reply_s.append(reply.at - start)
                 # Throughput: four channels chatting at once.
@@ -383,7 +476,10 @@ async def bench_discord(config: Config, quick: bool) -> int:
         ),
         ("event loop worst lag (replies + renders)", lag.describe()),
     ]
-    table("bench discord (local Discord server, bundled model, tiny inpainting pipeline)", rows)
+    from bot.config import decode_threads, prompt_threads
+
+    threads = f"threads: decode {decode_threads(cfg.model)}, prompt {prompt_threads(cfg.model)}"
+    table("bench discord (local Discord server, bundled model, tiny inpainting pipeline)", rows, threads)
     return 0
 
 
@@ -393,7 +489,7 @@ async def main(config: Config, args: argparse.Namespace) -> int:
 
         return await bench_emotion(config, args)
     if args.what == "llm":
-        await bench_llm(config, args.quick)
+        await bench_llm(config, args.quick, args.contended)
     elif args.what == "expressions":
         return await bench_expressions(config, args.quick, args.gpu)
     else:

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
-from bot.config import Config, ExpressionsConfig
+from bot.config import CPUS, Config, ExpressionsConfig, decode_threads
 from bot.emotion.labels import GOEMOTIONS, canonical, projection
 from bot.engine import ExpressionImage
 from bot.errors import BusyError, ExpressionError
@@ -362,6 +362,17 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
     return pipe
 
 
+def render_threads(config: Config) -> int:
+    """Torch threads for a render on the CPU. When the LLM decodes on the CPU too, a render gets only the
+    cores the LLM's decode threads leave free, so that a reply written during a render keeps its speed
+    (the render is the one that can wait). 0: torch's default (the LLM is on the GPU)."""
+    if config.expressions.cpu_threads:
+        return config.expressions.cpu_threads
+    if config.model.n_gpu_layers == 0:
+        return max(1, CPUS - decode_threads(config.model))
+    return 0
+
+
 class Renderer:
     """Runs the pipeline for one job; blocking, so it is only called on the render worker thread."""
 
@@ -370,10 +381,12 @@ class Renderer:
         settings: ExpressionsConfig,
         root: Path,
         loader: Callable[[ExpressionsConfig, Path], Any] = load_pipeline,
+        cpu_threads: int = 0,
     ) -> None:
         self.settings = settings
         self.root = root
         self._loader = loader
+        self._cpu_threads = cpu_threads  # 0: torch's own default
         self._pipe: Any = None
         self.loads = 0  # how many times the pipeline was loaded (a cache hit must never load it)
 
@@ -382,6 +395,11 @@ class Renderer:
         if self._pipe is None:
             self._pipe = self._loader(self.settings, self.root)
             self.loads += 1
+            if self._cpu_threads and str(getattr(self._pipe, "device", "cpu")) == "cpu":
+                import torch
+
+                torch.set_num_threads(self._cpu_threads)
+                _log.info("rendering on the CPU with %d threads", self._cpu_threads)
         return self._pipe
 
     def render(
@@ -437,7 +455,7 @@ class ExpressionService:
         self.personas = personas
         self.cache_dir = config.resolve(self.settings.cache_dir)
         self.sprites_dir = personas.avatars / "sprites"
-        self.renderer = renderer or Renderer(self.settings, config.root)
+        self.renderer = renderer or Renderer(self.settings, config.root, cpu_threads=render_threads(config))
         self._worker = ModelWorker(limit=64, name="render worker")
         self._inflight: dict[str, asyncio.Future[Path | None]] = {}
         self._cancel = threading.Event()

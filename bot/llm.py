@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bot.config import ModelConfig
+from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.gguf import context_cache_bytes, read_metadata
 from bot.prompt import Message
@@ -39,6 +39,7 @@ CONTENT_OPEN, CONTENT_CLOSE = "\ue000", "\ue001"
 _CONTENT = re.compile(f"({CONTENT_OPEN}[^{CONTENT_CLOSE}]*{CONTENT_CLOSE})")
 TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
 CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
+CLASSIFY_EXPAND = 4  # at most this many distinct first tokens are followed to the end of their option
 
 
 def bundled_model_path() -> Path:
@@ -253,17 +254,14 @@ class LlamaBackend:
         check_settings(config, path, check_gguf(path))
         worker = ModelWorker(config.queue_size, "model")
 
-        # llama-cpp-python's default is half the cores, which leaves a small machine idle.
-        threads = config.n_threads or os.cpu_count() or 1
-
         def build() -> Any:
             try:
                 llama = _counting_llama_class()(
                     model_path=str(path),
                     n_ctx=config.n_ctx,
                     n_gpu_layers=config.n_gpu_layers,
-                    n_threads=threads,
-                    n_threads_batch=threads,
+                    n_threads=decode_threads(config),
+                    n_threads_batch=prompt_threads(config),
                     n_batch=config.n_batch,
                     verbose=False,
                 )
@@ -281,8 +279,10 @@ class LlamaBackend:
         return self._worker.pending
 
     @property
-    def threads(self) -> int:
-        return int(self._llm.context_params.n_threads)
+    def threads(self) -> tuple[int, int]:
+        """Decode and prompt-reading threads."""
+        params = self._llm.context_params
+        return int(params.n_threads), int(params.n_threads_batch)
 
     async def forget(self) -> None:
         """Drop the evaluated context, so the next call starts cold (benchmarks measure cold turns)."""
@@ -448,6 +448,8 @@ class LlamaBackend:
         first = log_probs()
         starts = [sequences[o][0] for o in options if sequences[o]]
         floor = float(np.exp(first[starts].max())) * CLASSIFY_PRUNE if starts else 0.0
+        # Each expanded first token costs one model evaluation: only the likeliest few are worth it.
+        expanded = set(sorted(set(starts), key=lambda t: -first[t])[:CLASSIFY_EXPAND])
 
         def walk(prefix: tuple[int, ...], mass: float, candidates: list[str], lp: np.ndarray) -> None:
             children: dict[int, list[str]] = {}
@@ -462,7 +464,7 @@ class LlamaBackend:
                         probs[option] += weight / len(group)
                     continue
                 weight = mass * float(np.exp(lp[token]))
-                if weight < floor:
+                if weight < floor or (not prefix and token not in expanded):
                     continue  # too unlikely to matter: not worth a model evaluation
                 llm.n_tokens = base + len(prefix)
                 llm.eval([token])

@@ -51,6 +51,13 @@ async def test_render_changes_only_the_face(service: ExpressionService) -> None:
     assert outside.sum() > 0.5 * mask.size
     assert np.array_equal(before[outside], after[outside])  # every pixel outside the mask, exactly
     assert not np.array_equal(before[mask == 255], after[mask == 255])  # and the face was redrawn
+    # The LLM decodes on the CPU here: renders run on the cores its decode threads leave free (torch's
+    # thread count is set on the render worker thread, where renders run).
+    import torch
+
+    from bot.expressions import render_threads
+
+    assert await service._worker.run(torch.get_num_threads) == render_threads(service.config) >= 1
 
 
 async def test_rgba_portraits_keep_mode_and_alpha(service: ExpressionService) -> None:

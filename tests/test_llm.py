@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 
-from bot.config import ModelConfig
+from bot.config import Config, ModelConfig, decode_threads, load_config, prompt_threads
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm import CONTENT_CLOSE, CONTENT_OPEN, LlamaBackend, bundled_model_path, unmarked
 
@@ -133,3 +134,29 @@ async def test_switching_channels_keeps_each_channels_prefix(model: LlamaBackend
             messages += [{"role": "assistant", "content": text}, {"role": "user", "content": f"More {turn}"}]
     # Each channel's second turn reads only its new messages, although the other channel ran in between.
     assert all(first > 300 and second < 30 for first, second in evaluated.values()), evaluated
+
+
+def test_thread_policy_leaves_a_core_for_everything_else(model: LlamaBackend) -> None:
+    from bot.config import CPUS
+
+    # Defaults: decoding on all cores but one (it stalls when another program takes a core), prompt
+    # reading on all of them; explicit settings are used as given.
+    assert model.threads == (max(1, CPUS - 1), CPUS)
+    assert (
+        decode_threads(ModelConfig(n_threads=1)) == 1 and prompt_threads(ModelConfig(n_threads_batch=1)) == 1
+    )
+
+
+def test_renders_on_the_cpu_get_the_cores_the_llm_leaves(tmp_path: Path) -> None:
+    from bot.config import CPUS
+    from bot.expressions import render_threads
+
+    from .conftest import write_config
+
+    def config(extra: str) -> Config:
+        return load_config(write_config(tmp_path, extra))
+
+    assert render_threads(config("")) == max(1, CPUS - max(1, CPUS - 1))
+    gpu = config("").model.__class__(n_gpu_layers=999)
+    assert render_threads(dataclasses.replace(config(""), model=gpu)) == 0  # the LLM is on the GPU
+    assert render_threads(config("[expressions]\ncpu_threads = 1\n")) == 1

@@ -33,7 +33,7 @@ class Classifier(Protocol):
 def question(name: str, labels: Sequence[str]) -> Message:
     return {
         "role": "user",
-        "content": f"(OOC: Which one word names {name}'s emotion in that reply: {', '.join(labels)}?)",
+        "content": f"(OOC: {name}'s emotion: {', '.join(labels)}?)",
     }
 
 
