@@ -141,6 +141,7 @@ class LlmRound:
     lag: LoopLag
     engine_rates: list[float]
     raw_rates: list[float]
+    all_core_rates: list[float]  # raw llama-cpp-python decoding on every core (the old default)
     counts: set[int]
 
 
@@ -192,6 +193,18 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
             n_threads=decode,
             n_threads_batch=batch,
         )
+        # The old default for comparison: every core decoding.
+        import os
+
+        cores = os.cpu_count() or 1
+        all_cores = Llama(
+            model_path=str(llm.path),
+            n_ctx=4096,
+            n_batch=model_config.n_batch,
+            verbose=False,
+            n_threads=cores,
+            n_threads_batch=cores,
+        )
         prompt = llm.render(
             [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
         )
@@ -199,13 +212,15 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
         n_tokens = 96
         settings = sampling(model_config)  # the engine's own sampling: both sides generate the same tokens
 
-        def raw_rate() -> tuple[float, int]:
+        def raw_rate(model: Any = raw) -> tuple[float, int]:
             first, count = None, 0
-            for _chunk in raw.create_completion(prompt_tokens, max_tokens=n_tokens, stream=True, **settings):
+            for _chunk in model.create_completion(
+                prompt_tokens, max_tokens=n_tokens, stream=True, **settings
+            ):
                 count += 1
                 first = first or time.perf_counter()
             rate = (count - 1) / (time.perf_counter() - (first or 0.0))
-            raw.reset()
+            model.reset()
             return rate, count
 
         async def engine_rate() -> tuple[float, int]:
@@ -221,12 +236,13 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
             with LoopLag() as lag:
                 for n in range(turns):
                     warm.append(await engine.turn(channel, "Sam", f"And then? ({tag} {n})"))
-            result = LlmRound(warm, lag, [], [], set())
+            result = LlmRound(warm, lag, [], [], [], set())
             for round_ in range(2 if quick else 4):
                 for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate
                     rate, count = raw_rate() if side == "raw" else await engine_rate()
                     (result.raw_rates if side == "raw" else result.engine_rates).append(rate)
                     result.counts.add(count)
+                result.all_core_rates.append(raw_rate(all_cores)[0])
             return result
 
         turns = 2 if quick else 5
@@ -240,6 +256,7 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
             with CpuHog():
                 busy = await measure(turns, "contended")
         raw.close()
+        all_cores.close()
         await llm.close()
         await store.close()
 
@@ -294,9 +311,14 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
                     f" (ratio {median(busy.raw_rates) / median(quiet.raw_rates):.2f})",
                 ),
                 (
-                    "warm turn latency: quiet -> contended (median)",
-                    f"{median([t.reply_seconds for t in quiet.warm]):.2f} ->"
-                    f" {median([t.reply_seconds for t in busy.warm]):.2f} s",
+                    f"decode speed, all {cores} cores decoding: quiet -> contended",
+                    f"{median(quiet.all_core_rates):.1f} -> {median(busy.all_core_rates):.1f} tokens/s"
+                    f" (ratio {median(busy.all_core_rates) / median(quiet.all_core_rates):.2f})",
+                ),
+                (
+                    "warm turn time to first token: quiet -> contended (median)",
+                    f"{median([t.stats.prompt_seconds for t in quiet.warm]) * 1000:.0f} ->"
+                    f" {median([t.stats.prompt_seconds for t in busy.warm]) * 1000:.0f} ms",
                 ),
                 ("event loop worst lag, quiet", quiet.lag.describe()),
                 ("event loop worst lag, contended", busy.lag.describe()),
