@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repetitions")
     bench.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
     bench.add_argument(
-        "--contended", action="store_true", help="llm: measure again beside a busy loop on one core"
+        "--contended", action="store_true", help="llm, discord: measure beside a busy loop on one core"
     )
     return parser
 

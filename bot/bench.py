@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import platform
 import statistics
@@ -422,7 +423,7 @@ def bench_gpu() -> int:
 # -- discord ----------------------------------------------------------------------------------------------
 
 
-async def bench_discord(config: Config, quick: bool) -> int:
+async def bench_discord(config: Config, quick: bool, contended: bool = False) -> int:
     repo = Path(__file__).resolve().parent.parent
     if str(repo) not in sys.path:
         sys.path.insert(0, str(repo))
@@ -455,8 +456,9 @@ async def bench_discord(config: Config, quick: bool) -> int:
         )
         channels = list(server.channels.values())
         typing_ms, reply_s = [], []
+        hog = CpuHog() if contended else contextlib.nullcontext()
         async with running_bot(cfg, server):
-            with LoopLag() as lag:
+            with hog, LoopLag() as lag:
                 # Latency: one message at a time in one channel.
                 for n in range(3 if quick else 6):
                     user = FakeDiscord.user("Sam", user_id=5_000_000_000_000_000_000)
@@ -501,7 +503,12 @@ async def bench_discord(config: Config, quick: bool) -> int:
     from bot.config import decode_threads, prompt_threads
 
     threads = f"threads: decode {decode_threads(cfg.model)}, prompt {prompt_threads(cfg.model)}"
-    table("bench discord (local Discord server, bundled model, tiny inpainting pipeline)", rows, threads)
+    beside = ", beside a busy loop on the last core" if contended else ""
+    table(
+        f"bench discord (local Discord server, bundled model, tiny inpainting pipeline{beside})",
+        rows,
+        threads,
+    )
     return 0
 
 
@@ -515,5 +522,5 @@ async def main(config: Config, args: argparse.Namespace) -> int:
     elif args.what == "expressions":
         return await bench_expressions(config, args.quick, args.gpu)
     else:
-        return await bench_discord(config, args.quick)
+        return await bench_discord(config, args.quick, args.contended)
     return 0
