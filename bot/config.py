@@ -38,8 +38,8 @@ CPUS = os.cpu_count() or 1
 def decode_threads(config: ModelConfig) -> int:
     """Threads generating tokens. One less than the CPU count by default: llama.cpp's decode threads wait
     for each other at every layer, so when anything else takes one core (a browser, a game, a render),
-    all-core decoding stalls (measured: 0.27x of its quiet speed beside a one-core busy loop), while one
-    core fewer holds its speed (0.9-1.0x) and decodes as fast as all cores when quiet."""
+    all-core decoding can stall (measured: 0.27x of its quiet speed beside a one-core busy loop), while
+    one core fewer held its speed (0.9-1.0x) in every run and decoded at least as fast when quiet."""
     return config.n_threads or max(1, CPUS - 1)
 
 
