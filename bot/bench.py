@@ -185,27 +185,23 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
         # length, same threads.
         from llama_cpp import Llama
 
+        def raw_model(decode_threads: int, prompt_threads: int) -> Any:
+            return Llama(
+                model_path=str(llm.path),
+                n_ctx=4096,
+                n_batch=model_config.n_batch,
+                verbose=False,
+                n_threads=decode_threads,
+                n_threads_batch=prompt_threads,
+            )
+
         decode, batch = llm.threads
-        raw = Llama(
-            model_path=str(llm.path),
-            n_ctx=4096,
-            n_batch=model_config.n_batch,
-            verbose=False,
-            n_threads=decode,
-            n_threads_batch=batch,
-        )
+        raw = raw_model(decode, batch)
         # The old default for comparison: every core decoding.
         import os
 
         cores = os.cpu_count() or 1
-        all_cores = Llama(
-            model_path=str(llm.path),
-            n_ctx=4096,
-            n_batch=model_config.n_batch,
-            verbose=False,
-            n_threads=cores,
-            n_threads_batch=cores,
-        )
+        all_cores = raw_model(cores, cores)
         prompt = llm.render(
             [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
         )
