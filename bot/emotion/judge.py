@@ -160,6 +160,15 @@ class EmotionJudge:
     def _start_probe(self) -> None:
         if self._probe is None:
             self._probe = asyncio.ensure_future(self.measure())
+            self._probe.add_done_callback(self._probe_done)
+
+    def _probe_done(self, task: asyncio.Task[str]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Whatever went wrong, the chat goes on with the judge that needs nothing from the model.
+            _log.warning(
+                "emotion judge: measuring the model failed (%s); using the classifier", task.exception()
+            )
+            self._mode = "classifier"
 
     async def measure(self) -> str:
         """Score each judge on the probe set with the loaded model, adopt the best and remember it."""
