@@ -212,3 +212,22 @@ async def test_auto_measures_once_and_remembers(model, tmp_path: Path, monkeypat
     assert again.mode == chosen and again._mode == chosen  # remembered: no second measurement
     other = EmotionJudge(config, model, model_id="another model", verdict_file=verdicts)
     assert other._mode is None
+
+
+@pytest.mark.slow
+async def test_a_failed_measurement_leaves_the_classifier_judging(
+    model, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    async def broken(*_args, **_kwargs):
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(model, "classify", broken)
+    judge = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=tmp_path / "v.json")
+    await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")
+    assert judge._probe is not None
+    with pytest.raises(RuntimeError):
+        await judge._probe
+    await asyncio.sleep(0)  # the done-callback runs on the next loop iteration
+    assert judge.mode == "classifier" and judge._mode == "classifier"
+    assert "measuring the model failed (the model fell over)" in caplog.text
+    assert not (tmp_path / "v.json").exists()  # nothing remembered: the next start measures again
