@@ -7,6 +7,7 @@ save the user's message -> build the prompt -> stream the reply -> judge its emo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bot.bounded import KeyedLocks, LRUDict
 from bot.config import Config
 from bot.emotion import EmotionJudge, EmotionResult
 from bot.llm import GenerationStats, LLMBackend
@@ -27,6 +29,7 @@ _log = logging.getLogger(__name__)
 HISTORY_FETCH = 400  # messages read per turn; the prompt window takes what fits
 MAX_STOP_NAMES = 8  # recent speakers whose "Name:" ends a reply (the model must not speak for them)
 EMPTY_REPLY = "…"
+MAX_WINDOWS = 4096  # (channel, persona) prompt-window starts remembered; a forgotten one is rebuilt once
 
 TextCallback = Callable[[str], Awaitable[None] | None]
 Deliver = Callable[["TurnResult"], Awaitable[int | None]]
@@ -97,12 +100,13 @@ class Engine:
         self.expressions = expressions or PortraitOnly(personas)
         self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
         self.judge = judge or EmotionJudge(config.emotion, llm)
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks: KeyedLocks[int] = KeyedLocks()
         # First stored message id of each channel's prompt window; keeps the prompt prefix stable.
-        self._window_ids: dict[tuple[int, str], int] = {}
+        self._window_ids: LRUDict[tuple[int, str], int] = LRUDict(MAX_WINDOWS)
 
-    def channel_lock(self, channel_id: int) -> asyncio.Lock:
-        return self._locks.setdefault(channel_id, asyncio.Lock())
+    def channel_lock(self, channel_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Turns (and resets) of one channel run one at a time."""
+        return self._locks.hold(channel_id)
 
     async def persona_for(self, channel_id: int) -> Persona:
         state = await self.store.channel(channel_id)

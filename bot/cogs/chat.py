@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from bot.bounded import LRUDict
 from bot.engine import TurnResult
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
 from bot.splitting import split_message
@@ -26,6 +27,8 @@ BUSY_NOTICE_EVERY = 10.0  # seconds between "busy" notices in one channel, so th
 STREAM_EDIT_EVERY = 1.0  # Discord rate-limits edits; once a second reads as live typing
 COOLDOWN_REACTION = "⏳"
 SHUTDOWN_GRACE = 10.0  # seconds answers in progress get to finish when the bot stops
+MAX_TRACKED_USERS = 10_000  # users whose last answered message time is kept (for the cooldown)
+MAX_TRACKED_CHANNELS = 10_000  # channels whose last "busy" notice time is kept
 
 
 def expression_file(path: Path | None) -> discord.File | None:
@@ -39,9 +42,10 @@ class Chat(commands.Cog):
         self.bot = bot
         self.engine = bot.engine
         self.settings = bot.config.discord
-        self._pending: dict[int, int] = {}
-        self._last_reply_at: dict[int, float] = {}
-        self._busy_noticed: dict[int, float] = {}
+        self._pending: dict[int, int] = {}  # only channels with answers in progress
+        # Older entries than these limits are past their cooldown or notice interval anyway.
+        self._last_reply_at: LRUDict[int, float] = LRUDict(MAX_TRACKED_USERS)
+        self._busy_noticed: LRUDict[int, float] = LRUDict(MAX_TRACKED_CHANNELS)
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
         self._closing = False
@@ -109,6 +113,8 @@ class Chat(commands.Cog):
             await self._answer(message, text)
         finally:
             self._pending[channel_id] -= 1
+            if not self._pending[channel_id]:
+                del self._pending[channel_id]
 
     async def _answer(self, message: discord.Message, text: str) -> None:
         channel = message.channel
