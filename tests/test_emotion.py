@@ -231,3 +231,48 @@ async def test_a_failed_measurement_leaves_the_classifier_judging(
     assert judge.mode == "classifier" and judge._mode == "classifier"
     assert "measuring the model failed (the model fell over)" in caplog.text
     assert not (tmp_path / "v.json").exists()  # nothing remembered: the next start measures again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["llm", "both"])
+async def test_every_judge_runs_in_real_turns(config, mode: str) -> None:
+    import dataclasses
+
+    from bot.app import open_engine
+
+    config = dataclasses.replace(config, emotion=dataclasses.replace(config.emotion, judge=mode))
+    async with open_engine(config) as engine:
+        assert engine.judge.mode == mode
+        for n in range(2):
+            result = await engine.turn(3, "Sam", f"Tell me a story. ({n})")
+            emotion = result.emotion
+            assert emotion.judge == mode and emotion.label in DEFAULT_LABELS
+            assert abs(sum(emotion.probabilities.values()) - 1) < 1e-6
+            assert result.image.path is not None and result.image.path.name == f"{emotion.label}.png"
+
+
+@pytest.mark.slow
+async def test_llm_judge_reads_the_reply(model, monkeypatch) -> None:
+    from bot.emotion.llm_judge import PRIME, LLMJudge
+    from bot.llm import unmarked
+
+    asked: list[str] = []
+    real = model.classify
+
+    async def spy(prompt, options, *, session=None):
+        asked.append(prompt)
+        return await real(prompt, options, session=session)
+
+    monkeypatch.setattr(model, "classify", spy)
+    judge = LLMJudge(model)
+    messages = [{"role": "system", "content": "You are Mira."}, {"role": "user", "content": "Hi"}]
+    laugh = await judge.probabilities(
+        messages, "Hahaha, that is hilarious!", "Mira", DEFAULT_LABELS, session="j"
+    )
+    cry = await judge.probabilities(messages, "I am so sad, I cannot stop crying.", "Mira", DEFAULT_LABELS)
+    question = unmarked(asked[0])
+    assert "Hahaha, that is hilarious!" in question and question.endswith(PRIME)
+    assert all(label in question for label in DEFAULT_LABELS)  # the labels are listed in the question
+    # The answer depends on the reply. Only that: the 135M model barely tells emotions apart (its
+    # probabilities move by about 0.002), which is why `auto` measures it and picks the classifier.
+    assert max(abs(laugh[label] - cry[label]) for label in DEFAULT_LABELS) > 1e-4
