@@ -127,9 +127,8 @@ def test_path_like_names_never_become_paths(library: PersonaLibrary) -> None:
     assert (library.dir / "etc-passwd.toml").is_file()
 
 
-def _bomb_png() -> bytes:
-    """A small file whose header claims 30000 x 30000 pixels of zeros."""
-    width = height = 30000
+def _bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A small file whose header claims `width` x `height` pixels of zeros."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     compressor = zlib.compressobj(9)
     row = b"\0" * (width + 1)
@@ -188,6 +187,16 @@ def test_decompression_bomb_is_refused(library: PersonaLibrary, snapshot) -> Non
     assert len(raw) < 2_000_000
     with pytest.raises(CardError, match="30000x30000 pixels"):
         library.import_card(raw, "bomb.png")
+    assert (snapshot(library.dir), snapshot(library.avatars)) == before
+
+
+def test_our_pixel_limit_applies_below_pillows(library: PersonaLibrary, snapshot) -> None:
+    # 4200 x 4200 = 17.6 M pixels: above the configured 16.7 M, far below Pillow's own bomb limit
+    # (89 M), so only the project's own check can refuse it.
+    before = snapshot(library.dir), snapshot(library.avatars)
+    raw = with_text_chunks(_bomb_png(4200, 4200), {"chara": b64json(V2_CARD)})
+    with pytest.raises(CardError, match="4200x4200 pixels, more than the 16777216 allowed"):
+        library.import_card(raw, "big.png")
     assert (snapshot(library.dir), snapshot(library.avatars)) == before
 
 

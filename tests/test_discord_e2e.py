@@ -136,20 +136,24 @@ async def test_enabled_channel_gets_reply_with_face_disabled_gets_nothing(
         assert "Hello Mira! What a dreadful storm." in texts and "oops, wrong channel" not in texts
 
 
-async def test_mention_mode(server: FakeDiscord, config) -> None:
+async def test_mention_mode(server: FakeDiscord, tmp_path: Path) -> None:
+    # No cooldown: an answer to the plain message could not hide behind it.
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
     channel = server.channels["roleplay"]
     async with running_bot(config, server):
         await enable(server, channel, mode="mention")
         await server.say(channel, MEMBER, "just chatting with friends")
-        await server.say(channel, MEMBER, "are you awake?", mention_bot=True)
+        mention = await server.say(channel, MEMBER, "are you awake?", mention_bot=True)
+        # Turns in a channel are answered in order: an answer to the plain message would come first.
         [reply] = await server.wait_for(posts_to(channel))
+        assert str(reply.json["message_reference"]["message_id"]) == mention["id"]
         assert pings_nobody(reply)
         bot_message = server.messages[max(server.messages)]
-        await asyncio.sleep(2.1)  # the member's cooldown
-        await server.say(channel, MEMBER, "and what about now?", reply_to=bot_message)
-        await server.wait_for(posts_to(channel), count=2)
-        await asyncio.sleep(0.5)
-        assert len(server.sent(posts_to(channel))) == 2  # the plain message got no answer
+        await server.say(channel, MEMBER, "just chatting again")
+        answer = await server.say(channel, MEMBER, "and what about now?", reply_to=bot_message)
+        replies = await server.wait_for(posts_to(channel), count=2)
+        assert str(replies[1].json["message_reference"]["message_id"]) == answer["id"]
+        assert len(replies) == 2  # the plain messages got no answer
 
 
 async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
@@ -416,3 +420,19 @@ async def test_a_cancelled_streamed_reply_takes_its_preview_down(server: FakeDis
             lambda r: r.method == "DELETE" and r.path == f"/channels/{channel}/messages/{preview_id}"
         )
         assert all(m.role == "user" for m in await run.engine.store.history(channel, "mira"))  # no half reply
+
+
+async def test_state_changing_commands_are_hidden_by_discord_itself(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    """Top-level commands that only change things carry Manage Server as their default permission, so
+    Discord hides them from other members (the check in code stays too)."""
+    config = bot_config(tmp_path, server, None)
+    async with running_bot(config, server):
+        await server.wait_for(lambda r: r.method == "PUT" and "/commands" in r.path)
+        synced = {command["name"]: command for command in server.commands}
+        for name in ("channel", "reset"):
+            assert int(synced[name]["default_member_permissions"]) == 1 << 5, name  # MANAGE_GUILD
+        # Groups mixing read-only and changing subcommands stay visible; their changing subcommands
+        # are refused in code (test_persona_admin_commands). Issue 8 moves them to top-level commands.
+        assert synced["status"].get("default_member_permissions") is None

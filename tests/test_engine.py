@@ -106,3 +106,22 @@ async def test_reply_is_stored_only_once_delivered(config: Config) -> None:
         history = await engine.store.history(10, "mira")
         assert [m.role for m in history] == ["user", "user", "assistant"]
         assert history[-1].discord_id == 987654321 and history[-1].id == result.reply_message_id
+
+
+async def test_warm_turns_reuse_the_prefix_when_history_overflows(config: Config) -> None:
+    """The window of history in the prompt moves in steps and the engine remembers where it starts, so a
+    warm turn evaluates only the new messages even when old ones no longer fit."""
+    async with open_engine(config) as engine:
+        for i in range(120):  # far more history than the 2,048-token context holds
+            await engine.store.add_message(
+                9,
+                role="user" if i % 2 == 0 else "assistant",
+                author_name="Sam" if i % 2 == 0 else "Mira",
+                content=f"Line {i}: the storm keeps rolling over the island and the lamp keeps turning.",
+                persona="mira",
+            )
+        results = [await engine.turn(9, "Sam", f"And then? ({n})") for n in range(3)]
+        cold, warm = results[0], results[1:]
+        assert cold.stats.evaluated_tokens > 1000
+        for result in warm:
+            assert result.stats.evaluated_tokens < 200, result.stats
