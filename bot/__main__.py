@@ -119,7 +119,7 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
     )
     if args.box:
         box = (args.box[0], args.box[1], args.box[2], args.box[3])
-        check_face_box(box, portrait, f"persona '{persona.slug}'")
+        check_face_box(box, portrait.size, f"persona '{persona.slug}'")
         print(f"face_box = {list(box)} saved in {library.set_face_box(persona, box)}")
         persona = library.load(persona.slug)
     settings = config.expressions

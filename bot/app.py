@@ -12,7 +12,6 @@ from bot.emotion import EmotionJudge
 from bot.engine import Engine
 from bot.llm import LlamaBackend
 from bot.persona import PersonaLibrary
-from bot.prompt import PromptBuilder
 from bot.store import Store
 
 JUDGE_VERDICTS = "emotion-judge.json"  # beside the database: which judge `auto` chose for each model
@@ -44,9 +43,6 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
     try:
         llm = await LlamaBackend.load(config.model, config.root)
         try:
-            # A default persona too large for the context should stop start-up, not every chat.
-            prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
-            await asyncio.to_thread(prompts.check_persona, personas.load(config.persona.default))
             expressions = None
             if config.expressions.enabled:
                 # Sprites (the shipped drawn sets, imported packs) need no inpainting model.
@@ -61,6 +57,8 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             )
             engine = Engine(config, store, llm, personas, expressions, judge)
             try:
+                # A default persona too large for the context should stop start-up, not every chat.
+                await asyncio.to_thread(engine.prompts.check_persona, personas.load(config.persona.default))
                 yield engine
             finally:
                 await judge.close()

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bot.bench import machine
+from bot.bench import load_average, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.emotion.evaluation import Example, Scores, gold, read_goemotions, score
 from bot.emotion.judge import PROBE_SYSTEM, EmotionJudge
@@ -161,7 +161,9 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         await llm.close()
 
     print_table(
-        f"bench emotion: {Path(data).name} mapped onto the 10 default labels\nmachine: {machine()}", rows
+        f"bench emotion: {Path(data).name} mapped onto the 10 default labels\n"
+        f"machine: {machine()}; load average (1 min): {load_average()}",
+        rows,
     )
     print(
         f"\nfaces shown with smoothing (min_lift {config.emotion.min_lift}, switch_lift "

@@ -123,7 +123,7 @@ class Engine:
         persona = await self.persona_for(channel_id)
         state = await self.store.channel(channel_id)
         label = state.last_emotion if state.last_emotion in persona.labels else "neutral"
-        return await self.expressions.image_for(persona, label or "neutral")
+        return await self.expressions.image_for(persona, label)
 
     async def reset(self, channel_id: int) -> int:
         async with self.channel_lock(channel_id):

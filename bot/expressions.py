@@ -115,7 +115,8 @@ def plan_sprites(labels: Sequence[str], names: Sequence[str]) -> SpriteImport:
 # -- face region ------------------------------------------------------------------------------------
 
 
-def _check_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:
+def check_face_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:
+    """Raise ExpressionError unless `box` is a usable face region of a portrait of this size."""
     x, y, w, h = box
     width, height = size
     if w <= 0 or h <= 0:
@@ -150,7 +151,7 @@ def face_mask(
             raise ExpressionError(f"{where}: face mask covers the whole portrait; mark only the face")
     else:
         box4 = persona.face_box or detect_face(persona, avatars)
-        _check_box(box4, portrait_size, where)
+        check_face_box(box4, portrait_size, where)
         x, y, w, h = box4
         mask = Image.new("L", portrait_size, 0)
         mask.paste(255, (x, y, x + w, y + h))
@@ -172,11 +173,6 @@ def face_preview(portrait: Image.Image, mask: Image.Image) -> Image.Image:
     if box is not None:
         ImageDraw.Draw(out).rectangle(box, outline=(255, 60, 60), width=3)
     return out
-
-
-def check_face_box(box: tuple[int, int, int, int], portrait: Image.Image, where: str) -> None:
-    """Raise ExpressionError unless `box` is a usable face region of the portrait."""
-    _check_box(box, portrait.size, where)
 
 
 def dilate_mask(mask: Image.Image, radius: int) -> Image.Image:
