@@ -70,12 +70,12 @@ def setup(tmp_path: Path, extra: str = "", *, store: bool = True) -> Path:
         ("n_batch = 0\n", "key 'model.n_batch' must be at least 1"),
     ],
 )
-def test_config_out_of_range(tmp_path: Path, capsys, extra: str, message: str) -> None:
+def test_config_out_of_range(tmp_path: Path, extra: str, message: str) -> None:
     folder = setup(tmp_path)
     config = folder / "config.toml"
     text = config.read_text().replace("n_ctx = 2048\n", "") if "n_ctx" in extra else config.read_text()
     config.write_text(text.replace("[model]\n", "[model]\n" + extra, 1))
-    refused(capsys, ["chat"], folder, message)
+    refused_by_process(folder, message, "chat")
 
 
 # -- store ----------------------------------------------------------------------------------------------
@@ -90,6 +90,17 @@ def run_cli(folder: Path, *args: str, stdin: bytes = b"", timeout: float = 60) -
         cwd=REPO,
         timeout=timeout,
     )
+
+
+def refused_by_process(folder: Path, message: str, *args: str) -> None:
+    """Like `refused`, in its own process with no input: were the input not refused, `chat` would start,
+    reach the end of its input and exit 0, instead of waiting on the test's own standard input."""
+    before = state(folder)
+    done = run_cli(folder, *args)
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert message in err, err
+    assert state(folder) == before
 
 
 def store_case(tmp_path: Path, name: str) -> tuple[Path, str]:
@@ -114,12 +125,7 @@ def store_case(tmp_path: Path, name: str) -> tuple[Path, str]:
 @pytest.mark.parametrize("name", ["folder", "under a file", "not sqlite", "newer schema"])
 def test_unusable_store(tmp_path: Path, name: str) -> None:
     folder, message = store_case(tmp_path, name)
-    before = state(folder)
-    done = run_cli(folder, "chat")
-    err = done.stderr.decode().strip()
-    assert done.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert message in err
-    assert state(folder) == before
+    refused_by_process(folder, message, "chat")
 
 
 # -- persona files and card data files ------------------------------------------------------------------
@@ -154,13 +160,13 @@ def test_card_data_file_that_is_not_an_object(tmp_path: Path, capsys) -> None:
     )
 
 
-def test_persona_too_large_for_the_context_is_named(tmp_path: Path, capsys) -> None:
+def test_persona_too_large_for_the_context_is_named(tmp_path: Path) -> None:
     folder = setup(tmp_path)
     toml = folder / "persona" / "mira.toml"
     toml.write_text(
         toml.read_text().replace('personality = "', 'personality = "' + "very long words " * 900, 1)
     )
-    refused(capsys, ["chat"], folder, "persona 'mira' alone needs")
+    refused_by_process(folder, "persona 'mira' alone needs", "chat")
 
 
 # -- cards ---------------------------------------------------------------------------------------------
