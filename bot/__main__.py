@@ -1,4 +1,4 @@
-"""Command line: run | chat | persona … | expressions … | bench …"""
+"""Command line: run | chat | persona … | expressions … (benchmarks: `./run bench`, in benchmarks/)"""
 
 from __future__ import annotations
 
@@ -64,14 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     spe.add_argument("--persona", required=True)
     spe.add_argument("out", type=Path)
 
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=["llm", "emotion", "expressions", "discord"])
-    bench.add_argument("--data", type=Path, help="emotion: GoEmotions dev.tsv (default ../shared/goemotions)")
-    bench.add_argument("--quick", action="store_true", help="fewer repetitions")
-    bench.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
-    bench.add_argument(
-        "--contended", action="store_true", help="llm, discord: measure beside a busy loop on one core"
-    )
     return parser
 
 
@@ -174,10 +166,6 @@ def main(argv: list[str] | None = None) -> int:
             from bot.expressions_cli import expressions_command
 
             return asyncio.run(expressions_command(config, args))
-        if args.command == "bench":
-            from bot import bench
-
-            return asyncio.run(bench.main(config, args))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

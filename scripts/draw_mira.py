@@ -92,7 +92,9 @@ def eyes(draw: ImageDraw.ImageDraw, face: Face) -> None:
             [cx - half_width, EYE_Y - half_height, cx + half_width, EYE_Y + half_height], fill=(255, 255, 255)
         )
         top = EYE_Y - half_height
-        draw.ellipse([cx - pupil + dx, top + 4 + dy, cx + pupil + dx, top + 4 + 2 * pupil + dy], fill=(60, 140, 130))
+        draw.ellipse(
+            [cx - pupil + dx, top + 4 + dy, cx + pupil + dx, top + 4 + 2 * pupil + dy], fill=(60, 140, 130)
+        )
         draw.ellipse([cx - 4 + dx, top + pupil + dy, cx + 4 + dx, top + pupil + 8 + dy], fill=(20, 20, 30))
         if face.eyes in ("half", "narrow"):  # heavy upper lid
             draw.rectangle([cx - 20, top - 6, cx + 20, top + 3], fill=(245, 212, 184))

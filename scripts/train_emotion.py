@@ -3,8 +3,9 @@
     .venv/bin/python scripts/train_emotion.py ../shared/goemotions [--out FILE]
 
 Fits on train.tsv only; the regularisation strength and the vocabulary size are chosen on dev.tsv
-(accuracy plus macro-F1 over the 10 default labels), and a temperature is fitted on dev.tsv so that probabilities are
-calibrated. The data set is GoEmotions (Demszky et al., 2020); its files are not part of this repository.
+(accuracy plus macro-F1 over the 10 default labels), and a temperature is fitted on dev.tsv so that
+probabilities are calibrated. The data set is GoEmotions (Demszky et al., 2020); its files are not part
+of this repository.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def main() -> None:
     vocab = sorted(model.vocabulary, key=model.vocabulary.__getitem__)
     save(args.out, vocab, model.idf, model.weights, model.bias, model.temperature)
     print(
-        f"chose {setting} (dev accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}); wrote {args.out} ({args.out.stat().st_size:,} bytes)"
+        f"chose {setting} (dev accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}); "
+        f"wrote {args.out} ({args.out.stat().st_size:,} bytes)"
     )
 
 

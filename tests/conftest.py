@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,25 +8,7 @@ import pytest
 
 from bot.config import Config, load_config
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def write_config(folder: Path, extra: str = "", *, sprites: bool = True) -> Path:
-    """A config.toml in `folder` with its own database, personas and avatars (copied from the repo).
-    `sprites=False` leaves out the shipped expression sets, so that faces are rendered."""
-    shutil.copytree(REPO / "persona", folder / "persona", dirs_exist_ok=True)
-    skip = ("cache",) if sprites else ("cache", "sprites")
-    shutil.copytree(
-        REPO / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip)
-    )
-    path = folder / "config.toml"
-    path.write_text(
-        "[model]\nn_ctx = 2048\nmax_reply_tokens = 48\ntemperature = 0.0\nseed = 7\n"
-        '[store]\npath = "data/test.sqlite3"\n'
-        # `auto` would measure the judges in the background during every test; test_emotion covers it.
-        '[emotion]\njudge = "classifier"\n' + extra
-    )
-    return path
+from .support.configs import expression_settings, folder_snapshot, write_config
 
 
 @pytest.fixture
@@ -55,10 +36,6 @@ def library(config: Config):
     return persona_library(config)
 
 
-def folder_snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture
 def snapshot() -> Iterator[type]:
     yield folder_snapshot  # type: ignore[misc]
@@ -67,16 +44,9 @@ def snapshot() -> Iterator[type]:
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random inpainting pipeline saved in diffusers' folder layout (built once)."""
-    from bot.tiny_diffusion import save_tiny_pipeline
+    from tests.support.tiny_diffusion import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-inpaint")
-
-
-def expression_settings(model: Path | str) -> str:
-    return (
-        f'[expressions]\nmodel = "{model}"\nresolution = 64\nsteps = 2\nmask_dilate = 2\nmask_blur = 3\n'
-        "crop_padding = 8\nlocal_files_only = true\n"
-    )
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 
 from bot.__main__ import main
 
-from .cardfiles import V2_CARD
-from .conftest import REPO, folder_snapshot, write_config
+from .support.cardfiles import V2_CARD
+from .support.configs import REPO, folder_snapshot, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -256,7 +256,7 @@ def test_invalid_utf8_typed_into_the_chat_is_replaced(tmp_path: Path) -> None:
 async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     import asyncio
 
-    from .discord_server import FakeDiscord
+    from .support.discord_server import FakeDiscord
 
     server = FakeDiscord()
     await server.start()

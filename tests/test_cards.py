@@ -15,7 +15,7 @@ from bot.cards import read_card
 from bot.errors import CardError
 from bot.persona import CARD_EXTENSION, PersonaLibrary
 
-from .cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
+from .support.cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
 
 
 def load(raw: bytes, name: str = "card.png"):

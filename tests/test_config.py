@@ -9,7 +9,7 @@ import pytest
 from bot.config import Config, discord_token, load_config
 from bot.errors import ConfigError
 
-from .conftest import REPO
+from .support.configs import REPO
 
 
 def test_repository_config_is_valid_and_documented() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, write_config
+from .support.configs import REPO, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from bot.engine import Engine
 from bot.llm import Generation, LLMBackend
 from bot.prompt import Message
 
-from .cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
-from .discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
-from .harness import bot_config, running_bot
+from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
+from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
+from .support.harness import bot_config, running_bot
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from bot.emotion.smoothing import smooth
 from bot.emotion.text import strip_roleplay
 from bot.llm import TURN_MARKER, answer_end_tokens
 
-from .conftest import REPO
+from .support.configs import REPO
 
 CONFIG = EmotionConfig(judge="classifier", min_lift=2.0, switch_lift=0.5)
 DEV = REPO.parent / "shared" / "goemotions" / "dev.tsv"

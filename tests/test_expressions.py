@@ -22,7 +22,7 @@ from bot.expressions import (
 )
 from bot.store import Store
 
-from .conftest import expression_settings, write_config
+from .support.configs import expression_settings, write_config
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from bot.config import DEFAULT_LABELS, Config
 from bot.expressions import ExpressionService, plan_sprites
 from bot.store import Store
 
-from .conftest import REPO
+from .support.configs import REPO
 
 SPRITES = REPO / "avatars" / "sprites" / "mira"
 

@@ -151,7 +151,7 @@ def test_renders_on_the_cpu_get_the_cores_the_llm_leaves(tmp_path: Path) -> None
     from bot.config import CPUS
     from bot.expressions import render_threads
 
-    from .conftest import write_config
+    from .support.configs import write_config
 
     def config(extra: str) -> Config:
         return load_config(write_config(tmp_path, extra))

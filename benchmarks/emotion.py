@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bot.bench import load_average, machine
+from benchmarks.common import load_average, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.emotion.evaluation import Example, Scores, gold, read_goemotions, score
 from bot.emotion.judge import PROBE_SYSTEM, EmotionJudge

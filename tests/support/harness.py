@@ -13,7 +13,7 @@ from bot.client import RoleplayBot
 from bot.config import Config, load_config
 from bot.engine import Engine
 
-from .conftest import expression_settings, write_config
+from .configs import expression_settings, write_config
 from .discord_server import FakeDiscord
 
 

@@ -145,3 +145,9 @@ def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
 def full_size_sd15_inpainting(seed: int = 0) -> Any:
     """The SD 1.5 inpainting architecture (9-channel UNet) with random weights, in memory."""
     return _build(None, SD15_UNET, SD15_VAE, SD15_TEXT, seed)
+
+
+def save_full_size_sd15_inpainting(folder: Path, seed: int = 0) -> Path:
+    """The SD 1.5 inpainting architecture with random weights, saved like a downloaded model."""
+    _build(folder, SD15_UNET, SD15_VAE, SD15_TEXT, seed)
+    return folder

@@ -1,0 +1,73 @@
+"""`./run bench llm|emotion|expressions|discord|gpu`: print the README's figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bot.__main__ import GIL_SWITCH_INTERVAL
+from bot.config import Config, load_config
+from bot.errors import BotError, ConfigError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
+    parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
+    parser.add_argument(
+        "what",
+        choices=["llm", "emotion", "expressions", "discord", "gpu"],
+        help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
+        "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="emotion: GoEmotions dev.tsv (default ../shared/goemotions)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
+    parser.add_argument(
+        "--contended", action="store_true", help="llm, discord: measure beside a busy loop on one core"
+    )
+    return parser
+
+
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    if args.what == "emotion":
+        from benchmarks.emotion import bench_emotion
+
+        return await bench_emotion(config, args)
+    if args.what == "llm":
+        from benchmarks.llm import bench_llm
+
+        await bench_llm(config, args.quick, args.contended)
+        return 0
+    if args.what == "expressions":
+        from benchmarks.expressions import bench_expressions
+
+        return await bench_expressions(config, args.quick, args.gpu)
+    if args.what == "gpu":
+        from benchmarks.gpu import bench_resident
+
+        return await bench_resident(config, args.quick)
+    from benchmarks.discord_bot import bench_discord
+
+    return await bench_discord(config, args.quick, args.contended)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    try:
+        return asyncio.run(_run(load_config(args.config), args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+    except BotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

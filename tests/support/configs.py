@@ -1,0 +1,37 @@
+"""Config files and folders for tests: each test gets its own database, personas and avatars."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def write_config(folder: Path, extra: str = "", *, sprites: bool = True) -> Path:
+    """A config.toml in `folder` with its own database, personas and avatars (copied from the repo).
+    `sprites=False` leaves out the shipped expression sets, so that faces are rendered."""
+    shutil.copytree(REPO / "persona", folder / "persona", dirs_exist_ok=True)
+    skip = ("cache",) if sprites else ("cache", "sprites")
+    shutil.copytree(
+        REPO / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip)
+    )
+    path = folder / "config.toml"
+    path.write_text(
+        "[model]\nn_ctx = 2048\nmax_reply_tokens = 48\ntemperature = 0.0\nseed = 7\n"
+        '[store]\npath = "data/test.sqlite3"\n'
+        # `auto` would measure the judges in the background during every test; test_emotion covers it.
+        '[emotion]\njudge = "classifier"\n' + extra
+    )
+    return path
+
+
+def folder_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def expression_settings(model: Path | str) -> str:
+    return (
+        f'[expressions]\nmodel = "{model}"\nresolution = 64\nsteps = 2\nmask_dilate = 2\nmask_blur = 3\n'
+        "crop_padding = 8\nlocal_files_only = true\n"
+    )
