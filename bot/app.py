@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -58,7 +57,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             engine = Engine(config, store, llm, personas, expressions, judge)
             try:
                 # A default persona too large for the context should stop start-up, not every chat.
-                await asyncio.to_thread(engine.prompts.check_persona, personas.load(config.persona.default))
+                await engine.check_default_persona()
                 yield engine
             finally:
                 await judge.close()

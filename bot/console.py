@@ -96,9 +96,9 @@ class Console:
 
     async def _show_opening(self) -> None:
         persona = await self.engine.persona_for(self.channel_id)
-        count = await self.engine.store.count_messages(self.channel_id)
+        count = await self.engine.message_count(self.channel_id)
         self.say(f"[{persona.name} in channel {self.channel_id}; {count} stored messages]")
-        history = await self.engine.store.history(self.channel_id, persona.slug, limit=6)
+        history = await self.engine.recent_messages(self.channel_id, limit=6)
         if not history and persona.greeting:
             self.say(f"{persona.name}: {persona.fill(persona.greeting, self.user)}")
         for message in history:
@@ -147,7 +147,7 @@ class Console:
                 self.say(f"[now playing {persona.name}]")
                 await self._show_opening()
             elif name == "/personas":
-                self.say("[" + ", ".join(self.engine.personas.names()) + "]")
+                self.say("[" + ", ".join(self.engine.persona_names()) + "]")
             else:
                 self.say(f"[{HELP}]")
         except BotError as exc:

@@ -19,6 +19,8 @@ from typing import Protocol
 from bot.bounded import KeyedLocks, LRUDict
 from bot.config import Config
 from bot.emotion import EmotionJudge, EmotionResult
+from bot.errors import BotError
+from bot.expressions.service import ExpressionImage
 from bot.llm import GenerationStats, LLMBackend
 from bot.persona import Persona, PersonaLibrary
 from bot.prompt import PromptBuilder, Turn
@@ -32,16 +34,27 @@ EMPTY_REPLY = "…"
 MAX_WINDOWS = 4096  # (channel, persona) prompt-window starts remembered; a forgotten one is rebuilt once
 
 TextCallback = Callable[[str], Awaitable[None] | None]
+Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Deliver = Callable[["TurnResult"], Awaitable[int | None]]
 
 
 @dataclass(frozen=True)
-class ExpressionImage:
-    """The face to show now, and (on a cache miss) a render that will replace it when ready."""
+class ChannelSettings:
+    enabled: bool
+    mode: str  # "all" or "mention"
+    last_emotion: str | None
 
-    path: Path | None
-    label: str
-    fresh: asyncio.Future[Path | None] | None = None
+
+@dataclass(frozen=True)
+class EngineStatus:
+    model: str
+    context: int
+    pending_replies: int
+    pending_renders: int
+    persona: Persona
+    judge: str
+    cached_faces: int
+    messages: int
 
 
 class ExpressionProvider(Protocol):
@@ -55,8 +68,7 @@ class PortraitOnly:
         self.personas = personas
 
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
-        path = self.personas.portrait_path(persona)
-        return ExpressionImage(path if path and path.is_file() else None, label)
+        return ExpressionImage(self.personas.existing_portrait(persona), label)
 
 
 @dataclass
@@ -132,6 +144,105 @@ class Engine:
             for key in [k for k in self._window_ids if k[0] == channel_id]:
                 del self._window_ids[key]
             return removed
+
+    # -- what the front-ends ask besides turns (they never reach into the store, personas or models) ----
+
+    async def channel_settings(self, channel_id: int) -> ChannelSettings:
+        """Whether the bot answers in a channel and how, with the config's defaults filled in."""
+        state = await self.store.channel(channel_id)
+        defaults = self.config.discord
+        return ChannelSettings(
+            enabled=state.enabled if state.enabled is not None else defaults.enable_new_channels,
+            mode=state.mode or defaults.default_mode,
+            last_emotion=state.last_emotion,
+        )
+
+    async def configure_channel(
+        self, channel_id: int, *, enabled: bool | None = None, mode: str | None = None
+    ) -> ChannelSettings:
+        changes = {k: v for k, v in (("enabled", enabled), ("mode", mode)) if v is not None}
+        if changes:
+            await self.store.update_channel(channel_id, **changes)
+        return await self.channel_settings(channel_id)
+
+    def persona_names(self) -> list[str]:
+        return self.personas.names()
+
+    def persona_overview(self) -> list[tuple[str, str]]:
+        """(id, display name) of every persona; a broken file shows why instead of its name."""
+        rows = []
+        for slug in self.personas.names():
+            try:
+                rows.append((slug, self.personas.load(slug).name))
+            except BotError as exc:
+                rows.append((slug, f"(unusable: {exc})"))
+        return rows
+
+    async def persona_named(self, channel_id: int, name: str | None = None) -> Persona:
+        """The persona called `name`, or the channel's own when no name is given."""
+        return self.personas.load(name) if name else await self.persona_for(channel_id)
+
+    def portrait_of(self, persona: Persona) -> Path | None:
+        """The persona's portrait file, if it exists."""
+        return self.personas.existing_portrait(persona)
+
+    async def import_card(self, raw: bytes, filename: str) -> Persona:
+        return await asyncio.to_thread(self.personas.import_card, raw, filename)
+
+    async def export_card(self, persona: Persona, spec: str) -> bytes:
+        return await asyncio.to_thread(self.personas.export_card, persona, spec)
+
+    async def message_count(self, channel_id: int) -> int:
+        return await self.store.count_messages(channel_id)
+
+    async def recent_messages(self, channel_id: int, limit: int) -> list[StoredMessage]:
+        """The last messages of the channel's current persona's conversation, oldest first."""
+        persona = await self.persona_for(channel_id)
+        return await self.store.history(channel_id, persona.slug, limit=limit)
+
+    async def message_edited(self, discord_id: int, text: str) -> bool:
+        """Apply an edit made on Discord to the stored message; False if it is not stored."""
+        return await self.store.edit_message(discord_id, text)
+
+    async def message_deleted(self, discord_id: int) -> bool:
+        return await self.store.delete_message(discord_id)
+
+    async def face(self, persona: Persona, label: str) -> ExpressionImage:
+        return await self.expressions.image_for(persona, label)
+
+    async def render_faces(
+        self,
+        persona: Persona,
+        variants: int = 1,
+        labels: list[str] | None = None,
+        on_progress: Progress = None,
+    ) -> list[tuple[str, Path]]:
+        """Every face of a persona (sprites where present, renders otherwise), for a contact sheet."""
+        from bot.expressions.service import ExpressionService
+
+        if not isinstance(self.expressions, ExpressionService):
+            raise BotError("no inpainting model is configured: set [expressions] model in config.toml")
+        return await self.expressions.render_all(
+            persona, labels or list(persona.labels), variants, on_progress
+        )
+
+    async def status(self, channel_id: int) -> EngineStatus:
+        persona = await self.persona_for(channel_id)
+        return EngineStatus(
+            model=self.llm.name,
+            context=self.llm.n_ctx,
+            pending_replies=self.llm.pending,
+            pending_renders=getattr(self.expressions, "pending", 0),
+            persona=persona,
+            judge=self.judge.describe(),
+            cached_faces=await self.store.count_renders(),
+            messages=await self.store.count_messages(channel_id),
+        )
+
+    async def check_default_persona(self) -> None:
+        """Raise BotError if the default persona cannot be used (start-up check)."""
+        persona = self.personas.load(self.config.persona.default)
+        await asyncio.to_thread(self.prompts.check_persona, persona)
 
     async def check_message(self, channel_id: int, text: str) -> Persona:
         """Raise InputError for a message that can never be a turn, before anything is stored."""

@@ -22,34 +22,27 @@ from bot.expressions import (
     MAX_SPRITE_BYTES,
     ExpressionService,
     contact_sheet,
-    sprite_name,
 )
-from bot.persona import Persona
 from bot.store import Store
 
 
-def progress(done: int, total: int, started: float, label: str) -> None:
+def progress_bar(started: float) -> Callable[[int, int, str], None]:
+    """A one-line progress bar on standard error for `ExpressionService.render_all`."""
+
+    def show(done: int, total: int, label: str) -> None:
+        _draw(done, total, started, label)
+        if done == total:
+            sys.stderr.write("\n")
+
+    return show
+
+
+def _draw(done: int, total: int, started: float, label: str) -> None:
     width = 30
     filled = width * done // max(total, 1)
     elapsed = time.perf_counter() - started
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {elapsed:5.1f}s {label:<16}")
     sys.stderr.flush()
-
-
-async def render_all(
-    service: ExpressionService, persona: Persona, labels: list[str], variants: int
-) -> list[tuple[str, Path]]:
-    """Render every label x variant (cached ones come straight back), showing progress."""
-    jobs = [(label, v) for label in labels for v in range(variants)]
-    faces: list[tuple[str, Path]] = []
-    started = time.perf_counter()
-    for i, (label, variant) in enumerate(jobs):
-        progress(i, len(jobs), started, label)
-        path = service.sprite(persona, label, variant) or await service.render(persona, label, variant)
-        faces.append((sprite_name(label, variant).removesuffix(".png"), path))
-    progress(len(jobs), len(jobs), started, "done")
-    sys.stderr.write("\n")
-    return faces
 
 
 @contextlib.contextmanager
@@ -121,8 +114,11 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             unknown = [label for label in args.labels or [] if label not in persona.labels]
             if unknown:
                 raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)}")
-            faces = await render_all(
-                service, persona, list(args.labels or persona.labels), max(1, args.variants)
+            faces = await service.render_all(
+                persona,
+                list(args.labels or persona.labels),
+                max(1, args.variants),
+                progress_bar(time.perf_counter()),
             )
             sheet_path = args.sheet or service.cache_dir / persona.slug / "contact-sheet.png"
             sheet_path.parent.mkdir(parents=True, exist_ok=True)

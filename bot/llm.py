@@ -18,15 +18,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from bot.config import ModelConfig, decode_threads, prompt_threads
-from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.errors import GenerationTimeout, ModelError
 from bot.gguf import context_cache_bytes, read_metadata
 from bot.prompt import Message
+from bot.workers import ModelWorker
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,43 +177,6 @@ class LLMBackend(Protocol):
     def pending(self) -> int: ...
 
     async def close(self) -> None: ...
-
-
-class ModelWorker:
-    """One thread, one job at a time, at most `limit` jobs waiting."""
-
-    def __init__(self, limit: int, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._limit = limit
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._name = name
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        with self._lock:
-            # One running job plus `limit` waiting.
-            if self._pending > self._limit:
-                raise BusyError(
-                    f"the {self._name} is busy ({self._pending} requests waiting); try again shortly"
-                )
-            self._pending += 1
-        future = self._executor.submit(fn)
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, _: Future[Any]) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    async def run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.wrap_future(self.submit(fn))
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class LlamaBackend:

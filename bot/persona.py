@@ -340,9 +340,15 @@ class PersonaLibrary:
         return persona_from_toml(slug, table, str(path), extra)
 
     def portrait_path(self, persona: Persona) -> Path | None:
+        """Where the persona's portrait is meant to be (the file may be missing)."""
         if not persona.portrait:
             return None
         return self.avatars / Path(persona.portrait).name
+
+    def existing_portrait(self, persona: Persona) -> Path | None:
+        """The persona's portrait file, or None if it has none or the file is missing."""
+        path = self.portrait_path(persona)
+        return path if path is not None and path.is_file() else None
 
     def import_card(self, raw: bytes, filename: str, *, slug: str | None = None) -> Persona:
         """Make a persona from a card file. Nothing is written unless the whole card is valid."""

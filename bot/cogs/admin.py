@@ -114,8 +114,8 @@ class Admin(commands.Cog):
                 _log.info("could not change nickname: %s", exc)
         if persona.greeting and isinstance(interaction.channel, discord.abc.Messageable):
             user = interaction.user.display_name
-            face = self.engine.personas.portrait_path(persona)
-            files = [discord.File(face, filename="expression.png")] if face and face.is_file() else []
+            face = self.engine.portrait_of(persona)
+            files = [discord.File(face, filename="expression.png")] if face else []
             await interaction.channel.send(persona.fill(persona.greeting, user)[:2000], files=files)
 
     @persona_set.autocomplete("name")
@@ -123,26 +123,17 @@ class Admin(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return [
-            app_commands.Choice(name=n, value=n) for n in self.engine.personas.names() if current.lower() in n
+            app_commands.Choice(name=n, value=n) for n in self.engine.persona_names() if current.lower() in n
         ][:25]
 
     @persona.command(name="list", description="Personas this bot can play")
     async def persona_list(self, interaction: discord.Interaction) -> None:
-        lines = []
-        for slug in self.engine.personas.names():
-            try:
-                lines.append(f"`{slug}`: {self.engine.personas.load(slug).name}")
-            except BotError as exc:
-                lines.append(f"`{slug}`: (unusable: {exc})")
+        lines = [f"`{slug}`: {name}" for slug, name in self.engine.persona_overview()]
         await interaction.response.send_message("\n".join(lines)[:2000] or "No personas yet.", ephemeral=True)
 
     @persona.command(name="show", description="Who the bot is playing here")
     async def persona_show(self, interaction: discord.Interaction, name: str | None = None) -> None:
-        persona = (
-            self.engine.personas.load(name)
-            if name
-            else await self.engine.persona_for(interaction.channel_id or 0)
-        )
+        persona = await self.engine.persona_named(interaction.channel_id or 0, name)
         embed = discord.Embed(title=persona.name, description=persona.fill(persona.description)[:4000])
         if persona.scenario:
             embed.add_field(name="Scenario", value=persona.fill(persona.scenario)[:1024], inline=False)
@@ -162,7 +153,7 @@ class Admin(commands.Cog):
             raise BotError(f"`{card.filename}` is not a card: upload a .png or .json character card.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         raw = await card.read()
-        persona = await asyncio.to_thread(self.engine.personas.import_card, raw[: limit + 1], card.filename)
+        persona = await self.engine.import_card(raw[: limit + 1], card.filename)
         await interaction.followup.send(
             f"Imported **{persona.name}** as `{persona.slug}`. Use `/persona set {persona.slug}` to play it.",
             ephemeral=True,
@@ -172,12 +163,8 @@ class Admin(commands.Cog):
     async def persona_export(
         self, interaction: discord.Interaction, name: str | None = None, spec: Literal["v2", "v3"] = "v3"
     ) -> None:
-        persona = (
-            self.engine.personas.load(name)
-            if name
-            else await self.engine.persona_for(interaction.channel_id or 0)
-        )
-        data = await asyncio.to_thread(self.engine.personas.export_card, persona, spec)
+        persona = await self.engine.persona_named(interaction.channel_id or 0, name)
+        data = await self.engine.export_card(persona, spec)
         await interaction.response.send_message(
             f"**{persona.name}** as a {spec.upper()} card:",
             ephemeral=True,
@@ -192,7 +179,7 @@ class Admin(commands.Cog):
     @manager_only
     async def reset(self, interaction: discord.Interaction) -> None:
         channel_id = interaction.channel_id or 0
-        count = await self.engine.store.count_messages(channel_id)
+        count = await self.engine.message_count(channel_id)
         view = ConfirmReset(interaction.user.id)
         await interaction.response.send_message(
             f"Erase all {count} stored messages of this channel? The persona forgets this conversation.",
@@ -209,22 +196,20 @@ class Admin(commands.Cog):
     @channel.command(name="enable", description="Answer in this channel")
     @manager_only
     async def channel_enable(self, interaction: discord.Interaction) -> None:
-        await self.engine.store.update_channel(interaction.channel_id or 0, enabled=True)
-        state = await self.engine.store.channel(interaction.channel_id or 0)
-        mode = state.mode or self.config.discord.default_mode
-        how = "every message" if mode == "all" else "mentions and replies"
+        settings = await self.engine.configure_channel(interaction.channel_id or 0, enabled=True)
+        how = "every message" if settings.mode == "all" else "mentions and replies"
         await interaction.response.send_message(f"Enabled here; answering {how}.", ephemeral=True)
 
     @channel.command(name="disable", description="Stop answering in this channel")
     @manager_only
     async def channel_disable(self, interaction: discord.Interaction) -> None:
-        await self.engine.store.update_channel(interaction.channel_id or 0, enabled=False)
+        await self.engine.configure_channel(interaction.channel_id or 0, enabled=False)
         await interaction.response.send_message("Disabled here.", ephemeral=True)
 
     @channel.command(name="mode", description="Answer every message, or only mentions and replies")
     @manager_only
     async def channel_mode(self, interaction: discord.Interaction, mode: Literal["all", "mention"]) -> None:
-        await self.engine.store.update_channel(interaction.channel_id or 0, mode=mode)
+        await self.engine.configure_channel(interaction.channel_id or 0, mode=mode)
         await interaction.response.send_message(f"Mode set to **{mode}**.", ephemeral=True)
 
     # -- /expression, /status ---------------------------------------------------------------------------
@@ -233,11 +218,11 @@ class Admin(commands.Cog):
     async def expression_show(self, interaction: discord.Interaction, label: str | None = None) -> None:
         channel_id = interaction.channel_id or 0
         persona = await self.engine.persona_for(channel_id)
-        state = await self.engine.store.channel(channel_id)
-        label = label or state.last_emotion or "neutral"
+        settings = await self.engine.channel_settings(channel_id)
+        label = label or settings.last_emotion or "neutral"
         if label not in persona.labels:
             raise BotError(f"`{label}` is not one of {persona.name}'s emotions: {', '.join(persona.labels)}")
-        image = await self.engine.expressions.image_for(persona, label)
+        image = await self.engine.face(persona, label)
         if image.path is None:
             raise BotError(f"{persona.name} has no portrait.")
         await interaction.response.send_message(
@@ -250,22 +235,19 @@ class Admin(commands.Cog):
     @app_commands.default_permissions(manage_guild=True)
     @manager_only
     async def expression_render(self, interaction: discord.Interaction) -> None:
-        from bot.expressions import ExpressionService, contact_sheet
+        from bot.expressions import contact_sheet
 
-        service = self.engine.expressions
-        if not isinstance(service, ExpressionService):
-            raise BotError("No inpainting model is configured: set [expressions] model in config.toml.")
         persona: Persona = await self.engine.persona_for(interaction.channel_id or 0)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        faces: list[tuple[str, Path]] = []
         last_edit = 0.0
-        for i, label in enumerate(persona.labels):
-            if time.monotonic() - last_edit > PROGRESS_EDIT_EVERY:
-                await interaction.edit_original_response(
-                    content=f"Rendering {label}… ({i}/{len(persona.labels)})"
-                )
+
+        async def progress(done: int, total: int, label: str) -> None:
+            nonlocal last_edit
+            if done < total and time.monotonic() - last_edit > PROGRESS_EDIT_EVERY:
+                await interaction.edit_original_response(content=f"Rendering {label}… ({done}/{total})")
                 last_edit = time.monotonic()
-            faces.append((label, service.sprite(persona, label) or await service.render(persona, label)))
+
+        faces = await self.engine.render_faces(persona, on_progress=progress)
         sheet = await asyncio.to_thread(contact_sheet, faces)
         buffer = io.BytesIO()
         await asyncio.to_thread(sheet.save, buffer, "PNG")
@@ -277,17 +259,14 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="status", description="Model, queues and cache")
     async def status(self, interaction: discord.Interaction) -> None:
-        engine = self.engine
-        persona = await engine.persona_for(interaction.channel_id or 0)
-        renders = await engine.store.count_renders()
-        render_queue = getattr(engine.expressions, "pending", 0)
+        status = await self.engine.status(interaction.channel_id or 0)
         lines = [
-            f"**Model**: `{engine.llm.name}` (context {engine.llm.n_ctx} tokens)",
-            f"**Queue**: {engine.llm.pending} replies, {render_queue} renders",
-            f"**Persona here**: {persona.name} (`{persona.slug}`)",
-            f"**Emotion judge**: {engine.judge.describe()}",
-            f"**Expression cache**: {renders} faces",
-            f"**Messages stored here**: {await engine.store.count_messages(interaction.channel_id or 0)}",
+            f"**Model**: `{status.model}` (context {status.context} tokens)",
+            f"**Queue**: {status.pending_replies} replies, {status.pending_renders} renders",
+            f"**Persona here**: {status.persona.name} (`{status.persona.slug}`)",
+            f"**Emotion judge**: {status.judge}",
+            f"**Expression cache**: {status.cached_faces} faces",
+            f"**Messages stored here**: {status.messages}",
         ]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 

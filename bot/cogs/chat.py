@@ -56,11 +56,10 @@ class Chat(commands.Cog):
         """Whether the bot should answer: enabled channel, and the channel's mode."""
         if message.author.bot or message.guild is None or self.bot.user is None:
             return False
-        state = await self.engine.store.channel(message.channel.id)
-        enabled = state.enabled if state.enabled is not None else self.settings.enable_new_channels
-        if not enabled:
+        settings = await self.engine.channel_settings(message.channel.id)
+        if not settings.enabled:
             return False
-        if (state.mode or self.settings.default_mode) == "all":
+        if settings.mode == "all":
             return True
         if self.bot.user in message.mentions:
             return True
@@ -228,7 +227,7 @@ class Chat(commands.Cog):
         if content is None or author.get("bot"):
             return
         text = re.sub(rf"<@!?{self.bot.user.id}>", "", content).strip() if self.bot.user else content
-        if await self.engine.store.edit_message(payload.message_id, text):
+        if await self.engine.message_edited(payload.message_id, text):
             _log.debug("applied edit of message %s", payload.message_id)
 
     @commands.Cog.listener()
@@ -238,7 +237,7 @@ class Chat(commands.Cog):
             # Deleted while the bot was still on it: stop, so neither it nor a reply to it stays.
             answering.cancel()
             await asyncio.gather(answering, return_exceptions=True)
-        if await self.engine.store.delete_message(payload.message_id):
+        if await self.engine.message_deleted(payload.message_id):
             _log.debug("forgot deleted message %s", payload.message_id)
 
     async def shutdown(self) -> None:

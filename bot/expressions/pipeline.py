@@ -1,0 +1,194 @@
+"""The diffusers inpainting pipeline: loading it from a hub id, a folder or one .safetensors file, and
+running one render (on the render worker thread only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bot.config import CPUS, Config, ExpressionsConfig, decode_threads
+from bot.errors import ExpressionError
+from bot.expressions.region import composite
+
+_log = logging.getLogger(__name__)
+
+
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted != "auto":
+        return wanted
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def checkpoint_in_channels(path: Path) -> int:
+    """UNet input channels of a single-file SD checkpoint, from its safetensors header (9 = inpainting)."""
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(handle.read(length))
+        shape = header["model.diffusion_model.input_blocks.0.0.weight"]["shape"]
+        return int(shape[1])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ExpressionError(
+            f"{path}: not a readable Stable Diffusion .safetensors checkpoint ({exc})"
+        ) from None
+
+
+def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
+    """Load the inpainting pipeline from a hub id, a diffusers folder or a single .safetensors file."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    device = pick_device(settings.device)
+    dtype_name = settings.dtype if settings.dtype != "auto" else ("float32" if device == "cpu" else "float16")
+    dtype = getattr(torch, dtype_name)
+    name = settings.model
+    local = Path(name).expanduser()
+    if not local.is_absolute():
+        local = root / local
+    looks_like_path = (
+        name.startswith((".", "/", "~")) or name.endswith((".safetensors", ".ckpt")) or local.exists()
+    )
+    common: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    try:
+        if looks_like_path and not local.exists():
+            raise ExpressionError(f"inpainting model not found: {local}")
+        if local.is_file():
+            if local.suffix != ".safetensors":
+                raise ExpressionError(
+                    f"{local}: only .safetensors checkpoints are loaded (pickles can run code)"
+                )
+            channels = checkpoint_in_channels(local)
+            if channels not in (4, 9):
+                raise ExpressionError(
+                    f"{local}: UNet has {channels} input channels; expected 9 (inpainting) or 4"
+                )
+            if channels == 4:
+                _log.warning("%s is not an inpainting checkpoint; faces will blend less cleanly", local.name)
+            pipe = StableDiffusionInpaintPipeline.from_single_file(
+                str(local), local_files_only=settings.local_files_only, **common
+            )
+        else:
+            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+                str(local) if local.is_dir() else name,
+                local_files_only=settings.local_files_only or local.is_dir(),
+                **common,
+            )
+    except ExpressionError:
+        raise
+    except Exception as exc:  # diffusers raises many types (OSError, EnvironmentError, ValueError...)
+        raise ExpressionError(f"cannot load inpainting model {name!r}: {exc}") from None
+    if settings.scheduler:
+        import diffusers
+
+        scheduler_class = getattr(diffusers, settings.scheduler, None)
+        if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+            raise ExpressionError(f"unknown scheduler {settings.scheduler!r} (a diffusers class name)")
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    if settings.lora:
+        try:
+            pipe.load_lora_weights(
+                str(root / settings.lora) if not Path(settings.lora).is_absolute() else settings.lora
+            )
+            pipe.fuse_lora(lora_scale=settings.lora_scale)
+        except Exception as exc:
+            raise ExpressionError(f"cannot load LoRA {settings.lora!r}: {exc}") from None
+    if settings.cpu_offload and device == "cuda":
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def render_threads(config: Config) -> int:
+    """Torch threads for a render on the CPU. When the LLM decodes on the CPU too, a render gets only the
+    cores the LLM's decode threads leave free, so that a reply written during a render keeps its speed
+    (the render is the one that can wait). 0: torch's default (the LLM is on the GPU)."""
+    if config.expressions.cpu_threads:
+        return config.expressions.cpu_threads
+    if config.model.n_gpu_layers == 0:
+        return max(1, CPUS - decode_threads(config.model))
+    return 0
+
+
+class Renderer:
+    """Runs the pipeline for one job; blocking, so it is only called on the render worker thread."""
+
+    def __init__(
+        self,
+        settings: ExpressionsConfig,
+        root: Path,
+        loader: Callable[[ExpressionsConfig, Path], Any] = load_pipeline,
+        cpu_threads: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self._loader = loader
+        self._cpu_threads = cpu_threads  # 0: torch's own default
+        self._pipe: Any = None
+        self.loads = 0  # how many times the pipeline was loaded (a cache hit must never load it)
+
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            self._pipe = self._loader(self.settings, self.root)
+            self.loads += 1
+            if self._cpu_threads and str(getattr(self._pipe, "device", "cpu")) == "cpu":
+                import torch
+
+                torch.set_num_threads(self._cpu_threads)
+                _log.info("rendering on the CPU with %d threads", self._cpu_threads)
+        return self._pipe
+
+    def render(
+        self,
+        portrait: Image.Image,
+        mask: Image.Image,
+        prompt: str,
+        seed: int,
+        cancel: threading.Event | None = None,
+    ) -> Image.Image:
+        import torch
+
+        s = self.settings
+        pipe = self.pipe
+
+        def stop_when_cancelled(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                p._interrupt = True  # diffusers' documented way to end the denoising loop early
+            return kwargs
+
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        result = pipe(
+            prompt=prompt,
+            negative_prompt=s.negative_prompt or None,
+            image=portrait.convert("RGB"),
+            mask_image=mask,
+            height=s.resolution,
+            width=s.resolution,
+            padding_mask_crop=s.crop_padding,
+            num_inference_steps=s.steps,
+            strength=s.strength,
+            guidance_scale=s.guidance,
+            generator=generator,
+            callback_on_step_end=stop_when_cancelled,
+        ).images[0]
+        if cancel is not None and cancel.is_set():
+            raise asyncio.CancelledError("render cancelled")
+        return composite(portrait, result, mask)

@@ -1,0 +1,371 @@
+"""The service the engine talks to: the face for an emotion now (sprite, cached render, or the best
+image at hand) and a render in the background on a cache miss, with its cache on disk.
+
+A render never fails a chat: any pipeline error falls back to the best available image with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from bot.config import Config
+from bot.errors import BusyError, ExpressionError
+from bot.expressions.pipeline import Renderer, render_threads
+from bot.expressions.region import face_mask
+from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
+from bot.files import atomic_write, png_bytes
+from bot.images import decode_image
+from bot.persona import Persona, PersonaLibrary
+from bot.store import RenderRecord, Store
+from bot.workers import ModelWorker
+
+_log = logging.getLogger(__name__)
+
+MAX_DECODED_PORTRAITS = 4  # personas whose decoded portrait and mask stay in memory
+# Prompt words for the default labels; a persona's [emotions.prompts] overrides any of them.
+DEFAULT_EMOTION_WORDS: dict[str, str] = {
+    "neutral": "calm neutral expression, relaxed face",
+    "joy": "happy smile, bright eyes",
+    "amusement": "amused grin, playful eyes, laughing",
+    "sadness": "sad expression, teary eyes, downturned mouth",
+    "anger": "angry expression, furrowed brows, clenched jaw",
+    "fear": "scared expression, wide eyes, trembling mouth",
+    "surprise": "surprised expression, raised eyebrows, open mouth",
+    "love": "loving gaze, soft smile, blushing cheeks",
+    "embarrassment": "embarrassed expression, deep blush, averted eyes",
+    "confusion": "confused expression, tilted head, raised eyebrow",
+}
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value
+
+
+@dataclass(frozen=True)
+class ExpressionImage:
+    """The face to show now, and (on a cache miss) a render that will replace it when ready."""
+
+    path: Path | None
+    label: str
+    fresh: asyncio.Future[Path | None] | None = None
+
+
+def emotion_prompt(persona: Persona, label: str) -> str:
+    words = persona.emotion_prompts.get(label) or DEFAULT_EMOTION_WORDS.get(label) or f"{label} expression"
+    base = persona.appearance.strip() or f"portrait of {persona.name}"
+    return f"{base}, {words}, detailed face, best quality"
+
+
+def seed_for(base: int, persona: str, label: str, variant: int) -> int:
+    digest = hashlib.sha256(f"{base}:{persona}:{label}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _file_stamp(path: Path | None) -> tuple[object, ...]:
+    """What identifies a file's version cheaply: its path, mtime and size (just the path if missing)."""
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        stat = None
+    return (str(path),) if stat is None else (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    persona: Persona
+    label: str
+    variant: int
+    prompt: str
+    seed: int
+    key: str
+    source_hash: str  # portrait + mask + persona prompts: renders made from other sources are stale
+
+
+# -- the diffusers pipeline --------------------------------------------------------------------------
+
+
+class ExpressionService:
+    """Sprite packs, the render cache and the render worker behind one `image_for` call."""
+
+    def __init__(
+        self, config: Config, store: Store, personas: PersonaLibrary, renderer: Renderer | None = None
+    ) -> None:
+        self.config = config
+        self.settings = config.expressions
+        self.store = store
+        self.personas = personas
+        self.cache_dir = config.resolve(self.settings.cache_dir)
+        self.sprites_dir = personas.avatars / "sprites"
+        self.renderer = renderer or Renderer(self.settings, config.root, cpu_threads=render_threads(config))
+        self._worker = ModelWorker(limit=64, name="render worker")
+        self._inflight: dict[str, asyncio.Future[Path | None]] = {}
+        self._cancel = threading.Event()
+        # Decoded portraits and masks of recent personas (a 4000x4000 portrait is ~110 MB decoded).
+        self._source_memo: OrderedDict[str, tuple[object, tuple[Image.Image, Image.Image, str]]] = (
+            OrderedDict()
+        )
+        # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
+        self._unrenderable: dict[str, str] = {}
+
+    @property
+    def pending(self) -> int:
+        return self._worker.pending
+
+    # -- inputs -----------------------------------------------------------------------------------------
+
+    def _portrait(self, persona: Persona) -> tuple[Image.Image, bytes]:
+        path = self.personas.portrait_path(persona)
+        if path is None:
+            raise ExpressionError(f"persona '{persona.slug}' has no portrait")
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ExpressionError(f"portrait not found: {path}") from None
+        except OSError as exc:
+            raise ExpressionError(f"portrait {path} cannot be read: {exc.strerror}") from None
+        limit = self.config.persona.max_portrait_pixels
+        portrait = decode_image(raw, f"portrait {path}", max_pixels=limit, error=ExpressionError)
+        return portrait, raw
+
+    def _sources(self, persona: Persona) -> tuple[Image.Image, Image.Image, str]:
+        """Portrait, feathered mask and their content digest, memoized on the files' size and mtime so
+        that a cache hit costs a stat() and a database lookup, not image work."""
+        s = self.settings
+        files = [self.personas.portrait_path(persona)]
+        if persona.face_mask:
+            files.append(self.personas.avatars / Path(persona.face_mask).name)
+        stamps = tuple(_file_stamp(f) for f in files)
+        key = (stamps, persona.face_box, s.mask_dilate, s.mask_blur)
+        cached = self._source_memo.get(persona.slug)
+        if cached is not None and cached[0] == key:
+            self._source_memo.move_to_end(persona.slug)
+            return cached[1]
+        portrait, raw = self._portrait(persona)
+        mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
+        value = (portrait, mask, _digest(raw) + _digest(mask.tobytes()))
+        self._source_memo[persona.slug] = (key, value)
+        self._source_memo.move_to_end(persona.slug)
+        while len(self._source_memo) > MAX_DECODED_PORTRAITS:
+            self._source_memo.popitem(last=False)
+        return value
+
+    def job(
+        self, persona: Persona, label: str, variant: int = 0
+    ) -> tuple[RenderJob, Image.Image, Image.Image]:
+        """Everything that decides a render, hashed into its cache key."""
+        s = self.settings
+        portrait, mask, pixels_digest = self._sources(persona)
+        prompt = emotion_prompt(persona, label)
+        seed = seed_for(s.seed, persona.slug, label, variant)
+        source = (
+            pixels_digest + persona.appearance + json.dumps(dict(persona.emotion_prompts), sort_keys=True)
+        )
+        recipe = {
+            "source": source,
+            "model": s.model,
+            "lora": s.lora,
+            "lora_scale": s.lora_scale,
+            "prompt": prompt,
+            "negative": s.negative_prompt,
+            "seed": seed,
+            "steps": s.steps,
+            "strength": s.strength,
+            "guidance": s.guidance,
+            "scheduler": s.scheduler,
+            "size": s.resolution,
+            "padding": s.crop_padding,
+            "dtype": s.dtype,
+        }
+        key = _digest(json.dumps(recipe, sort_keys=True).encode())
+        return RenderJob(persona, label, variant, prompt, seed, key, _digest(source.encode())), portrait, mask
+
+    # -- lookups ----------------------------------------------------------------------------------------
+
+    def sprite(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
+        """A hand-made sprite from an imported pack; these win over generated faces."""
+        path = self.sprites_dir / persona.slug / sprite_name(label, variant)
+        return path if path.is_file() else None
+
+    async def cached(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
+        try:
+            job, _, _ = await asyncio.to_thread(self.job, persona, label, variant)
+        except ExpressionError:
+            return None
+        return await self._cached_file(job)
+
+    async def _cached_file(self, job: RenderJob) -> Path | None:
+        record = await self.store.render(job.key)
+        return Path(record.path) if record is not None and Path(record.path).is_file() else None
+
+    def _portrait_file(self, persona: Persona) -> Path | None:
+        return self.personas.existing_portrait(persona)
+
+    async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
+        """The face for an emotion now; on a cache miss, also a future for the fresh render."""
+        sprite = self.sprite(persona, label)
+        if sprite is not None:
+            return ExpressionImage(sprite, label)
+        if not (self.settings.enabled and self.settings.model):
+            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
+        try:
+            job, _, _ = await asyncio.to_thread(self.job, persona, label)
+        except ExpressionError as exc:
+            # A persona problem (no face region, unreadable portrait) fails every render the same way:
+            # say so once, then keep showing the best image without retrying each turn.
+            if self._unrenderable.get(persona.slug) != str(exc):
+                self._unrenderable[persona.slug] = str(exc)
+                _log.warning("not rendering faces for %s: %s", persona.slug, exc)
+            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
+        ready = await self._cached_file(job)
+        if ready is not None:
+            return ExpressionImage(ready, label)
+        neutral = (
+            None
+            if label == "neutral"
+            else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
+        )
+        now = neutral or self._portrait_file(persona)
+        try:
+            fresh = self.render_in_background(persona, label)
+        except BusyError:
+            return ExpressionImage(now, label)
+        return ExpressionImage(now, label, fresh)
+
+    # -- rendering --------------------------------------------------------------------------------------
+
+    async def render_all(
+        self,
+        persona: Persona,
+        labels: Sequence[str],
+        variants: int = 1,
+        on_progress: Callable[[int, int, str], Awaitable[None] | None] | None = None,
+    ) -> list[tuple[str, Path]]:
+        """Every label x variant: the hand-made sprite where there is one, else a render (cached ones
+        come straight back). Names are SillyTavern's (joy, joy-1...). `on_progress(done, total, label)`
+        is called before each face and once at the end."""
+        jobs = [(label, v) for label in labels for v in range(variants)]
+        faces: list[tuple[str, Path]] = []
+        for i, (label, variant) in enumerate(jobs):
+            if on_progress is not None:
+                await _maybe_await(on_progress(i, len(jobs), label))
+            path = self.sprite(persona, label, variant) or await self.render(persona, label, variant)
+            faces.append((sprite_name(label, variant).removesuffix(".png"), path))
+        if on_progress is not None:
+            await _maybe_await(on_progress(len(jobs), len(jobs), "done"))
+        return faces
+
+    def render_in_background(
+        self, persona: Persona, label: str, variant: int = 0
+    ) -> asyncio.Future[Path | None]:
+        """Start (or join) a render; the future gives the new file, or None if it failed."""
+        inflight_key = f"{persona.slug}/{label}/{variant}"
+        existing = self._inflight.get(inflight_key)
+        if existing is not None and not existing.done():
+            return existing
+
+        async def run() -> Path | None:
+            try:
+                return await self.render(persona, label, variant)
+            except (ExpressionError, BusyError, TimeoutError) as exc:
+                _log.warning(
+                    "render of %s/%s failed (%s); showing the best available image", persona.slug, label, exc
+                )
+            except Exception:
+                _log.exception(
+                    "render of %s/%s failed; showing the best available image", persona.slug, label
+                )
+            return None
+
+        task = asyncio.ensure_future(run())
+        self._inflight[inflight_key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(inflight_key, None))
+        return task
+
+    async def render(self, persona: Persona, label: str, variant: int = 0, *, force: bool = False) -> Path:
+        """Render (or fetch from cache) one face. Raises ExpressionError / TimeoutError on failure."""
+        if not self.settings.model:
+            raise ExpressionError("no inpainting model configured: set [expressions] model in config.toml")
+        job, portrait, mask = await asyncio.to_thread(self.job, persona, label, variant)
+        record = await self.store.render(job.key)
+        if record is not None and Path(record.path).is_file() and not force:
+            return Path(record.path)
+        await self._drop_stale(persona.slug, job.source_hash)
+        cancel = threading.Event()
+        future = self._worker.submit(lambda: self._render_blocking(job, portrait, mask, cancel))
+        try:
+            path = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_seconds)
+        except (TimeoutError, asyncio.CancelledError):
+            cancel.set()  # the worker stops at the next denoising step
+            raise
+        await self.store.put_render(
+            RenderRecord(job.key, persona.slug, label, variant, str(path), job.source_hash)
+        )
+        return path
+
+    def _render_blocking(
+        self, job: RenderJob, portrait: Image.Image, mask: Image.Image, cancel: threading.Event
+    ) -> Path:
+        if cancel.is_set() or self._cancel.is_set():
+            raise asyncio.CancelledError("render cancelled before it started")
+        try:
+            image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel)
+        except Exception as exc:
+            import torch
+
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise ExpressionError(
+                    "the GPU ran out of memory while rendering; try cpu_offload = true"
+                ) from None
+            raise
+        folder = self.cache_dir / job.persona.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{job.label}-{job.variant}-{job.key[:16]}.png"
+        atomic_write(path, png_bytes(image))
+        return path
+
+    async def _drop_stale(self, persona: str, source_hash: str) -> None:
+        for record in await self.store.drop_stale_renders(persona, source_hash):
+            Path(record.path).unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        self._cancel.set()
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.to_thread(self._worker.shutdown)
+
+    # -- sprite packs -----------------------------------------------------------------------------------
+
+    def import_sprites(
+        self, persona: Persona, files: Sequence[tuple[str, bytes | Callable[[], bytes]]]
+    ) -> SpriteImport:
+        """Store a sprite pack for a persona (see `store_sprites`)."""
+        return store_sprites(
+            self.sprites_dir / persona.slug, persona, files, self.config.persona.max_portrait_pixels
+        )
+
+    async def pack_files(self, persona: Persona) -> dict[str, Path]:
+        """SillyTavern-style sprite file names -> files: cached renders, overridden by hand-made sprites."""
+        files: dict[str, Path] = {}
+        for record in await self.store.renders_for(persona.slug):
+            if Path(record.path).is_file():
+                files[sprite_name(record.label, record.variant)] = Path(record.path)
+        folder = self.sprites_dir / persona.slug
+        if folder.is_dir():
+            for path in folder.glob("*.png"):
+                files[path.name] = path
+        return dict(sorted(files.items()))

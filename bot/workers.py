@@ -1,0 +1,51 @@
+"""The worker thread behind each in-process model (LLM, diffusion): jobs run one at a time, off the event
+loop, with a bounded queue so a flood of requests gets a clear "busy" instead of unbounded waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from bot.errors import BusyError
+
+T = TypeVar("T")
+
+
+class ModelWorker:
+    """One thread, one job at a time, at most `limit` jobs waiting."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._limit = limit
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._name = name
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        with self._lock:
+            # One running job plus `limit` waiting.
+            if self._pending > self._limit:
+                raise BusyError(
+                    f"the {self._name} is busy ({self._pending} requests waiting); try again shortly"
+                )
+            self._pending += 1
+        future = self._executor.submit(fn)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
