@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import sys
 import tempfile
@@ -40,7 +41,7 @@ async def bench_expressions(config: Config, quick: bool, gpu: bool) -> int:
         times = []
         with LoopLag() as lag:
             for label in labels[1:]:
-                seconds, _ = await timed(lambda label=label: service.render(persona, label))
+                seconds, _ = await timed(functools.partial(service.render, persona, label))
                 times.append(seconds)
         hits = []
         for _ in range(50):

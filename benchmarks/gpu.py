@@ -89,6 +89,7 @@ async def bench_resident(config: Config, quick: bool) -> int:
         print("bench gpu needs a CUDA GPU; none is visible to torch here.", file=sys.stderr)
         return 2
     from bot.app import open_engine
+    from bot.expressions import ExpressionService
     from bot.llm import LlamaBackend
     from tests.support.tiny_diffusion import save_full_size_sd15_inpainting
 
@@ -132,7 +133,7 @@ async def bench_resident(config: Config, quick: bool) -> int:
                 role, text = STORY_LINES[i % len(STORY_LINES)]
                 await engine.store.add_message(
                     channel,
-                    role=role,  # type: ignore[arg-type]
+                    role=role,
                     author_name="Sam" if role == "user" else persona.name,
                     content=f"{text} ({i})",
                     persona=persona.slug,
@@ -147,6 +148,7 @@ async def bench_resident(config: Config, quick: bool) -> int:
                 warm_alone.append(time.perf_counter() - start)
 
             service = engine.expressions
+            assert isinstance(service, ExpressionService)  # [expressions] is enabled above
             labels = list(persona.labels)
             start = time.perf_counter()
             with steps(service, 8):

@@ -8,12 +8,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from benchmarks.common import LoopLag, table
 from bot.config import Config
 
-STORY_LINES = (
+STORY_LINES: tuple[tuple[Literal["user", "assistant"], str], ...] = (
     ("user", "The wind is howling against the shutters. Do you think the lamp will hold tonight?"),
     (
         "assistant",
@@ -89,7 +89,7 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
             await store.add_message(
                 channel,
                 role=role,
-                author_name="Sam" if role == "user" else persona.name,  # type: ignore[arg-type]
+                author_name="Sam" if role == "user" else persona.name,
                 content=f"{text} ({i})",
                 persona=persona.slug,
             )

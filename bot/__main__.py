@@ -116,7 +116,7 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
         persona = library.load(persona.slug)
     settings = config.expressions
     mask = face_mask(persona, portrait.size, library.avatars, settings.mask_dilate, settings.mask_blur)
-    out = args.out or config.resolve(Path(config.store.path).parent) / f"{persona.slug}-face.png"
+    out = args.out or config.resolve(config.store.path).parent / f"{persona.slug}-face.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     face_preview(portrait, mask).save(out)
     where = f"face_box = {list(persona.face_box)}" if persona.face_box else "automatic detection"

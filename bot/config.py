@@ -193,7 +193,7 @@ def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
         if key not in known:
             raise ConfigError(f"{where} is not a known setting (known: {', '.join(sorted(known))})")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a table [{prefix}{key}]")
             values[key] = _build(hint, value, source, f"{prefix}{key}.")

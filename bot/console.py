@@ -127,7 +127,9 @@ class Console:
             self.say(f"[face: {path}]")
         self._shown = path
 
-    def _render_landed(self, future: asyncio.Future, box: tuple[int, int, int, int] | None) -> None:  # type: ignore[type-arg]
+    def _render_landed(
+        self, future: asyncio.Future[Path | None], box: tuple[int, int, int, int] | None
+    ) -> None:
         if not future.cancelled() and future.exception() is None and future.result() is not None:
             self.say("\n[new face rendered]")
             self._show_face(future.result(), box)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bot.bounded import KeyedLocks, LRUDict
 from bot.config import Config
@@ -189,7 +189,7 @@ class Engine:
     async def import_card(self, raw: bytes, filename: str) -> Persona:
         return await asyncio.to_thread(self.personas.import_card, raw, filename)
 
-    async def export_card(self, persona: Persona, spec: str) -> bytes:
+    async def export_card(self, persona: Persona, spec: Literal["v2", "v3"]) -> bytes:
         return await asyncio.to_thread(self.personas.export_card, persona, spec)
 
     async def message_count(self, channel_id: int) -> int:
@@ -286,9 +286,9 @@ class Engine:
             async for chunk in generation.chunks():
                 parts.append(chunk)
                 if on_text is not None:
-                    result = on_text(chunk)
-                    if result is not None:
-                        await result
+                    shown = on_text(chunk)
+                    if shown is not None:
+                        await shown
             reply_seconds = time.perf_counter() - reply_started
             raw_reply = "".join(parts)
             reply = clean_reply(raw_reply, persona.name)

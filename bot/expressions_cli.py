@@ -132,11 +132,11 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             for name, why in plan.unused.items():
                 print(f"  not used: {name}: {why}")
         elif args.action == "export":
-            files = await service.pack_files(persona)
-            if not files:
+            pack = await service.pack_files(persona)
+            if not pack:
                 raise ExpressionError(f"{persona.slug} has no rendered or imported faces yet")
-            args.out.write_bytes(write_pack(files))
-            print(f"wrote {len(files)} sprites to {args.out}")
+            args.out.write_bytes(write_pack(pack))
+            print(f"wrote {len(pack)} sprites to {args.out}")
     finally:
         await service.close()
         await store.close()

@@ -263,7 +263,7 @@ class LlamaBackend:
         control tokens: a member who types <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
         marked = [{**m, "content": mark_content(m["content"])} for m in messages]
-        return self._formatter(messages=marked).prompt
+        return self._formatter(messages=marked).prompt  # type: ignore[arg-type]  # plain dicts are its input
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
     def _answer_tokens(self, option: str) -> tuple[int, ...]:

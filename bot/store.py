@@ -240,7 +240,7 @@ class Store:
             (channel_id, persona, limit),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [StoredMessage(**dict(row)) for row in reversed(rows)]
+        return [StoredMessage(**dict(row)) for row in reversed(list(rows))]
 
     async def edit_message(self, discord_id: int, content: str) -> bool:
         """Apply a Discord edit to the stored copy. False when the message was never stored."""
@@ -260,7 +260,7 @@ class Store:
         return cursor.rowcount
 
     async def count_messages(self, channel_id: int | None = None) -> int:
-        sql, params = "SELECT COUNT(*) FROM messages", ()
+        sql, params = "SELECT COUNT(*) FROM messages", tuple[int, ...]()
         if channel_id is not None:
             sql, params = sql + " WHERE channel_id = ?", (channel_id,)
         async with self._db.execute(sql, params) as cursor:

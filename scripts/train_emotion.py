@@ -54,7 +54,11 @@ def matrix(docs: list[list[str]], index: dict[str, int], idf: np.ndarray) -> tor
         rows += [r] * len(counts)
         cols += list(counts)
         vals += tf.tolist()
-    return torch.sparse_coo_tensor([rows, cols], vals, (len(docs), len(idf))).coalesce().to_sparse_csr()
+    return (
+        torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals), (len(docs), len(idf)))
+        .coalesce()
+        .to_sparse_csr()
+    )
 
 
 def targets(examples: list[Example]) -> torch.Tensor:

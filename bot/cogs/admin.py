@@ -90,11 +90,11 @@ class Admin(commands.Cog):
             text = "That failed unexpectedly; the bot's log has the details."
         await self._tell(interaction, f"⚠️ {text}")
 
-    async def _tell(self, interaction: discord.Interaction, text: str, **kwargs: object) -> None:
+    async def _tell(self, interaction: discord.Interaction, text: str) -> None:
         if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+            await interaction.followup.send(text, ephemeral=True)
         else:
-            await interaction.response.send_message(text, ephemeral=True, **kwargs)  # type: ignore[arg-type]
+            await interaction.response.send_message(text, ephemeral=True)
 
     # -- /persona ---------------------------------------------------------------------------------------
 

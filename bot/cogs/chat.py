@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -29,6 +30,11 @@ COOLDOWN_REACTION = "⏳"
 SHUTDOWN_GRACE = 10.0  # seconds answers in progress get to finish when the bot stops
 MAX_TRACKED_USERS = 10_000  # users whose last answered message time is kept (for the cooldown)
 MAX_TRACKED_CHANNELS = 10_000  # channels whose last "busy" notice time is kept
+
+
+def _as_name(name: str, _: re.Match[str]) -> str:
+    # A function, not a replacement string: a display name like \1 is text, not a group.
+    return f"@{name}"
 
 
 def expression_file(path: Path | None) -> discord.File | None:
@@ -73,8 +79,7 @@ class Chat(commands.Cog):
         if self.bot.user is not None:
             text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
         for user in message.mentions:
-            # A function, not a replacement string: a display name like \1 is text, not a group.
-            text = re.sub(rf"<@!?{user.id}>", lambda _, name=user.display_name: f"@{name}", text)
+            text = re.sub(rf"<@!?{user.id}>", functools.partial(_as_name, user.display_name), text)
         return text.strip()
 
     # -- events -----------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def dilate_mask(mask: Image.Image, radius: int) -> Image.Image:
 def detect_face(persona: Persona, avatars: Path) -> tuple[int, int, int, int]:
     """Find the face box with OpenCV's anime-face or frontal-face cascade, when OpenCV is installed."""
     try:
-        import cv2  # type: ignore[import-not-found]
+        import cv2
     except ImportError:
         raise ExpressionError(
             f"persona '{persona.slug}' has no face region: add face_box = [x, y, width, height] (or"

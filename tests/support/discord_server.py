@@ -255,7 +255,7 @@ class FakeDiscord:
         }
 
     def _message(self, channel: int, author: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
-        message = {
+        message: dict[str, Any] = {
             "id": str(self.new_id()),
             "channel_id": str(channel),
             "guild_id": str(self.guild_id),
@@ -501,9 +501,10 @@ class FakeDiscord:
                 await self.dispatch("MESSAGE_CREATE", message)
                 return ok(message)
             case ("PATCH", ["channels", _, "messages", mid]) | ("PATCH", ["webhooks", _, _, "messages", mid]):
-                message = self.messages.get(int(mid)) if mid != "@original" else self._original
-                if message is None:
+                found = self.messages.get(int(mid)) if mid != "@original" else self._original
+                if found is None:
                     return ok({"message": "Unknown Message", "code": 10008}, status=404)
+                message = found
                 if body and "content" in body:
                     message["content"] = body["content"] or ""
                 if files or (body and "attachments" in body):

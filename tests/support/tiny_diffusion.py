@@ -132,7 +132,7 @@ def _build(
         requires_safety_checker=False,
     )
     if folder is not None:
-        pipe.save_pretrained(folder)
+        pipe.save_pretrained(folder)  # type: ignore[attr-defined]  # diffusers' mixin, untyped
     return pipe
 
 
