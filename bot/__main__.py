@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     imp = psub.add_parser("import", help="import a character card (PNG or JSON, V1/V2/V3)")
     imp.add_argument("file", type=Path)
     imp.add_argument("--name", help="persona id to use (default: from the card's name)")
+    imp.add_argument("--force", action="store_true", help="replace an existing persona of that id")
     exp = psub.add_parser("export", help="export a persona as a card PNG SillyTavern imports")
     exp.add_argument("name")
     exp.add_argument("out", type=Path)
@@ -84,7 +85,7 @@ def _persona_command(config: Config, args: argparse.Namespace) -> int:
         print(f"Lorebook entries: {len(persona.lorebook)}")
     elif args.action == "import":
         raw = _read_limited(args.file, config.persona.max_card_bytes)
-        persona = library.import_card(raw, args.file.name, slug=args.name)
+        persona = library.import_card(raw, args.file.name, slug=args.name, force=args.force)
         print(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
     elif args.action == "export":
         persona = library.load(args.name)

@@ -144,16 +144,24 @@ def _validate(payload: Any) -> Card:
         data, spec = dict(payload), "v1"
     else:
         raise CardError(f"unknown card spec {spec_name!r} (expected {V2_SPEC} or {V3_SPEC})")
+    # What SillyTavern accepts is accepted, in the form the spec gives it: null for empty text or lists,
+    # a number for character_version, a comma-separated tag string.
     for key in TEXT_FIELDS:
         value = data.get(key, "")
         if value is None:
             data[key] = ""
+        elif key == "character_version" and isinstance(value, int | float) and not isinstance(value, bool):
+            data[key] = str(value)
         elif not isinstance(value, str):
             raise CardError(f"card field '{key}' must be text, got {type(value).__name__}")
     if not data.get("name", "").strip():
         raise CardError("card field 'name' is missing or empty")
     for key in ("alternate_greetings", "tags", "group_only_greetings"):
         value = data.get(key, [])
+        if value is None:
+            data[key] = value = []
+        elif key == "tags" and isinstance(value, str):
+            data[key] = value = [tag.strip() for tag in value.split(",") if tag.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise CardError(f"card field '{key}' must be a list of text")
     if data.get("extensions", {}) is None:
@@ -274,6 +282,10 @@ def read_card(raw: bytes, filename: str, *, max_bytes: int, max_pixels: int) -> 
             return card
         if filename.lower().endswith(".png"):
             raise CardError("file is named .png but is not a PNG image")
+        if raw.startswith(b"PK\x03\x04"):
+            raise CardError(
+                "this is a zip (a CHARX card), which is not supported: export the card as PNG or JSON"
+            )
         return _validate(_parse_json(raw, "card file"))
     except CardError as exc:
         raise CardError(f"{filename}: {exc}") from None
@@ -282,6 +294,8 @@ def read_card(raw: bytes, filename: str, *, max_bytes: int, max_pixels: int) -> 
 def card_json(data: dict[str, Any], spec: Literal["v2", "v3"]) -> dict[str, Any]:
     """Wrap a card's data object in the V2 or V3 envelope."""
     data = dict(data)
+    if isinstance(data.get("character_book"), dict):
+        data["character_book"] = _book_for(data["character_book"], spec)
     if spec == "v3":
         data.setdefault("group_only_greetings", [])
         data.setdefault("assets", [{"type": "icon", "uri": "ccdefault:", "name": "main", "ext": "png"}])
@@ -298,6 +312,27 @@ def card_json(data: dict[str, Any], spec: Literal["v2", "v3"]) -> dict[str, Any]
     ):
         data.pop(key, None)
     return {"spec": V2_SPEC, "spec_version": "2.0", "data": data}
+
+
+def _book_for(book: dict[str, Any], spec: Literal["v2", "v3"]) -> dict[str, Any]:
+    """A lorebook with the fields its spec requires and older cards leave out: `extensions` on the
+    book and each entry, and V3's `use_regex` (false for entries upgraded from V2)."""
+    book = dict(book)
+    book.setdefault("extensions", {})
+    entries = book.get("entries") or []
+    if isinstance(entries, dict):  # SillyTavern's world-info layout: entries keyed by id
+        entries = list(entries.values())
+    upgraded = []
+    for entry in entries:
+        entry = dict(entry)
+        entry.setdefault("extensions", {})
+        entry.setdefault("enabled", True)
+        entry.setdefault("insertion_order", 100)
+        if spec == "v3":
+            entry.setdefault("use_regex", False)
+        upgraded.append(entry)
+    book["entries"] = upgraded
+    return book
 
 
 def write_card_png(portrait: Image.Image, data: dict[str, Any], spec: Literal["v2", "v3"]) -> bytes:

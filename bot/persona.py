@@ -222,7 +222,6 @@ def persona_from_card(card: Card, slug: str, portrait_file: str) -> Persona:
     kwargs: dict[str, Any] = {_CARD_TO_PERSONA.get(key, key): data.get(key, "") for key in TEXT_FIELDS}
     known = set(TEXT_FIELDS) | {"alternate_greetings", "tags"}
     extra = {key: value for key, value in data.items() if key not in known}
-    kwargs["name"] = kwargs["name"].strip()
     kwargs["appearance"] = f"portrait of {kwargs['name']}"
     extensions = data.get("extensions") or {}
     if CARD_EXTENSION in extensions:
@@ -350,9 +349,16 @@ class PersonaLibrary:
         path = self.portrait_path(persona)
         return path if path is not None and path.is_file() else None
 
-    def import_card(self, raw: bytes, filename: str, *, slug: str | None = None) -> Persona:
-        """Make a persona from a card file. Nothing is written unless the whole card is valid."""
+    def import_card(
+        self, raw: bytes, filename: str, *, slug: str | None = None, force: bool = False
+    ) -> Persona:
+        """Make a persona from a card file. Nothing is written unless the whole card is valid. A
+        chosen `slug` that is taken is replaced only with `force`; without a slug, a free one is made."""
         card = read_card(raw, filename, max_bytes=self.max_card_bytes, max_pixels=self.max_pixels)
+        if slug and check_slug(slug) in self.names() and not force:
+            raise PersonaError(
+                f"persona '{check_slug(slug)}' already exists; import with --force to replace it"
+            )
         slug = check_slug(slug) if slug else self._free_slug(slugify(card.data["name"]))
         portrait_file = f"{slug}.png" if card.portrait is not None else ""
         try:

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from bot.cards import read_card
-from bot.errors import CardError
+from bot.errors import CardError, PersonaError
 from bot.persona import CARD_EXTENSION, PersonaLibrary
 
 from .support.cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
+from .support.configs import REPO
 
 
 def load(raw: bytes, name: str = "card.png"):
@@ -41,7 +42,7 @@ def test_v2_png_made_elsewhere_imports_and_round_trips(library: PersonaLibrary, 
     ours = card.data["extensions"].pop(CARD_EXTENSION)  # this project's face settings, added on export
     assert ours["labels"] == list(reloaded.labels) and ours["appearance"] == "portrait of Captain Rook"
     for key, value in original.items():
-        assert card.data[key] == value, key  # every field, unknown extensions and the lorebook included
+        assert kept(value, card.data[key]), key  # every field, unknown extensions and the lorebook included
     assert card.portrait is not None and card.portrait.size == (64, 96)
 
 
@@ -87,7 +88,7 @@ def test_v3_png_round_trips_and_ccv3_wins_over_chara(library: PersonaLibrary) ->
     assert card.spec == "v3"
     assert card.data["extensions"].pop(CARD_EXTENSION)["labels"] == list(persona.labels)
     for key, value in V3_CARD["data"].items():
-        assert card.data[key] == value, key
+        assert kept(value, card.data[key]), key  # the V3 lorebook may gain use_regex: false
     # SillyTavern reads the 'chara' chunk of a V3 export too: it must be a valid V2 card.
     text = _text_chunks(library.export_card(library.load(persona.slug), "v3"))
     v2 = json.loads(base64.b64decode(text["chara"]))
@@ -205,3 +206,110 @@ def test_corrupt_chunk_checksum(library: PersonaLibrary) -> None:
     raw[-30] ^= 0xFF
     with pytest.raises(CardError, match=r"corrupt|truncated"):
         library.import_card(bytes(raw), "c.png")
+
+
+# -- cards from the wild, and what SillyTavern accepts -------------------------------------------------
+
+SHARED_CARDS = REPO.parent / "shared" / "cards"
+V3_ONLY = {"assets", "group_only_greetings", "nickname", "creator_notes_multilingual", "source"}
+V3_ONLY |= {"creation_date", "modification_date"}
+
+
+def wild_cards() -> list[str]:
+    if not SHARED_CARDS.is_dir():
+        return []
+    # SOURCES.md: `s-*` files are formats the project need not import; every other card must round-trip.
+    return sorted(
+        p.name
+        for p in SHARED_CARDS.iterdir()
+        if p.suffix in (".png", ".json") and not p.name.startswith("s-")
+    )
+
+
+def kept(original: object, exported: object) -> bool:
+    """Everything in `original` is in `exported` unchanged; exported may only add (spec-required) keys."""
+    if isinstance(original, dict) and isinstance(exported, dict):
+        return all(k in exported and kept(v, exported[k]) for k, v in original.items())
+    if isinstance(original, list) and isinstance(exported, list):
+        return len(original) == len(exported) and all(map(kept, original, exported))
+    return original == exported
+
+
+@pytest.mark.skipif(not wild_cards(), reason="../shared/cards is not beside this checkout")
+@pytest.mark.parametrize("name", wild_cards() or ["none"])
+@pytest.mark.parametrize("spec", ["v2", "v3"])
+def test_cards_from_the_wild_round_trip(library: PersonaLibrary, name: str, spec: str) -> None:
+    raw = (SHARED_CARDS / name).read_bytes()
+    original = load(raw, name).data
+    persona = library.import_card(raw, name)
+    assert persona.name == original["name"]  # spaces and punctuation included
+    first = load(library.export_card(persona, spec), "first.png")  # type: ignore[arg-type]
+    first.data["extensions"].pop(CARD_EXTENSION)
+    for key, value in original.items():
+        if spec == "v2" and key in V3_ONLY:
+            continue
+        assert kept(value, first.data[key]), key
+    again = library.import_card(library.export_card(persona, spec), name)  # type: ignore[arg-type]
+    second = load(library.export_card(again, spec), "second.png")  # type: ignore[arg-type]
+    second.data["extensions"].pop(CARD_EXTENSION)
+    assert second.data == first.data  # import, export, import again: equal
+
+
+def test_what_sillytavern_accepts_is_accepted(library: PersonaLibrary) -> None:
+    data = {
+        "name": "  Lady  Mira ",
+        "description": None,
+        "first_mes": "Hello.",
+        "character_version": 2.5,
+        "tags": "fantasy, lighthouse,  ,keeper",
+        "alternate_greetings": None,
+        "creator_notes": None,
+    }
+    raw = json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": data}).encode()
+    persona = library.import_card(raw, "mira.json")
+    assert persona.name == "  Lady  Mira "  # a display name keeps its spaces
+    assert persona.slug == "lady-mira"
+    assert persona.tags == ("fantasy", "lighthouse", "keeper")
+    assert persona.alternate_greetings == () and persona.description == ""
+    card = load(library.export_card(persona, "v3"), "out.png")
+    assert card.data["character_version"] == "2.5"
+    assert card.data["tags"] == ["fantasy", "lighthouse", "keeper"]
+
+
+def test_v3_export_upgrades_a_v2_lorebook(library: PersonaLibrary) -> None:
+    book = {"entries": [{"keys": ["lamp"], "content": "The lamp never goes out."}]}
+    data = {"name": "Rook", "first_mes": "Hi", "character_book": book}
+    raw = json.dumps({"spec": "chara_card_v2", "spec_version": "2.0", "data": data}).encode()
+    persona = library.import_card(raw, "rook.json")
+    v3 = load(library.export_card(persona, "v3"), "out.png").data["character_book"]
+    assert v3["extensions"] == {}
+    assert v3["entries"][0] | {"keys": ["lamp"]} == {
+        "keys": ["lamp"],
+        "content": "The lamp never goes out.",
+        "extensions": {},
+        "enabled": True,
+        "insertion_order": 100,
+        "use_regex": False,
+    }
+    v2 = load(library.export_card(persona, "v2"), "out.png").data["character_book"]
+    assert "use_regex" not in v2["entries"][0] and v2["entries"][0]["extensions"] == {}
+
+
+def test_importing_over_a_persona_needs_force(library: PersonaLibrary, snapshot) -> None:
+    raw = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)})
+    before = snapshot(library.dir)
+    with pytest.raises(PersonaError, match="already exists; import with --force"):
+        library.import_card(raw, "rook.png", slug="mira")
+    assert snapshot(library.dir) == before
+    replaced = library.import_card(raw, "rook.png", slug="mira", force=True)
+    assert replaced.name == "Captain Rook" and library.load("mira").name == "Captain Rook"
+
+
+def test_a_charx_card_is_refused_by_name(library: PersonaLibrary) -> None:
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as pack:
+        pack.writestr("card.json", json.dumps({"spec": "chara_card_v3", "data": {"name": "X"}}))
+    with pytest.raises(CardError, match="CHARX"):
+        library.import_card(out.getvalue(), "x.charx")
