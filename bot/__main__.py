@@ -12,13 +12,17 @@ from bot.config import Config, load_config
 from bot.errors import BotError, ConfigError
 
 EXIT_USAGE = 2
+DESCRIPTION = (
+    "A Discord roleplay bot whose portrait changes expression with the conversation. "
+    "Also: ./run test (lint, types, tests) and ./run bench (benchmarks)."
+)
 # Model threads (llama.cpp, torch) run Python between native calls; with the default 5 ms GIL switch
 # interval the event loop can wait 10-20 ms for the GIL. 1 ms halves the worst loop lag (bench discord).
 GIL_SWITCH_INTERVAL = 0.001
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="./run", description=DESCRIPTION)
     parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,15 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="roleplay in the terminal on the same engine and history")
     chat.add_argument("--persona", help="switch this channel to a persona first")
     chat.add_argument("--channel", type=int, default=0, help="history channel id (default 0: the terminal)")
-    chat.add_argument("--user", default="You", help="your name in the story")
+    chat.add_argument(
+        "--user", default=_account_name(), help="your name in the story (default: your login name)"
+    )
     chat.add_argument(
         "--no-images", action="store_true", help="print the face's file path instead of drawing the face"
     )
 
     persona = sub.add_parser("persona", help="list, show, import and export personas")
     psub = persona.add_subparsers(dest="action", required=True)
-    psub.add_parser("list")
-    show = psub.add_parser("show")
+    psub.add_parser("list", help="every persona, with its display name")
+    show = psub.add_parser("show", help="a persona's description, greeting, emotions and portrait")
     show.add_argument("name")
     imp = psub.add_parser("import", help="import a character card (PNG or JSON, V1/V2/V3)")
     imp.add_argument("file", type=Path)
@@ -66,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     spe.add_argument("out", type=Path)
 
     return parser
+
+
+def _account_name() -> str:
+    """The system account's name, as the story's default name for the person at the terminal."""
+    import getpass
+
+    try:
+        name = getpass.getuser().strip()
+    except (OSError, KeyError):  # no login name (some containers)
+        name = ""
+    return name[:1].upper() + name[1:] if name else "You"
 
 
 def _persona_command(config: Config, args: argparse.Namespace) -> int:
@@ -142,7 +159,8 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     async with open_engine(config) as engine:
         if args.persona:
             await engine.set_persona(args.channel, args.persona)
-        await Console(engine, args.channel, args.user, images=not args.no_images).run()
+        history = config.resolve(config.store.path).parent / "chat-history"
+        await Console(engine, args.channel, args.user, images=not args.no_images, history_file=history).run()
     return 0
 
 

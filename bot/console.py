@@ -1,7 +1,9 @@
 """Terminal chat on the same engine and store as the Discord bot.
 
-Input is read on a daemon thread so the event loop stays free (and Ctrl-C can cancel a reply that is
-being written: the user's message stays stored, the half reply is dropped).
+In a terminal, lines are edited with prompt_toolkit (arrow keys, history kept across sessions, a pasted
+block of several lines sent as one message). Otherwise (a pipe, a test) input is read on a daemon thread.
+Either way the event loop stays free, and Ctrl-C while a reply is being written cancels that reply: the
+user's message stays stored, the half reply is dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.engine import Engine, TurnResult
 from bot.errors import BotError
@@ -24,9 +26,17 @@ HELP = "commands: /persona NAME (switch), /personas (list), /reset (forget this 
 
 class Console:
     def __init__(
-        self, engine: Engine, channel_id: int, user: str, out: TextIO = sys.stdout, *, images: bool = True
+        self,
+        engine: Engine,
+        channel_id: int,
+        user: str,
+        out: TextIO = sys.stdout,
+        *,
+        images: bool = True,
+        history_file: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.history_file = history_file
         self.channel_id = channel_id
         self.user = user
         self.out = out
@@ -53,9 +63,39 @@ class Console:
         else:
             self._lines.put_nowait(None)
 
+    def _line_editor(self) -> Any:
+        """A prompt_toolkit session when both ends are a terminal; None for pipes."""
+        if not (sys.stdin.isatty() and self.out.isatty()):
+            return None
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+        history: Any = InMemoryHistory()
+        if self.history_file is not None:
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            history = FileHistory(str(self.history_file))
+        return PromptSession(history=history)
+
+    async def _next_line(self, editor: Any) -> str | None:
+        """The next line typed; None at the end of input (Ctrl-D, end of a pipe)."""
+        if editor is None:
+            self.say(f"{self.user}> ", end="")
+            return await self._lines.get()
+        while True:
+            try:
+                # Our SIGINT handler stays in charge: Ctrl-C at the prompt is a key press here.
+                line: str = await editor.prompt_async(f"{self.user}> ", handle_sigint=False)
+                return line
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line, as in a shell
+            except EOFError:
+                return None
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
+        editor = self._line_editor()
+        if editor is None:
+            threading.Thread(target=self._read_stdin, args=(loop,), daemon=True).start()
         # Not possible off the main thread or on Windows: Ctrl-C then simply ends the program.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, self._interrupt)
@@ -63,8 +103,7 @@ class Console:
         await self._show_opening()
         self.say(f"[{HELP}]")
         while True:
-            self.say(f"{self.user}> ", end="")
-            line = await self._lines.get()
+            line = await self._next_line(editor)
             if line is None:
                 self.say()
                 break

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from bot.expressions.service import ExpressionImage
 from bot.llm import GenerationStats, LLMBackend
 from bot.persona import Persona, PersonaLibrary
 from bot.prompt import PromptBuilder, Turn
+from bot.speakers import LabelGate, strip_speaker_labels
 from bot.store import Store, StoredMessage
 
 _log = logging.getLogger(__name__)
@@ -85,11 +85,14 @@ class TurnResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def clean_reply(text: str, persona_name: str) -> str:
-    """The model's text as a chat message: no echoed 'Name:' prefix, no trailing half-turn."""
-    text = text.strip()
-    text = re.sub(rf"^\s*{re.escape(persona_name)}\s*:\s*", "", text, flags=re.IGNORECASE)
-    return text.strip() or EMPTY_REPLY
+async def _shown(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
+
+
+def clean_reply(text: str, speakers: list[str]) -> str:
+    """The model's text as a chat message: no speaker labels at the start ("Mira:", "Sam:")."""
+    return strip_speaker_labels(text.strip(), speakers).strip() or EMPTY_REPLY
 
 
 class Engine:
@@ -281,17 +284,19 @@ class Engine:
             names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
             stops = sorted({f"\n{n}:" for n in names} | {"\nUser:", f"\n{persona.name}:"})
             generation = self.llm.generate(built.text, stop=stops, session=channel_id)
+            speakers = [persona.name, *names, "User"]
+            gate = LabelGate(speakers)
             parts: list[str] = []
             reply_started = time.perf_counter()
             async for chunk in generation.chunks():
                 parts.append(chunk)
-                if on_text is not None:
-                    shown = on_text(chunk)
-                    if shown is not None:
-                        await shown
+                if on_text is not None and (visible := gate.feed(chunk)):
+                    await _shown(on_text(visible))
+            if on_text is not None and (visible := gate.flush()):
+                await _shown(on_text(visible))
             reply_seconds = time.perf_counter() - reply_started
             raw_reply = "".join(parts)
-            reply = clean_reply(raw_reply, persona.name)
+            reply = clean_reply(raw_reply, speakers)
 
             emotion_started = time.perf_counter()
             state = await self.store.channel(channel_id)

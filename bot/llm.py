@@ -347,7 +347,10 @@ class LlamaBackend:
                         stats.finish_reason = "cancelled"
                         break
                     if time.monotonic() > deadline:
-                        raise GenerationTimeout(f"the reply took longer than {config.timeout_seconds:g} s")
+                        raise GenerationTimeout(
+                            f"the reply took longer than {config.timeout_seconds:g} s"
+                            " (raise [model] timeout_seconds in config.toml for a slower model)"
+                        )
                 end = time.perf_counter()
                 stats.prompt_seconds = (first or end) - start
                 stats.decode_seconds = end - (first or end)

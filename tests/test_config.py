@@ -84,3 +84,25 @@ def test_relative_paths_resolve_next_to_the_config(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[store]\npath = "db/x.sqlite3"\n')
     assert load_config(path).resolve("db/x.sqlite3") == tmp_path.resolve() / "db/x.sqlite3"
+
+
+def test_help_names_the_command_people_type_and_describes_every_subcommand() -> None:
+    import argparse
+
+    from bot.__main__ import _parser
+
+    parser = _parser()
+    assert parser.format_usage().startswith("usage: ./run ")
+
+    def undescribed(p: argparse.ArgumentParser, path: str) -> list[str]:
+        missing = []
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                described = {a.dest for a in action._choices_actions if a.help}
+                for name, sub in action.choices.items():
+                    if name not in described:
+                        missing.append(f"{path} {name}")
+                    missing += undescribed(sub, f"{path} {name}")
+        return missing
+
+    assert undescribed(parser, "./run") == []

@@ -93,7 +93,7 @@ def test_terminal_chat_survives_ctrl_c_and_restart(tmp_path: Path) -> None:
 class TerminalChat:
     """`python -m bot chat` in a pseudo-terminal of 100x40 cells, as a person's terminal runs it."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, user: str | None = "Sam") -> None:
         import fcntl
         import pty
         import struct
@@ -102,8 +102,11 @@ class TerminalChat:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 800, 800))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TERM": "xterm-256color", "COLORTERM": "truecolor"}
+        # This pseudo-terminal does not answer cursor-position requests as a real terminal does.
+        env["PROMPT_TOOLKIT_NO_CPR"] = "1"
+        who = ["--user", user] if user else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "--config", str(config), "chat", "--user", "Sam", *args],
+            [sys.executable, "-m", "bot", "--config", str(config), "chat", *who, *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -129,6 +132,20 @@ class TerminalChat:
 
     def type(self, line: str) -> None:
         os.write(self.master, (line + "\n").encode())
+
+    def keys(self, raw: str) -> None:
+        os.write(self.master, raw.encode())
+
+    def expect_count(self, text: bytes, count: int, limit: float = 120) -> bytes:
+        import select
+
+        deadline = time.monotonic() + limit
+        while self.output.count(text) < count:
+            ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{text!r} not seen {count} times; output:\n{self.output!r}")
+            self.output += os.read(self.master, 65536)
+        return self.output
 
     def close(self) -> int:
         code = self.proc.wait(timeout=60)
@@ -178,3 +195,47 @@ def test_chat_says_why_the_face_was_kept(tmp_path: Path) -> None:
         "[kept the fear face: joy 0.40 not 0.05 above]\n"
         f"[face: {face}]\n"  # not a terminal: the path
     )
+
+
+def stored_user_messages(folder: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(folder / "data" / "test.sqlite3") as db:
+        return [row[0] for row in db.execute("SELECT content FROM messages WHERE role = 'user' ORDER BY id")]
+
+
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"  # what a terminal sends around pasted text
+LEFT, UP, ENTER = "\x1b[D", "\x1b[A", "\r"
+
+
+def test_the_terminal_edits_lines_keeps_history_and_takes_a_paste_whole(tmp_path: Path) -> None:
+    import getpass
+
+    config = write_config(tmp_path)
+    account = getpass.getuser()
+    name = account[:1].upper() + account[1:]
+    chat = TerminalChat(config, "--no-images", user=None)  # the name comes from the system account
+    chat.expect(f"{name}>".encode())  # prompt_toolkit moves the cursor rather than print the space
+    # A pasted block of several lines is one message, not one per line.
+    chat.keys(PASTE_START + "The storm broke the mast.\nWe drifted all night." + PASTE_END + ENTER)
+    chat.expect_count(b"judged by classifier)]", 1)
+    # Arrow keys edit the line: "abd", left, "c" gives "abcd".
+    chat.keys("abd" + LEFT + "c" + ENTER)
+    chat.expect_count(b"judged by classifier)]", 2)
+    chat.keys(UP + ENTER)  # the previous line again, from the history
+    chat.expect_count(b"judged by classifier)]", 3)
+    chat.keys("/quit" + ENTER)
+    assert chat.close() == 0
+    assert stored_user_messages(tmp_path) == [
+        "The storm broke the mast.\nWe drifted all night.",
+        "abcd",
+        "abcd",
+    ]
+    # The history outlives the session.
+    again = TerminalChat(config, "--no-images")
+    again.expect(b"Sam>")
+    again.keys(UP + UP + ENTER)
+    again.expect_count(b"judged by classifier)]", 1)
+    again.keys("/quit" + ENTER)
+    assert again.close() == 0
+    assert stored_user_messages(tmp_path)[-1] == "abcd"

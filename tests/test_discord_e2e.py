@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.engine import Engine
-from bot.llm import Generation, LLMBackend
-from bot.prompt import Message
 
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
 from .support.harness import bot_config, running_bot
+from .support.scripted import Scripted
 
 pytestmark = pytest.mark.slow
 
@@ -192,38 +191,6 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
         await server.wait_for(callbacks(token))
         status = callback_text(server, token)[0]
         assert "SmolLM2" in status and "**Emotion judge**: classifier" in status
-
-
-class Scripted:
-    """The real model, except that its replies are the given texts: for checking what the bot does
-    with hostile or huge output that a 135M model cannot be made to write on demand."""
-
-    def __init__(self, model: LLMBackend, replies: Sequence[str], pause: float = 0.0) -> None:
-        self._model = model
-        self._replies = list(replies)
-        self._pause = pause
-        self.name, self.n_ctx = model.name, model.n_ctx
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self._model.tokenize(text)
-
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return self._model.render(messages, add_generation_prompt)
-
-    def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
-    ) -> Generation:
-        text = self._replies.pop(0)
-
-        async def chunks() -> AsyncIterator[str]:
-            for i in range(0, len(text), 50):
-                await asyncio.sleep(self._pause)  # a slow model, for streaming
-                yield text[i : i + 50]
-
-        return Generation(chunks=chunks)
 
 
 LONG = (

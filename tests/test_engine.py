@@ -125,3 +125,26 @@ async def test_warm_turns_reuse_the_prefix_when_history_overflows(config: Config
         assert cold.stats.evaluated_tokens > 1000
         for result in warm:
             assert result.stats.evaluated_tokens < 200, result.stats
+
+
+async def test_a_reply_never_starts_with_speaker_labels(config: Config, model) -> None:
+    """Small models open with "Mira:" or speak for the member ("Sam:"); neither is shown or stored,
+    however the stream is cut, and a colon later in the reply is left alone."""
+    from bot.app import persona_library
+    from bot.engine import Engine
+    from bot.store import Store
+
+    from .support.scripted import Scripted
+
+    replies = ["Mira: Sam: The lamp is lit, Sam.", " **Mira:** Hello: again.", "Mira smiles. Yes."]
+    store = await Store.open(config.resolve(config.store.path))
+    try:
+        engine = Engine(config, store, Scripted(model, replies, chunk=3), persona_library(config))
+        for n, expected in enumerate(["The lamp is lit, Sam.", "Hello: again.", "Mira smiles. Yes."]):
+            shown: list[str] = []
+            result = await engine.turn(1, "Sam", f"Is the lamp lit? ({n})", on_text=shown.append)
+            assert "".join(shown) == result.text == expected
+        stored = [m.content for m in await store.history(1, "mira") if m.role == "assistant"]
+        assert stored == ["The lamp is lit, Sam.", "Hello: again.", "Mira smiles. Yes."]
+    finally:
+        await store.close()

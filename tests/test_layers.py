@@ -13,7 +13,7 @@ from .support.configs import REPO
 PACKAGE = REPO / "bot"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "native", "bounded", "files", "splitting", "workers", "config", "images", "gguf"),
+    ("errors", "native", "bounded", "files", "splitting", "speakers", "workers", "config", "images", "gguf"),
     ("store", "cards", "persona", "prompt"),
     ("llm", "emotion", "expressions"),
     ("engine",),
