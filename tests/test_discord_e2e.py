@@ -4,6 +4,7 @@ inpainting pipeline, against the local Discord server."""
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -403,3 +404,122 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
         # Groups mixing read-only and changing subcommands stay visible; their changing subcommands
         # are refused in code (test_persona_admin_commands). Issue 8 moves them to top-level commands.
         assert synced["status"].get("default_member_permissions") is None
+
+
+def subcommand(command: str, **values: str) -> list[dict[str, Any]]:
+    options = [{"name": k, "type": 3, "value": v} for k, v in values.items()]
+    return [{"name": command, "type": 1, "options": options}]
+
+
+async def test_reset_keep_it_and_only_its_owner_answers(server: FakeDiscord, config) -> None:
+    channel = server.channels["general"]
+    other_admin = FakeDiscord.user("Bea", user_id=2_000_000_000_000_000_003)
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "hello")
+        await server.wait_for(posts_to(channel))
+        token = await server.slash(channel, ADMIN, "reset", admin=True)
+        [prompt] = await server.wait_for(_is_reset_prompt(token))
+        erase, keep = prompt.json["data"]["components"][0]["components"]
+        original = server._original
+
+        async def press(user: dict[str, Any], button: dict[str, Any]) -> str:
+            data = {"custom_id": button["custom_id"], "component_type": 2}
+            return await server.slash(channel, user, "", kind=3, admin=True, message=original, data=data)
+
+        # Another admin cannot answer someone else's confirmation.
+        refused = await press(other_admin, erase)
+        await server.wait_for(
+            lambda r: callbacks(refused)(r) and "Only the admin who ran /reset" in str(r.json)
+        )
+        assert await run.engine.store.count_messages(channel) == 2
+        await press(ADMIN, keep)
+        await server.wait_for(lambda r: r.method == "PATCH" and "History kept." in str(r.json))
+        assert await run.engine.store.count_messages(channel) == 2
+
+
+async def test_channel_disable_stops_answers(server: FakeDiscord, config) -> None:
+    general, roleplay = server.channels["general"], server.channels["roleplay"]
+    async with running_bot(config, server):
+        await enable(server, general)
+        await enable(server, roleplay)
+        token = await server.slash(general, ADMIN, "channel", subcommand("disable"), admin=True)
+        await server.wait_for(lambda r: callbacks(token)(r) and "Disabled here." in str(r.json))
+        await server.say(general, MEMBER, "anyone?")
+        await server.say(roleplay, MEMBER, "hello there")
+        # Messages are handled in order: once the later one is answered, the earlier one was passed over.
+        await server.wait_for(posts_to(roleplay))
+        assert server.sent(posts_to(general)) == [] and server.sent(typing_in(general)) == []
+
+
+async def test_persona_list_show_and_export_work_for_members(server: FakeDiscord, config) -> None:
+    from bot.cards import read_card
+
+    channel = server.channels["general"]
+    async with running_bot(config, server):
+        token = await server.slash(channel, MEMBER, "persona", subcommand("list"))
+        await server.wait_for(callbacks(token))
+        assert "`mira`: Mira" in callback_text(server, token)[0]
+        token = await server.slash(channel, MEMBER, "persona", subcommand("show"))
+        [shown] = await server.wait_for(callbacks(token))
+        embed = shown.json["data"]["embeds"][0]
+        assert embed["title"] == "Mira" and "lighthouse" in embed["description"].lower()
+        token = await server.slash(channel, MEMBER, "persona", subcommand("export", spec="v2"))
+        [exported] = await server.wait_for(callbacks(token))
+        card = read_card(exported.files["mira.png"], "mira.png", max_bytes=10**7, max_pixels=10**8)
+        assert card.spec == "v2" and card.data["name"] == "Mira"
+        token = await server.slash(channel, MEMBER, "persona", subcommand("show", name="nobody"))
+        await server.wait_for(lambda r: callbacks(token)(r) and "nobody" in str(r.json))
+
+
+async def test_expression_show_and_render(server: FakeDiscord, config) -> None:
+    from PIL import Image
+
+    channel = server.channels["general"]
+    async with running_bot(config, server):
+        token = await server.slash(channel, MEMBER, "expression", subcommand("show", label="joy"))
+        [shown] = await server.wait_for(callbacks(token))
+        assert "Mira: *joy*" in shown.json["data"]["content"]
+        assert shown.files["expression.png"].startswith(b"\x89PNG")
+        token = await server.slash(channel, MEMBER, "expression", subcommand("show", label="smug"))
+        await server.wait_for(
+            lambda r: callbacks(token)(r) and "is not one of Mira's emotions" in str(r.json)
+        )
+        # Rendering every face is for managers; it ends with a contact sheet of all ten.
+        token = await server.slash(channel, MEMBER, "expression", subcommand("render"))
+        await server.wait_for(lambda r: callbacks(token)(r) and "Manage Server" in str(r.json))
+        token = await server.slash(channel, ADMIN, "expression", subcommand("render"), admin=True)
+        [done] = await server.wait_for(
+            lambda r: r.method == "PATCH" and "Rendered 10 faces of Mira" in str(r.json), limit=120
+        )
+        with Image.open(io.BytesIO(done.files["contact-sheet.png"])) as sheet:
+            assert sheet.size == (5 * 256, 2 * (256 + 24))
+
+
+async def test_shutdown_lets_answers_finish_and_cancels_late_ones(
+    server: FakeDiscord, config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = server.channels["general"]
+    story = "The lamp holds through the night, as it always has. " * 4
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, [story, story * 20], pause=0.2)  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap=script) as run:
+        await enable(server, channel)
+        await server.say(channel, MEMBER, "Will the lamp hold?")
+        await server.wait_for(typing_in(channel))
+        await run.bot.close()  # the answer in progress gets its grace period and is delivered whole
+        [reply] = server.sent(posts_to(channel))
+        assert reply.json["content"] == story.strip()
+        assert [m.role for m in await run.engine.store.history(channel, "mira")] == ["user", "assistant"]
+
+    monkeypatch.setattr("bot.cogs.chat.SHUTDOWN_GRACE", 0.3)
+    async with running_bot(config, server, wrap=script) as run:
+        run.engine.llm._replies = [story * 20]  # type: ignore[attr-defined]
+        await server.say(channel, MEMBER, "Tell me everything.")
+        await server.wait_for(typing_in(channel), count=2)
+        await run.bot.close()  # past the grace period: cancelled, and nothing half-saved
+        assert len(server.sent(posts_to(channel))) == 1
+        roles = [m.role for m in await run.engine.store.history(channel, "mira")]
+        assert roles == ["user", "assistant", "user"]

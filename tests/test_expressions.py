@@ -158,6 +158,42 @@ async def test_failing_pipeline_falls_back(expr_config: Config, caplog: pytest.L
         await store.close()
 
 
+class OutOfMemory:
+    """A pipeline on a GPU too small for it: torch's own out-of-memory error."""
+
+    def __call__(self, **_: object) -> None:
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+async def test_out_of_memory_falls_back_and_says_what_to_change(
+    expr_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(expr_config.resolve(expr_config.store.path))
+    library = persona_library(expr_config)
+    mira = library.load("mira")
+    good = ExpressionService(expr_config, store, library)
+    small_gpu = ExpressionService(
+        expr_config,
+        store,
+        library,
+        Renderer(expr_config.expressions, expr_config.root, lambda *_: OutOfMemory()),
+    )
+    try:
+        neutral = await good.render(mira, "neutral")
+        image = await small_gpu.image_for(mira, "sadness")
+        assert image.path == neutral  # the best face at hand is shown now
+        assert image.fresh is not None and await image.fresh is None
+        assert "ran out of memory" in caplog.text and "cpu_offload = true" in caplog.text
+        with pytest.raises(ExpressionError, match="cpu_offload = true"):
+            await small_gpu.render(mira, "sadness")
+    finally:
+        await good.close()
+        await small_gpu.close()
+        await store.close()
+
+
 async def test_engine_gets_best_image_now_and_fresh_render_later(service: ExpressionService) -> None:
     mira = service.personas.load("mira")
     image = await service.image_for(mira, "love")
@@ -174,13 +210,19 @@ async def test_render_timeout_falls_back(expr_config: Config) -> None:
             expr_config.root,
             expression_settings(expr_config.expressions.model).replace("steps = 2", "steps = 50")
             + "timeout_seconds = 0.05\n",
+            sprites=False,
         )
     )
     store = await Store.open(slow.resolve(slow.store.path))
     svc = ExpressionService(slow, store, persona_library(slow))
+    mira = svc.personas.load("mira")
     try:
         with pytest.raises(TimeoutError):
-            await svc.render(svc.personas.load("mira"), "joy")
+            await svc.render(mira, "joy")
+        # In a chat: the portrait now, and the render that ran out of time offers nothing later.
+        image = await svc.image_for(mira, "anger")
+        assert image.path == svc.personas.portrait_path(mira)
+        assert image.fresh is not None and await image.fresh is None
     finally:
         await svc.close()
         await store.close()

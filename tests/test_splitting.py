@@ -42,3 +42,16 @@ def test_huge_code_block_is_closed_and_reopened() -> None:
 def test_one_giant_word_is_cut() -> None:
     chunks = split_message("a" * 5000)
     assert [len(c) for c in chunks] == [1996, 1996, 1008]
+
+
+def test_a_long_reply_splits_between_paragraphs_first() -> None:
+    # Lines inside each paragraph too: a line break is a worse cut than a paragraph break.
+    paragraphs = [
+        f"Paragraph {i}.\n" + "\n".join("The sea is grey and the wind is cold." for _ in range(12))
+        for i in range(8)
+    ]
+    chunks = split_message("\n\n".join(p.strip() for p in paragraphs))
+    assert len(chunks) > 1
+    for chunk in chunks:
+        # Every message is whole paragraphs: no paragraph is cut while a paragraph break was available.
+        assert all(part.strip() in [p.strip() for p in paragraphs] for part in chunk.split("\n\n"))

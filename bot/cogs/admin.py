@@ -46,7 +46,12 @@ class ConfirmReset(discord.ui.View):
         self.confirmed: bool | None = None
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.owner
+        if interaction.user.id == self.owner:
+            return True
+        await interaction.response.send_message(
+            "Only the admin who ran /reset can answer this.", ephemeral=True
+        )
+        return False
 
     @discord.ui.button(label="Erase history", style=discord.ButtonStyle.danger)
     async def erase(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmReset]) -> None:
