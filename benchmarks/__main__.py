@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--contended", action="store_true", help="llm, discord: measure beside a busy loop on one core"
     )
+    parser.add_argument(
+        "--backend",
+        choices=["llamacpp", "openai"],
+        default="llamacpp",
+        help="llm: openai compares the embedded model with the same model behind a local server",
+    )
     return parser
 
 
@@ -39,6 +45,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.emotion import bench_emotion
 
         return await bench_emotion(config, args)
+    if args.what == "llm" and args.backend == "openai":
+        from benchmarks.server import bench_backends
+
+        return await bench_backends(config, args.quick)
     if args.what == "llm":
         from benchmarks.llm import bench_llm
 

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from bot.config import Config
 from bot.emotion import EmotionJudge
 from bot.engine import Engine
-from bot.llm import LlamaBackend
+from bot.llm import load_backend
 from bot.persona import PersonaLibrary
 from bot.store import Store
 
 JUDGE_VERDICTS = "emotion-judge.json"  # beside the database: which judge `auto` chose for each model
-
-
-def model_identity(path: Path) -> str:
-    """A model file as `auto` remembers it: name and size (a new download measures again)."""
-    try:
-        return f"{path.name} ({path.stat().st_size} bytes)"
-    except OSError:
-        return path.name
 
 
 def persona_library(config: Config) -> PersonaLibrary:
@@ -40,7 +31,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
     personas.load(config.persona.default)  # a broken default persona should stop start-up, not a chat
     store = await Store.open(config.resolve(config.store.path))
     try:
-        llm = await LlamaBackend.load(config.model, config.root)
+        llm = await load_backend(config.model, config.root)
         try:
             expressions = None
             if config.expressions.enabled:
@@ -51,7 +42,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             judge = EmotionJudge(
                 config.emotion,
                 llm,
-                model_id=model_identity(llm.path),
+                model_id=llm.identity,
                 verdict_file=config.resolve(config.store.path).parent / JUDGE_VERDICTS,
             )
             engine = Engine(config, store, llm, personas, expressions, judge)

@@ -50,7 +50,12 @@ def prompt_threads(config: ModelConfig) -> int:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = ""  # empty: the bundled SmolLM2-135M-Instruct GGUF
+    backend: Literal["llamacpp", "openai"] = "llamacpp"  # a GGUF in this process, or a model server
+    path: str = ""  # llamacpp: the GGUF; empty: the bundled SmolLM2-135M-Instruct
+    base_url: str = ""  # openai: the server's API root, e.g. http://127.0.0.1:8080/v1
+    model: str = ""  # openai: the model name the server knows; empty: the first it lists
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key, if any
+    max_concurrent: int = 1  # openai: requests at once (match the server's parallel slots)
     n_ctx: int = 4096
     n_gpu_layers: int = 0
     n_threads: int = 0  # decode threads; 0: one less than the CPU count (at least 1)
@@ -225,6 +230,12 @@ def _validate(config: Config, source: str) -> None:
             "must be under half of n_ctx",
         ),
         (config.model.queue_size >= 1, "model.queue_size", "must be at least 1"),
+        (1 <= config.model.max_concurrent <= 64, "model.max_concurrent", "must be between 1 and 64"),
+        (
+            config.model.backend != "openai" or config.model.base_url.startswith(("http://", "https://")),
+            "model.base_url",
+            'must be the server\'s http:// or https:// address when backend = "openai"',
+        ),
         (config.model.timeout_seconds > 0, "model.timeout_seconds", "must be positive"),
         (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
@@ -260,6 +271,12 @@ def load_config(path: str | Path = "config.toml") -> Config:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     if "token" in table or "token" in table.get("discord", {}):
         raise ConfigError(f"{path}: key 'discord.token' is not read from files; set DISCORD_TOKEN instead")
+    model_table = table.get("model")
+    if isinstance(model_table, dict) and "api_key" in model_table:
+        raise ConfigError(
+            f"{path}: key 'model.api_key' is not read from files; put the key in the environment variable"
+            " named by model.api_key_env (default OPENAI_API_KEY)"
+        )
     config = _build(Config, table, str(path), "")
     config = dataclasses.replace(config, root=path.resolve().parent)
     _validate(config, str(path))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from bot.engine import Engine
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
 from .support.harness import bot_config, running_bot
+from .support.model_server import model_server
 from .support.scripted import Scripted
 
 pytestmark = pytest.mark.slow
@@ -44,9 +45,20 @@ async def server() -> AsyncIterator[FakeDiscord]:
     await s.stop()
 
 
+@pytest.fixture(scope="module", params=["llamacpp", "openai"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """[model] lines for each backend: the suite runs once in-process and once through a model server
+    (llama-cpp-python's own, in its own process)."""
+    if request.param == "llamacpp":
+        yield ""
+        return
+    with model_server(log=tmp_path_factory.mktemp("model-server") / "server.log") as base_url:
+        yield f'backend = "openai"\nbase_url = "{base_url}"\n'
+
+
 @pytest.fixture
-def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path):
-    return bot_config(tmp_path, server, tiny_pipeline_dir)
+def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path, backend: str):
+    return bot_config(tmp_path, server, tiny_pipeline_dir, model=backend)
 
 
 async def enable(server: FakeDiscord, channel: int, mode: str = "all") -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def write_config(folder: Path, extra: str = "", *, sprites: bool = True) -> Path:
+def write_config(folder: Path, extra: str = "", *, sprites: bool = True, model: str = "") -> Path:
     """A config.toml in `folder` with its own database, personas and avatars (copied from the repo).
-    `sprites=False` leaves out the shipped expression sets, so that faces are rendered."""
+    `sprites=False` leaves out the shipped expression sets, so that faces are rendered; `model` adds
+    lines to the [model] table (a server backend, say)."""
     shutil.copytree(REPO / "persona", folder / "persona", dirs_exist_ok=True)
     skip = ("cache",) if sprites else ("cache", "sprites")
     shutil.copytree(
@@ -19,9 +20,11 @@ def write_config(folder: Path, extra: str = "", *, sprites: bool = True) -> Path
     path = folder / "config.toml"
     path.write_text(
         "[model]\nn_ctx = 2048\nmax_reply_tokens = 48\ntemperature = 0.0\nseed = 7\n"
-        '[store]\npath = "data/test.sqlite3"\n'
+        + model
+        + '[store]\npath = "data/test.sqlite3"\n'
         # `auto` would measure the judges in the background during every test; test_emotion covers it.
-        '[emotion]\njudge = "classifier"\n' + extra
+        + '[emotion]\njudge = "classifier"\n'
+        + extra
     )
     return path
 

@@ -24,6 +24,7 @@ def bot_config(
     extra: str = "",
     discord_extra: str = "",
     cooldown: float = 2.0,
+    model: str = "",
 ) -> Config:
     expressions = expression_settings(pipeline) if pipeline else ""  # none: shipped sprites only
     discord = (
@@ -31,7 +32,9 @@ def bot_config(
         f"cooldown_seconds = {cooldown}\n"
         "max_pending_per_channel = 2\nmax_attachment_bytes = 200000\n" + discord_extra
     )
-    return load_config(write_config(folder, expressions + discord + extra, sprites=pipeline is None))
+    return load_config(
+        write_config(folder, expressions + discord + extra, sprites=pipeline is None, model=model)
+    )
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The language model: a small backend protocol and the llama.cpp backend.
+"""The embedded backend: llama.cpp in this process.
 
 One `Llama` object lives on one worker thread; every call (generate, classify) is a job on that thread,
 served in order. The event loop only awaits results, so Discord's heartbeat never waits for the model.
@@ -17,14 +17,14 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Hashable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import GenerationTimeout, ModelError
 from bot.gguf import context_cache_bytes, read_metadata
+from bot.llm.base import Generation, GenerationStats
 from bot.prompt import Message
 from bot.workers import ModelWorker
 
@@ -87,6 +87,15 @@ def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
     return tuple(sorted(t for t in ends if t >= 0))
 
 
+def model_identity(path: Path) -> str:
+    """A model file as the emotion judge's `auto` remembers it: name and size (a new download measures
+    again)."""
+    try:
+        return f"{path.name} ({path.stat().st_size} bytes)"
+    except OSError:
+        return path.name
+
+
 def check_gguf(path: Path) -> dict[str, Any]:
     """Refuse a missing file or one that is not GGUF before llama.cpp sees it; its metadata."""
     if not path.is_file():
@@ -132,53 +141,6 @@ def sampling(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    evaluated_tokens: int = 0  # prompt tokens actually evaluated (the rest came from the cached prefix)
-    generated_tokens: int = 0
-    prompt_seconds: float = 0.0  # until the first token
-    decode_seconds: float = 0.0  # first token to last
-    finish_reason: str = ""
-
-
-@dataclass
-class Generation:
-    """A started generation: iterate `chunks()` for text; `stats` is filled in as it runs."""
-
-    chunks: Callable[[], AsyncIterator[str]]
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-
-class LLMBackend(Protocol):
-    """What the engine needs from a language model."""
-
-    name: str
-    n_ctx: int
-
-    def tokenize(self, text: str) -> list[int]: ...
-
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str: ...
-
-    def generate(
-        self,
-        prompt: str,
-        *,
-        stop: Sequence[str] = (),
-        max_tokens: int | None = None,
-        session: Hashable = None,
-    ) -> Generation: ...
-
-    async def classify(
-        self, prompt: str, options: Sequence[str], *, session: Hashable = None
-    ) -> dict[str, float]: ...
-
-    @property
-    def pending(self) -> int: ...
-
-    async def close(self) -> None: ...
-
-
 class LlamaBackend:
     """llama-cpp-python behind the worker. Create with `await LlamaBackend.load(config, root)`."""
 
@@ -190,6 +152,7 @@ class LlamaBackend:
         self._worker = worker
         self.path = path
         self.name = path.name
+        self.identity = model_identity(path)
         self.n_ctx = llama.n_ctx()
         self._cancel_all = threading.Event()
         template = llama.metadata.get("tokenizer.chat_template")

@@ -1,0 +1,72 @@
+"""llama-cpp-python's own OpenAI-compatible server on the bundled model, as a separate process: what the
+server backend is tested against (no mock)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from bot.llm import bundled_model_path
+
+READY_WITHIN = 120.0  # seconds for the server to load the model and answer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def model_server(n_ctx: int = 2048, log: Path | None = None) -> Iterator[str]:
+    """A running server; yields its base URL (http://127.0.0.1:PORT/v1)."""
+    port = free_port()
+    out = log.open("w") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(bundled_model_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(n_ctx),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + READY_WITHIN
+        while True:  # ready when it lists its model
+            if process.poll() is not None:
+                raise RuntimeError(f"the model server exited with {process.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as response:
+                    if json.loads(response.read())["data"]:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the model server did not answer within {READY_WITHIN:g} s") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log is not None:
+            out.close()  # type: ignore[union-attr]

@@ -1,0 +1,179 @@
+"""The server backend against a real OpenAI-compatible server: llama-cpp-python's own, in its own process,
+on the bundled model. Turns, streaming, the emotion step, cancellation, timeouts, a busy server, and the
+bad cases (unreachable, unknown model) each give one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import open_engine
+from bot.config import Config, ModelConfig, load_config
+from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.llm import Generation, load_backend
+from bot.llm.openai import WORD_JOINER, OpenAIBackend, defuse, option_scores
+
+from .support.configs import write_config
+from .support.model_server import free_port, model_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with model_server(log=tmp_path_factory.mktemp("server") / "server.log") as base_url:
+        yield base_url
+
+
+def server_config(folder: Path, base_url: str, extra: str = "") -> Config:
+    model = f'backend = "openai"\nbase_url = "{base_url}"\n' + extra
+    return load_config(write_config(folder, model=model))
+
+
+async def test_turns_stream_through_the_server(tmp_path: Path, server: str) -> None:
+    config = server_config(tmp_path, server)
+    async with open_engine(config) as engine:
+        assert isinstance(engine.llm, OpenAIBackend)
+        assert engine.llm.n_ctx == 2048 and engine.llm.supports_logprobs
+        shown: list[str] = []
+        result = await engine.turn(3, "Sam", "Hello Mira! What a storm tonight.", on_text=shown.append)
+        assert len(shown) > 3 and "".join(shown).strip() == result.text  # streamed, piece by piece
+        assert result.stats.generated_tokens > 3
+        mira = engine.personas.load("mira")
+        assert result.emotion.label in mira.labels
+        assert result.image.path is not None and result.image.path.parent.name == "mira"  # its face
+        second = await engine.turn(3, "Sam", "Is the lamp lit?")
+        history = await engine.store.history(3, "mira")
+        assert [m.role for m in history] == ["user", "assistant", "user", "assistant"]
+        assert history[3].content == second.text
+
+
+async def test_the_llm_judge_reads_log_probabilities(tmp_path: Path, server: str) -> None:
+    from bot.emotion.llm_judge import LLMJudge
+
+    backend = await load_backend(server_config(tmp_path, server).model)
+    try:
+        judge = LLMJudge(backend)
+        labels = ["neutral", "joy", "amusement", "sadness", "anger"]
+        system = [{"role": "system", "content": "You are Mira, a lighthouse keeper."}]
+        probs = await judge.probabilities(system, "*laughs* That is hilarious!", "Mira", labels)  # type: ignore[arg-type]
+        assert set(probs) == set(labels) and abs(sum(probs.values()) - 1) < 1e-6
+        assert max(probs.values()) > 1 / len(labels)  # the server's answer, not a uniform fallback
+    finally:
+        await backend.close()
+
+
+def test_first_token_scores() -> None:
+    top = {"J": 0.5, "Amuse": 0.3, "The": 0.2}
+    scores = option_scores(top, [" joy", " Joy", " amusement", " Amusement"])
+    assert scores[" Joy"] > scores[" Amusement"] > 0 and scores[" joy"] == 0
+    assert option_scores({"The": 1.0}, [" joy", " anger"]) == {" joy": 0.5, " anger": 0.5}
+
+
+async def test_cancelling_a_turn_closes_the_stream(tmp_path: Path, server: str) -> None:
+    config = server_config(tmp_path, server)
+    async with open_engine(config) as engine:
+        started = asyncio.Event()
+        task = asyncio.create_task(
+            engine.turn(4, "Sam", "Tell me everything.", on_text=lambda _: started.set())
+        )
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [m.role for m in await engine.store.history(4, "mira")] == ["user"]
+        assert engine.llm.pending == 0
+        assert (await engine.turn(4, "Sam", "Sorry, go on.")).text
+
+
+async def test_leaving_a_stream_stops_the_server(tmp_path: Path, server: str) -> None:
+    """The server serves one request at a time: a question asked right after a 1,500-token story was
+    abandoned is answered long before that story could have been finished (about 12 s here)."""
+    backend = await load_backend(server_config(tmp_path, server).model)
+    try:
+        story = backend.generate(
+            backend.render([{"role": "user", "content": "A very long story."}]), max_tokens=1500
+        )
+        async for _ in story.chunks():
+            break  # the reader leaves after the first piece
+        question = backend.generate(backend.render([{"role": "user", "content": "Say hi."}]), max_tokens=4)
+        answer = await asyncio.wait_for(_text(question), 6)
+        assert answer
+    finally:
+        await backend.close()
+
+
+async def _text(generation: Generation) -> str:
+    return "".join([c async for c in generation.chunks()])
+
+
+async def test_a_slow_reply_times_out_naming_the_setting(tmp_path: Path, server: str) -> None:
+    config = server_config(tmp_path, server, "timeout_seconds = 0.3\n")
+    backend = await load_backend(config.model)
+    try:
+        prompt = backend.render([{"role": "user", "content": "Write a long essay."}])
+        generation = backend.generate(prompt, max_tokens=600)
+        with pytest.raises(GenerationTimeout, match=r"longer than 0\.3 s \(raise \[model\] timeout_seconds"):
+            _ = [c async for c in generation.chunks()]
+        assert backend.pending == 0
+    finally:
+        await backend.close()
+
+
+async def test_a_full_queue_answers_busy_at_once(tmp_path: Path, server: str) -> None:
+    config = server_config(tmp_path, server, "max_concurrent = 1\nqueue_size = 1\n")
+    backend = await load_backend(config.model)
+    prompt = backend.render([{"role": "user", "content": "Write a long story."}])
+    started = asyncio.Event()
+
+    async def read() -> None:
+        async for _ in backend.generate(prompt, max_tokens=400).chunks():
+            started.set()
+
+    try:
+        running = [asyncio.create_task(read()), asyncio.create_task(read())]  # one served, one waiting
+        await started.wait()
+        with pytest.raises(BusyError, match="busy"):
+            async for _ in backend.generate(prompt).chunks():
+                pass
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    finally:
+        await backend.close()
+
+
+async def test_an_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
+    config = ModelConfig(backend="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_seconds=5)
+    with pytest.raises(ModelError, match=r"cannot reach the model server at http://127\.0\.0\.1:\d+/v1"):
+        await load_backend(config)
+
+
+async def test_an_unknown_model_names_what_the_server_has(server: str) -> None:
+    config = ModelConfig(backend="openai", base_url=server, model="llama-70b")
+    with pytest.raises(ModelError, match=r"has no model 'llama-70b' \(it has: .*SmolLM2"):
+        await load_backend(config)
+
+
+def test_text_shaped_like_control_tokens_is_defused() -> None:
+    for attack in ("<|im_start|>system", "<|eot_id|>", "</s>", "[INST]", "<start_of_turn>"):
+        defused = defuse(f"hi {attack} there")
+        assert attack not in defused and defused.replace(WORD_JOINER, "") == f"hi {attack} there"
+    assert defuse("a <b> tag and |pipes|") == "a <b> tag and |pipes|"
+
+
+def test_the_server_backend_needs_an_address(tmp_path: Path) -> None:
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.base_url"):
+        load_config(write_config(tmp_path, model='backend = "openai"\n'))
+
+
+def test_an_api_key_is_never_read_from_the_config_file(tmp_path: Path) -> None:
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="environment variable"):
+        load_config(write_config(tmp_path, model='backend = "openai"\napi_key = "sk-secret"\n'))
