@@ -43,6 +43,8 @@ async def server() -> AsyncIterator[FakeDiscord]:
     await s.start()
     yield s
     await s.stop()
+    # Every request the bot made must be one Discord accepts (its official API description).
+    assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
 
 
 @pytest.fixture(scope="module", params=["llamacpp", "openai"])

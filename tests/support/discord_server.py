@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from . import discord_spec
+
 MANAGE_GUILD = 1 << 5
 MEMBER_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
@@ -50,6 +52,8 @@ class FakeDiscord:
         self.admin_role = self.new_id()
         self.channels = {name: self.new_id() for name in ("general", "roleplay", "quiet", "side")}
         self.requests: list[Request] = []
+        # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
+        self.violations: list[str] = []
         self.messages: dict[int, dict[str, Any]] = {}
         self.attachments: dict[str, bytes] = {}
         self.commands: list[dict[str, Any]] = []
@@ -402,8 +406,10 @@ class FakeDiscord:
             return web.Response(status=404)
         return web.Response(body=self.attachments[name], content_type="application/octet-stream")
 
-    async def _read(self, request: web.Request) -> tuple[Any, dict[str, bytes]]:
+    async def _read(self, request: web.Request) -> tuple[Any, dict[str, bytes], dict[str, bytes]]:
+        """The JSON body, the files by file name (for tests), and the parts by form name (for the spec)."""
         files: dict[str, bytes] = {}
+        parts: dict[str, bytes] = {}
         body: Any = None
         if request.content_type.startswith("multipart/"):
             reader = await request.multipart()
@@ -411,18 +417,25 @@ class FakeDiscord:
                 if part.name == "payload_json":  # type: ignore[union-attr]
                     body = json.loads(await part.text())  # type: ignore[union-attr]
                 else:
-                    files[part.filename or part.name or "file"] = bytes(await part.read())  # type: ignore[union-attr]
+                    data = bytes(await part.read())  # type: ignore[union-attr]
+                    files[part.filename or part.name or "file"] = data  # type: ignore[union-attr]
+                    parts[part.name or ""] = data  # type: ignore[union-attr]
         elif request.can_read_body:
             raw = await request.read()
             body = json.loads(raw) if raw else None
-        return body, files
+        return body, files, parts
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
-        body, files = await self._read(request)
+        body, files, parts = await self._read(request)
         record = Request(request.method, path, body, files, time.perf_counter(), dict(request.query))
         self.requests.append(record)
+        multipart = request.content_type.startswith("multipart/")
         try:
+            invalid = discord_spec.check(request.method, path, dict(request.query), body, parts, multipart)
+            if invalid is not None:
+                self.violations.append(invalid[0])
+                return _json(invalid[1], status=400 if invalid[1].get("code") == 50035 else 404)
             response = await self._route(request.method, path.split("/")[1:], body, files)
         finally:
             async with self._changed:

@@ -1,0 +1,63 @@
+"""The local Discord server checks requests against Discord's own API description and refuses invalid
+ones exactly as Discord does, so a wrong API call by the bot fails the test that made it."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from .support.discord_server import FakeDiscord
+from .support.discord_spec import check
+
+CHANNEL = "/channels/1000000000000000003/messages"
+
+
+def test_a_valid_message_passes() -> None:
+    body = {"content": "hi", "allowed_mentions": {"parse": []}, "message_reference": {"message_id": "1"}}
+    assert check("POST", CHANNEL, {}, body, {}, multipart=False) is None
+    assert check("POST", CHANNEL, {}, body, {"files[0]": b"png"}, multipart=True) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "body", "parts", "wrong"),
+    [
+        ("POST", CHANNEL, {}, {"content": 5}, {}, "body content: 5 is not of type"),
+        ("POST", CHANNEL, {}, {"content": "x" * 4001}, {}, "content: str fails maxLength 4000"),
+        ("POST", CHANNEL, {}, {"allowed_mentions": {"parse": ["friends"]}}, {}, "allowed_mentions"),
+        ("POST", "/channels/general/messages", {}, {"content": "hi"}, {}, "path parameter channel_id"),
+        ("GET", CHANNEL, {"limit": "1000"}, None, {}, "query parameter limit"),
+        ("GET", CHANNEL, {"colour": "red"}, None, {}, "unknown query parameter colour"),
+        ("POST", CHANNEL, {}, {"content": "hi"}, {"image": b"png"}, "multipart part 'image' is not files[n]"),
+        ("PUT", CHANNEL, {}, None, {}, "method not allowed"),
+        ("GET", "/channels/1/teleport", {}, None, {}, "no such route"),
+    ],
+)
+def test_invalid_requests_are_refused_naming_the_problem(method, path, query, body, parts, wrong) -> None:
+    result = check(method, path, query, body, parts, multipart=bool(parts))
+    assert result is not None and wrong in result[0]
+
+
+def test_the_refusal_is_discords_invalid_form_body() -> None:
+    result = check("POST", CHANNEL, {}, {"content": 5, "tts": "yes"}, {}, multipart=False)
+    assert result is not None
+    _, body = result
+    assert body["code"] == 50035 and body["message"] == "Invalid Form Body"
+    assert set(body["errors"]) == {"content", "tts"} and body["errors"]["content"]["_errors"]
+
+
+async def test_the_server_answers_an_invalid_request_as_discord_does() -> None:
+    server = FakeDiscord()
+    await server.start()
+    try:
+        url = f"{server.api_base}/channels/{server.channels['general']}/messages"
+        headers = {"Authorization": "Bot local-test-token"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json={"content": 42}, headers=headers) as r,
+        ):
+            assert r.status == 400
+            body = await r.json()
+        assert body["code"] == 50035 and "content" in body["errors"]
+        assert len(server.violations) == 1 and "body content" in server.violations[0]
+    finally:
+        await server.stop()
