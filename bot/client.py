@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 import sys
 
+import aiohttp
 import discord
 import yarl
 from discord.ext import commands
 
 from bot.config import Config, discord_token
 from bot.engine import Engine
+from bot.files import atomic_write
 
 _log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin")
+RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0)  # seconds between tries while Discord is unreachable
+COMMAND_STAMP = "slash-commands.sha256"  # beside the database: the command tree last registered
 
 
 def point_at(api_base: str, gateway_url: str) -> None:
@@ -52,8 +58,40 @@ class RoleplayBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.config.discord.sync_commands:
-            synced = await self.tree.sync()
-            _log.info("synced %d slash commands", len(synced))
+            await self.sync_commands()
+
+    async def sync_commands(self) -> bool:
+        """Register the slash commands with Discord when they differ from the last registration (kept as
+        a digest beside the database). A refused sync is one log line: chat keeps working."""
+        settings = self.config.discord
+        guild = discord.Object(settings.command_guild) if settings.command_guild else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        commands_now = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        digest = hashlib.sha256(
+            json.dumps({"guild": settings.command_guild, "commands": commands_now}, sort_keys=True).encode()
+        ).hexdigest()
+        stamp = self.config.resolve(self.config.store.path).parent / COMMAND_STAMP
+        with contextlib.suppress(OSError):
+            if stamp.read_text().strip() == digest:
+                _log.info("slash commands unchanged since the last sync; not syncing")
+                return False
+        where = f"server {settings.command_guild}" if guild is not None else "all servers"
+        try:
+            synced = await self.tree.sync(guild=guild)
+        except discord.HTTPException as exc:
+            _log.error(
+                "could not register slash commands in %s (HTTP %s, code %s: %s); chat keeps working",
+                where,
+                exc.status,
+                exc.code,
+                exc.text[:200],
+            )
+            return False
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(stamp, digest.encode())
+        _log.info("registered %d slash commands in %s", len(synced), where)
+        return True
 
     async def on_message(self, message: discord.Message) -> None:
         # Text commands are not used: chat is handled by the chat cog's listener.
@@ -67,6 +105,24 @@ class RoleplayBot(commands.Bot):
 
     async def on_ready(self) -> None:
         _log.info("connected as %s to %d servers", self.user, len(self.guilds))
+
+
+async def login_with_retry(
+    bot: RoleplayBot, token: str, stopping: list[asyncio.Task[None]], delays: tuple[float, ...] = RETRY_DELAYS
+) -> bool:
+    """Log in, retrying with growing pauses while Discord cannot be reached (one log line per try, no
+    traceback). False if the bot was asked to stop meanwhile."""
+    attempt = 0
+    while not stopping:
+        try:
+            await bot.login(token)
+            return True
+        except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+            delay = delays[min(attempt, len(delays) - 1)]
+            attempt += 1
+            _log.error("cannot reach Discord (%s); trying again in %g s", exc or type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+    return False
 
 
 async def serve(config: Config, token: str) -> None:
@@ -89,7 +145,8 @@ async def serve(config: Config, token: str) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop, signum)
         async with bot:
-            await bot.start(token)
+            if await login_with_retry(bot, token, stopping):
+                await bot.connect()  # discord.py reconnects by itself once connected
 
 
 def run_bot(config: Config) -> int:

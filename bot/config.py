@@ -135,7 +135,8 @@ class DiscordConfig:
     max_attachment_bytes: int = 8_000_000
     stream_edits: bool = False
     set_nickname: bool = True
-    sync_commands: bool = True
+    sync_commands: bool = True  # register slash commands when they changed since the last sync
+    command_guild: int = 0  # sync to this server only (instant); 0: globally (can take up to an hour)
     api_base: str = ""  # empty: discord.com
     gateway_url: str = ""
 

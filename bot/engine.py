@@ -210,6 +210,17 @@ class Engine:
     async def message_deleted(self, discord_id: int) -> bool:
         return await self.store.delete_message(discord_id)
 
+    async def messages_deleted(self, discord_ids: set[int] | frozenset[int]) -> int:
+        return await self.store.delete_messages(discord_ids)
+
+    async def stored_by(self, author_id: int, channel_ids: list[int]) -> int:
+        """How many stored messages a member wrote in these channels."""
+        return await self.store.count_by_author(author_id, channel_ids)
+
+    async def forget_member(self, author_id: int, channel_ids: list[int]) -> int:
+        """Erase a member's messages in these channels: gone from the store and every future prompt."""
+        return await self.store.forget_author(author_id, channel_ids)
+
     async def face(self, persona: Persona, label: str) -> ExpressionImage:
         return await self.expressions.image_for(persona, label)
 

@@ -254,6 +254,38 @@ class Store:
         cursor = await self._write("DELETE FROM messages WHERE discord_id = ?", (discord_id,))
         return cursor.rowcount > 0
 
+    async def delete_messages(self, discord_ids: set[int] | frozenset[int]) -> int:
+        """Forget many messages at once (a purge); returns how many were stored."""
+        ids = sorted(discord_ids)
+        removed = 0
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cursor = await self._write(f"DELETE FROM messages WHERE discord_id IN ({marks})", tuple(chunk))
+            removed += cursor.rowcount
+        return removed
+
+    async def forget_author(self, author_id: int, channel_ids: list[int]) -> int:
+        """Erase everything one member wrote in these channels; returns how many messages went."""
+        removed = 0
+        for start in range(0, len(channel_ids), 500):
+            chunk = channel_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            cursor = await self._write(
+                f"DELETE FROM messages WHERE author_id = ? AND channel_id IN ({marks})", (author_id, *chunk)
+            )
+            removed += cursor.rowcount
+        return removed
+
+    async def count_by_author(self, author_id: int, channel_ids: list[int]) -> int:
+        marks = ",".join("?" * len(channel_ids)) or "NULL"
+        async with self._db.execute(
+            f"SELECT COUNT(*) FROM messages WHERE author_id = ? AND channel_id IN ({marks})",
+            (author_id, *channel_ids),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def clear_channel(self, channel_id: int) -> int:
         """Forget a channel's whole history; returns how many messages went."""
         cursor = await self._write("DELETE FROM messages WHERE channel_id = ?", (channel_id,))

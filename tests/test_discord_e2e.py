@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,8 @@ async def stored(engine: Engine, channel: int, persona: str, count: int) -> list
 
 
 async def set_persona(server: FakeDiscord, channel: int, user: dict[str, Any], name: str, admin: bool) -> str:
-    option = {"name": "set", "type": 1, "options": [{"name": "name", "type": 3, "value": name}]}
-    return await server.slash(channel, user, "persona", [option], admin=admin)
+    option = {"name": "persona", "type": 1, "options": [{"name": "name", "type": 3, "value": name}]}
+    return await server.slash(channel, user, "manage", [option], admin=admin)
 
 
 async def import_card(server: FakeDiscord, channel: int, name: str, data: bytes) -> str:
@@ -97,7 +98,7 @@ async def import_card(server: FakeDiscord, channel: int, name: str, data: bytes)
     upload = server.upload(name, data)
     option = {"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": upload["id"]}]}
     return await server.slash(
-        channel, ADMIN, "persona", [option], admin=True, resolved={"attachments": {upload["id"]: upload}}
+        channel, ADMIN, "manage", [option], admin=True, resolved={"attachments": {upload["id"]: upload}}
     )
 
 
@@ -230,6 +231,9 @@ async def test_hostile_and_long_output(server: FakeDiscord, config) -> None:
         [reply] = await server.wait_for(posts_to(channel))
         assert reply.json["content"] == hostile
         assert pings_nobody(reply)
+        # What Discord makes of it: the server computes who is pinged from the text and allowed_mentions.
+        [posted] = [m for m in server.messages.values() if m["content"] == hostile]
+        assert posted["mentions"] == [] and posted["mention_roles"] == [] and not posted["mention_everyone"]
         await asyncio.sleep(2.1)
         await server.say(channel, MEMBER, "tell me a long story")
         await server.wait_for(posts_to(channel), count=4)
@@ -413,11 +417,15 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
     async with running_bot(config, server):
         await server.wait_for(lambda r: r.method == "PUT" and "/commands" in r.path)
         synced = {command["name"]: command for command in server.commands}
-        for name in ("channel", "reset"):
+        # Everything that changes state sits in a command Discord hides from members without Manage
+        # Server; what stays visible to everyone only reads.
+        for name in ("channel", "reset", "manage"):
             assert int(synced[name]["default_member_permissions"]) == 1 << 5, name  # MANAGE_GUILD
-        # Groups mixing read-only and changing subcommands stay visible; their changing subcommands
-        # are refused in code (test_persona_admin_commands). Issue 8 moves them to top-level commands.
-        assert synced["status"].get("default_member_permissions") is None
+        for name in ("persona", "expression", "status"):
+            assert synced[name].get("default_member_permissions") is None, name
+        assert {o["name"] for o in synced["persona"]["options"]} == {"list", "show", "export"}
+        assert {o["name"] for o in synced["expression"]["options"]} == {"show"}
+        assert {o["name"] for o in synced["manage"]["options"]} == {"persona", "import", "render"}
 
 
 def subcommand(command: str, **values: str) -> list[dict[str, Any]]:
@@ -479,7 +487,7 @@ async def test_persona_list_show_and_export_work_for_members(server: FakeDiscord
         embed = shown.json["data"]["embeds"][0]
         assert embed["title"] == "Mira" and "lighthouse" in embed["description"].lower()
         token = await server.slash(channel, MEMBER, "persona", subcommand("export", spec="v2"))
-        [exported] = await server.wait_for(callbacks(token))
+        [exported] = await server.wait_for(lambda r: callbacks(token)(r) and bool(r.files))
         card = read_card(exported.files["mira.png"], "mira.png", max_bytes=10**7, max_pixels=10**8)
         assert card.spec == "v2" and card.data["name"] == "Mira"
         token = await server.slash(channel, MEMBER, "persona", subcommand("show", name="nobody"))
@@ -492,17 +500,17 @@ async def test_expression_show_and_render(server: FakeDiscord, config) -> None:
     channel = server.channels["general"]
     async with running_bot(config, server):
         token = await server.slash(channel, MEMBER, "expression", subcommand("show", label="joy"))
-        [shown] = await server.wait_for(callbacks(token))
-        assert "Mira: *joy*" in shown.json["data"]["content"]
+        [shown] = await server.wait_for(lambda r: callbacks(token)(r) and bool(r.files))
+        assert "Mira: *joy*" in callback_text(server, token)[0]
         assert shown.files["expression.png"].startswith(b"\x89PNG")
         token = await server.slash(channel, MEMBER, "expression", subcommand("show", label="smug"))
         await server.wait_for(
             lambda r: callbacks(token)(r) and "is not one of Mira's emotions" in str(r.json)
         )
         # Rendering every face is for managers; it ends with a contact sheet of all ten.
-        token = await server.slash(channel, MEMBER, "expression", subcommand("render"))
+        token = await server.slash(channel, MEMBER, "manage", subcommand("render"))
         await server.wait_for(lambda r: callbacks(token)(r) and "Manage Server" in str(r.json))
-        token = await server.slash(channel, ADMIN, "expression", subcommand("render"), admin=True)
+        token = await server.slash(channel, ADMIN, "manage", subcommand("render"), admin=True)
         [done] = await server.wait_for(
             lambda r: r.method == "PATCH" and "Rendered 10 faces of Mira" in str(r.json), limit=120
         )
@@ -537,3 +545,146 @@ async def test_shutdown_lets_answers_finish_and_cancels_late_ones(
         assert len(server.sent(posts_to(channel))) == 1
         roles = [m.role for m in await run.engine.store.history(channel, "mira")]
         assert roles == ["user", "assistant", "user"]
+
+
+def command_syncs(server: FakeDiscord) -> list[Request]:
+    return server.sent(lambda r: r.method == "PUT" and r.path.endswith("/commands"))
+
+
+async def test_commands_are_synced_only_when_they_change(
+    server: FakeDiscord, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.client")
+    config = bot_config(tmp_path, server, None)
+    async with running_bot(config, server):
+        pass
+    [first] = command_syncs(server)
+    assert first.path == f"/applications/{server.app_id}/commands"  # global by default
+    async with running_bot(config, server):  # a restart with the same commands: no sync
+        pass
+    assert len(command_syncs(server)) == 1 and "slash commands unchanged" in caplog.text
+    # One server only, for instant availability: that is a change, so it syncs there.
+    guild_config = bot_config(tmp_path, server, None, discord_extra=f"command_guild = {server.guild_id}\n")
+    async with running_bot(guild_config, server):
+        pass
+    assert (
+        command_syncs(server)[-1].path == f"/applications/{server.app_id}/guilds/{server.guild_id}/commands"
+    )
+
+
+async def test_a_refused_sync_is_one_line_and_chat_goes_on(
+    server: FakeDiscord, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.refuse_command_sync = True
+    config = bot_config(
+        tmp_path, server, None, discord_extra='enable_new_channels = true\ndefault_mode = "all"\n'
+    )
+    channel = server.channels["general"]
+    async with running_bot(config, server):
+        await server.say(channel, MEMBER, "Hello Mira!")
+        await server.wait_for(posts_to(channel))
+    refusals = [r for r in caplog.records if "could not register slash commands" in r.getMessage()]
+    assert len(refusals) == 1 and "50035" in refusals[0].getMessage() and refusals[0].exc_info is None
+
+
+OTHER = FakeDiscord.user("Nell", user_id=2_000_000_000_000_000_004)
+
+
+async def until(check: Callable[[], Awaitable[bool]], limit: float = 30) -> None:
+    async with asyncio.timeout(limit):
+        # The store has no change notification; polling the test's database is fine.
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def first_content(engine: Engine, channel: int, text: str) -> bool:
+    return (await engine.store.history(channel, "mira"))[0].content == text
+
+
+async def history_length(engine: Engine, channel: int, count: int) -> bool:
+    return len(await engine.store.history(channel, "mira")) == count
+
+
+async def test_edits_are_cleaned_like_new_messages_and_purges_are_forgotten(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    channel = server.channels["general"]
+    async with running_bot(config, server) as run:
+        await enable(server, channel)
+        first = await server.say(channel, MEMBER, "meet my friend", mentions=[OTHER])
+        await server.wait_for(posts_to(channel))
+        history = await stored(run.engine, channel, "mira", 2)
+        assert history[0].content == "@Nell meet my friend"
+        # Edited with the bot's own mention and another member's: stored as a new message would be.
+        await server.edit(first, f"<@{server.bot_user['id']}> meet my friend <@{OTHER['id']}> again")
+        edited = "meet my friend @Nell again"
+        await until(lambda: first_content(run.engine, channel, edited))
+        second = await server.say(channel, MEMBER, "and the weather?")
+        third = await server.say(channel, MEMBER, "stormy, isn't it?")
+        await server.wait_for(posts_to(channel), count=3)
+        await stored(run.engine, channel, "mira", 6)
+        await server.bulk_delete([second, third])  # a moderator's purge
+        await until(lambda: history_length(run.engine, channel, 4))
+        texts = [m.content for m in await run.engine.store.history(channel, "mira")]
+        assert "and the weather?" not in texts and "stormy, isn't it?" not in texts
+
+
+async def test_forget_me_erases_only_that_members_messages(server: FakeDiscord, tmp_path: Path) -> None:
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    general, roleplay = server.channels["general"], server.channels["roleplay"]
+    async with running_bot(config, server) as run:
+        await enable(server, general)
+        await enable(server, roleplay)
+        await server.say(general, MEMBER, "I am Milo, and I fear the sea.")
+        await server.say(roleplay, MEMBER, "Milo again, in another channel.")
+        await server.say(general, OTHER, "Nell here.")
+        await server.wait_for(posts_to(general), count=2)
+        await server.wait_for(posts_to(roleplay))
+        await stored(run.engine, general, "mira", 4)
+        await stored(run.engine, roleplay, "mira", 2)
+        token = await server.slash(general, MEMBER, "forget-me")
+        [prompt] = await server.wait_for(
+            lambda r: callbacks(token)(r) and "Erase the 2 messages" in str(r.json)
+        )
+        erase = prompt.json["data"]["components"][0]["components"][0]
+        data = {"custom_id": erase["custom_id"], "component_type": 2}
+        await server.slash(general, MEMBER, "", kind=3, message=server._original, data=data)
+        await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 of your messages" in str(r.json))
+        remaining = [
+            m.author_name
+            for c in (general, roleplay)
+            for m in await run.engine.store.history(c, "mira")
+            if m.role == "user"
+        ]
+        assert remaining == ["Nell"]
+
+
+async def test_an_unreachable_discord_is_one_line_per_try_until_it_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Started while the network is down: a short line per try, no traceback, and the bot logs in as
+    soon as Discord answers."""
+    from bot.app import open_engine
+    from bot.client import RoleplayBot, login_with_retry
+
+    from .support.model_server import free_port
+
+    port = free_port()
+    down = FakeDiscord()
+    down.port = port  # where it will listen, once it is up
+    config = bot_config(tmp_path, down, None)
+    async with open_engine(config) as engine:
+        bot = RoleplayBot(config, engine)
+        logging_in = asyncio.create_task(login_with_retry(bot, "local-test-token", [], delays=(0.05,)))
+        async with asyncio.timeout(30):
+            while len([r for r in caplog.records if "cannot reach Discord" in r.getMessage()]) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await down.start(port)
+        try:
+            assert await asyncio.wait_for(logging_in, 30) is True
+            tries = [r for r in caplog.records if "cannot reach Discord" in r.getMessage()]
+            assert tries and all(r.exc_info is None and "\n" not in r.getMessage() for r in tries)
+            await bot.close()
+        finally:
+            await down.stop()

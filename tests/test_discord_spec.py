@@ -61,3 +61,23 @@ async def test_the_server_answers_an_invalid_request_as_discord_does() -> None:
         assert len(server.violations) == 1 and "body content" in server.violations[0]
     finally:
         await server.stop()
+
+
+async def test_an_interaction_acknowledged_too_late_is_unknown() -> None:
+    server = FakeDiscord()
+    await server.start()
+    try:
+        user = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
+        token = await server.slash(server.channels["general"], user, "status")
+        server._interactions[token] -= 10  # sent ten seconds ago
+        iid = "1000000000000000099"
+        url = f"{server.api_base}/interactions/{iid}/{token}/callback"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json={"type": 5}) as response,
+        ):
+            assert response.status == 404
+            assert (await response.json())["code"] == 10062
+        assert server.violations == [f"interaction {iid} acknowledged after 3 s"]
+    finally:
+        await server.stop()

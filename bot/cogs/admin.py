@@ -66,6 +66,30 @@ class ConfirmReset(discord.ui.View):
         self.stop()
 
 
+class ConfirmForget(discord.ui.View):
+    """Asks the member who ran /forget-me, and only them, to confirm."""
+
+    def __init__(self, owner: int) -> None:
+        super().__init__(timeout=60)
+        self.owner = owner
+        self.confirmed: bool | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner
+
+    @discord.ui.button(label="Erase my messages", style=discord.ButtonStyle.danger)
+    async def erase(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmForget]) -> None:
+        self.confirmed = True
+        await interaction.response.defer()
+        self.stop()
+
+    @discord.ui.button(label="Keep them", style=discord.ButtonStyle.secondary)
+    async def keep(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmForget]) -> None:
+        self.confirmed = False
+        await interaction.response.defer()
+        self.stop()
+
+
 class Admin(commands.Cog):
     persona = app_commands.Group(name="persona", description="The character the bot plays in this channel")
     channel = app_commands.Group(
@@ -75,6 +99,14 @@ class Admin(commands.Cog):
         guild_only=True,
     )
     expression = app_commands.Group(name="expression", description="The persona's faces")
+    # Everything that changes what the bot plays or renders: Discord hides the whole group from members
+    # without Manage Server (a subcommand's own default permission is ignored by Discord).
+    manage = app_commands.Group(
+        name="manage",
+        description="Change the persona, import cards, render faces (Manage Server)",
+        default_permissions=ADMIN_ONLY,
+        guild_only=True,
+    )
 
     def __init__(self, bot: RoleplayBot) -> None:
         self.bot = bot
@@ -96,16 +128,18 @@ class Admin(commands.Cog):
         await self._tell(interaction, f"⚠️ {text}")
 
     async def _tell(self, interaction: discord.Interaction, text: str) -> None:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException as exc:  # an expired interaction: nothing left to answer
+            _log.warning("could not tell %s why /%s failed: %s", interaction.user, interaction.command, exc)
 
     # -- /persona ---------------------------------------------------------------------------------------
 
-    @persona.command(name="set", description="Play another persona in this channel")
+    @manage.command(name="persona", description="Play another persona in this channel")
     @app_commands.describe(name="persona id, see /persona list")
-    @app_commands.default_permissions(manage_guild=True)
     @manager_only
     async def persona_set(self, interaction: discord.Interaction, name: str) -> None:
         persona = await self.engine.set_persona(interaction.channel_id or 0, name)
@@ -145,8 +179,7 @@ class Admin(commands.Cog):
         embed.set_footer(text=f"id: {persona.slug} · emotions: {', '.join(persona.labels)}")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
-    @persona.command(name="import", description="Import a character card (PNG or JSON, V1/V2/V3)")
-    @app_commands.default_permissions(manage_guild=True)
+    @manage.command(name="import", description="Import a character card (PNG or JSON, V1/V2/V3)")
     @manager_only
     async def persona_import(self, interaction: discord.Interaction, card: discord.Attachment) -> None:
         limit = self.config.discord.max_attachment_bytes
@@ -168,9 +201,10 @@ class Admin(commands.Cog):
     async def persona_export(
         self, interaction: discord.Interaction, name: str | None = None, spec: Literal["v2", "v3"] = "v3"
     ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # within Discord's 3 s
         persona = await self.engine.persona_named(interaction.channel_id or 0, name)
         data = await self.engine.export_card(persona, spec)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"**{persona.name}** as a {spec.upper()} card:",
             ephemeral=True,
             file=discord.File(io.BytesIO(data), filename=f"{persona.slug}.png"),
@@ -221,6 +255,7 @@ class Admin(commands.Cog):
 
     @expression.command(name="show", description="Show the persona's face for an emotion")
     async def expression_show(self, interaction: discord.Interaction, label: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a face may be read from disk
         channel_id = interaction.channel_id or 0
         persona = await self.engine.persona_for(channel_id)
         settings = await self.engine.channel_settings(channel_id)
@@ -230,14 +265,13 @@ class Admin(commands.Cog):
         image = await self.engine.face(persona, label)
         if image.path is None:
             raise BotError(f"{persona.name} has no portrait.")
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"{persona.name}: *{label}*",
             file=discord.File(image.path, filename="expression.png"),
             ephemeral=True,
         )
 
-    @expression.command(name="render", description="Pre-render every emotion of this channel's persona")
-    @app_commands.default_permissions(manage_guild=True)
+    @manage.command(name="render", description="Pre-render every emotion of this channel's persona")
     @manager_only
     async def expression_render(self, interaction: discord.Interaction) -> None:
         from bot.expressions import contact_sheet
@@ -261,6 +295,36 @@ class Admin(commands.Cog):
             content=f"Rendered {len(faces)} faces of {persona.name}.",
             attachments=[discord.File(buffer, filename="contact-sheet.png")],
         )
+
+    @app_commands.command(
+        name="forget-me", description="Erase everything you wrote that the bot stored in this server"
+    )
+    @app_commands.guild_only()
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        guild = interaction.guild
+        assert guild is not None  # guild_only
+        channels = sorted(
+            {c.id for c in guild.channels} | {t.id for t in guild.threads} | {interaction.channel_id or 0}
+        )
+        count = await self.engine.stored_by(interaction.user.id, channels)
+        if count == 0:
+            await interaction.response.send_message(
+                "The bot has nothing you wrote in this server.", ephemeral=True
+            )
+            return
+        view = ConfirmForget(interaction.user.id)
+        await interaction.response.send_message(
+            f"Erase the {count} messages of yours the bot stored in this server? Its characters will not"
+            " remember them.",
+            view=view,
+            ephemeral=True,
+        )
+        await view.wait()
+        if view.confirmed:
+            removed = await self.engine.forget_member(interaction.user.id, channels)
+            await interaction.edit_original_response(content=f"Erased {removed} of your messages.", view=None)
+        else:
+            await interaction.edit_original_response(content="Nothing erased.", view=None)
 
     @app_commands.command(name="status", description="Model, queues and cache")
     async def status(self, interaction: discord.Interaction) -> None:

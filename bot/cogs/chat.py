@@ -37,6 +37,18 @@ def _as_name(name: str, _: re.Match[str]) -> str:
     return f"@{name}"
 
 
+def story_text(content: str, bot_id: int | None, mentions: list[tuple[int, str]]) -> str:
+    """A message as the story sees it: the bot's own mention removed, other mentions as @names. The
+    same for new and edited messages."""
+    text = content
+    if bot_id is not None:
+        text = re.sub(rf"<@!?{bot_id}>", "", text)
+    for user_id, name in mentions:
+        if user_id != bot_id:
+            text = re.sub(rf"<@!?{user_id}>", functools.partial(_as_name, name), text)
+    return text.strip()
+
+
 def expression_file(path: Path | None) -> discord.File | None:
     return (
         discord.File(path, filename=f"expression{path.suffix or '.png'}") if path and path.is_file() else None
@@ -74,13 +86,11 @@ class Chat(commands.Cog):
         return isinstance(resolved, discord.Message) and resolved.author.id == self.bot.user.id
 
     def _text_of(self, message: discord.Message) -> str:
-        """The message as the story sees it: the bot's own mention removed, other mentions as names."""
-        text = message.content
-        if self.bot.user is not None:
-            text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
-        for user in message.mentions:
-            text = re.sub(rf"<@!?{user.id}>", functools.partial(_as_name, user.display_name), text)
-        return text.strip()
+        return story_text(
+            message.content,
+            self.bot.user.id if self.bot.user else None,
+            [(user.id, user.display_name) for user in message.mentions],
+        )
 
     # -- events -----------------------------------------------------------------------------------------
 
@@ -231,7 +241,12 @@ class Chat(commands.Cog):
         author = payload.data.get("author") or {}
         if content is None or author.get("bot"):
             return
-        text = re.sub(rf"<@!?{self.bot.user.id}>", "", content).strip() if self.bot.user else content
+        mentioned = [
+            (int(user["id"]), user.get("global_name") or user.get("username") or "someone")
+            for user in payload.data.get("mentions", [])
+            if isinstance(user, dict) and "id" in user
+        ]
+        text = story_text(content, self.bot.user.id if self.bot.user else None, mentioned)
         if await self.engine.message_edited(payload.message_id, text):
             _log.debug("applied edit of message %s", payload.message_id)
 
@@ -244,6 +259,17 @@ class Chat(commands.Cog):
             await asyncio.gather(answering, return_exceptions=True)
         if await self.engine.message_deleted(payload.message_id):
             _log.debug("forgot deleted message %s", payload.message_id)
+
+    @commands.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        """A moderator's purge: every one of those messages leaves the history (and answers stop)."""
+        for message_id in payload.message_ids:
+            answering = self._answering.get(message_id)
+            if answering is not None and answering is not asyncio.current_task():
+                answering.cancel()
+                await asyncio.gather(answering, return_exceptions=True)
+        removed = await self.engine.messages_deleted(payload.message_ids)
+        _log.debug("forgot %d of %d purged messages", removed, len(payload.message_ids))
 
     async def shutdown(self) -> None:
         """Stop taking messages, let answers in progress finish for a grace period, then cancel the

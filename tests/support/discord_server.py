@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ MEMBER_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
 )  # view, send, files, history, slash
 ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
+ACK_WITHIN = 3.0  # seconds Discord gives a bot to acknowledge an interaction
 
 
 @dataclass
@@ -54,6 +56,10 @@ class FakeDiscord:
         self.requests: list[Request] = []
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
         self.violations: list[str] = []
+        self.refuse_command_sync = False
+        self._interactions: dict[str, float] = {}  # token -> when the interaction was sent
+        self.known_users: dict[int, dict[str, Any]] = {}  # everyone who posted or was named
+        self.known_users[int(self.bot_user["id"])] = self.bot_user
         self.messages: dict[int, dict[str, Any]] = {}
         self.attachments: dict[str, bytes] = {}
         self.commands: list[dict[str, Any]] = []
@@ -83,14 +89,15 @@ class FakeDiscord:
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Listen on `port` (0: any free one)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{name}", self._attachment)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -293,6 +300,8 @@ class FakeDiscord:
         reply_to: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A user posts a message (MESSAGE_CREATE reaches the bot); `mentions` are users named in it."""
+        for known in (user, *mentions):
+            self.known_users[int(known["id"])] = known
         extra: dict[str, Any] = {"member": {k: v for k, v in self.member(user).items() if k != "user"}}
         if mentions:
             content = " ".join(f"<@{u['id']}>" for u in mentions) + f" {content}"
@@ -317,8 +326,19 @@ class FakeDiscord:
         return message
 
     async def edit(self, message: dict[str, Any], content: str) -> None:
-        message.update(content=content, edited_timestamp=_now())
+        message.update(content=content, edited_timestamp=_now(), **self._mentions(content, None))
         await self.dispatch("MESSAGE_UPDATE", message)
+
+    async def bulk_delete(self, messages: Sequence[dict[str, Any]]) -> None:
+        """A moderator purges several messages of one channel at once."""
+        await self.dispatch(
+            "MESSAGE_DELETE_BULK",
+            {
+                "ids": [m["id"] for m in messages],
+                "channel_id": messages[0]["channel_id"],
+                "guild_id": str(self.guild_id),
+            },
+        )
 
     async def delete(self, message: dict[str, Any]) -> None:
         await self.dispatch(
@@ -394,6 +414,7 @@ class FakeDiscord:
         }
         if message is not None:
             interaction["message"] = message
+        self._interactions[token] = time.monotonic()
         await self.dispatch("INTERACTION_CREATE", interaction)
         return token
 
@@ -456,11 +477,36 @@ class FakeDiscord:
                     "proxy_url": url,
                 }
             )
-        extra = {"embeds": body.get("embeds") or [], "attachments": attachments}
+        content = body.get("content") or ""
+        extra: dict[str, Any] = {"embeds": body.get("embeds") or [], "attachments": attachments}
+        extra |= self._mentions(content, body.get("allowed_mentions"))
         if body.get("message_reference"):
-            extra["message_reference"] = body["message_reference"]
+            # Discord answers with string snowflakes, whatever form the request used.
+            reference = body["message_reference"]
+            extra["message_reference"] = {
+                k: str(v) if k.endswith("_id") and v is not None else v for k, v in reference.items()
+            }
             extra["type"] = 19
-        return self._message(channel, self.bot_user, body.get("content") or "", **extra)
+        return self._message(channel, self.bot_user, content, **extra)
+
+    def _mentions(self, content: str, allowed: dict[str, Any] | None) -> dict[str, Any]:
+        """Who a message pings, as Discord computes it: the mentions in its text that its
+        allowed_mentions permit (everything, when it has none)."""
+        allowed = {"parse": ["users", "roles", "everyone"]} if allowed is None else allowed
+        parse = allowed.get("parse") or []
+        user_ids = [int(i) for i in re.findall(r"<@!?(\d+)>", content)]
+        users = [
+            self.known_users[i]
+            for i in dict.fromkeys(user_ids)
+            if i in self.known_users and ("users" in parse or str(i) in map(str, allowed.get("users") or []))
+        ]
+        roles = [
+            r
+            for r in dict.fromkeys(re.findall(r"<@&(\d+)>", content))
+            if "roles" in parse or r in map(str, allowed.get("roles") or [])
+        ]
+        everyone = "everyone" in parse and bool(re.search(r"@(everyone|here)\b", content))
+        return {"mentions": users, "mention_roles": roles, "mention_everyone": everyone}
 
     async def _route(
         self, method: str, parts: list[str], body: Any, files: dict[str, bytes]
@@ -502,6 +548,11 @@ class FakeDiscord:
                 "PUT",
                 ["applications", _, "guilds", _, "commands"],
             ):
+                if self.refuse_command_sync:  # as Discord answers a command it does not accept
+                    error = {"_errors": [{"code": "APPLICATION_COMMAND_TOO_LARGE", "message": "Too large"}]}
+                    return ok(
+                        {"message": "Invalid Form Body", "code": 50035, "errors": {"0": error}}, status=400
+                    )
                 self.commands = [
                     {**c, "id": str(self.new_id()), "application_id": str(self.app_id), "version": "1"}
                     for c in body
@@ -535,7 +586,12 @@ class FakeDiscord:
             case ("PATCH", ["guilds", _, "members", "@me"]):
                 self.nickname = (body or {}).get("nick")
                 return ok(self.member(self.bot_user) | {"nick": self.nickname})
-            case ("POST", ["interactions", iid, _, "callback"]):
+            case ("POST", ["interactions", iid, token, "callback"]):
+                created = self._interactions.get(token)
+                if created is not None and time.monotonic() - created > ACK_WITHIN:
+                    # Discord forgets an interaction that was not acknowledged in time.
+                    self.violations.append(f"interaction {iid} acknowledged after {ACK_WITHIN:g} s")
+                    return ok({"message": "Unknown interaction", "code": 10062}, status=404)
                 data = (body or {}).get("data") or {}
                 kind = (body or {}).get("type")
                 self._original = self._bot_message(0, data, files)
