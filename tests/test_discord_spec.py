@@ -81,3 +81,21 @@ async def test_an_interaction_acknowledged_too_late_is_unknown() -> None:
         assert server.violations == [f"interaction {iid} acknowledged after 3 s"]
     finally:
         await server.stop()
+
+
+def test_permissions_come_from_roles_and_channel_overwrites() -> None:
+    from .support.discord_server import ADMIN_PERMISSIONS, MANAGE_GUILD, MEMBER_PERMISSIONS
+
+    server = FakeDiscord()
+    general, quiet = server.channels["general"], server.channels["quiet"]
+    assert server.permissions(admin=False, channel=general) == MEMBER_PERMISSIONS
+    assert server.permissions(admin=True, channel=general) == ADMIN_PERMISSIONS
+    # A channel that lets the admin role manage the server's settings there, and takes sending from everyone.
+    send = 1 << 11
+    server.overwrites[quiet] = [
+        {"id": str(server.guild_id), "type": 0, "allow": "0", "deny": str(send)},
+        {"id": str(server.admin_role), "type": 0, "allow": str(send), "deny": "0"},
+    ]
+    assert not server.permissions(admin=False, channel=quiet) & send
+    assert server.permissions(admin=True, channel=quiet) & send
+    assert server.permissions(admin=True, channel=quiet) & MANAGE_GUILD

@@ -27,6 +27,7 @@ MEMBER_PERMISSIONS = (
 )  # view, send, files, history, slash
 ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
 ACK_WITHIN = 3.0  # seconds Discord gives a bot to acknowledge an interaction
+ADMINISTRATOR = 1 << 3
 
 
 @dataclass
@@ -57,6 +58,11 @@ class FakeDiscord:
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
         self.violations: list[str] = []
         self.refuse_command_sync = False
+        # Channel permission overwrites (channel id -> Discord's overwrite objects), and commands a
+        # server admin opened to everyone in the server's integration settings.
+        self.overwrites: dict[int, list[dict[str, Any]]] = {}
+        self.command_overrides: set[str] = set()
+        self.hidden_attempts: list[str] = []  # commands a member tried that Discord hides from them
         self._interactions: dict[str, float] = {}  # token -> when the interaction was sent
         self.known_users: dict[int, dict[str, Any]] = {}  # everyone who posted or was named
         self.known_users[int(self.bot_user["id"])] = self.bot_user
@@ -251,6 +257,20 @@ class FakeDiscord:
 
     # -- what users do --------------------------------------------------------------------------------
 
+    def permissions(self, admin: bool, channel: int | None = None) -> int:
+        """A member's permissions as Discord computes them: @everyone's and their roles' permissions, then
+        the channel's overwrites (@everyone's, then their roles', deny before allow)."""
+        roles = [self.admin_role] if admin else []
+        base = MEMBER_PERMISSIONS | (ADMIN_PERMISSIONS if admin else 0)
+        if base & ADMINISTRATOR:
+            return ~0 & ((1 << 53) - 1)
+        overwrites = self.overwrites.get(channel or 0, [])
+        for wanted in [self.guild_id, *roles]:
+            for overwrite in overwrites:
+                if int(overwrite["id"]) == wanted:
+                    base = (base & ~int(overwrite["deny"])) | int(overwrite["allow"])
+        return base
+
     def member(self, user: dict[str, Any], admin: bool = False) -> dict[str, Any]:
         return {
             "user": user,
@@ -262,7 +282,7 @@ class FakeDiscord:
             "pending": False,
             "nick": None,
             "avatar": None,
-            "permissions": str(ADMIN_PERMISSIONS if admin else MEMBER_PERMISSIONS),
+            "permissions": str(self.permissions(admin)),
         }
 
     def _message(self, channel: int, author: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
@@ -373,9 +393,15 @@ class FakeDiscord:
         data: dict[str, Any] | None = None,
         message: dict[str, Any] | None = None,
     ) -> str:
-        """A user runs a slash command (or presses a button, kind=3); returns the interaction token."""
+        """A user runs a slash command (or presses a button, kind=3); returns the interaction token, or ""
+        when Discord would not even offer the command to this member (its default permission)."""
         iid, token = self.new_id(), f"token-{self.new_id()}"
         command = next((c for c in self.commands if c["name"] == name), None)
+        granted = self.permissions(admin, channel)
+        required = int((command or {}).get("default_member_permissions") or 0)
+        if kind == 2 and required and granted & required != required and name not in self.command_overrides:
+            self.hidden_attempts.append(name)
+            return ""
         payload = data or {
             "id": command["id"] if command else str(self.new_id()),
             "name": name,
@@ -401,7 +427,7 @@ class FakeDiscord:
                 "nsfw": False,
                 "parent_id": None,
             },
-            "member": self.member(user, admin),
+            "member": {**self.member(user, admin), "permissions": str(granted)},
             "token": token,
             "version": 1,
             "app_permissions": str(ADMIN_PERMISSIONS),
