@@ -522,9 +522,7 @@ async def test_expression_show_and_render(server: FakeDiscord, config) -> None:
             assert sheet.size == (5 * 256, 2 * (256 + 24))
 
 
-async def test_shutdown_lets_answers_finish_and_cancels_late_ones(
-    server: FakeDiscord, config, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_shutdown_lets_answers_finish_and_cancels_late_ones(server: FakeDiscord, config) -> None:
     channel = server.channels["general"]
     story = "The lamp holds through the night, as it always has. " * 4
 
@@ -540,8 +538,8 @@ async def test_shutdown_lets_answers_finish_and_cancels_late_ones(
         assert reply.json["content"] == story.strip()
         assert [m.role for m in await run.engine.store.history(channel, "mira")] == ["user", "assistant"]
 
-    monkeypatch.setattr("bot.cogs.chat.SHUTDOWN_GRACE", 0.3)
     async with running_bot(config, server, wrap=script) as run:
+        run.bot.get_cog("Chat").shutdown_grace = 0.3  # type: ignore[union-attr]
         run.engine.llm._replies = [story * 20]  # type: ignore[attr-defined]
         await server.say(channel, MEMBER, "Tell me everything.")
         await server.wait_for(typing_in(channel), count=2)
@@ -692,3 +690,20 @@ async def test_an_unreachable_discord_is_one_line_per_try_until_it_answers(
             await bot.close()
         finally:
             await down.stop()
+
+
+async def test_a_render_outliving_the_interaction_token_ends_in_the_channel(
+    server: FakeDiscord, config
+) -> None:
+    """Ten faces on a slow machine can take longer than an interaction token lives (15 minutes): the
+    result then comes as a channel message. Both lives are shortened here: the bot counts from its
+    acknowledgement, Discord from the command, so the bot's must end first (it keeps a margin)."""
+    server.token_life = 1.0
+    channel = server.channels["general"]
+    async with running_bot(config, server) as run:
+        run.bot.get_cog("Admin").token_life = 0.05  # type: ignore[union-attr]
+        await server.slash(channel, ADMIN, "manage", subcommand("render"), admin=True)
+        [done] = await server.wait_for(
+            lambda r: posts_to(channel)(r) and "Rendered 10 faces of Mira" in str(r.json), limit=40
+        )
+        assert "contact-sheet.png" in done.files and pings_nobody(done)

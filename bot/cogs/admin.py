@@ -24,6 +24,8 @@ _log = logging.getLogger(__name__)
 
 CARD_TYPES = (".png", ".json")
 PROGRESS_EDIT_EVERY = 2.0
+# Discord's interaction tokens live 15 minutes; a slower job ends with a channel message instead.
+INTERACTION_TOKEN_LIFE = 14 * 60.0
 ADMIN_ONLY = discord.Permissions(manage_guild=True)
 
 
@@ -112,6 +114,7 @@ class Admin(commands.Cog):
         self.bot = bot
         self.engine = bot.engine
         self.config = bot.config
+        self.token_life = INTERACTION_TOKEN_LIFE
 
     async def cog_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
@@ -278,11 +281,14 @@ class Admin(commands.Cog):
 
         persona: Persona = await self.engine.persona_for(interaction.channel_id or 0)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        last_edit = 0.0
+        started = last_edit = time.monotonic()
+
+        def token_alive() -> bool:
+            return time.monotonic() - started < self.token_life
 
         async def progress(done: int, total: int, label: str) -> None:
             nonlocal last_edit
-            if done < total and time.monotonic() - last_edit > PROGRESS_EDIT_EVERY:
+            if done < total and token_alive() and time.monotonic() - last_edit > PROGRESS_EDIT_EVERY:
                 await interaction.edit_original_response(content=f"Rendering {label}… ({done}/{total})")
                 last_edit = time.monotonic()
 
@@ -291,10 +297,13 @@ class Admin(commands.Cog):
         buffer = io.BytesIO()
         await asyncio.to_thread(sheet.save, buffer, "PNG")
         buffer.seek(0)
-        await interaction.edit_original_response(
-            content=f"Rendered {len(faces)} faces of {persona.name}.",
-            attachments=[discord.File(buffer, filename="contact-sheet.png")],
-        )
+        done = f"Rendered {len(faces)} faces of {persona.name}."
+        sheet_file = discord.File(buffer, filename="contact-sheet.png")
+        if token_alive():
+            await interaction.edit_original_response(content=done, attachments=[sheet_file])
+        elif isinstance(interaction.channel, discord.abc.Messageable):
+            # Past the interaction token's life the answer can no longer be edited: post it instead.
+            await interaction.channel.send(f"{interaction.user.mention}: {done}", file=sheet_file)
 
     @app_commands.command(
         name="forget-me", description="Erase everything you wrote that the bot stored in this server"

@@ -67,6 +67,7 @@ class Chat(commands.Cog):
         self._background: set[asyncio.Task[None]] = set()
         self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
         self._closing = False
+        self.shutdown_grace = SHUTDOWN_GRACE
 
     # -- deciding whether to answer ---------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class Chat(commands.Cog):
         self._closing = True
         answering = [task for task in self._answering.values() if task is not asyncio.current_task()]
         if answering:
-            _, late = await asyncio.wait(answering, timeout=SHUTDOWN_GRACE)
+            _, late = await asyncio.wait(answering, timeout=self.shutdown_grace)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)

@@ -28,6 +28,7 @@ MEMBER_PERMISSIONS = (
 ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
 ACK_WITHIN = 3.0  # seconds Discord gives a bot to acknowledge an interaction
 ADMINISTRATOR = 1 << 3
+TOKEN_LIFE = 15 * 60.0  # seconds an interaction token can send follow-ups and edits
 
 
 @dataclass
@@ -64,6 +65,7 @@ class FakeDiscord:
         self.command_overrides: set[str] = set()
         self.hidden_attempts: list[str] = []  # commands a member tried that Discord hides from them
         self._interactions: dict[str, float] = {}  # token -> when the interaction was sent
+        self.token_life = TOKEN_LIFE
         self.known_users: dict[int, dict[str, Any]] = {}  # everyone who posted or was named
         self.known_users[int(self.bot_user["id"])] = self.bot_user
         self.messages: dict[int, dict[str, Any]] = {}
@@ -256,6 +258,10 @@ class FakeDiscord:
         }
 
     # -- what users do --------------------------------------------------------------------------------
+
+    def _expired(self, token: str) -> bool:
+        created = self._interactions.get(token)
+        return created is not None and time.monotonic() - created > self.token_life
 
     def permissions(self, admin: bool, channel: int | None = None) -> int:
         """A member's permissions as Discord computes them: @everyone's and their roles' permissions, then
@@ -590,6 +596,11 @@ class FakeDiscord:
                 message = self._bot_message(int(channel), body or {}, files)
                 await self.dispatch("MESSAGE_CREATE", message)
                 return ok(message)
+            case ("PATCH", ["webhooks", _, token, "messages", _]) | ("POST", ["webhooks", _, token]) if (
+                self._expired(token)
+            ):
+                self.violations.append(f"interaction token used after {self.token_life:g} s")
+                return ok({"message": "Invalid Webhook Token", "code": 50027}, status=401)
             case ("PATCH", ["channels", _, "messages", mid]) | ("PATCH", ["webhooks", _, _, "messages", mid]):
                 found = self.messages.get(int(mid)) if mid != "@original" else self._original
                 if found is None:
