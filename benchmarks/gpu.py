@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import table
-from benchmarks.llm import STORY_LINES
+from benchmarks.server import seed_history
 from bot.config import Config
 
 DECODE_TOKENS = 128
@@ -128,18 +128,8 @@ async def bench_resident(config: Config, quick: bool) -> int:
             llm_vram = VramSampler().used() - idle
             gpu_rate = await decode_rate(engine.llm)
             persona = engine.personas.load(cfg.persona.default)
-            channel, tokens, i = 1, 0, 0
-            while tokens < 1500:  # the same 1,500-token history as bench llm
-                role, text = STORY_LINES[i % len(STORY_LINES)]
-                await engine.store.add_message(
-                    channel,
-                    role=role,
-                    author_name="Sam" if role == "user" else persona.name,
-                    content=f"{text} ({i})",
-                    persona=persona.slug,
-                )
-                tokens += len(engine.llm.tokenize(text)) + 6
-                i += 1
+            channel = 1
+            await seed_history(engine, channel, 1500)  # the same 1,500-token history as bench llm
             cold = await engine.turn(channel, "Sam", "What happened next, Mira?")
             warm_alone = []
             for n in range(2 if quick else 4):

@@ -32,6 +32,7 @@ class Side:
 
 
 async def seed_history(engine: Any, channel: int, tokens_wanted: int) -> None:
+    """A stored conversation of about `tokens_wanted` tokens (counted by the engine's model)."""
     persona = engine.personas.load(engine.config.persona.default)
     tokens, i = 0, 0
     while tokens < tokens_wanted:
@@ -43,7 +44,7 @@ async def seed_history(engine: Any, channel: int, tokens_wanted: int) -> None:
             content=f"{text} ({i})",
             persona=persona.slug,
         )
-        tokens += len(text) // 4 + 6
+        tokens += len(engine.llm.tokenize(text)) + 6
         i += 1
 
 
