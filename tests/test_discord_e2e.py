@@ -707,3 +707,25 @@ async def test_a_render_outliving_the_interaction_token_ends_in_the_channel(
             lambda r: posts_to(channel)(r) and "Rendered 10 faces of Mira" in str(r.json), limit=40
         )
         assert "contact-sheet.png" in done.files and pings_nobody(done)
+
+
+async def test_a_burst_that_meets_rate_limits_loses_no_reply(server: FakeDiscord, tmp_path: Path) -> None:
+    """Discord answers 429 with retry_after when a route is hammered; every reply still arrives, once."""
+    server.rate_limit, server.rate_window = 1, 1.0
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    channels = [server.channels["general"], server.channels["roleplay"]]
+    async with running_bot(config, server) as run:
+        for channel in channels:
+            await enable(server, channel)
+        for n in range(2):
+            for channel in channels:
+                guest = FakeDiscord.user(f"Guest{n}", user_id=3_000_000_000_000_000_000 + n)
+                await server.say(channel, guest, f"hello from guest {n}")
+        for channel in channels:
+            history = await stored(run.engine, channel, "mira", 4)  # stored only once delivered
+            assert [m.role for m in history].count("assistant") == 2
+        assert server.throttled > 0  # the burst did meet Discord's limits
+        for channel in channels:
+            replies = [r for r in server.sent(posts_to(channel)) if (r.json or {}).get("message_reference")]
+            answered = [str(r.json["message_reference"]["message_id"]) for r in replies]
+            assert len(set(answered)) == 2

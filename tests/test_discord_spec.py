@@ -29,6 +29,8 @@ def test_a_valid_message_passes() -> None:
         ("GET", CHANNEL, {"colour": "red"}, None, {}, "unknown query parameter colour"),
         ("POST", CHANNEL, {}, {"content": "hi"}, {"image": b"png"}, "multipart part 'image' is not files[n]"),
         ("PUT", CHANNEL, {}, None, {}, "method not allowed"),
+        ("PATCH", "/guilds/1/members/@me", {}, {"nick": "N" * 33}, {}, "body nick"),
+        ("POST", CHANNEL, {}, {"allowed_mentions": {"parse": "users"}}, {}, "allowed_mentions"),
         ("GET", "/channels/1/teleport", {}, None, {}, "no such route"),
     ],
 )

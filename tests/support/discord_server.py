@@ -66,6 +66,11 @@ class FakeDiscord:
         self.hidden_attempts: list[str] = []  # commands a member tried that Discord hides from them
         self._interactions: dict[str, float] = {}  # token -> when the interaction was sent
         self.token_life = TOKEN_LIFE
+        # Off unless a test sets it: at most `rate_limit` writes per route and channel per `rate_window`.
+        self.rate_limit: int | None = None
+        self.rate_window = 1.0
+        self.throttled = 0  # 429 answers given
+        self._buckets: dict[tuple[str, str], list[float]] = {}
         self.known_users: dict[int, dict[str, Any]] = {}  # everyone who posted or was named
         self.known_users[int(self.bot_user["id"])] = self.bot_user
         self.messages: dict[int, dict[str, Any]] = {}
@@ -258,6 +263,20 @@ class FakeDiscord:
         }
 
     # -- what users do --------------------------------------------------------------------------------
+
+    def _rate_limited(self, method: str, path: str) -> float:
+        """Seconds to wait when `rate_limit` requests of this route and channel were already made within
+        `rate_window` (Discord's per-route buckets); 0 when the request may go."""
+        if self.rate_limit is None or method == "GET":
+            return 0.0
+        bucket = (method, re.sub(r"/messages/\d+", "/messages/ID", path))
+        now = time.monotonic()
+        recent = [t for t in self._buckets.get(bucket, []) if now - t < self.rate_window]
+        if len(recent) >= self.rate_limit:
+            self._buckets[bucket] = recent
+            return round(self.rate_window - (now - recent[0]) + 0.01, 3)
+        self._buckets[bucket] = [*recent, now]
+        return 0.0
 
     def _expired(self, token: str) -> bool:
         created = self._interactions.get(token)
@@ -485,6 +504,16 @@ class FakeDiscord:
         self.requests.append(record)
         multipart = request.content_type.startswith("multipart/")
         try:
+            wait = self._rate_limited(request.method, path)
+            if wait:
+                self.throttled += 1
+                limited = {"message": "You are being rate limited.", "retry_after": wait, "global": False}
+                response = _json(limited, status=429)
+                # Discord's own 429s pass its proxy ("Via"); discord.py takes others for a Cloudflare ban.
+                response.headers.update(
+                    {"Retry-After": f"{wait:.3f}", "X-RateLimit-Scope": "user", "Via": "1.1 google"}
+                )
+                return response
             invalid = discord_spec.check(request.method, path, dict(request.query), body, parts, multipart)
             if invalid is not None:
                 self.violations.append(invalid[0])
