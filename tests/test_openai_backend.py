@@ -177,3 +177,28 @@ def test_an_api_key_is_never_read_from_the_config_file(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="environment variable"):
         load_config(write_config(tmp_path, model='backend = "openai"\napi_key = "sk-secret"\n'))
+
+
+async def test_a_refused_key_names_the_variable_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .support.model_server import model_server as start
+
+    monkeypatch.delenv("RP_TEST_KEY", raising=False)
+    with start(log=tmp_path / "keyed.log", api_key="sesame") as keyed:
+        config = ModelConfig(backend="openai", base_url=keyed, api_key_env="RP_TEST_KEY")
+        with pytest.raises(ModelError, match=r"refused the API key \(401\).*RP_TEST_KEY"):
+            await load_backend(config)
+        monkeypatch.setenv("RP_TEST_KEY", "sesame")
+        backend = await load_backend(config)  # the key is read from the environment only
+        await backend.close()
+
+
+async def test_a_prompt_too_long_for_the_server_is_one_clear_line(tmp_path: Path, server: str) -> None:
+    backend = await load_backend(server_config(tmp_path, server).model)
+    try:
+        huge = backend.render([{"role": "user", "content": "The tide is high. " * 900}])  # ~4,500 tokens
+        with pytest.raises(ModelError, match=r"longer than its context; set \[model\] n_ctx"):
+            _ = [c async for c in backend.generate(huge).chunks()]
+    finally:
+        await backend.close()

@@ -289,6 +289,13 @@ class OpenAIBackend:
                 raise describe(exc, config) from None
             finally:
                 await stream.close()  # also when the reader stopped early: the server ends the job
+            if stats.generated_tokens == 0 and not stats.finish_reason:
+                # Some servers (llama-cpp-python) end the stream without a word when the prompt overflows.
+                raise ModelError(
+                    f"the model server at {config.base_url} ended the reply with no text and no reason:"
+                    " most often the prompt is longer than its context; set [model] n_ctx to the server's"
+                    " context size"
+                )
             end = time.perf_counter()
             stats.prompt_seconds = (first or end) - start
             stats.decode_seconds = end - (first or end)

@@ -508,12 +508,12 @@ class FakeDiscord:
             if wait:
                 self.throttled += 1
                 limited = {"message": "You are being rate limited.", "retry_after": wait, "global": False}
-                response = _json(limited, status=429)
+                throttled = _json(limited, status=429)
                 # Discord's own 429s pass its proxy ("Via"); discord.py takes others for a Cloudflare ban.
-                response.headers.update(
+                throttled.headers.update(
                     {"Retry-After": f"{wait:.3f}", "X-RateLimit-Scope": "user", "Via": "1.1 google"}
                 )
-                return response
+                return throttled
             invalid = discord_spec.check(request.method, path, dict(request.query), body, parts, multipart)
             if invalid is not None:
                 self.violations.append(invalid[0])

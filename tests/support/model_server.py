@@ -25,8 +25,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def model_server(n_ctx: int = 2048, log: Path | None = None) -> Iterator[str]:
-    """A running server; yields its base URL (http://127.0.0.1:PORT/v1)."""
+def model_server(n_ctx: int = 2048, log: Path | None = None, api_key: str = "") -> Iterator[str]:
+    """A running server; yields its base URL (http://127.0.0.1:PORT/v1). With `api_key`, it refuses
+    requests without that key."""
     port = free_port()
     out = log.open("w") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -42,6 +43,7 @@ def model_server(n_ctx: int = 2048, log: Path | None = None) -> Iterator[str]:
             str(port),
             "--n_ctx",
             str(n_ctx),
+            *(["--api_key", api_key] if api_key else []),
         ],
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -53,7 +55,10 @@ def model_server(n_ctx: int = 2048, log: Path | None = None) -> Iterator[str]:
             if process.poll() is not None:
                 raise RuntimeError(f"the model server exited with {process.returncode} before it was ready")
             try:
-                with urllib.request.urlopen(base + "/models", timeout=2) as response:
+                request = urllib.request.Request(
+                    base + "/models", headers={"Authorization": f"Bearer {api_key}"}
+                )
+                with urllib.request.urlopen(request, timeout=2) as response:
                     if json.loads(response.read())["data"]:
                         break
             except OSError:
