@@ -137,7 +137,11 @@ class OpenAIBackend:
         root = config.base_url.rstrip("/").removesuffix("/v1")
         tokenize_url, n_ctx = await asyncio.to_thread(_probe_extras, root, config)
         backend = cls(config, client, model, n_ctx or config.n_ctx, tokenize_url, False)
-        backend.supports_logprobs = await backend._probe_logprobs()
+        try:
+            backend.supports_logprobs = await backend._probe_logprobs()
+        except BaseException:
+            await client.close()
+            raise
         _log.info(
             "model server %s: model %s, context %d, tokenizer %s, log-probabilities %s",
             config.base_url,
@@ -158,6 +162,8 @@ class OpenAIBackend:
                 top_logprobs=2,
                 temperature=0.0,
             )
+        except openai.BadRequestError:
+            return False  # a server that does not take the parameter at all
         except openai.OpenAIError as exc:
             raise describe(exc, self.config) from None
         choice = response.choices[0] if response.choices else None
