@@ -85,6 +85,9 @@ class PromptConfig:
     lorebook_token_budget: int = 512
     lorebook_scan_depth: int = 4
     window_slack: float = 0.25
+    # {{user}} in the persona's permanent text once several people talk in a channel; with one person it
+    # is their name. Stable whoever spoke last, so every warm turn reuses the evaluated prompt.
+    audience_name: str = "everyone"
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,15 @@ class TurnResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def audience(history: list[StoredMessage], speaker: str, group_name: str) -> str:
+    """Who {{user}} is in the persona's permanent text (system prompt, greeting): the one person who
+    talks in the channel, or, once several do, a stable name for all of them. Never simply whoever spoke
+    last: that would change the prompt's start, and the whole history would be evaluated again, at every
+    change of speaker. Each speaker's own name rides on their turns ("Name: text")."""
+    speakers = {m.author_name for m in history if m.role == "user"} | {speaker}
+    return speaker if len(speakers) == 1 else group_name
+
+
 async def _shown(result: Awaitable[None] | None) -> None:
     if result is not None:
         await result
@@ -368,7 +377,9 @@ class Engine:
         key = (channel_id, persona.slug)
         first_id = self._window_ids.get(key, 0)
         start = next((i for i, m in enumerate(history) if m.id >= first_id), 0)
-        built = self.prompts.build(persona, turns, user, start)
+        built = self.prompts.build(
+            persona, turns, audience(history, user, self.config.prompt.audience_name), start
+        )
         if history:
             self._window_ids[key] = history[built.window_start].id
         return built

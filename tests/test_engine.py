@@ -148,3 +148,20 @@ async def test_a_reply_never_starts_with_speaker_labels(config: Config, model) -
         assert stored == ["The lamp is lit, Sam.", "Hello: again.", "Mira smiles. Yes."]
     finally:
         await store.close()
+
+
+async def test_alternating_speakers_keep_the_prompt_prefix(config: Config) -> None:
+    """Two members take turns: the persona's text names neither of them, so a warm turn evaluates only
+    the new messages, whoever speaks (it used to re-read the whole prompt at every change of speaker)."""
+    async with open_engine(config) as engine:
+        await engine.turn(9, "Sam", "Good evening, Mira. The storm is coming.")  # one person: their name
+        first = await engine.turn(
+            9, "Ada", "Mira, is the lamp ready?"
+        )  # a second voice: the prefix moves once
+        warm = []
+        for n, speaker in enumerate(["Sam", "Ada", "Sam", "Ada"]):
+            result = await engine.turn(9, speaker, f"Tell us more, Mira ({n}).")
+            warm.append(result.stats.evaluated_tokens)
+        assert first.stats.evaluated_tokens > 100  # the system prompt was read again, once
+        # The new user message and the previous reply (48 tokens at most), not the persona's text.
+        assert all(n < 100 for n in warm), warm
