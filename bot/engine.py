@@ -25,6 +25,7 @@ from bot.persona import Persona, PersonaLibrary
 from bot.prompt import PromptBuilder, Turn
 from bot.speakers import LabelGate, strip_speaker_labels
 from bot.store import Store, StoredMessage
+from bot.workers import maybe_await
 
 _log = logging.getLogger(__name__)
 
@@ -92,11 +93,6 @@ def audience(history: list[StoredMessage], speaker: str, group_name: str) -> str
     change of speaker. Each speaker's own name rides on their turns ("Name: text")."""
     speakers = {m.author_name for m in history if m.role == "user"} | {speaker}
     return speaker if len(speakers) == 1 else group_name
-
-
-async def _shown(result: Awaitable[None] | None) -> None:
-    if result is not None:
-        await result
 
 
 def clean_reply(text: str, speakers: list[str]) -> str:
@@ -311,9 +307,9 @@ class Engine:
             async for chunk in generation.chunks():
                 parts.append(chunk)
                 if on_text is not None and (visible := gate.feed(chunk)):
-                    await _shown(on_text(visible))
+                    await maybe_await(on_text(visible))
             if on_text is not None and (visible := gate.flush()):
-                await _shown(on_text(visible))
+                await maybe_await(on_text(visible))
             reply_seconds = time.perf_counter() - reply_started
             raw_reply = "".join(parts)
             reply = clean_reply(raw_reply, speakers)

@@ -109,6 +109,11 @@ _MESSAGE_COLUMNS = (
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+MAX_BOUND = 500  # ids bound in one statement: under SQLite's limit on parameters (999 in older builds)
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[start : start + MAX_BOUND] for start in range(0, len(ids), MAX_BOUND)]
 
 
 def _check_path(path: Path) -> None:
@@ -157,12 +162,12 @@ class Store:
         try:
             db.row_factory = aiosqlite.Row
             store = cls(db, path)
-            await store._check_version()  # before anything below may write to a newer bot's file
+            version = await store._check_version()  # before anything below may write to a newer bot's file
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
-            await store._migrate()
+            await store._migrate(version)
         except sqlite3.DatabaseError as exc:
             await db.close()
             raise StoreError(f"{path}: cannot use the database: {exc}") from None
@@ -185,8 +190,7 @@ class Store:
             )
         return version
 
-    async def _migrate(self) -> None:
-        version = await self._check_version()
+    async def _migrate(self, version: int) -> None:
         for target in range(version, SCHEMA_VERSION):
             # executescript commits on its own, so the version bump rides inside the same script.
             await self._db.executescript(
@@ -251,40 +255,40 @@ class Store:
         return cursor.rowcount > 0
 
     async def delete_message(self, discord_id: int) -> bool:
-        cursor = await self._write("DELETE FROM messages WHERE discord_id = ?", (discord_id,))
-        return cursor.rowcount > 0
+        return await self.delete_messages({discord_id}) > 0
 
     async def delete_messages(self, discord_ids: set[int] | frozenset[int]) -> int:
-        """Forget many messages at once (a purge); returns how many were stored."""
-        ids = sorted(discord_ids)
-        removed = 0
-        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cursor = await self._write(f"DELETE FROM messages WHERE discord_id IN ({marks})", tuple(chunk))
-            removed += cursor.rowcount
-        return removed
+        """Forget many messages at once (a purge), all or none; returns how many were stored."""
+        return await self._delete_in("", (), "discord_id", sorted(discord_ids))
 
     async def forget_author(self, author_id: int, channel_ids: list[int]) -> int:
         """Erase everything one member wrote in these channels; returns how many messages went."""
+        return await self._delete_in("author_id = ? AND ", (author_id,), "channel_id", channel_ids)
+
+    async def _delete_in(self, where: str, fixed: tuple[object, ...], column: str, ids: Sequence[int]) -> int:
+        """DELETE messages `where` `column` is one of `ids`, in statements of at most MAX_BOUND ids (under
+        SQLite's limit on bound parameters), all in one transaction."""
         removed = 0
-        for start in range(0, len(channel_ids), 500):
-            chunk = channel_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            cursor = await self._write(
-                f"DELETE FROM messages WHERE author_id = ? AND channel_id IN ({marks})", (author_id, *chunk)
-            )
-            removed += cursor.rowcount
+        async with self._transaction() as db:
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                cursor = await db.execute(
+                    f"DELETE FROM messages WHERE {where}{column} IN ({marks})", (*fixed, *chunk)
+                )
+                removed += cursor.rowcount
         return removed
 
     async def count_by_author(self, author_id: int, channel_ids: list[int]) -> int:
-        marks = ",".join("?" * len(channel_ids)) or "NULL"
-        async with self._db.execute(
-            f"SELECT COUNT(*) FROM messages WHERE author_id = ? AND channel_id IN ({marks})",
-            (author_id, *channel_ids),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        count = 0
+        for chunk in _chunks(channel_ids):
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT COUNT(*) FROM messages WHERE author_id = ? AND channel_id IN ({marks})",
+                (author_id, *chunk),
+            ) as cursor:
+                row = await cursor.fetchone()
+            count += int(row[0]) if row else 0
+        return count
 
     async def clear_channel(self, channel_id: int) -> int:
         """Forget a channel's whole history; returns how many messages went."""

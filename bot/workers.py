@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -49,3 +49,9 @@ class ModelWorker:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def maybe_await(value: Awaitable[None] | None) -> None:
+    """Await what a callback returned, if it returned an awaitable (callbacks may be plain functions)."""
+    if value is not None:
+        await value

@@ -303,17 +303,8 @@ async def test_reset_asks_for_confirmation(server: FakeDiscord, config) -> None:
         token = await server.slash(channel, ADMIN, "reset", admin=True)
         [prompt] = await server.wait_for(_is_reset_prompt(token))
         assert await run.engine.store.count_messages(channel) == 2  # nothing erased before confirming
-        original = server._original
         button = prompt.json["data"]["components"][0]["components"][0]
-        await server.slash(
-            channel,
-            ADMIN,
-            "",
-            kind=3,
-            admin=True,
-            message=original,
-            data={"custom_id": button["custom_id"], "component_type": 2},
-        )
+        await server.press(channel, ADMIN, server.last_answer(), button, admin=True)
         await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 messages" in str(r.json))
         assert await run.engine.store.count_messages(channel) == 0
 
@@ -448,19 +439,15 @@ async def test_reset_keep_it_and_only_its_owner_answers(server: FakeDiscord, con
         token = await server.slash(channel, ADMIN, "reset", admin=True)
         [prompt] = await server.wait_for(_is_reset_prompt(token))
         erase, keep = prompt.json["data"]["components"][0]["components"]
-        original = server._original
-
-        async def press(user: dict[str, Any], button: dict[str, Any]) -> str:
-            data = {"custom_id": button["custom_id"], "component_type": 2}
-            return await server.slash(channel, user, "", kind=3, admin=True, message=original, data=data)
+        question = server.last_answer()
 
         # Another admin cannot answer someone else's confirmation.
-        refused = await press(other_admin, erase)
+        refused = await server.press(channel, other_admin, question, erase, admin=True)
         await server.wait_for(
             lambda r: callbacks(refused)(r) and "Only the admin who ran /reset" in str(r.json)
         )
         assert await run.engine.store.count_messages(channel) == 2
-        await press(ADMIN, keep)
+        await server.press(channel, ADMIN, question, keep, admin=True)
         await server.wait_for(lambda r: r.method == "PATCH" and "History kept." in str(r.json))
         assert await run.engine.store.count_messages(channel) == 2
 
@@ -650,8 +637,7 @@ async def test_forget_me_erases_only_that_members_messages(server: FakeDiscord, 
             lambda r: callbacks(token)(r) and "Erase the 2 messages" in str(r.json)
         )
         erase = prompt.json["data"]["components"][0]["components"][0]
-        data = {"custom_id": erase["custom_id"], "component_type": 2}
-        await server.slash(general, MEMBER, "", kind=3, message=server._original, data=data)
+        await server.press(general, MEMBER, server.last_answer(), erase)
         await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 of your messages" in str(r.json))
         remaining = [
             m.author_name

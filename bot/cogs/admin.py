@@ -41,52 +41,30 @@ def require_manager(interaction: discord.Interaction) -> bool:
 manager_only = app_commands.check(require_manager)
 
 
-class ConfirmReset(discord.ui.View):
-    def __init__(self, owner: int) -> None:
+class Confirm(discord.ui.View):
+    """A yes/no question that only the member who ran the command may answer."""
+
+    def __init__(self, owner: int, command: str, who: str, yes: str, no: str) -> None:
         super().__init__(timeout=60)
         self.owner = owner
+        self.refusal = f"Only the {who} who ran /{command} can answer this."
         self.confirmed: bool | None = None
+        self.yes.label, self.no.label = yes, no
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.user.id == self.owner:
             return True
-        await interaction.response.send_message(
-            "Only the admin who ran /reset can answer this.", ephemeral=True
-        )
+        await interaction.response.send_message(self.refusal, ephemeral=True)
         return False
 
-    @discord.ui.button(label="Erase history", style=discord.ButtonStyle.danger)
-    async def erase(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmReset]) -> None:
+    @discord.ui.button(style=discord.ButtonStyle.danger)
+    async def yes(self, interaction: discord.Interaction, _: discord.ui.Button[Confirm]) -> None:
         self.confirmed = True
         await interaction.response.defer()
         self.stop()
 
-    @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
-    async def keep(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmReset]) -> None:
-        self.confirmed = False
-        await interaction.response.defer()
-        self.stop()
-
-
-class ConfirmForget(discord.ui.View):
-    """Asks the member who ran /forget-me, and only them, to confirm."""
-
-    def __init__(self, owner: int) -> None:
-        super().__init__(timeout=60)
-        self.owner = owner
-        self.confirmed: bool | None = None
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        return interaction.user.id == self.owner
-
-    @discord.ui.button(label="Erase my messages", style=discord.ButtonStyle.danger)
-    async def erase(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmForget]) -> None:
-        self.confirmed = True
-        await interaction.response.defer()
-        self.stop()
-
-    @discord.ui.button(label="Keep them", style=discord.ButtonStyle.secondary)
-    async def keep(self, interaction: discord.Interaction, _: discord.ui.Button[ConfirmForget]) -> None:
+    @discord.ui.button(style=discord.ButtonStyle.secondary)
+    async def no(self, interaction: discord.Interaction, _: discord.ui.Button[Confirm]) -> None:
         self.confirmed = False
         await interaction.response.defer()
         self.stop()
@@ -196,7 +174,8 @@ class Admin(commands.Cog):
         raw = await card.read()
         persona = await self.engine.import_card(raw[: limit + 1], card.filename)
         await interaction.followup.send(
-            f"Imported **{persona.name}** as `{persona.slug}`. Use `/persona set {persona.slug}` to play it.",
+            f"Imported **{persona.name}** as `{persona.slug}`."
+            f" Use `/manage persona {persona.slug}` to play it.",
             ephemeral=True,
         )
 
@@ -222,7 +201,7 @@ class Admin(commands.Cog):
     async def reset(self, interaction: discord.Interaction) -> None:
         channel_id = interaction.channel_id or 0
         count = await self.engine.message_count(channel_id)
-        view = ConfirmReset(interaction.user.id)
+        view = Confirm(interaction.user.id, "reset", "admin", "Erase history", "Keep it")
         await interaction.response.send_message(
             f"Erase all {count} stored messages of this channel? The persona forgets this conversation.",
             view=view,
@@ -321,7 +300,7 @@ class Admin(commands.Cog):
                 "The bot has nothing you wrote in this server.", ephemeral=True
             )
             return
-        view = ConfirmForget(interaction.user.id)
+        view = Confirm(interaction.user.id, "forget-me", "member", "Erase my messages", "Keep them")
         await interaction.response.send_message(
             f"Erase the {count} messages of yours the bot stored in this server? Its characters will not"
             " remember them.",

@@ -27,7 +27,7 @@ from bot.files import atomic_write, png_bytes
 from bot.images import decode_image
 from bot.persona import Persona, PersonaLibrary
 from bot.store import RenderRecord, Store
-from bot.workers import ModelWorker
+from bot.workers import ModelWorker, maybe_await
 
 _log = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ DEFAULT_EMOTION_WORDS: dict[str, str] = {
     "embarrassment": "embarrassed expression, deep blush, averted eyes",
     "confusion": "confused expression, tilted head, raised eyebrow",
 }
-
-
-async def _maybe_await(value: Awaitable[None] | None) -> None:
-    if value is not None:
-        await value
 
 
 @dataclass(frozen=True)
@@ -262,11 +257,11 @@ class ExpressionService:
         faces: list[tuple[str, Path]] = []
         for i, (label, variant) in enumerate(jobs):
             if on_progress is not None:
-                await _maybe_await(on_progress(i, len(jobs), label))
+                await maybe_await(on_progress(i, len(jobs), label))
             path = self.sprite(persona, label, variant) or await self.render(persona, label, variant)
             faces.append((sprite_name(label, variant).removesuffix(".png"), path))
         if on_progress is not None:
-            await _maybe_await(on_progress(len(jobs), len(jobs), "done"))
+            await maybe_await(on_progress(len(jobs), len(jobs), "done"))
         return faces
 
     def render_in_background(

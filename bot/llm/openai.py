@@ -51,7 +51,7 @@ def defuse(text: str) -> str:
 def describe(exc: Exception, config: ModelConfig) -> Exception:
     """A server error as one clear line, with what to change."""
     where = config.base_url
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):  # the client's, or our deadline's
         return GenerationTimeout(
             f"the model server at {where} took longer than {config.timeout_seconds:g} s"
             " (raise [model] timeout_seconds in config.toml for a slower model)"
@@ -286,12 +286,7 @@ class OpenAIBackend:
                                 first = first or time.perf_counter()
                                 stats.generated_tokens += 1
                                 yield text
-            except TimeoutError:
-                raise GenerationTimeout(
-                    f"the model server at {config.base_url} took longer than {config.timeout_seconds:g} s"
-                    " (raise [model] timeout_seconds in config.toml for a slower model)"
-                ) from None
-            except openai.OpenAIError as exc:
+            except (TimeoutError, openai.OpenAIError) as exc:
                 raise describe(exc, config) from None
             finally:
                 await stream.close()  # also when the reader stopped early: the server ends the job

@@ -469,6 +469,24 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", interaction)
         return token
 
+    def last_answer(self) -> dict[str, Any]:
+        """The message of the bot's latest interaction answer (where its buttons are)."""
+        assert self._original, "the bot has not answered an interaction yet"
+        return self._original
+
+    async def press(
+        self,
+        channel: int,
+        user: dict[str, Any],
+        message: dict[str, Any],
+        button: dict[str, Any],
+        *,
+        admin: bool = False,
+    ) -> str:
+        """A user presses a button of `message`; returns the interaction token."""
+        data = {"custom_id": button["custom_id"], "component_type": 2}
+        return await self.slash(channel, user, "", kind=3, admin=admin, message=message, data=data)
+
     # -- REST ---------------------------------------------------------------------------------------------
 
     async def _attachment(self, request: web.Request) -> web.Response:
