@@ -33,6 +33,9 @@ DEFAULT_LABELS = (
 
 MAX_CONTEXT = 1 << 20  # tokens; every model's own limit is checked against its file at load
 CPUS = os.cpu_count() or 1
+# Personas in one cast, and replies after one message: Discord allows 15 webhooks per channel, and a
+# select menu lists at most 25 options; 10 keeps every list of the cast readable.
+MAX_CAST = 10
 
 
 def decode_threads(config: ModelConfig) -> int:
@@ -145,6 +148,16 @@ class DiscordConfig:
 
 
 @dataclass(frozen=True)
+class CastConfig:
+    max_members: int = 4  # personas in one channel's cast
+    # Who answers a message that names no cast member: "choice" asks the model (the emotion judge's
+    # constrained choice, over the cast's names), "order" takes the member after the last one who spoke.
+    next_speaker: Literal["choice", "order"] = "choice"
+    # Persona replies after one member's message at most, so two characters never talk forever.
+    max_turns: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
@@ -153,6 +166,7 @@ class Config:
     persona: PersonaConfig = field(default_factory=PersonaConfig)
     expressions: ExpressionsConfig = field(default_factory=ExpressionsConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
+    cast: CastConfig = field(default_factory=CastConfig)
     root: Path = Path(".")
 
     def resolve(self, relative: str) -> Path:
@@ -247,6 +261,8 @@ def _validate(config: Config, source: str) -> None:
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
         (config.expressions.resolution % 8 == 0, "expressions.resolution", "must be a multiple of 8"),
+        (1 <= config.cast.max_members <= MAX_CAST, "cast.max_members", f"must be between 1 and {MAX_CAST}"),
+        (1 <= config.cast.max_turns <= MAX_CAST, "cast.max_turns", f"must be between 1 and {MAX_CAST}"),
         (
             config.discord.max_pending_per_channel >= 1,
             "discord.max_pending_per_channel",

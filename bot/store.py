@@ -63,6 +63,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX renders_by_persona ON renders (persona, label, variant);
     """,
+    # A cast: the personas that share a channel besides its lead (channels.persona), each with its own
+    # face. Replies remember the message they answer, and keep their earlier versions for browsing.
+    """
+    CREATE TABLE cast_members (
+        channel_id   INTEGER NOT NULL,
+        persona      TEXT NOT NULL,
+        position     INTEGER NOT NULL,
+        last_emotion TEXT,
+        PRIMARY KEY (channel_id, persona)
+    );
+    ALTER TABLE messages ADD COLUMN prompt_id INTEGER;
+    ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE reply_versions (
+        message_id  INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        content     TEXT NOT NULL,
+        emotion     TEXT,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (message_id, version)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -81,6 +102,21 @@ class StoredMessage:
     persona: str
     created_at: float
     edited_at: float | None
+    prompt_id: int | None = None  # a reply: the row id of the message it answers
+    version: int = 0  # a reply: which of its versions is the one in the history
+
+
+@dataclass(frozen=True)
+class CastMember:
+    persona: str
+    last_emotion: str | None
+
+
+@dataclass(frozen=True)
+class ReplyVersion:
+    version: int
+    content: str
+    emotion: str | None
 
 
 @dataclass(frozen=True)
@@ -104,7 +140,7 @@ class RenderRecord:
 
 _MESSAGE_COLUMNS = (
     "id, channel_id, discord_id, author_id, author_name, role, content, emotion, persona, created_at,"
-    " edited_at"
+    " edited_at, prompt_id, version"
 )
 
 
@@ -226,25 +262,122 @@ class Store:
         author_id: int | None = None,
         discord_id: int | None = None,
         emotion: str | None = None,
+        prompt_id: int | None = None,
     ) -> int:
         """Store one message; returns its row id."""
         cursor = await self._write(
             "INSERT INTO messages (channel_id, discord_id, author_id, author_name, role, content, emotion,"
-            " persona, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (channel_id, discord_id, author_id, author_name, role, content, emotion, persona, time.time()),
+            " persona, created_at, prompt_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                channel_id,
+                discord_id,
+                author_id,
+                author_name,
+                role,
+                content,
+                emotion,
+                persona,
+                time.time(),
+                prompt_id,
+            ),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    async def history(self, channel_id: int, persona: str, limit: int = 400) -> list[StoredMessage]:
-        """The channel's most recent messages with this persona, oldest first."""
+    async def history(
+        self, channel_id: int, persona: str | Sequence[str], limit: int = 400
+    ) -> list[StoredMessage]:
+        """The channel's most recent messages with this persona (or any of these, a cast), oldest first."""
+        personas = [persona] if isinstance(persona, str) else list(persona)
+        marks = ",".join("?" * len(personas))
         async with self._db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND persona = ?"
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND persona IN ({marks})"
             " ORDER BY id DESC LIMIT ?",
-            (channel_id, persona, limit),
+            (channel_id, *personas, limit),
         ) as cursor:
             rows = await cursor.fetchall()
         return [StoredMessage(**dict(row)) for row in reversed(list(rows))]
+
+    async def message(self, row_id: int) -> StoredMessage | None:
+        async with self._db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (row_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return StoredMessage(**dict(row)) if row else None
+
+    async def message_by_discord_id(self, discord_id: int) -> StoredMessage | None:
+        async with self._db.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE discord_id = ?", (discord_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return StoredMessage(**dict(row)) if row else None
+
+    # -- reply versions (regenerate) ----------------------------------------------------------------
+
+    async def versions(self, row_id: int) -> list[ReplyVersion]:
+        """Every version of a reply, oldest first; [] for one never regenerated."""
+        async with self._db.execute(
+            "SELECT version, content, emotion FROM reply_versions WHERE message_id = ? ORDER BY version",
+            (row_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [ReplyVersion(row["version"], row["content"], row["emotion"]) for row in rows]
+
+    async def add_version(self, row_id: int, content: str, emotion: str | None) -> int:
+        """Replace a reply in the history by a new version; the earlier ones are kept aside (never in a
+        prompt). Returns the new version's number."""
+        now = time.time()
+        async with self._transaction() as db:
+            # The first regeneration files the original as version 0.
+            await db.execute(
+                "INSERT OR IGNORE INTO reply_versions (message_id, version, content, emotion, created_at)"
+                " SELECT id, version, content, emotion, created_at FROM messages WHERE id = ?",
+                (row_id,),
+            )
+            async with db.execute(
+                "SELECT COALESCE(MAX(version), -1) + 1 FROM reply_versions WHERE message_id = ?", (row_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            await db.execute(
+                "INSERT INTO reply_versions (message_id, version, content, emotion, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (row_id, version, content, emotion, now),
+            )
+            await db.execute(
+                "UPDATE messages SET content = ?, emotion = ?, version = ?, edited_at = ? WHERE id = ?",
+                (content, emotion, version, now, row_id),
+            )
+        return version
+
+    async def show_version(self, row_id: int, version: int) -> ReplyVersion | None:
+        """Make an earlier (or later) version the one in the history; None if there is no such version."""
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT version, content, emotion FROM reply_versions WHERE message_id = ? AND version = ?",
+                (row_id, version),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            await db.execute(
+                "UPDATE messages SET content = ?, emotion = ?, version = ?, edited_at = ? WHERE id = ?",
+                (row["content"], row["emotion"], version, time.time(), row_id),
+            )
+        return ReplyVersion(row["version"], row["content"], row["emotion"])
+
+    async def set_emotion(self, row_id: int, label: str) -> None:
+        """A face chosen by hand for a reply (and for the version shown)."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE messages SET emotion = ? WHERE id = ?", (label, row_id))
+            await db.execute(
+                "UPDATE reply_versions SET emotion = ? WHERE message_id = ?"
+                " AND version = (SELECT version FROM messages WHERE id = ?)",
+                (label, row_id, row_id),
+            )
+
+    async def set_discord_id(self, row_id: int, discord_id: int) -> None:
+        await self._write("UPDATE messages SET discord_id = ? WHERE id = ?", (discord_id, row_id))
 
     async def edit_message(self, discord_id: int, content: str) -> bool:
         """Apply a Discord edit to the stored copy. False when the message was never stored."""
@@ -330,6 +463,62 @@ class Store:
             f" ON CONFLICT (channel_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
             (channel_id, *fields.values(), time.time()),
         )
+
+    # -- cast -------------------------------------------------------------------------------------------
+
+    async def cast_members(self, channel_id: int) -> list[CastMember]:
+        """The personas sharing a channel besides its lead, in the order they joined."""
+        async with self._db.execute(
+            "SELECT persona, last_emotion FROM cast_members WHERE channel_id = ? ORDER BY position",
+            (channel_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [CastMember(row["persona"], row["last_emotion"]) for row in rows]
+
+    async def add_cast_member(self, channel_id: int, persona: str) -> None:
+        await self._write(
+            "INSERT OR IGNORE INTO cast_members (channel_id, persona, position) VALUES (?, ?,"
+            " (SELECT COALESCE(MAX(position), 0) + 1 FROM cast_members WHERE channel_id = ?))",
+            (channel_id, persona, channel_id),
+        )
+
+    async def remove_cast_member(self, channel_id: int, persona: str) -> bool:
+        cursor = await self._write(
+            "DELETE FROM cast_members WHERE channel_id = ? AND persona = ?", (channel_id, persona)
+        )
+        return cursor.rowcount > 0
+
+    async def clear_cast(self, channel_id: int) -> None:
+        await self._write("DELETE FROM cast_members WHERE channel_id = ?", (channel_id,))
+
+    async def set_cast_emotion(self, channel_id: int, persona: str, label: str | None) -> None:
+        await self._write(
+            "UPDATE cast_members SET last_emotion = ? WHERE channel_id = ? AND persona = ?",
+            (label, channel_id, persona),
+        )
+
+    async def hand_lead(self, channel_id: int, old: str, new: str) -> None:
+        """The lead leaves the cast: `new` (a member) leads, with its face, and the members' messages
+        filed under the old lead are filed under the new one, so the conversation stays whole."""
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT last_emotion FROM cast_members WHERE channel_id = ? AND persona = ?",
+                (channel_id, new),
+            ) as cursor:
+                row = await cursor.fetchone()
+            await db.execute(
+                "DELETE FROM cast_members WHERE channel_id = ? AND persona = ?", (channel_id, new)
+            )
+            await db.execute(
+                "INSERT INTO channels (channel_id, persona, last_emotion, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (channel_id) DO UPDATE SET persona = excluded.persona,"
+                " last_emotion = excluded.last_emotion, updated_at = excluded.updated_at",
+                (channel_id, new, row["last_emotion"] if row else None, time.time()),
+            )
+            await db.execute(
+                "UPDATE messages SET persona = ? WHERE channel_id = ? AND persona = ? AND role = 'user'",
+                (new, channel_id, old),
+            )
 
     # -- render index -----------------------------------------------------------------------------------
 

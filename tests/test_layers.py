@@ -15,12 +15,12 @@ PACKAGE = REPO / "bot"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "native", "bounded", "files", "splitting", "speakers", "workers", "config", "images", "gguf"),
     ("store", "cards", "persona", "prompt"),
-    ("llm", "emotion", "expressions"),
+    ("llm", "emotion", "expressions", "cast"),
     ("engine",),
     ("app",),
-    ("client", "cogs", "console", "faces", "expressions_cli", "__main__"),
+    ("client", "cogs", "webhooks", "console", "faces", "expressions_cli", "__main__"),
 ]
-FRONT_ENDS = ("client", "cogs", "console", "expressions_cli", "__main__")
+FRONT_ENDS = ("client", "cogs", "webhooks", "console", "expressions_cli", "__main__")
 ENGINE_INSIDES = {"store", "personas", "llm", "expressions", "judge", "prompts"}
 
 

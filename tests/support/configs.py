@@ -38,3 +38,12 @@ def expression_settings(model: Path | str) -> str:
         f'[expressions]\nmodel = "{model}"\nresolution = 64\nsteps = 2\nmask_dilate = 2\nmask_blur = 3\n'
         "crop_padding = 8\nlocal_files_only = true\n"
     )
+
+
+def add_persona(folder: Path, slug: str, name: str, *, portrait: bool = True) -> None:
+    """A second persona beside Mira in a test's persona folder: Mira's file under another name (and
+    her portrait, so that it has faces of its own to render)."""
+    text = (REPO / "persona" / "mira.toml").read_text().replace("Mira", name)
+    if not portrait:
+        text = text.replace('image = "mira.png"', 'image = ""')
+    (folder / "persona" / f"{slug}.toml").write_text(text)
