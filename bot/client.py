@@ -21,7 +21,7 @@ from bot.files import atomic_write
 
 _log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.cast", "bot.cogs.replies")
 RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0)  # seconds between tries while Discord is unreachable
 COMMAND_STAMP = "slash-commands.sha256"  # beside the database: the command tree last registered
 

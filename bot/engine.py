@@ -350,6 +350,11 @@ class Engine:
             self._window_ids.pop((channel_id, target.slug), None)
             return await self.cast(channel_id)
 
+    async def named_member(self, channel_id: int, text: str) -> Persona | None:
+        """The member of the channel's cast (of two or more) that a message names, if any."""
+        cast = await self.cast(channel_id)
+        return named_in(text, cast) if len(cast) > 1 else None
+
     async def _history(self, channel_id: int, cast: list[Persona]) -> list[StoredMessage]:
         return await self.store.history(channel_id, [p.slug for p in cast], HISTORY_FETCH)
 

@@ -8,16 +8,16 @@ import functools
 import logging
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from bot.bounded import LRUDict
+from bot.cogs.replies import Outgoing, compose, controls, style_of
 from bot.engine import TurnResult
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
-from bot.splitting import split_message
+from bot.webhooks import CastWebhooks
 
 if TYPE_CHECKING:
     from bot.client import RoleplayBot
@@ -49,12 +49,6 @@ def story_text(content: str, bot_id: int | None, mentions: list[tuple[int, str]]
     return text.strip()
 
 
-def expression_file(path: Path | None) -> discord.File | None:
-    return (
-        discord.File(path, filename=f"expression{path.suffix or '.png'}") if path and path.is_file() else None
-    )
-
-
 class Chat(commands.Cog):
     def __init__(self, bot: RoleplayBot) -> None:
         self.bot = bot
@@ -68,23 +62,39 @@ class Chat(commands.Cog):
         self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
         self._closing = False
         self.shutdown_grace = SHUTDOWN_GRACE
+        self.webhooks = CastWebhooks(bot)
 
     # -- deciding whether to answer ---------------------------------------------------------------------
 
     async def _addressed(self, message: discord.Message) -> bool:
-        """Whether the bot should answer: enabled channel, and the channel's mode."""
+        """Whether the bot should answer: enabled channel, and the channel's mode. Never a bot, and
+        never the cast's own webhook posts (that would be a loop)."""
+        if self.webhooks.is_own(message.webhook_id):
+            return False
         if message.author.bot or message.guild is None or self.bot.user is None:
             return False
         settings = await self.engine.channel_settings(message.channel.id)
         if not settings.enabled:
             return False
-        if settings.mode == "all":
+        if settings.mode == "all" or self.bot.user in message.mentions:
             return True
-        if self.bot.user in message.mentions:
+        if await self._replied_persona(message) is not None:
             return True
+        # In a cast, naming a character speaks to it, as a mention of the bot would.
+        return await self.engine.named_member(message.channel.id, self._text_of(message)) is not None
+
+    async def _replied_persona(self, message: discord.Message) -> str | None:
+        """The persona whose reply this message answers (a Discord reply to it), if any."""
         ref = message.reference
-        resolved = ref.resolved if ref is not None else None
-        return isinstance(resolved, discord.Message) and resolved.author.id == self.bot.user.id
+        if ref is None or ref.message_id is None:
+            return None
+        state = await self.engine.reply_state(ref.message_id)
+        if state is not None and state.persona is not None:
+            return state.persona.slug
+        resolved = ref.resolved
+        if isinstance(resolved, discord.Message) and self.bot.user and resolved.author.id == self.bot.user.id:
+            return (await self.engine.persona_for(message.channel.id)).slug
+        return None
 
     def _text_of(self, message: discord.Message) -> str:
         return story_text(
@@ -144,7 +154,8 @@ class Chat(commands.Cog):
 
         try:
             async with channel.typing():
-                if self.settings.stream_edits:
+                # A cast posts each reply under its own name: a preview as the bot would be the wrong one.
+                if self.settings.stream_edits and len(await self.engine.cast(channel.id)) == 1:
                     streamed = StreamedReply(message)
                 await self.engine.turn(
                     channel.id,
@@ -154,6 +165,7 @@ class Chat(commands.Cog):
                     discord_id=message.id,
                     on_text=streamed.add if streamed else None,
                     deliver=deliver,
+                    addressed=await self._replied_persona(message),
                 )
         except (InputError, BusyError, GenerationTimeout) as exc:
             await self._reply_notice(
@@ -193,17 +205,50 @@ class Chat(commands.Cog):
     async def _post(
         self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
     ) -> discord.Message:
-        """Send the reply (split under Discord's limit) with the face attached to the first part."""
-        chunks = split_message(result.text) or ["…"]
-        image = expression_file(result.image.path)
-        files = [image] if image else []
-        if streamed is not None and streamed.message is not None:
-            first = await streamed.message.edit(content=chunks[0], attachments=files)
-        else:
-            first = await message.reply(chunks[0], files=files, mention_author=False)
-        for chunk in chunks[1:]:
-            await message.channel.send(chunk)
-        return first
+        """Send the reply (split under Discord's limit), the face and the controls on its first part: as
+        the persona through the channel's webhook when the channel has a cast, else as the bot."""
+        view = controls(result.persona.labels, 0, 1, result.emotion.label)
+        try:
+            if result.cast_size > 1:
+                sent = await self._post_as_character(message, result, view)
+                if sent is not None:
+                    return sent
+            out = compose(
+                result.persona.name,
+                result.text,
+                result.image.path,
+                "named" if result.cast_size > 1 else "plain",
+            )
+            if streamed is not None and streamed.message is not None:
+                first = await streamed.message.edit(content=out.content, attachments=out.files, view=view)
+            else:
+                first = await message.reply(out.content, files=out.files, view=view, mention_author=False)
+            for chunk in out.rest:
+                await message.channel.send(chunk)
+            return first
+        finally:
+            view.stop()  # the registered controls answer every press; no view is kept per message
+
+    async def _post_as_character(
+        self, message: discord.Message, result: TurnResult, view: discord.ui.View
+    ) -> discord.Message | None:
+        def parts() -> Outgoing:
+            return compose(result.persona.name, result.text, result.image.path, "webhook")
+
+        out = parts()
+        sent = await self.webhooks.send(
+            message.channel,
+            result.persona.name,
+            out.content,
+            files=lambda: parts().files,
+            embeds=out.embeds,
+            view=view,
+        )
+        if sent is None:
+            return None
+        for chunk in out.rest:
+            await self.webhooks.send(message.channel, result.persona.name, chunk)
+        return sent
 
     async def _swap_in_render(self, sent: discord.Message, result: TurnResult) -> None:
         """When the fresh face finishes rendering, show it in the already-sent reply."""
@@ -211,9 +256,9 @@ class Chat(commands.Cog):
         try:
             path = await result.image.fresh
             if path is not None and path != result.image.path:
-                image = expression_file(path)
-                if image is not None:
-                    await sent.edit(attachments=[image])
+                out = compose(result.persona.name, "…", path, style_of(sent, result.cast_size))
+                if out.files:
+                    await sent.edit(attachments=out.files, embeds=out.embeds)
         except (discord.HTTPException, asyncio.CancelledError) as exc:
             _log.info("could not update reply %s with the new face: %s", sent.id, exc)
 

@@ -41,9 +41,15 @@ def expression_settings(model: Path | str) -> str:
 
 
 def add_persona(folder: Path, slug: str, name: str, *, portrait: bool = True) -> None:
-    """A second persona beside Mira in a test's persona folder: Mira's file under another name (and
-    her portrait, so that it has faces of its own to render)."""
+    """Another persona beside Mira in a test's persona folder: Mira's file under another name, with her
+    portrait in other colours (so that its faces are its own), or with none."""
+    from PIL import Image, ImageOps
+
     text = (REPO / "persona" / "mira.toml").read_text().replace("Mira", name)
-    if not portrait:
-        text = text.replace('image = "mira.png"', 'image = ""')
+    image = ""
+    if portrait:
+        image = f"{slug}.png"
+        with Image.open(REPO / "avatars" / "mira.png") as mira:
+            ImageOps.invert(mira.convert("RGB")).save(folder / "avatars" / image)
+    text = text.replace('image = "mira.png"', f'image = "{image}"')
     (folder / "persona" / f"{slug}.toml").write_text(text)

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from . import discord_spec
 
 MANAGE_GUILD = 1 << 5
+MANAGE_WEBHOOKS = 1 << 29
 MEMBER_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
 )  # view, send, files, history, slash
@@ -39,6 +40,8 @@ class Request:
     files: dict[str, bytes]
     at: float
     query: dict[str, str] = field(default_factory=dict)
+    throttled: bool = False  # answered 429: the client sends it again
+    status: int = 0  # the answer's HTTP status, once routed
 
 
 def _now() -> str:
@@ -54,6 +57,11 @@ class FakeDiscord:
         self.app_id = self.new_id()
         self.bot_user = self.user("RoleplayBot", bot=True)
         self.admin_role = self.new_id()
+        self.bot_role = self.new_id()  # the bot's own role: it may manage webhooks unless a test says no
+        self.bot_manage_webhooks = True
+        self.webhooks: dict[int, dict[str, Any]] = {}  # channel webhooks, by id
+        self.webhook_channels: dict[str, str] = {}  # every webhook ever made -> its channel
+        self._pressed: dict[str, dict[str, Any]] = {}  # component interaction token -> its message
         self.channels = {name: self.new_id() for name in ("general", "roleplay", "quiet", "side")}
         self.requests: list[Request] = []
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
@@ -185,7 +193,7 @@ class FakeDiscord:
         gid = str(self.guild_id)
         bot_member = {
             "user": self.bot_user,
-            "roles": [],
+            "roles": [str(self.bot_role)] if self.bot_manage_webhooks else [],
             "joined_at": _now(),
             "deaf": False,
             "mute": False,
@@ -223,6 +231,17 @@ class FakeDiscord:
                     "color": 0,
                     "hoist": False,
                     "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                },
+                {
+                    "id": str(self.bot_role),
+                    "name": "RoleplayBot",
+                    "permissions": str(MEMBER_PERMISSIONS | MANAGE_WEBHOOKS),
+                    "position": 1,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": True,
                     "mentionable": False,
                     "flags": 0,
                 },
@@ -465,6 +484,7 @@ class FakeDiscord:
         }
         if message is not None:
             interaction["message"] = message
+            self._pressed[token] = message
         self._interactions[token] = time.monotonic()
         await self.dispatch("INTERACTION_CREATE", interaction)
         return token
@@ -486,6 +506,38 @@ class FakeDiscord:
         """A user presses a button of `message`; returns the interaction token."""
         data = {"custom_id": button["custom_id"], "component_type": 2}
         return await self.slash(channel, user, "", kind=3, admin=admin, message=message, data=data)
+
+    async def choose(
+        self,
+        channel: int,
+        user: dict[str, Any],
+        message: dict[str, Any],
+        menu: dict[str, Any],
+        values: list[str],
+        *,
+        admin: bool = False,
+    ) -> str:
+        """A user picks `values` in a select menu of `message`; returns the interaction token."""
+        offered = {option["value"] if "value" in option else option["label"] for option in menu["options"]}
+        assert set(values) <= offered, f"{values} are not offered by the menu ({sorted(offered)})"
+        data = {"custom_id": menu["custom_id"], "component_type": 3, "values": values}
+        return await self.slash(channel, user, "", kind=3, admin=admin, message=message, data=data)
+
+    def webhook_posts(self, channel: int) -> Callable[[Request], bool]:
+        """Messages executed through a webhook of `channel` (not an interaction's follow-ups), including
+        webhooks deleted since."""
+
+        def executed(r: Request) -> bool:
+            parts = r.path.split("/")
+            return (
+                r.method == "POST"
+                and r.status == 200
+                and len(parts) == 4
+                and parts[1] == "webhooks"
+                and self.webhook_channels.get(parts[2]) == str(channel)
+            )
+
+        return executed
 
     # -- REST ---------------------------------------------------------------------------------------------
 
@@ -525,6 +577,7 @@ class FakeDiscord:
             wait = self._rate_limited(request.method, path)
             if wait:
                 self.throttled += 1
+                record.throttled = True
                 limited = {"message": "You are being rate limited.", "retry_after": wait, "global": False}
                 throttled = _json(limited, status=429)
                 # Discord's own 429s pass its proxy ("Via"); discord.py takes others for a Cloudflare ban.
@@ -537,12 +590,20 @@ class FakeDiscord:
                 self.violations.append(invalid[0])
                 return _json(invalid[1], status=400 if invalid[1].get("code") == 50035 else 404)
             response = await self._route(request.method, path.split("/")[1:], body, files)
+            record.status = response.status
         finally:
             async with self._changed:
                 self._changed.notify_all()
         return response
 
-    def _bot_message(self, channel: int, body: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+    def _bot_message(
+        self,
+        channel: int,
+        body: dict[str, Any],
+        files: dict[str, bytes],
+        author: dict[str, Any] | None = None,
+        **more: Any,
+    ) -> dict[str, Any]:
         attachments = []
         for i, (name, data) in enumerate(files.items()):
             self.attachments[name] = data
@@ -557,7 +618,11 @@ class FakeDiscord:
                 }
             )
         content = body.get("content") or ""
-        extra: dict[str, Any] = {"embeds": body.get("embeds") or [], "attachments": attachments}
+        extra: dict[str, Any] = {
+            "embeds": body.get("embeds") or [],
+            "attachments": attachments,
+            "components": body.get("components") or [],
+        }
         extra |= self._mentions(content, body.get("allowed_mentions"))
         if body.get("message_reference"):
             # Discord answers with string snowflakes, whatever form the request used.
@@ -566,7 +631,7 @@ class FakeDiscord:
                 k: str(v) if k.endswith("_id") and v is not None else v for k, v in reference.items()
             }
             extra["type"] = 19
-        return self._message(channel, self.bot_user, content, **extra)
+        return self._message(channel, author or self.bot_user, content, **extra, **more)
 
     def _mentions(self, content: str, allowed: dict[str, Any] | None) -> dict[str, Any]:
         """Who a message pings, as Discord computes it: the mentions in its text that its
@@ -643,26 +708,76 @@ class FakeDiscord:
                 message = self._bot_message(int(channel), body or {}, files)
                 await self.dispatch("MESSAGE_CREATE", message)
                 return ok(message)
+            case ("GET", ["channels", channel, "webhooks"]) | ("POST", ["channels", channel, "webhooks"]) if (
+                not self.bot_manage_webhooks
+            ):
+                return ok({"message": "Missing Permissions", "code": 50013}, status=403)
+            case ("GET", ["channels", channel, "webhooks"]):
+                return ok([w for w in self.webhooks.values() if w["channel_id"] == channel])
+            case ("POST", ["channels", channel, "webhooks"]):
+                wid = self.new_id()
+                webhook = {
+                    "id": str(wid),
+                    "type": 1,
+                    "guild_id": str(self.guild_id),
+                    "channel_id": channel,
+                    "user": self.bot_user,
+                    "name": body["name"],
+                    "avatar": None,
+                    "token": f"webhook-token-{wid}",
+                    "application_id": str(self.app_id),
+                }
+                self.webhooks[wid] = webhook
+                self.webhook_channels[str(wid)] = channel
+                return ok(webhook)
+            case ("DELETE", ["webhooks", wid]):
+                self.webhooks.pop(int(wid), None)
+                return web.Response(status=204)
+            case ("POST", ["webhooks", wid, token]) if int(wid) != self.app_id:
+                hook = self.webhooks.get(int(wid))
+                if hook is None or hook["token"] != token:
+                    return ok({"message": "Unknown Webhook", "code": 10015}, status=404)
+                author = {
+                    "id": wid,
+                    "username": (body or {}).get("username") or hook["name"],
+                    "avatar": None,
+                    "discriminator": "0000",
+                    "global_name": None,
+                    "bot": True,  # as Discord marks every webhook message's author
+                }
+                message = self._bot_message(
+                    int(hook["channel_id"]),
+                    body or {},
+                    files,
+                    author,
+                    webhook_id=wid,
+                    application_id=str(self.app_id),
+                )
+                await self.dispatch("MESSAGE_CREATE", message)
+                return ok(message)
             case ("PATCH", ["webhooks", _, token, "messages", _]) | ("POST", ["webhooks", _, token]) if (
                 self._expired(token)
             ):
                 self.violations.append(f"interaction token used after {self.token_life:g} s")
                 return ok({"message": "Invalid Webhook Token", "code": 50027}, status=401)
             case ("PATCH", ["channels", _, "messages", mid]) | ("PATCH", ["webhooks", _, _, "messages", mid]):
-                found = self.messages.get(int(mid)) if mid != "@original" else self._original
+                found = self.messages.get(int(mid)) if mid != "@original" else self._original_of(parts[2])
                 if found is None:
                     return ok({"message": "Unknown Message", "code": 10008}, status=404)
                 message = found
                 if body and "content" in body:
                     message["content"] = body["content"] or ""
+                for key in ("embeds", "components"):
+                    if body and key in body:
+                        message[key] = body[key] or []
                 if files or (body and "attachments" in body):
                     message["attachments"] = self._bot_message(int(message["channel_id"]), {}, files)[
                         "attachments"
                     ]
                 message["edited_timestamp"] = _now()
                 return ok(message)
-            case ("GET", ["webhooks", _, _, "messages", "@original"]):
-                return ok(self._original)
+            case ("GET", ["webhooks", _, token, "messages", "@original"]):
+                return ok(self._original_of(token))
             case ("PUT", ["channels", _, "messages", _, "reactions", _, "@me"]):
                 return web.Response(status=204)
             case ("DELETE", ["channels", _, "messages", _]):
@@ -678,6 +793,25 @@ class FakeDiscord:
                     return ok({"message": "Unknown interaction", "code": 10062}, status=404)
                 data = (body or {}).get("data") or {}
                 kind = (body or {}).get("type")
+                if kind in (6, 7) and token in self._pressed:
+                    # A component's answer is its own message: deferred (6), or updated at once (7).
+                    pressed = self._pressed[token]
+                    pressed = self.messages.get(int(pressed["id"]), pressed)
+                    for key in ("content", "embeds", "components"):
+                        if kind == 7 and key in data:
+                            pressed[key] = data[key] or ([] if key != "content" else "")
+                    return ok(
+                        {
+                            "interaction": {
+                                "id": iid,
+                                "type": 3,
+                                "response_message_id": pressed["id"],
+                                "response_message_loading": False,
+                                "response_message_ephemeral": False,
+                            },
+                            "resource": {"type": kind, "message": pressed},
+                        }
+                    )
                 self._original = self._bot_message(0, data, files)
                 self._original["flags"] = data.get("flags", 0)
                 response = {
@@ -696,6 +830,16 @@ class FakeDiscord:
         return ok(
             {"message": f"404: {method} /{'/'.join(parts)} is not implemented here", "code": 0}, status=404
         )
+
+    def _original_of(self, token: str) -> dict[str, Any]:
+        """An interaction's @original: a pressed component's own message, else the latest answer."""
+        pressed = self._pressed.get(token)
+        return self.messages.get(int(pressed["id"]), pressed) if pressed is not None else self._original
+
+    def delete_webhooks(self, channel: int) -> None:
+        """A server admin deletes the channel's webhooks (in the channel settings)."""
+        for wid in [w for w, hook in self.webhooks.items() if hook["channel_id"] == str(channel)]:
+            del self.webhooks[wid]
 
     # -- assertions -------------------------------------------------------------------------------------
 

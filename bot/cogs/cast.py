@@ -1,0 +1,90 @@
+"""/cast add|remove|list: several personas in one channel. Discord hides the group from members without
+Manage Server (its default permission); changes are checked again here, because a server admin can open
+the command to everyone, and then members may list the cast but not change it."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.admin import ADMIN_ONLY, manager_only
+from bot.errors import BotError
+from bot.webhooks import CastWebhooks
+
+if TYPE_CHECKING:
+    from bot.client import RoleplayBot
+
+_log = logging.getLogger(__name__)
+
+NO_WEBHOOKS = (
+    "I can't manage webhooks in this channel, so the cast posts as me with each name in bold. Give me the"
+    " **Manage Webhooks** permission here to post as each character, with its own name and face."
+)
+
+
+class Cast(commands.Cog):
+    cast = app_commands.Group(
+        name="cast",
+        description="Several personas in this channel (Manage Server)",
+        default_permissions=ADMIN_ONLY,
+        guild_only=True,
+    )
+
+    def __init__(self, bot: RoleplayBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        admin = self.bot.get_cog("Admin")
+        if admin is not None:  # one place words the errors of every command
+            await admin.cog_app_command_error(interaction, error)
+
+    def _listing(self, names: list[str]) -> str:
+        lead, *others = names
+        return f"**{lead}** (lead)" + "".join(f", **{n}**" for n in others)
+
+    @cast.command(name="add", description="Add a persona to this channel's cast")
+    @app_commands.describe(name="persona id, see /persona list")
+    @manager_only
+    async def add(self, interaction: discord.Interaction, name: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        cast = await self.engine.cast_add(interaction.channel_id or 0, name)
+        text = f"The cast here: {self._listing([p.name for p in cast])}."
+        if interaction.channel is not None and not CastWebhooks.can_post(interaction.channel):
+            text += f"\n⚠️ {NO_WEBHOOKS}"
+        await interaction.followup.send(text, ephemeral=True)
+
+    @cast.command(name="remove", description="Take a persona out of this channel's cast")
+    @app_commands.describe(name="persona id or name, see /cast list")
+    @manager_only
+    async def remove(self, interaction: discord.Interaction, name: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        cast = await self.engine.cast_remove(interaction.channel_id or 0, name)
+        await interaction.followup.send(
+            f"The cast here: {self._listing([p.name for p in cast])}.", ephemeral=True
+        )
+
+    @cast.command(name="list", description="Who plays in this channel")
+    async def list(self, interaction: discord.Interaction) -> None:
+        try:
+            cast = await self.engine.cast(interaction.channel_id or 0)
+        except BotError as exc:
+            await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
+            return
+        settings = self.bot.config.cast
+        how = "the model picks who answers" if settings.next_speaker == "choice" else "they take turns"
+        await interaction.response.send_message(
+            f"The cast here: {self._listing([p.name for p in cast])}. A persona named in a message, or"
+            f" replied to, answers; otherwise {how}; at most {settings.max_turns} replies per message.",
+            ephemeral=True,
+        )
+
+
+async def setup(bot: RoleplayBot) -> None:
+    await bot.add_cog(Cast(bot))

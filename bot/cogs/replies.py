@@ -1,0 +1,232 @@
+"""What a reply looks like on Discord, and the controls under it: 🔄 regenerate, ◀ ▶ its versions, and a
+menu to pick its face. Only the member whose message it answers, or a manager, may use them.
+
+The controls are one persistent view with fixed custom ids: the engine finds the reply by the message
+the button sits on, so buttons keep working after a restart and no per-message view is kept in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord.ext import commands
+
+from bot.config import DEFAULT_LABELS
+from bot.engine import ReplyState, TurnResult
+from bot.errors import BotError, BusyError
+from bot.splitting import DISCORD_LIMIT, split_message
+
+if TYPE_CHECKING:
+    from bot.client import RoleplayBot
+
+_log = logging.getLogger(__name__)
+
+REGENERATE_ID = "reply:regenerate"
+PREVIOUS_ID = "reply:previous"
+NEXT_ID = "reply:next"
+FACE_ID = "reply:face"
+MAX_OPTIONS = 25  # Discord's limit on a select menu's options
+IMAGE_NAME = "expression.png"
+NOT_YOURS = "Only the member this reply answers, or someone with Manage Server, can change it."
+
+Style = Literal["plain", "named", "webhook"]  # as the bot, as the bot with the name, as the character
+
+
+def expression_file(path: Path | None) -> discord.File | None:
+    return (
+        discord.File(path, filename=f"expression{path.suffix or '.png'}") if path and path.is_file() else None
+    )
+
+
+@dataclass
+class Outgoing:
+    """A reply's first message (text, face, embed) and the text that did not fit in it."""
+
+    content: str
+    files: list[discord.File]
+    embeds: list[discord.Embed]
+    rest: list[str] = field(default_factory=list)
+
+
+def compose(name: str, text: str, image: Path | None, style: Style) -> Outgoing:
+    """The reply as Discord messages: as a character (the face in an embed under its name), as the bot
+    naming the character (no webhook), or as the bot playing its one persona."""
+    prefix = f"**{name}:** " if style == "named" else ""
+    chunks = split_message(text, DISCORD_LIMIT - len(prefix)) or ["…"]
+    file = expression_file(image)
+    embeds = []
+    if style == "webhook" and file is not None:
+        embeds = [discord.Embed().set_image(url=f"attachment://{file.filename}")]
+    return Outgoing(prefix + chunks[0], [file] if file else [], embeds, chunks[1:])
+
+
+def style_of(message: discord.Message, cast_size: int) -> Style:
+    if message.webhook_id is not None:
+        return "webhook"
+    return "named" if cast_size > 1 else "plain"
+
+
+class ReplyControls(discord.ui.View):
+    """The buttons and menu under a reply. One instance, registered at start-up, answers every press;
+    the copies sent with replies only carry each reply's labels and which buttons are usable."""
+
+    def __init__(
+        self,
+        owner: Replies | None = None,
+        labels: Sequence[str] = DEFAULT_LABELS,
+        version: int = 0,
+        versions: int = 1,
+        emotion: str | None = None,
+    ) -> None:
+        super().__init__(timeout=None)
+        self.owner = owner
+        counter = f"{version + 1}/{versions}" if versions > 1 else None
+        buttons = [
+            (PREVIOUS_ID, "◀", None, version <= 0, -1),
+            (REGENERATE_ID, "🔄", counter, False, 0),
+            (NEXT_ID, "▶", None, version >= versions - 1, +1),
+        ]
+        for custom_id, emoji, label, disabled, step in buttons:
+            button: discord.ui.Button[ReplyControls] = discord.ui.Button(
+                custom_id=custom_id, emoji=emoji, label=label, disabled=disabled and owner is None
+            )
+            button.callback = self._pressed(step)  # type: ignore[method-assign]
+            self.add_item(button)
+        menu: discord.ui.Select[ReplyControls] = discord.ui.Select(
+            custom_id=FACE_ID,
+            placeholder=f"Face: {emotion}" if emotion else "Face",
+            options=[discord.SelectOption(label=label) for label in list(labels)[:MAX_OPTIONS]],
+        )
+        menu.callback = self._face_chosen  # type: ignore[method-assign]
+        self.add_item(menu)
+        self.menu = menu
+
+    def _pressed(self, step: int):  # noqa: ANN202
+        async def callback(interaction: discord.Interaction) -> None:
+            if self.owner is not None:
+                await self.owner.pressed(interaction, step)
+
+        return callback
+
+    async def _face_chosen(self, interaction: discord.Interaction) -> None:
+        if self.owner is not None and self.menu.values:
+            await self.owner.face_chosen(interaction, self.menu.values[0])
+
+
+def controls(labels: Sequence[str], version: int, versions: int, emotion: str | None) -> ReplyControls:
+    return ReplyControls(None, labels, version, versions, emotion)
+
+
+class Replies(commands.Cog):
+    def __init__(self, bot: RoleplayBot) -> None:
+        self.bot = bot
+        self.engine = bot.engine
+
+    async def cog_load(self) -> None:
+        self.bot.add_view(ReplyControls(self))
+
+    async def _allowed(self, interaction: discord.Interaction) -> ReplyState | None:
+        """The reply's state if this member may change it; otherwise they are told why, once."""
+        message = interaction.message
+        state = await self.engine.reply_state(message.id) if message is not None else None
+        if state is None:
+            await interaction.response.send_message("I no longer remember this reply.", ephemeral=True)
+            return None
+        if interaction.user.id != state.prompted_by and not interaction.permissions.manage_guild:
+            await interaction.response.send_message(NOT_YOURS, ephemeral=True)
+            return None
+        return state
+
+    async def pressed(self, interaction: discord.Interaction, step: int) -> None:
+        state = await self._allowed(interaction)
+        if state is None or interaction.message is None:
+            return
+        await interaction.response.defer()  # within Discord's 3 s; the edit follows
+        message = interaction.message
+        try:
+            if step == 0:
+
+                async def edit(result: TurnResult) -> None:
+                    await self._show(
+                        interaction,
+                        result.persona.name,
+                        result.text,
+                        result.image.path,
+                        style_of(message, result.cast_size),
+                        result.persona.labels,
+                        result.versions - 1,
+                        result.versions,
+                        result.emotion.label,
+                    )
+
+                async with message.channel.typing():
+                    await self.engine.regenerate(message.id, deliver=edit)
+            else:
+                state = await self.engine.browse(message.id, step)
+                await self._show_state(interaction, state, message)
+        except BusyError:
+            await interaction.followup.send("I'm busy writing other replies; try again soon.", ephemeral=True)
+        except BotError as exc:
+            await interaction.followup.send(f"⚠️ {exc}", ephemeral=True)
+        except discord.HTTPException as exc:
+            _log.warning("could not change reply %s: %s", message.id, exc)
+
+    async def face_chosen(self, interaction: discord.Interaction, label: str) -> None:
+        state = await self._allowed(interaction)
+        if state is None or interaction.message is None:
+            return
+        await interaction.response.defer()
+        try:
+            state = await self.engine.choose_face(interaction.message.id, label)
+            await self._show_state(interaction, state, interaction.message)
+        except BotError as exc:
+            await interaction.followup.send(f"⚠️ {exc}", ephemeral=True)
+
+    async def _show_state(
+        self, interaction: discord.Interaction, state: ReplyState, message: discord.Message
+    ) -> None:
+        if state.persona is None:
+            return
+        image = await self.engine.face(state.persona, state.emotion or "neutral")
+        await self._show(
+            interaction,
+            state.persona.name,
+            state.text,
+            image.path,
+            style_of(message, state.cast_size),
+            state.persona.labels,
+            state.version,
+            state.versions,
+            state.emotion,
+        )
+
+    async def _show(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        text: str,
+        image: Path | None,
+        style: Style,
+        labels: Sequence[str],
+        version: int,
+        versions: int,
+        emotion: str | None,
+    ) -> None:
+        """Edit the reply in place: its text (cut to one message), face and controls."""
+        out = compose(name, text, image, style)
+        if out.rest:
+            out.content = out.content[: DISCORD_LIMIT - 1] + "…"
+        view = controls(labels, version, versions, emotion)
+        await interaction.edit_original_response(
+            content=out.content, attachments=out.files, embeds=out.embeds, view=view
+        )
+        view.stop()
+
+
+async def setup(bot: RoleplayBot) -> None:
+    await bot.add_cog(Replies(bot))

@@ -1,0 +1,227 @@
+"""End to end: a cast of two personas in one channel, through the bot's webhook, and the reply controls;
+the unmodified discord.py client, the real engine and store, against the strict local Discord server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cogs.replies import FACE_ID, NEXT_ID, NOT_YOURS, PREVIOUS_ID, REGENERATE_ID
+from bot.config import Config
+from bot.engine import Engine
+
+from .support.configs import add_persona
+from .support.discord_server import FakeDiscord, Request, callbacks, posts_to
+from .support.harness import bot_config, running_bot
+from .support.scripted import Scripted
+
+pytestmark = pytest.mark.slow
+
+ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001)
+MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
+OTHER = FakeDiscord.user("Nia", user_id=2_000_000_000_000_000_003)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeDiscord]:
+    s = FakeDiscord()
+    await s.start()
+    yield s
+    await s.stop()
+    assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
+
+
+@pytest.fixture
+def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path) -> Config:
+    # Turn order: a persona speaks after another only when named, so the script decides who speaks.
+    built = bot_config(tmp_path, server, tiny_pipeline_dir, '[cast]\nnext_speaker = "order"\n', cooldown=0.0)
+    add_persona(tmp_path, "rook", "Rook")
+    return built
+
+
+def scripted(replies: Sequence[str]) -> Callable[[Engine], None]:
+    def wrap(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, list(replies))  # type: ignore[assignment]
+
+    return wrap
+
+
+async def command(server: FakeDiscord, channel: int, name: str, sub: str, value: str | None = None) -> str:
+    """An admin runs /name sub [value]; returns the text the bot answered with."""
+    options = [{"name": "name", "type": 3, "value": value}] if value is not None else []
+    token = await server.slash(
+        channel, ADMIN, name, [{"name": sub, "type": 1, "options": options}], admin=True
+    )
+    answers = await server.wait_for(lambda r: callbacks(token)(r) and bool(_text(r)))
+    return " ".join(_text(r) for r in answers)
+
+
+def _text(request: Request) -> str:
+    body = request.json or {}
+    return str((body.get("data") or body).get("content") or "")
+
+
+async def cast_of_two(server: FakeDiscord, channel: int) -> str:
+    await command(server, channel, "channel", "enable")
+    token = await server.slash(
+        channel,
+        ADMIN,
+        "channel",
+        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": "all"}]}],
+        admin=True,
+    )
+    await server.wait_for(callbacks(token))
+    return await command(server, channel, "cast", "add", "rook")
+
+
+def button(message: dict[str, Any], custom_id: str) -> dict[str, Any]:
+    for row in message["components"]:
+        for item in row["components"]:
+            if item["custom_id"] == custom_id:
+                return item
+    raise AssertionError(f"no {custom_id} on the message: {message['components']}")
+
+
+async def test_two_personas_post_through_the_webhook_with_their_own_names_and_faces(
+    server: FakeDiscord, config: Config
+) -> None:
+    channel = server.channels["roleplay"]
+    replies = ["Aye, a schooner.", "She rode low in the water.", "The lamp saw it too."]
+    async with running_bot(config, server, scripted(replies)) as run:
+        answer = await cast_of_two(server, channel)
+        assert "Mira" in answer and "Rook" in answer and "Manage Webhooks" not in answer
+        posts = server.webhook_posts(channel)
+
+        await server.say(channel, MEMBER, "Rook, did you see the ship?")  # addressed by name
+        await server.wait_for(posts)
+        rook_message = server.messages[max(server.messages)]
+        await server.say(channel, MEMBER, "How big was she?", reply_to=rook_message)  # by a reply
+        await server.wait_for(posts, count=2)
+        await server.say(channel, MEMBER, "Mira, did you?")
+        sent = await server.wait_for(posts, count=3)
+
+        assert [r.json["username"] for r in sent] == ["Rook", "Rook", "Mira"]
+        assert [r.json["content"] for r in sent] == replies
+        for request in sent:
+            assert request.json["allowed_mentions"]["parse"] == []
+            assert request.json["embeds"][0]["image"]["url"] == "attachment://expression.png"
+            assert request.files["expression.png"].startswith(b"\x89PNG")
+            assert request.query.get("wait") in ("1", "true")
+        assert sent[0].files["expression.png"] != sent[2].files["expression.png"]  # each its own face
+        # One webhook, made once and reused; nothing posted as the bot itself.
+        assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 1
+        assert server.sent(posts_to(channel)) == []
+        # The webhook's own messages (mode "all" answers everything else) were never answered, nor stored
+        # as someone's words: three messages, three replies.
+        history = await run.engine.recent_messages(channel, 20)
+        assert [(m.role, m.author_name) for m in history] == [
+            ("user", "Milo"),
+            ("assistant", "Rook"),
+            ("user", "Milo"),
+            ("assistant", "Rook"),
+            ("user", "Milo"),
+            ("assistant", "Mira"),
+        ]
+
+
+async def test_persona_turns_after_one_message_are_bounded_and_rate_limits_respected(
+    server: FakeDiscord, config: Config
+) -> None:
+    channel = server.channels["roleplay"]
+    endless = ["Rook, your turn.", "Mira, yours.", "Rook, again!", "Mira, again!", "Quiet now."]
+    server.rate_limit, server.rate_window = 1, 0.5  # one webhook post per half second
+    async with running_bot(config, server, scripted(endless)) as run:
+        await cast_of_two(server, channel)
+        posts = server.webhook_posts(channel)
+        await server.say(channel, MEMBER, "Mira, start us off.")
+        await server.wait_for(posts, count=2)
+        await server.say(channel, MEMBER, "And then?")  # answered after the first message's replies
+        history = await stored(run.engine, channel, 6)
+        # [cast] max_turns = 2: Mira, then Rook (named), and no third reply to either message.
+        assert [m.author_name for m in history] == ["Milo", "Mira", "Rook", "Milo", "Mira", "Rook"]
+        assert [r.json["username"] for r in server.sent(posts)] == ["Mira", "Rook", "Mira", "Rook"]
+        assert server.throttled >= 1  # a 429 was given, and the reply still arrived
+
+
+async def stored(engine: Engine, channel: int, count: int) -> list[Any]:
+    async with asyncio.timeout(30):
+        # The store has no change notification; polling the test's database is fine.
+        while len(history := await engine.recent_messages(channel, 50)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return history
+
+
+async def test_without_manage_webhooks_the_cast_posts_as_the_bot(server: FakeDiscord, config: Config) -> None:
+    channel = server.channels["roleplay"]
+    server.bot_manage_webhooks = False
+    async with running_bot(config, server, scripted(["Aye.", "Hello, Milo."])):
+        answer = await cast_of_two(server, channel)
+        assert "Manage Webhooks" in answer  # said once, to the admin who made the cast
+        await server.say(channel, MEMBER, "Rook, hello!")
+        await server.say(channel, MEMBER, "Mira, hello!")
+        first, second = await server.wait_for(posts_to(channel), count=2)
+        assert (
+            first.json["content"] == "**Rook:** Aye." and second.json["content"] == "**Mira:** Hello, Milo."
+        )
+        assert first.files["expression.png"].startswith(b"\x89PNG")
+        assert not server.sent(lambda r: "/webhooks" in r.path and r.path.startswith("/channels"))
+
+
+async def test_a_deleted_webhook_is_made_again(server: FakeDiscord, config: Config) -> None:
+    channel = server.channels["roleplay"]
+    async with running_bot(config, server, scripted(["One.", "Two."])):
+        await cast_of_two(server, channel)
+        posts = server.webhook_posts(channel)
+        await server.say(channel, MEMBER, "Rook?")
+        await server.wait_for(posts)
+        server.delete_webhooks(channel)  # an admin deletes it in the channel settings
+        await server.say(channel, MEMBER, "Rook, still there?")
+        second = (await server.wait_for(posts, count=2))[-1]
+        assert second.json["username"] == "Rook" and second.json["content"] == "Two."
+        assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 2
+
+
+async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart(
+    server: FakeDiscord, config: Config
+) -> None:
+    channel = server.channels["roleplay"]
+    async with running_bot(config, server, scripted(["First try.", "Second try."])) as run:
+        await cast_of_two(server, channel)
+        posts = server.webhook_posts(channel)
+        await server.say(channel, MEMBER, "Rook, say something.")
+        await server.wait_for(posts)
+        reply = server.messages[max(server.messages)]
+        assert reply["webhook_id"] and reply["components"]
+
+        refused = await server.press(channel, OTHER, reply, button(reply, REGENERATE_ID))
+        [refusal] = await server.wait_for(callbacks(refused))
+        assert refusal.json["data"]["content"] == NOT_YOURS and refusal.json["data"]["flags"] & 64
+
+        token = await server.press(channel, MEMBER, reply, button(reply, REGENERATE_ID))
+        edits = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
+        assert edits[-1].json["content"] == "Second try."
+        assert edits[-1].files["expression.png"].startswith(b"\x89PNG")
+        assert reply["content"] == "Second try."  # edited in place, as Discord shows it
+        assert button(reply, REGENERATE_ID)["label"] == "2/2"
+        history = await run.engine.recent_messages(channel, 10)
+        assert [m.content for m in history] == ["Rook, say something.", "Second try."]
+
+        token = await server.press(channel, MEMBER, reply, button(reply, PREVIOUS_ID))
+        await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
+        assert reply["content"] == "First try."
+        assert (await run.engine.recent_messages(channel, 10))[-1].content == "First try."
+
+    # Restarted: the buttons on the old message still work (persistent controls).
+    async with running_bot(config, server) as run:
+        token = await server.press(channel, MEMBER, reply, button(reply, NEXT_ID))
+        await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
+        assert reply["content"] == "Second try."
+        menu = button(reply, FACE_ID)
+        token = await server.choose(channel, ADMIN, reply, menu, ["joy"], admin=True)  # a manager may
+        [edit] = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
+        assert edit.files["expression.png"].startswith(b"\x89PNG")
+        assert (await run.engine.recent_messages(channel, 10))[-1].emotion == "joy"
