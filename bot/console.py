@@ -21,7 +21,10 @@ from bot.engine import Engine, TurnResult
 from bot.errors import BotError
 from bot.faces import TerminalFaces
 
-HELP = "commands: /persona NAME (switch), /personas (list), /reset (forget this channel), /quit"
+HELP = (
+    "commands: /persona NAME (switch), /personas (list), /cast [add|remove NAME] (several personas),"
+    " /reset (forget this channel), /quit"
+)
 
 
 class Console:
@@ -99,7 +102,6 @@ class Console:
         # Not possible off the main thread or on Windows: Ctrl-C then simply ends the program.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, self._interrupt)
-        persona = await self.engine.persona_for(self.channel_id)
         await self._show_opening()
         self.say(f"[{HELP}]")
         while True:
@@ -114,13 +116,22 @@ class Console:
                 if not await self._command(line):
                     break
                 continue
-            persona = await self.engine.persona_for(self.channel_id)
-            self.say(f"{persona.name}: ", end="")
+
+            async def show(result: TurnResult) -> None:
+                self._show_result(result)  # each reply of a cast with its own face, as it is done
+
             self._turn = asyncio.create_task(
-                self.engine.turn(self.channel_id, self.user, line, on_text=lambda t: self.say(t, end=""))
+                self.engine.turn(
+                    self.channel_id,
+                    self.user,
+                    line,
+                    on_text=lambda t: self.say(t, end=""),
+                    on_start=lambda speaker: self.say(f"{speaker.name}: ", end=""),
+                    deliver=show,
+                )
             )
             try:
-                result = await self._turn
+                await self._turn
             except asyncio.CancelledError:
                 if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
@@ -131,12 +142,13 @@ class Console:
                 continue
             finally:
                 self._turn = None
-            self._show_result(result)
 
     async def _show_opening(self) -> None:
-        persona = await self.engine.persona_for(self.channel_id)
+        cast = await self.engine.cast(self.channel_id)
+        persona = cast[0]
         count = await self.engine.message_count(self.channel_id)
-        self.say(f"[{persona.name} in channel {self.channel_id}; {count} stored messages]")
+        names = ", ".join(p.name for p in cast)
+        self.say(f"[{names} in channel {self.channel_id}; {count} stored messages]")
         history = await self.engine.recent_messages(self.channel_id, limit=6)
         if not history and persona.greeting:
             self.say(f"{persona.name}: {persona.fill(persona.greeting, self.user)}")
@@ -187,6 +199,18 @@ class Console:
                 persona = await self.engine.set_persona(self.channel_id, arg.strip())
                 self.say(f"[now playing {persona.name}]")
                 await self._show_opening()
+            elif name == "/cast":
+                action, _, who = arg.strip().partition(" ")
+                if action == "add" and who.strip():
+                    cast = await self.engine.cast_add(self.channel_id, who.strip())
+                elif action == "remove" and who.strip():
+                    cast = await self.engine.cast_remove(self.channel_id, who.strip())
+                elif not action:
+                    cast = await self.engine.cast(self.channel_id)
+                else:
+                    self.say(f"[{HELP}]")
+                    return True
+                self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
             elif name == "/personas":
                 self.say("[" + ", ".join(self.engine.persona_names()) + "]")
             else:

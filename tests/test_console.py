@@ -239,3 +239,35 @@ def test_the_terminal_edits_lines_keeps_history_and_takes_a_paste_whole(tmp_path
     again.keys("/quit" + ENTER)
     assert again.close() == 0
     assert stored_user_messages(tmp_path)[-1] == "abcd"
+
+
+def test_terminal_cast_shows_each_speaker_by_name_with_its_face(tmp_path: Path) -> None:
+    from .support.configs import add_persona
+
+    config = write_config(tmp_path, '[cast]\nnext_speaker = "order"\n')
+    add_persona(tmp_path, "rook", "Rook")
+    chat = Chat(config)
+    chat.expect("[commands: ")
+    chat.type("/cast add rook")
+    chat.expect("[cast: Mira, Rook; name one to speak to it]")
+    chat.type("Rook, what do you see out there?")
+    answered = chat.expect("[emotion: ")
+    spoken = answered.split("name one to speak to it]")[1]
+    assert "> Rook: " in spoken and "Mira: " not in spoken
+    chat.expect("[face: ")
+    after = len(chat.output)
+    # Rook has no expression set and no renderer here: his face is his own portrait.
+    assert str(tmp_path / "avatars" / "rook.png") in chat.expect(
+        f"[face: {tmp_path / 'avatars' / 'rook.png'}]"
+    )
+    chat.type("Mira, and you?")
+    chat.expect("> Mira: ")
+    assert "> Mira: " in chat.output[after:]
+    chat.type("/quit")
+    assert chat.close() == 0
+    chat = Chat(config)  # the cast is the channel's: it is there after a restart
+    chat.expect("[Mira, Rook in channel")
+    chat.type("/cast remove mira")
+    chat.expect("[cast: Rook; name one to speak to it]")
+    chat.type("/quit")
+    assert chat.close() == 0

@@ -20,7 +20,7 @@ def test_bad_persona_names(library: PersonaLibrary, name: str) -> None:
 
 
 def test_unknown_persona_lists_the_known_ones(library: PersonaLibrary) -> None:
-    with pytest.raises(PersonaError, match=r"no persona named 'nobody' \(available: mira\)"):
+    with pytest.raises(PersonaError, match=r"no persona named 'nobody' \(available: mira, tobin\)"):
         library.load("nobody")
 
 

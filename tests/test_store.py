@@ -104,3 +104,29 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     raw.close()
     with pytest.raises(StoreError, match="newer than this bot"):
         await Store.open(path)
+
+
+async def test_a_version_1_database_upgrades_with_its_history(tmp_path: Path) -> None:
+    """A database written before casts existed (schema 1) opens, migrates, and keeps every message; its
+    replies get no versions until regenerated."""
+    from bot.store import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.executescript(MIGRATIONS[0] + "\nPRAGMA user_version = 1;")
+    raw.execute(
+        "INSERT INTO messages (channel_id, discord_id, author_name, role, content, persona, created_at)"
+        " VALUES (1, 77, 'Mira', 'assistant', 'Hello.', 'mira', 0)"
+    )
+    raw.commit()
+    raw.close()
+    store = await Store.open(path)
+    try:
+        [message] = await store.history(1, "mira")
+        assert (message.content, message.version, message.prompt_id) == ("Hello.", 0, None)
+        assert await store.versions(message.id) == []
+        assert await store.add_version(message.id, "Hi there.", "joy") == 1
+        assert [v.content for v in await store.versions(message.id)] == ["Hello.", "Hi there."]
+        assert await store.cast_members(1) == []
+    finally:
+        await store.close()
