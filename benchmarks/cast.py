@@ -44,12 +44,15 @@ async def bench_cast(config: Config, quick: bool) -> int:
                 tokens += len(llm.tokenize(text)) + 6
                 i += 1
 
+        colds: list[TurnResult] = []
+
         async def run(channel: int, script: list[tuple[str, str]], cold: int) -> list[TurnResult]:
             """Turns in the channel; the first `cold` ones (each speaker's first) are not measured."""
             results = []
             for n, (member, persona) in enumerate(script):
                 text = f"{persona}, what happened next? ({n})"
                 results.append(await engine.turn(channel, member, text))
+            colds.extend(results[:cold])
             return results[cold:]
 
         await seeded(1)
@@ -84,6 +87,7 @@ async def bench_cast(config: Config, quick: bool) -> int:
         ("one member, one persona: warm time to first token (median)", first_token(alone)),
         ("two members alternating: same", first_token(members)),
         ("two personas alternating: same", first_token(both)),
+        ("a cold turn (the whole prompt read): time to first token", first_token(colds[:1])),
     ]
     table(
         f"bench cast: {llm.name}, {HISTORY_TOKENS}-token history, {len(alone)} warm turns per case",
