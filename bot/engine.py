@@ -66,6 +66,7 @@ class EngineStatus:
     judge: str
     cached_faces: int
     messages: int
+    cast: list[str]  # the names of the channel's personas, its lead first
 
 
 class ExpressionProvider(Protocol):
@@ -288,6 +289,7 @@ class Engine:
             judge=self.judge.describe(),
             cached_faces=await self.store.count_renders(),
             messages=await self.store.count_messages(channel_id),
+            cast=[p.name for p in await self.cast(channel_id)],
         )
 
     async def check_default_persona(self) -> None:

@@ -55,7 +55,10 @@ class CastWebhooks:
         if not isinstance(channel, WebhookChannel) or channel.guild is None:
             return False
         home = channel.parent if isinstance(channel, discord.Thread) else channel
-        return home is not None and home.permissions_for(channel.guild.me).manage_webhooks
+        # A forum's threads would need their webhook on the forum: not supported, the bot posts itself.
+        if not isinstance(home, discord.TextChannel):
+            return False
+        return home.permissions_for(channel.guild.me).manage_webhooks
 
     async def _webhook(self, channel: WebhookChannel, fresh: bool = False) -> discord.Webhook:
         home = channel.parent if isinstance(channel, discord.Thread) else channel

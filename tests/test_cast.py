@@ -67,28 +67,33 @@ async def test_cast_commands_and_their_limits(config: Config) -> None:
 
 
 async def test_named_persona_answers_and_sees_the_others_under_their_names(config: Config, model) -> None:
-    replies = ["The lamp is lit.", "Aye, I saw it from the boat.", "Tea, anyone?"]
+    replies = ["Aye, I saw it from the boat.", "Big as a church.", "The lamp is lit."]
     async with scripted_engine(config, model, replies) as engine:
         await engine.cast_add(4, "rook")
-        first = await engine.turn(4, "Sam", "Mira, is the lamp lit?")
-        assert speakers(first) == ["Mira"]  # nobody is named in her reply: Sam may speak
-        second = await engine.turn(4, "Sam", "Rook, did you see it?")
-        assert speakers(second) == ["Rook"] and second.cast_size == 2
+        # Named, against turn order (which would give the lead, then the other one).
+        first = await engine.turn(4, "Sam", "Rook, did you see the ship?")
+        second = await engine.turn(4, "Sam", "How big, @rook?")
+        third = await engine.turn(4, "Sam", "Mira, is the lamp lit?")
+        assert [speakers(r) for r in (first, second, third)] == [["Rook"], ["Rook"], ["Mira"]]
+        assert third.cast_size == 2
         history = await engine.recent_messages(4, 10)
         assert [(m.author_name, m.content) for m in history] == [
+            ("Sam", "Rook, did you see the ship?"),
+            ("Rook", "Aye, I saw it from the boat."),
+            ("Sam", "How big, @rook?"),
+            ("Rook", "Big as a church."),
             ("Sam", "Mira, is the lamp lit?"),
             ("Mira", "The lamp is lit."),
-            ("Sam", "Rook, did you see it?"),
-            ("Rook", "Aye, I saw it from the boat."),
         ]
-        # Rook's prompt: Mira's line is a spoken line under her name, his own an assistant turn.
-        rook = engine.personas.load("rook")
-        built = engine._build(4, rook, await engine.store.history(4, ["mira", "rook"]), "Sam")
+        # Mira's prompt: Rook's lines are spoken lines under his name, her own reply her turn.
+        mira = engine.personas.load("mira")
+        built = engine._build(4, mira, await engine.store.history(4, ["mira", "rook"]), "Sam")
         assert {
             "role": "user",
-            "content": "Sam: Mira, is the lamp lit?\nMira: The lamp is lit.\nSam: Rook, did you see it?",
-        } in (built.messages)
-        assert {"role": "assistant", "content": "Aye, I saw it from the boat."} in built.messages
+            "content": "Sam: Rook, did you see the ship?\nRook: Aye, I saw it from the boat.\n"
+            "Sam: How big, @rook?\nRook: Big as a church.\nSam: Mira, is the lamp lit?",
+        } in built.messages
+        assert built.messages[-1] == {"role": "assistant", "content": "The lamp is lit."}
 
 
 async def test_personas_that_name_each_other_stop_after_max_turns(config: Config, model) -> None:

@@ -65,13 +65,13 @@ def _text(request: Request) -> str:
     return str((body.get("data") or body).get("content") or "")
 
 
-async def cast_of_two(server: FakeDiscord, channel: int) -> str:
+async def cast_of_two(server: FakeDiscord, channel: int, mode: str = "all") -> str:
     await command(server, channel, "channel", "enable")
     token = await server.slash(
         channel,
         ADMIN,
         "channel",
-        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": "all"}]}],
+        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": mode}]}],
         admin=True,
     )
     await server.wait_for(callbacks(token))
@@ -159,9 +159,10 @@ async def test_without_manage_webhooks_the_cast_posts_as_the_bot(server: FakeDis
     channel = server.channels["roleplay"]
     server.bot_manage_webhooks = False
     async with running_bot(config, server, scripted(["Aye.", "Hello, Milo."])):
-        answer = await cast_of_two(server, channel)
+        answer = await cast_of_two(server, channel, mode="mention")
         assert "Manage Webhooks" in answer  # said once, to the admin who made the cast
-        await server.say(channel, MEMBER, "Rook, hello!")
+        await server.say(channel, MEMBER, "Nice weather today.")  # mention mode: not for the cast
+        await server.say(channel, MEMBER, "Rook, hello!")  # naming a cast member is a mention
         await server.say(channel, MEMBER, "Mira, hello!")
         first, second = await server.wait_for(posts_to(channel), count=2)
         assert (

@@ -320,7 +320,8 @@ class Admin(commands.Cog):
         lines = [
             f"**Model**: `{status.model}` (context {status.context} tokens)",
             f"**Queue**: {status.pending_replies} replies, {status.pending_renders} renders",
-            f"**Persona here**: {status.persona.name} (`{status.persona.slug}`)",
+            f"**Persona here**: {status.persona.name} (`{status.persona.slug}`)"
+            + (f"; cast: {', '.join(status.cast[1:])}" if len(status.cast) > 1 else ""),
             f"**Emotion judge**: {status.judge}",
             f"**Expression cache**: {status.cached_faces} faces",
             f"**Messages stored here**: {status.messages}",
