@@ -16,7 +16,7 @@ from bot.engine import Engine
 
 from .support.configs import add_persona
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to
-from .support.harness import bot_config, running_bot
+from .support.harness import bot_config, enable_channel, running_bot
 from .support.scripted import Scripted
 
 pytestmark = pytest.mark.slow
@@ -66,15 +66,7 @@ def _text(request: Request) -> str:
 
 
 async def cast_of_two(server: FakeDiscord, channel: int, mode: str = "all") -> str:
-    await command(server, channel, "channel", "enable")
-    token = await server.slash(
-        channel,
-        ADMIN,
-        "channel",
-        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": mode}]}],
-        admin=True,
-    )
-    await server.wait_for(callbacks(token))
+    await enable_channel(server, channel, ADMIN, mode)
     return await command(server, channel, "cast", "add", "rook")
 
 

@@ -17,7 +17,7 @@ from bot.engine import Engine
 
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
-from .support.harness import bot_config, running_bot
+from .support.harness import bot_config, enable_channel, running_bot
 from .support.model_server import model_server
 from .support.scripted import Scripted
 
@@ -65,18 +65,7 @@ def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path, backend
 
 
 async def enable(server: FakeDiscord, channel: int, mode: str = "all") -> None:
-    token = await server.slash(
-        channel, ADMIN, "channel", [{"name": "enable", "type": 1, "options": []}], admin=True
-    )
-    await server.wait_for(callbacks(token))
-    token = await server.slash(
-        channel,
-        ADMIN,
-        "channel",
-        [{"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": mode}]}],
-        admin=True,
-    )
-    await server.wait_for(callbacks(token))
+    await enable_channel(server, channel, ADMIN, mode)
 
 
 async def stored(engine: Engine, channel: int, persona: str, count: int) -> list[Any]:

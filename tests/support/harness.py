@@ -14,7 +14,7 @@ from bot.config import Config, load_config
 from bot.engine import Engine
 
 from .configs import expression_settings, write_config
-from .discord_server import FakeDiscord
+from .discord_server import FakeDiscord, callbacks
 
 
 def bot_config(
@@ -68,3 +68,15 @@ async def running_bot(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, 10)
             await server.drop_connections()
+
+
+async def enable_channel(
+    server: FakeDiscord, channel: int, admin: dict[str, object], mode: str = "all"
+) -> None:
+    """An admin runs /channel enable, then /channel mode `mode`, and both are answered."""
+    for option in (
+        {"name": "enable", "type": 1, "options": []},
+        {"name": "mode", "type": 1, "options": [{"name": "mode", "type": 3, "value": mode}]},
+    ):
+        token = await server.slash(channel, admin, "channel", [option], admin=True)
+        await server.wait_for(callbacks(token))
