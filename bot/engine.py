@@ -154,6 +154,8 @@ class Engine:
         self._locks: KeyedLocks[int] = KeyedLocks()
         # First stored message id of each channel's prompt window; keeps the prompt prefix stable.
         self._window_ids: LRUDict[tuple[int, str], int] = LRUDict(MAX_WINDOWS)
+        # Channels delivering a reply now (one at a time per channel, under its lock): set once it is stored.
+        self._delivering: dict[int, asyncio.Event] = {}
 
     def channel_lock(self, channel_id: int) -> contextlib.AbstractAsyncContextManager[None]:
         """Turns (and resets) of one channel run one at a time."""
@@ -527,13 +529,19 @@ class Engine:
 
     async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
         # The reply enters the history only once it was delivered (a failed send stores nothing).
-        delivered_id = await deliver(result) if deliver is not None else None
-        saving = asyncio.ensure_future(self._save_reply(channel_id, result, delivered_id))
+        done = self._delivering[channel_id] = asyncio.Event()
         try:
-            result.reply_message_id = await asyncio.shield(saving)
-        except asyncio.CancelledError:
-            await saving  # the reply was sent: record it before giving in to the cancellation
-            raise
+            delivered_id = await deliver(result) if deliver is not None else None
+            saving = asyncio.ensure_future(self._save_reply(channel_id, result, delivered_id))
+            try:
+                result.reply_message_id = await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                await saving  # the reply was sent: record it before giving in to the cancellation
+                raise
+        finally:
+            done.set()
+            if self._delivering.get(channel_id) is done:
+                del self._delivering[channel_id]
 
     async def _save_reply(self, channel_id: int, result: TurnResult, discord_id: int | None) -> int:
         row = await self.store.add_message(
@@ -551,10 +559,16 @@ class Engine:
 
     # -- a reply's controls: regenerate, browse its versions, pick its face ---------------------------
 
-    async def reply_state(self, discord_id: int) -> ReplyState | None:
+    async def reply_state(self, discord_id: int, channel_id: int | None = None) -> ReplyState | None:
         """What the controls of a sent reply need: its persona, who prompted it, its versions, whether
-        it is the channel's latest message. None for a message that is not a stored reply."""
+        it is the channel's latest message. None for a message that is not a stored reply. With
+        `channel_id`, a reply that channel is delivering right now is waited for: a button can be pressed
+        the moment the message appears, before the reply is stored."""
         stored = await self.store.message_by_discord_id(discord_id)
+        delivering = self._delivering.get(channel_id) if channel_id is not None else None
+        if stored is None and delivering is not None:
+            await delivering.wait()
+            stored = await self.store.message_by_discord_id(discord_id)
         if stored is None or stored.role != "assistant":
             return None
         return await self._state_of(stored)

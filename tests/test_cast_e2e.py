@@ -184,24 +184,35 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
     channel = server.channels["roleplay"]
     async with running_bot(config, server, scripted(["First try.", "Second try."])) as run:
         await cast_of_two(server, channel)
-        posts = server.webhook_posts(channel)
+        pressed: list[str] = []
+        posted: list[dict[str, Any]] = []
+
+        async def press_at_once(message: dict[str, Any]) -> None:
+            # 🔄 the moment the reply appears, before the bot has even heard back that it was posted
+            # (so before the reply is stored); the press is acknowledged all the same.
+            if "webhook_id" not in message:
+                return
+            server.on_bot_message = None
+            posted.append(message)
+            pressed.append(await server.press(channel, MEMBER, message, button(message, REGENERATE_ID)))
+            await server.wait_for(callbacks(pressed[0]))
+
+        server.on_bot_message = press_at_once
         await server.say(channel, MEMBER, "Rook, say something.")
-        await server.wait_for(posts)
-        reply = server.messages[max(server.messages)]
+        edits = await server.wait_for(lambda r: r.method == "PATCH" and any(t in r.path for t in pressed))
+        [reply] = posted
         assert reply["webhook_id"] and reply["components"]
-
-        refused = await server.press(channel, OTHER, reply, button(reply, REGENERATE_ID))
-        [refusal] = await server.wait_for(callbacks(refused))
-        assert refusal.json["data"]["content"] == NOT_YOURS and refusal.json["data"]["flags"] & 64
-
-        token = await server.press(channel, MEMBER, reply, button(reply, REGENERATE_ID))
-        edits = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert edits[-1].json["content"] == "Second try."
         assert edits[-1].files["expression.png"].startswith(b"\x89PNG")
         assert reply["content"] == "Second try."  # edited in place, as Discord shows it
         assert button(reply, REGENERATE_ID)["label"] == "2/2"
         history = await run.engine.recent_messages(channel, 10)
         assert [m.content for m in history] == ["Rook, say something.", "Second try."]
+
+        refused = await server.press(channel, OTHER, reply, button(reply, REGENERATE_ID))
+        [refusal] = await server.wait_for(callbacks(refused))
+        assert refusal.json["data"]["content"] == NOT_YOURS and refusal.json["data"]["flags"] & 64
+        assert reply["content"] == "Second try."
 
         token = await server.press(channel, MEMBER, reply, button(reply, PREVIOUS_ID))
         await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)

@@ -88,7 +88,7 @@ class Chat(commands.Cog):
         ref = message.reference
         if ref is None or ref.message_id is None:
             return None
-        state = await self.engine.reply_state(ref.message_id)
+        state = await self.engine.reply_state(ref.message_id, message.channel.id)
         if state is not None and state.persona is not None:
             return state.persona.slug
         resolved = ref.resolved

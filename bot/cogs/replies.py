@@ -133,20 +133,38 @@ class Replies(commands.Cog):
     async def _allowed(self, interaction: discord.Interaction) -> ReplyState | None:
         """The reply's state if this member may change it; otherwise they are told why, once."""
         message = interaction.message
-        state = await self.engine.reply_state(message.id) if message is not None else None
+        if message is None:
+            return None
+        state = await self.engine.reply_state(message.id)
         if state is None:
-            await interaction.response.send_message("I no longer remember this reply.", ephemeral=True)
-            return None
-        if interaction.user.id != state.prompted_by and not interaction.permissions.manage_guild:
-            await interaction.response.send_message(NOT_YOURS, ephemeral=True)
-            return None
+            # Pressed the moment it appeared: it may be on its way into the history. Acknowledge first
+            # (Discord waits 3 s at most), then wait for it.
+            await interaction.response.defer()
+            state = await self.engine.reply_state(message.id, interaction.channel_id)
+        if state is None:
+            await self._say(interaction, "I no longer remember this reply.")
+        elif interaction.user.id != state.prompted_by and not interaction.permissions.manage_guild:
+            await self._say(interaction, NOT_YOURS)
+            state = None
         return state
+
+    @staticmethod
+    async def _say(interaction: discord.Interaction, text: str) -> None:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+    @staticmethod
+    async def _acknowledge(interaction: discord.Interaction) -> None:
+        if not interaction.response.is_done():
+            await interaction.response.defer()  # within Discord's 3 s; the edit follows
 
     async def pressed(self, interaction: discord.Interaction, step: int) -> None:
         state = await self._allowed(interaction)
         if state is None or interaction.message is None:
             return
-        await interaction.response.defer()  # within Discord's 3 s; the edit follows
+        await self._acknowledge(interaction)
         message = interaction.message
         try:
             if step == 0:
@@ -180,7 +198,7 @@ class Replies(commands.Cog):
         state = await self._allowed(interaction)
         if state is None or interaction.message is None:
             return
-        await interaction.response.defer()
+        await self._acknowledge(interaction)
         try:
             state = await self.engine.choose_face(interaction.message.id, label)
             await self._show_state(interaction, state, interaction.message)

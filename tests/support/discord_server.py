@@ -12,7 +12,7 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +62,9 @@ class FakeDiscord:
         self.webhooks: dict[int, dict[str, Any]] = {}  # channel webhooks, by id
         self.webhook_channels: dict[str, str] = {}  # every webhook ever made -> its channel
         self._pressed: dict[str, dict[str, Any]] = {}  # component interaction token -> its message
+        # Called with each message the bot posts, before the bot gets the answer to its request: what
+        # users do the moment a message appears.
+        self.on_bot_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.channels = {name: self.new_id() for name in ("general", "roleplay", "quiet", "side")}
         self.requests: list[Request] = []
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
@@ -707,6 +710,8 @@ class FakeDiscord:
             case ("POST", ["channels", channel, "messages"]):
                 message = self._bot_message(int(channel), body or {}, files)
                 await self.dispatch("MESSAGE_CREATE", message)
+                if self.on_bot_message is not None:
+                    await self.on_bot_message(message)
                 return ok(message)
             case ("GET", ["channels", channel, "webhooks"]) | ("POST", ["channels", channel, "webhooks"]) if (
                 not self.bot_manage_webhooks
@@ -754,6 +759,8 @@ class FakeDiscord:
                     application_id=str(self.app_id),
                 )
                 await self.dispatch("MESSAGE_CREATE", message)
+                if self.on_bot_message is not None:
+                    await self.on_bot_message(message)
                 return ok(message)
             case ("PATCH", ["webhooks", _, token, "messages", _]) | ("POST", ["webhooks", _, token]) if (
                 self._expired(token)
