@@ -90,7 +90,9 @@ async def test_two_personas_post_through_the_webhook_with_their_own_names_and_fa
 
         await server.say(channel, MEMBER, "Rook, did you see the ship?")  # addressed by name
         await server.wait_for(posts)
-        rook_message = server.messages[max(server.messages)]
+        rook_message = max(
+            (m for m in server.messages.values() if "webhook_id" in m), key=lambda m: int(m["id"])
+        )
         await server.say(channel, MEMBER, "How big was she?", reply_to=rook_message)  # by a reply
         await server.wait_for(posts, count=2)
         await server.say(channel, MEMBER, "Mira, did you?")
