@@ -123,9 +123,13 @@ class Admin(commands.Cog):
     @app_commands.describe(name="persona id, see /persona list")
     @manager_only
     async def persona_set(self, interaction: discord.Interaction, name: str) -> None:
+        before = await self.engine.cast(interaction.channel_id or 0)
         persona = await self.engine.set_persona(interaction.channel_id or 0, name)
+        ended = ""
+        if len(before) > 1:
+            ended = f" The cast of {len(before)} ended (`/cast add` brings others back)."
         await interaction.response.send_message(
-            f"Now playing **{persona.name}** in this channel.", ephemeral=True
+            f"Now playing **{persona.name}** in this channel.{ended}", ephemeral=True
         )
         if self.config.discord.set_nickname and interaction.guild is not None:
             try:
