@@ -168,7 +168,7 @@ async def test_without_manage_webhooks_the_cast_posts_as_the_bot(server: FakeDis
 
 async def test_a_deleted_webhook_is_made_again(server: FakeDiscord, config: Config) -> None:
     channel = server.channels["roleplay"]
-    async with running_bot(config, server, scripted(["One.", "Two."])):
+    async with running_bot(config, server, scripted(["One.", "Two."])) as run:
         await cast_of_two(server, channel)
         posts = server.webhook_posts(channel)
         await server.say(channel, MEMBER, "Rook?")
@@ -178,6 +178,9 @@ async def test_a_deleted_webhook_is_made_again(server: FakeDiscord, config: Conf
         second = (await server.wait_for(posts, count=2))[-1]
         assert second.json["username"] == "Rook" and second.json["content"] == "Two."
         assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 2
+        # A new scene with one persona ends the cast, and says so.
+        assert "The cast of 2 ended" in await command(server, channel, "manage", "persona", "mira")
+        assert [p.slug for p in await run.engine.cast(channel)] == ["mira"]
 
 
 async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart(
