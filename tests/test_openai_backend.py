@@ -202,3 +202,22 @@ async def test_a_prompt_too_long_for_the_server_is_one_clear_line(tmp_path: Path
             _ = [c async for c in backend.generate(huge).chunks()]
     finally:
         await backend.close()
+
+
+async def test_a_cast_chooses_its_speaker_through_the_server(
+    tmp_path: Path, server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Who speaks next is asked of the server's model (its log-probabilities), as the emotion is."""
+    import logging
+
+    from .support.configs import add_persona
+
+    config = server_config(tmp_path, server)
+    add_persona(tmp_path, "rook", "Rook")
+    async with open_engine(config) as engine:
+        await engine.cast_add(5, "rook")
+        with caplog.at_level(logging.INFO, logger="bot.engine"):
+            result = await engine.turn(5, "Sam", "Hello, everyone. Who lit the lamp?")
+        replies = [result, *result.followed_by]
+        assert {r.persona.slug for r in replies} <= {"mira", "rook"} and 1 <= len(replies) <= 2
+        assert "could not ask the model" not in caplog.text  # the model chose; no fallback to turn order
