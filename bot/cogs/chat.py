@@ -14,7 +14,7 @@ import discord
 from discord.ext import commands
 
 from bot.bounded import LRUDict
-from bot.cogs.replies import Outgoing, compose, controls, style_of
+from bot.cogs.replies import compose, controls, style_of
 from bot.engine import TurnResult
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
 from bot.webhooks import CastWebhooks
@@ -220,9 +220,9 @@ class Chat(commands.Cog):
                 "named" if result.cast_size > 1 else "plain",
             )
             if streamed is not None and streamed.message is not None:
-                first = await streamed.message.edit(content=out.content, attachments=out.files, view=view)
+                first = await streamed.message.edit(content=out.content, attachments=out.files(), view=view)
             else:
-                first = await message.reply(out.content, files=out.files, view=view, mention_author=False)
+                first = await message.reply(out.content, files=out.files(), view=view, mention_author=False)
             for chunk in out.rest:
                 await message.channel.send(chunk)
             return first
@@ -232,15 +232,12 @@ class Chat(commands.Cog):
     async def _post_as_character(
         self, message: discord.Message, result: TurnResult, view: discord.ui.View
     ) -> discord.Message | None:
-        def parts() -> Outgoing:
-            return compose(result.persona.name, result.text, result.image.path, "webhook")
-
-        out = parts()
+        out = compose(result.persona.name, result.text, result.image.path, "webhook")
         sent = await self.webhooks.send(
             message.channel,
             result.persona.name,
             out.content,
-            files=lambda: parts().files,
+            files=out.files,
             embeds=out.embeds,
             view=view,
         )
@@ -257,8 +254,8 @@ class Chat(commands.Cog):
             path = await result.image.fresh
             if path is not None and path != result.image.path:
                 out = compose(result.persona.name, "…", path, style_of(sent, result.cast_size))
-                if out.files:
-                    await sent.edit(attachments=out.files, embeds=out.embeds)
+                if out.image is not None:
+                    await sent.edit(attachments=out.files(), embeds=out.embeds)
         except (discord.HTTPException, asyncio.CancelledError) as exc:
             _log.info("could not update reply %s with the new face: %s", sent.id, exc)
 

@@ -48,9 +48,14 @@ class Outgoing:
     """A reply's first message (text, face, embed) and the text that did not fit in it."""
 
     content: str
-    files: list[discord.File]
+    image: Path | None
     embeds: list[discord.Embed]
     rest: list[str] = field(default_factory=list)
+
+    def files(self) -> list[discord.File]:
+        """The face as a fresh attachment (a discord.File is read once, so one per request)."""
+        file = expression_file(self.image)
+        return [file] if file else []
 
 
 def compose(name: str, text: str, image: Path | None, style: Style) -> Outgoing:
@@ -58,11 +63,11 @@ def compose(name: str, text: str, image: Path | None, style: Style) -> Outgoing:
     naming the character (no webhook), or as the bot playing its one persona."""
     prefix = f"**{name}:** " if style == "named" else ""
     chunks = split_message(text, DISCORD_LIMIT - len(prefix)) or ["…"]
-    file = expression_file(image)
+    image = image if image is not None and image.is_file() else None
     embeds = []
-    if style == "webhook" and file is not None:
-        embeds = [discord.Embed().set_image(url=f"attachment://{file.filename}")]
-    return Outgoing(prefix + chunks[0], [file] if file else [], embeds, chunks[1:])
+    if style == "webhook" and image is not None:
+        embeds = [discord.Embed().set_image(url=f"attachment://expression{image.suffix or '.png'}")]
+    return Outgoing(prefix + chunks[0], image, embeds, chunks[1:])
 
 
 def style_of(message: discord.Message, cast_size: int) -> Style:
@@ -241,7 +246,7 @@ class Replies(commands.Cog):
             out.content = out.content[: DISCORD_LIMIT - 1] + "…"
         view = controls(labels, version, versions, emotion)
         await interaction.edit_original_response(
-            content=out.content, attachments=out.files, embeds=out.embeds, view=view
+            content=out.content, attachments=out.files(), embeds=out.embeds, view=view
         )
         view.stop()
 
