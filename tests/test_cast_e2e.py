@@ -234,3 +234,42 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         [edit] = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert edit.files["expression.png"].startswith(b"\x89PNG")
         assert (await run.engine.recent_messages(channel, 10))[-1].emotion == "joy"
+
+
+async def test_streaming_in_a_cast_previews_each_reply_under_its_persona(
+    server: FakeDiscord, tmp_path: Path, tiny_pipeline_dir: Path
+) -> None:
+    config = bot_config(
+        tmp_path,
+        server,
+        tiny_pipeline_dir,
+        '[cast]\nnext_speaker = "order"\n',
+        discord_extra="stream_edits = true\n",
+        cooldown=0.0,
+    )
+    add_persona(tmp_path, "rook", "Rook")
+    channel = server.channels["roleplay"]
+    story = "The gulls went quiet before the storm, Mira. " * 6
+    answer = "So they did, and the lamp is ready. " * 8
+
+    def script(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, [story, answer], pause=0.3)  # type: ignore[assignment]
+
+    async with running_bot(config, server, script):
+        await cast_of_two(server, channel)
+        await server.say(channel, MEMBER, "Rook, what did you see?")  # Rook names Mira: she answers him
+        posts = server.webhook_posts(channel)
+        first, second = await server.wait_for(posts, count=2)
+        assert [first.json["username"], second.json["username"]] == ["Rook", "Mira"]
+        assert first.json["content"].endswith(" …") and second.json["content"].endswith(" …")
+
+        def final(text: str) -> Callable[[Request], bool]:
+            return lambda r: r.method == "PATCH" and (r.json or {}).get("content") == text.strip()
+
+        [rook] = await server.wait_for(final(story))
+        [mira] = await server.wait_for(final(answer))
+        for edit in (rook, mira):
+            assert edit.path.startswith("/webhooks/")  # the preview, edited in place through the webhook
+            assert edit.json["embeds"][0]["image"]["url"] == "attachment://expression.png"
+            assert edit.json["components"]  # the controls arrive with the final text
+        assert len(server.sent(posts)) == 2 and server.sent(posts_to(channel)) == []

@@ -8,6 +8,7 @@ import functools
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -17,6 +18,7 @@ from bot.bounded import LRUDict
 from bot.cogs.replies import compose, controls, style_of
 from bot.engine import TurnResult
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
+from bot.persona import Persona
 from bot.webhooks import CastWebhooks
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ COOLDOWN_REACTION = "⏳"
 SHUTDOWN_GRACE = 10.0  # seconds answers in progress get to finish when the bot stops
 MAX_TRACKED_USERS = 10_000  # users whose last answered message time is kept (for the cooldown)
 MAX_TRACKED_CHANNELS = 10_000  # channels whose last "busy" notice time is kept
+
+PostPreview = Callable[[str], Awaitable[discord.Message]]
 
 
 def _as_name(name: str, _: re.Match[str]) -> str:
@@ -143,29 +147,37 @@ class Chat(commands.Cog):
 
     async def _answer(self, message: discord.Message, text: str) -> None:
         channel = message.channel
-        streamed: StreamedReply | None = None
-        delivered = False
+        streams: list[StreamedReply] = []  # with stream_edits, one per reply of this turn, latest last
+        delivered: set[StreamedReply] = set()
+        cast_size = len(await self.engine.cast(channel.id)) if self.settings.stream_edits else 1
+
+        def start(persona: Persona) -> None:
+            if self.settings.stream_edits:
+                streams.append(StreamedReply(message, self._previewer(message, persona.name, cast_size)))
+
+        def add(chunk: str) -> None:
+            if streams:
+                streams[-1].add(chunk)
 
         async def deliver(result: TurnResult) -> int:
-            nonlocal delivered
-            sent = await self._deliver(message, result, streamed)
-            delivered = True
+            stream = streams[-1] if streams else None
+            sent = await self._deliver(message, result, stream)
+            if stream is not None:
+                delivered.add(stream)
             return sent
 
         try:
             async with channel.typing():
-                # A cast posts each reply under its own name: a preview as the bot would be the wrong one.
-                if self.settings.stream_edits and len(await self.engine.cast(channel.id)) == 1:
-                    streamed = StreamedReply(message)
                 await self.engine.turn(
                     channel.id,
                     message.author.display_name,
                     text,
                     author_id=message.author.id,
                     discord_id=message.id,
-                    on_text=streamed.add if streamed else None,
+                    on_text=add if self.settings.stream_edits else None,
                     deliver=deliver,
                     addressed=await self._replied_persona(message),
+                    on_start=start,
                 )
         except (InputError, BusyError, GenerationTimeout) as exc:
             await self._reply_notice(
@@ -182,12 +194,25 @@ class Chat(commands.Cog):
             # Discord refused the reply: the engine stored nothing for it, so history stays true.
             _log.warning("could not send the reply in channel %s: %s", channel.id, exc)
         finally:
-            if streamed is not None:
-                if delivered:
-                    await streamed.stop()
+            for stream in streams:
+                if stream in delivered:
+                    await stream.stop()
                 else:
                     # Shielded: a deletion that cancels this answer must not also cancel the clean-up.
-                    await asyncio.shield(streamed.discard())
+                    await asyncio.shield(stream.discard())
+
+    def _previewer(self, message: discord.Message, name: str, cast_size: int) -> PostPreview:
+        """Where a reply's preview goes while it is written: under the persona's name in a cast."""
+
+        async def post(text: str) -> discord.Message:
+            if cast_size > 1:
+                sent = await self.webhooks.send(message.channel, name, text)
+                if sent is not None:
+                    return sent
+                text = f"**{name}:** {text}"
+            return await message.reply(text, mention_author=False)
+
+        return post
 
     async def _deliver(
         self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
@@ -206,25 +231,29 @@ class Chat(commands.Cog):
         self, message: discord.Message, result: TurnResult, streamed: StreamedReply | None
     ) -> discord.Message:
         """Send the reply (split under Discord's limit), the face and the controls on its first part: as
-        the persona through the channel's webhook when the channel has a cast, else as the bot."""
+        the persona through the channel's webhook when the channel has a cast, else as the bot. A
+        streamed preview becomes the reply."""
         view = controls(result.persona.labels, 0, 1, result.emotion.label)
+        name = result.persona.name
         try:
-            if result.cast_size > 1:
-                sent = await self._post_as_character(message, result, view)
-                if sent is not None:
-                    return sent
-            out = compose(
-                result.persona.name,
-                result.text,
-                result.image.path,
-                "named" if result.cast_size > 1 else "plain",
-            )
-            if streamed is not None and streamed.message is not None:
-                first = await streamed.message.edit(content=out.content, attachments=out.files(), view=view)
+            preview = streamed.message if streamed is not None else None
+            if preview is not None:
+                style = style_of(preview, result.cast_size)
+                out = compose(name, result.text, result.image.path, style)
+                first = await preview.edit(
+                    content=out.content, attachments=out.files(), embeds=out.embeds, view=view
+                )
             else:
+                if result.cast_size > 1:
+                    sent = await self._post_as_character(message, result, view)
+                    if sent is not None:
+                        return sent
+                style = "named" if result.cast_size > 1 else "plain"
+                out = compose(name, result.text, result.image.path, style)
                 first = await message.reply(out.content, files=out.files(), view=view, mention_author=False)
             for chunk in out.rest:
-                await message.channel.send(chunk)
+                if style != "webhook" or await self.webhooks.send(message.channel, name, chunk) is None:
+                    await message.channel.send(chunk)
             return first
         finally:
             view.stop()  # the registered controls answer every press; no view is kept per message
@@ -244,7 +273,8 @@ class Chat(commands.Cog):
         if sent is None:
             return None
         for chunk in out.rest:
-            await self.webhooks.send(message.channel, result.persona.name, chunk)
+            if await self.webhooks.send(message.channel, result.persona.name, chunk) is None:
+                await message.channel.send(chunk)
         return sent
 
     async def _swap_in_render(self, sent: discord.Message, result: TurnResult) -> None:
@@ -333,10 +363,12 @@ class Chat(commands.Cog):
 
 
 class StreamedReply:
-    """Shows the reply while it is written: one message, edited at most once a second."""
+    """Shows the reply while it is written: one message (posted by `post`, a reply to the member's
+    message unless given), edited at most once a second."""
 
-    def __init__(self, message: discord.Message) -> None:
+    def __init__(self, message: discord.Message, post: PostPreview | None = None) -> None:
         self.source = message
+        self._post = post
         self.message: discord.Message | None = None
         self._text = ""
         self._shown = ""
@@ -352,7 +384,10 @@ class StreamedReply:
             if not preview or preview == self._shown:
                 continue
             if self.message is None:
-                self.message = await self.source.reply(preview + " …", mention_author=False)
+                if self._post is not None:
+                    self.message = await self._post(preview + " …")
+                else:
+                    self.message = await self.source.reply(preview + " …", mention_author=False)
             else:
                 await self.message.edit(content=preview + " …")
             self._shown = preview
