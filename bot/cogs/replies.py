@@ -8,10 +8,10 @@ the button sits on, so buttons keep working after a restart and no per-message v
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord.ext import commands
@@ -100,7 +100,7 @@ class ReplyControls(discord.ui.View):
             button: discord.ui.Button[ReplyControls] = discord.ui.Button(
                 custom_id=custom_id, emoji=emoji, label=label, disabled=disabled and owner is None
             )
-            button.callback = self._pressed(step)  # type: ignore[method-assign]
+            button.callback = self._pressed(step)  # type: ignore[method-assign,assignment]
             self.add_item(button)
         menu: discord.ui.Select[ReplyControls] = discord.ui.Select(
             custom_id=FACE_ID,
@@ -111,7 +111,7 @@ class ReplyControls(discord.ui.View):
         self.add_item(menu)
         self.menu = menu
 
-    def _pressed(self, step: int):  # noqa: ANN202
+    def _pressed(self, step: int) -> Callable[[discord.Interaction], Coroutine[Any, Any, None]]:
         async def callback(interaction: discord.Interaction) -> None:
             if self.owner is not None:
                 await self.owner.pressed(interaction, step)
