@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,18 @@ import pytest
 from bot.config import Config, load_config
 
 from .support.configs import expression_settings, folder_snapshot, write_config
+from .support.discord_server import FakeDiscord
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeDiscord]:
+    """The local Discord server for end-to-end tests (test_openai_backend's `server` is a model server)."""
+    s = FakeDiscord()
+    await s.start()
+    yield s
+    await s.stop()
+    # Every request the bot made must be one Discord accepts (its official API description).
+    assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ the unmodified discord.py client, the real engine and store, against the strict 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,6 @@ pytestmark = pytest.mark.slow
 ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
 OTHER = FakeDiscord.user("Nia", user_id=2_000_000_000_000_000_003)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeDiscord]:
-    s = FakeDiscord()
-    await s.start()
-    yield s
-    await s.stop()
-    assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
 
 
 @pytest.fixture

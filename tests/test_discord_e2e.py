@@ -7,7 +7,7 @@ import asyncio
 import io
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,6 @@ def pings_nobody(request: Request) -> bool:
         and not allowed.get("roles")
         and not allowed.get("replied_user")
     )
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeDiscord]:
-    s = FakeDiscord()
-    await s.start()
-    yield s
-    await s.stop()
-    # Every request the bot made must be one Discord accepts (its official API description).
-    assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
 
 
 @pytest.fixture(scope="module", params=["llamacpp", "openai"])
