@@ -26,6 +26,7 @@ from bot.files import atomic_write, png_bytes, write_all
 from bot.images import decode_image
 
 _log = logging.getLogger(__name__)
+MAX_AVATAR_URL = 2048  # characters; longer addresses are not avatars but mistakes (or abuse)
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 LABEL_RE = re.compile(r"^[a-z][a-z_-]{0,31}$")
@@ -73,6 +74,17 @@ class Persona:
         if not own:
             return DEFAULT_SYSTEM_PROMPT
         return own.replace("{{original}}", DEFAULT_SYSTEM_PROMPT)
+
+    def avatar_url(self) -> str | None:
+        """A public picture of the character, where its card names one: a V3 card's icon asset at an
+        https address. Discord shows it as the avatar of the persona's webhook posts (it takes avatars
+        only by URL, so a local portrait cannot be one)."""
+        assets = self.card_extra.get("assets")
+        for asset in assets if isinstance(assets, list) else []:
+            uri = asset.get("uri") if isinstance(asset, dict) and asset.get("type") == "icon" else None
+            if isinstance(uri, str) and uri.startswith("https://") and len(uri) <= MAX_AVATAR_URL:
+                return uri
+        return None
 
     def post_history_text(self) -> str:
         # The bot has no default post-history instruction, so {{original}} expands to nothing.

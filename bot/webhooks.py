@@ -83,6 +83,7 @@ class CastWebhooks:
         files: Callable[[], list[discord.File]] = list,
         embeds: list[discord.Embed] | None = None,
         view: discord.ui.View | None = None,
+        avatar_url: str | None = None,
     ) -> discord.WebhookMessage | None:
         """Post as `username`; None when the bot cannot (no permission, a name Discord refuses), so
         the caller posts as the bot instead. `files` makes fresh files for a second try."""
@@ -100,6 +101,7 @@ class CastWebhooks:
                 return await hook.send(
                     content,
                     username=name,
+                    avatar_url=avatar_url or discord.utils.MISSING,
                     files=files(),
                     embeds=embeds or [],
                     thread=thread,

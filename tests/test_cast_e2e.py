@@ -24,13 +24,14 @@ pytestmark = pytest.mark.slow
 ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
 OTHER = FakeDiscord.user("Nia", user_id=2_000_000_000_000_000_003)
+ROOK_ICON = "https://example.org/cards/rook.png"  # his card's V3 icon asset: a stable, public avatar
 
 
 @pytest.fixture
 def config(tmp_path: Path, server: FakeDiscord, tiny_pipeline_dir: Path) -> Config:
     # Turn order: a persona speaks after another only when named, so the script decides who speaks.
     built = bot_config(tmp_path, server, tiny_pipeline_dir, '[cast]\nnext_speaker = "order"\n', cooldown=0.0)
-    add_persona(tmp_path, "rook", "Rook")
+    add_persona(tmp_path, "rook", "Rook", icon_url=ROOK_ICON)
     return built
 
 
@@ -97,6 +98,8 @@ async def test_two_personas_post_through_the_webhook_with_their_own_names_and_fa
             assert request.files["expression.png"].startswith(b"\x89PNG")
             assert request.query.get("wait") in ("1", "true")
         assert sent[0].files["expression.png"] != sent[2].files["expression.png"]  # each its own face
+        # Rook's card names a public icon: his avatar; Mira's names none (Discord needs a URL for one).
+        assert [r.json.get("avatar_url") for r in sent] == [ROOK_ICON, ROOK_ICON, None]
         # One webhook, made once and reused; nothing posted as the bot itself.
         assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 1
         assert server.sent(posts_to(channel)) == []

@@ -71,3 +71,29 @@ def test_lorebook_triggering() -> None:
     assert LoreEntry(keys=(), content="x", constant=True).triggered_by("")
     assert not LoreEntry(keys=("a",), content="x", enabled=False).triggered_by("a")
     assert not LoreEntry(keys=("Rook",), content="x", case_sensitive=True).triggered_by("rook")
+
+
+@pytest.mark.parametrize(
+    ("assets", "expected"),
+    [
+        (
+            [{"type": "icon", "uri": "https://example.org/a.png", "name": "main", "ext": "png"}],
+            "https://example.org/a.png",
+        ),
+        (
+            [{"type": "icon", "uri": "ccdefault:"}, {"type": "icon", "uri": "https://x.org/b.png"}],
+            "https://x.org/b.png",
+        ),
+        (
+            [{"type": "icon", "uri": "http://example.org/a.png"}],
+            None,
+        ),  # not https: Discord would fetch it in clear
+        ([{"type": "icon", "uri": "embeded://assets/icon.png"}], None),  # inside the card: no public address
+        ([{"type": "background", "uri": "https://example.org/bg.png"}], None),
+        ([{"type": "icon", "uri": "https://example.org/" + "a" * 3000}], None),
+        ("https://example.org/a.png", None),  # not a list
+        ([None, 3, {"type": "icon", "uri": 7}], None),
+    ],
+)
+def test_a_cards_public_icon_is_the_webhook_avatar(assets: object, expected: str | None) -> None:
+    assert Persona(slug="x", name="X", card_extra={"assets": assets}).avatar_url() == expected

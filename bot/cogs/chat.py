@@ -153,7 +153,7 @@ class Chat(commands.Cog):
 
         def start(persona: Persona) -> None:
             if self.settings.stream_edits:
-                streams.append(StreamedReply(message, self._previewer(message, persona.name, cast_size)))
+                streams.append(StreamedReply(message, self._previewer(message, persona, cast_size)))
 
         def add(chunk: str) -> None:
             if streams:
@@ -201,15 +201,17 @@ class Chat(commands.Cog):
                     # Shielded: a deletion that cancels this answer must not also cancel the clean-up.
                     await asyncio.shield(stream.discard())
 
-    def _previewer(self, message: discord.Message, name: str, cast_size: int) -> PostPreview:
+    def _previewer(self, message: discord.Message, persona: Persona, cast_size: int) -> PostPreview:
         """Where a reply's preview goes while it is written: under the persona's name in a cast."""
 
         async def post(text: str) -> discord.Message:
             if cast_size > 1:
-                sent = await self.webhooks.send(message.channel, name, text)
+                sent = await self.webhooks.send(
+                    message.channel, persona.name, text, avatar_url=persona.avatar_url()
+                )
                 if sent is not None:
                     return sent
-                text = f"**{name}:** {text}"
+                text = f"**{persona.name}:** {text}"
             return await message.reply(text, mention_author=False)
 
         return post
@@ -251,9 +253,7 @@ class Chat(commands.Cog):
                 style = "named" if result.cast_size > 1 else "plain"
                 out = compose(name, result.text, result.image.path, style)
                 first = await message.reply(out.content, files=out.files(), view=view, mention_author=False)
-            for chunk in out.rest:
-                if style != "webhook" or await self.webhooks.send(message.channel, name, chunk) is None:
-                    await message.channel.send(chunk)
+            await self._send_rest(message, result.persona, out.rest, as_character=style == "webhook")
             return first
         finally:
             view.stop()  # the registered controls answer every press; no view is kept per message
@@ -269,13 +269,25 @@ class Chat(commands.Cog):
             files=out.files,
             embeds=out.embeds,
             view=view,
+            avatar_url=result.persona.avatar_url(),
         )
         if sent is None:
             return None
-        for chunk in out.rest:
-            if await self.webhooks.send(message.channel, result.persona.name, chunk) is None:
-                await message.channel.send(chunk)
+        await self._send_rest(message, result.persona, out.rest, as_character=True)
         return sent
+
+    async def _send_rest(
+        self, message: discord.Message, persona: Persona, chunks: list[str], as_character: bool
+    ) -> None:
+        """The parts of a long reply after its first message, posted the same way as the first."""
+        for chunk in chunks:
+            sent = None
+            if as_character:
+                sent = await self.webhooks.send(
+                    message.channel, persona.name, chunk, avatar_url=persona.avatar_url()
+                )
+            if sent is None:
+                await message.channel.send(chunk)
 
     async def _swap_in_render(self, sent: discord.Message, result: TurnResult) -> None:
         """When the fresh face finishes rendering, show it in the already-sent reply."""

@@ -40,9 +40,12 @@ def expression_settings(model: Path | str) -> str:
     )
 
 
-def add_persona(folder: Path, slug: str, name: str, *, portrait: bool = True) -> None:
+def add_persona(
+    folder: Path, slug: str, name: str, *, portrait: bool = True, icon_url: str | None = None
+) -> None:
     """Another persona beside Mira in a test's persona folder: Mira's file under another name, with her
-    portrait in other colours (so that its faces are its own), or with none."""
+    portrait in other colours (so that its faces are its own), or with none; `icon_url` as its card's
+    V3 icon asset."""
     from PIL import Image, ImageOps
 
     text = (REPO / "persona" / "mira.toml").read_text().replace("Mira", name)
@@ -52,4 +55,10 @@ def add_persona(folder: Path, slug: str, name: str, *, portrait: bool = True) ->
         with Image.open(REPO / "avatars" / "mira.png") as mira:
             ImageOps.invert(mira.convert("RGB")).save(folder / "avatars" / image)
     text = text.replace('image = "mira.png"', f'image = "{image}"')
+    if icon_url is not None:
+        import json
+
+        assets = [{"type": "icon", "uri": icon_url, "name": "main", "ext": "png"}]
+        (folder / "persona" / f"{slug}.card.json").write_text(json.dumps({"assets": assets}))
+        text += f'\n[card]\nextra = "{slug}.card.json"\n'
     (folder / "persona" / f"{slug}.toml").write_text(text)
