@@ -1,7 +1,9 @@
 """One turn end to end. This is the only module that knows the order of the steps:
 
-save the user's message -> build the prompt -> stream the reply -> judge its emotion -> save the reply
--> pick the face to show. The Discord front-end and the terminal chat both drive this class.
+save the user's message -> choose who speaks (the channel's persona, or one of its cast) -> build that
+persona's prompt -> stream the reply -> judge its emotion -> pick the face to show -> deliver -> save the
+reply; then, in a cast, perhaps another persona's reply, up to [cast] max_turns. The Discord front-end and
+the terminal chat both drive this class; it also regenerates a reply and browses its versions.
 """
 
 from __future__ import annotations
