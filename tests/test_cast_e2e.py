@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_002)
 OTHER = FakeDiscord.user("Nia", user_id=2_000_000_000_000_000_003)
+SECOND = "Oh, what joy! I am so happy!"  # a regenerated reply whose face (joy) is not rendered yet
 ROOK_ICON = "https://example.org/cards/rook.png"  # his card's V3 icon asset: a stable, public avatar
 
 
@@ -181,7 +182,7 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
     server: FakeDiscord, config: Config
 ) -> None:
     channel = server.channels["roleplay"]
-    async with running_bot(config, server, scripted(["First try.", "Second try."])) as run:
+    async with running_bot(config, server, scripted(["First try.", SECOND])) as run:
         await cast_of_two(server, channel)
         pressed: list[str] = []
         posted: list[dict[str, Any]] = []
@@ -201,17 +202,24 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         edits = await server.wait_for(lambda r: r.method == "PATCH" and any(t in r.path for t in pressed))
         [reply] = posted
         assert reply["webhook_id"] and reply["components"]
-        assert edits[-1].json["content"] == "Second try."
+        assert edits[-1].json["content"] == SECOND
         assert edits[-1].files["expression.png"].startswith(b"\x89PNG")
-        assert reply["content"] == "Second try."  # edited in place, as Discord shows it
+        assert reply["content"] == SECOND  # edited in place, as Discord shows it
         assert button(reply, REGENERATE_ID)["label"] == "2/2"
         history = await run.engine.recent_messages(channel, 10)
-        assert [m.content for m in history] == ["Rook, say something.", "Second try."]
+        assert [m.content for m in history] == ["Rook, say something.", SECOND]
+        # Its face was not rendered yet: the best one now, then the fresh render, swapped in.
+        assert history[-1].emotion == "joy"
+        swapped = await server.wait_for(
+            lambda r: r.method == "PATCH" and pressed[0] in r.path and "content" not in (r.json or {})
+        )
+        assert swapped[-1].files["expression.png"] != edits[-1].files["expression.png"]
+        assert swapped[-1].json["embeds"][0]["image"]["url"] == "attachment://expression.png"
 
         refused = await server.press(channel, OTHER, reply, button(reply, REGENERATE_ID))
         [refusal] = await server.wait_for(callbacks(refused))
         assert refusal.json["data"]["content"] == NOT_YOURS and refusal.json["data"]["flags"] & 64
-        assert reply["content"] == "Second try."
+        assert reply["content"] == SECOND
 
         token = await server.press(channel, MEMBER, reply, button(reply, PREVIOUS_ID))
         await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
@@ -222,7 +230,7 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
     async with running_bot(config, server) as run:
         token = await server.press(channel, MEMBER, reply, button(reply, NEXT_ID))
         await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
-        assert reply["content"] == "Second try."
+        assert reply["content"] == SECOND
         menu = button(reply, FACE_ID)
         token = await server.choose(channel, ADMIN, reply, menu, ["joy"], admin=True)  # a manager may
         [edit] = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)

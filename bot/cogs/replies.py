@@ -7,6 +7,7 @@ the button sits on, so buttons keep working after a restart and no per-message v
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -131,9 +132,33 @@ class Replies(commands.Cog):
     def __init__(self, bot: RoleplayBot) -> None:
         self.bot = bot
         self.engine = bot.engine
+        self._background: set[asyncio.Task[None]] = set()  # faces still rendering for regenerated replies
 
     async def cog_load(self) -> None:
         self.bot.add_view(ReplyControls(self))
+
+    async def cog_unload(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _swap_in_render(
+        self, interaction: discord.Interaction, message: discord.Message, result: TurnResult
+    ) -> None:
+        """When the regenerated reply's face finishes rendering, show it, unless the reply moved on
+        meanwhile (another version, another face)."""
+        assert result.image.fresh is not None
+        try:
+            path = await result.image.fresh
+            state = await self.engine.reply_state(message.id)
+            if path is None or path == result.image.path or state is None:
+                return
+            if (state.version, state.emotion) != (result.version, result.emotion.label):
+                return
+            out = compose(result.persona.name, "…", path, style_of(message, result.cast_size))
+            await interaction.edit_original_response(attachments=out.files(), embeds=out.embeds)
+        except (discord.HTTPException, asyncio.CancelledError) as exc:
+            _log.info("could not update reply %s with the new face: %s", message.id, exc)
 
     async def _allowed(self, interaction: discord.Interaction) -> ReplyState | None:
         """The reply's state if this member may change it; otherwise they are told why, once."""
@@ -188,7 +213,11 @@ class Replies(commands.Cog):
                     )
 
                 async with message.channel.typing():
-                    await self.engine.regenerate(message.id, deliver=edit)
+                    result = await self.engine.regenerate(message.id, deliver=edit)
+                if result.image.fresh is not None:
+                    task = asyncio.create_task(self._swap_in_render(interaction, message, result))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
             else:
                 state = await self.engine.browse(message.id, step)
                 await self._show_state(interaction, state, message)
