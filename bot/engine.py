@@ -35,7 +35,7 @@ from bot.llm import GenerationStats, LLMBackend
 from bot.persona import Persona, PersonaLibrary
 from bot.prompt import PromptBuilder
 from bot.speakers import LabelGate, strip_speaker_labels
-from bot.store import Store, StoredMessage
+from bot.store import ChannelState, Store, StoredMessage
 from bot.workers import maybe_await
 
 _log = logging.getLogger(__name__)
@@ -301,12 +301,6 @@ class Engine:
         persona = self.personas.load(self.config.persona.default)
         await asyncio.to_thread(self.prompts.check_persona, persona)
 
-    async def check_message(self, channel_id: int, text: str) -> Persona:
-        """Raise InputError for a message that can never be a turn, before anything is stored."""
-        persona = await self.persona_for(channel_id)
-        await asyncio.to_thread(self.prompts.check_message, persona, text)
-        return persona
-
     # -- the cast: several personas in one channel ----------------------------------------------------
 
     async def cast(self, channel_id: int) -> list[Persona]:
@@ -364,16 +358,20 @@ class Engine:
     async def _history(self, channel_id: int, cast: list[Persona]) -> list[StoredMessage]:
         return await self.store.history(channel_id, [p.slug for p in cast], HISTORY_FETCH)
 
-    async def _previous_emotion(self, channel_id: int, persona: Persona) -> str | None:
+    async def _leads(self, channel_id: int, persona: Persona) -> ChannelState | None:
+        """The channel's state when `persona` is its lead (whose face lives there), else None (a member's
+        face lives in its cast row)."""
         state = await self.store.channel(channel_id)
-        if (state.persona or self.config.persona.default) == persona.slug:
+        return state if (state.persona or self.config.persona.default) == persona.slug else None
+
+    async def _previous_emotion(self, channel_id: int, persona: Persona) -> str | None:
+        if (state := await self._leads(channel_id, persona)) is not None:
             return state.last_emotion
         members = {m.persona: m.last_emotion for m in await self.store.cast_members(channel_id)}
         return members.get(persona.slug)
 
     async def _remember_emotion(self, channel_id: int, persona: Persona, label: str | None) -> None:
-        state = await self.store.channel(channel_id)
-        if (state.persona or self.config.persona.default) == persona.slug:
+        if await self._leads(channel_id, persona) is not None:
             await self.store.update_channel(channel_id, last_emotion=label)
         else:
             await self.store.set_cast_emotion(channel_id, persona.slug, label)
@@ -391,7 +389,8 @@ class Engine:
         after the conversation, the answer primed, each name's probability read. `stop` (the member who
         spoke) is an answer too, and means nobody else. Falls back to turn order when the model cannot
         be asked."""
-        fallback = next_in_order(cast, last_speaker(history))
+        spoke_last = last_speaker(history)
+        fallback = next_in_order(cast, spoke_last)
         if fallback not in candidates:
             fallback = candidates[0]
         if self.config.cast.next_speaker == "order":
@@ -399,7 +398,7 @@ class Engine:
         names = [p.name for p in candidates] + ([stop] if stop and stop not in {p.name for p in cast} else [])
         if len(names) == 1:
             return candidates[0]
-        viewer = next((p for p in cast if p.slug == last_speaker(history)), cast[0])
+        viewer = next((p for p in cast if p.slug == spoke_last), cast[0])
         try:
             built = await asyncio.to_thread(self._build, channel_id, viewer, history, user)
             prompt = await asyncio.to_thread(self.llm.render, [*built.messages, speaker_question(names)])
@@ -436,8 +435,10 @@ class Engine:
         names speaks, or the model (or turn order) chooses. `on_start` hears who speaks, before each reply."""
         async with self.channel_lock(channel_id):
             started = time.perf_counter()
-            lead = await self.check_message(channel_id, text)
             cast = await self.cast(channel_id)
+            lead = cast[0]
+            # A message that can never be a turn is refused before anything is stored.
+            await asyncio.to_thread(self.prompts.check_message, lead, text)
             user_row = await self.store.add_message(
                 channel_id,
                 role="user",
@@ -598,10 +599,14 @@ class Engine:
             cast_size=len(cast),
         )
 
-    async def _latest_reply(self, discord_id: int) -> tuple[StoredMessage, ReplyState, Persona]:
+    async def _stored_reply(self, discord_id: int) -> StoredMessage:
         stored = await self.store.message_by_discord_id(discord_id)
         if stored is None or stored.role != "assistant":
             raise InputError("that message is not a reply I remember")
+        return stored
+
+    async def _latest_reply(self, discord_id: int) -> tuple[StoredMessage, ReplyState, Persona]:
+        stored = await self._stored_reply(discord_id)
         state = await self._state_of(stored)
         if state.persona is None:
             raise InputError(f"persona '{stored.persona}' no longer exists")
@@ -651,9 +656,7 @@ class Engine:
 
     async def choose_face(self, discord_id: int, label: str) -> ReplyState:
         """A face picked by hand for a reply; on the latest reply it is also the persona's face now."""
-        stored = await self.store.message_by_discord_id(discord_id)
-        if stored is None or stored.role != "assistant":
-            raise InputError("that message is not a reply I remember")
+        stored = await self._stored_reply(discord_id)
         state = await self._state_of(stored)
         if state.persona is None or label not in state.persona.labels:
             raise InputError(f"'{label}' is not one of this persona's emotions")

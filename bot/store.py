@@ -299,15 +299,14 @@ class Store:
         return [StoredMessage(**dict(row)) for row in reversed(list(rows))]
 
     async def message(self, row_id: int) -> StoredMessage | None:
-        async with self._db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (row_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return StoredMessage(**dict(row)) if row else None
+        return await self._message_where("id", row_id)
 
     async def message_by_discord_id(self, discord_id: int) -> StoredMessage | None:
+        return await self._message_where("discord_id", discord_id)
+
+    async def _message_where(self, column: Literal["id", "discord_id"], value: int) -> StoredMessage | None:
         async with self._db.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE discord_id = ?", (discord_id,)
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {column} = ?", (value,)
         ) as cursor:
             row = await cursor.fetchone()
         return StoredMessage(**dict(row)) if row else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -55,3 +55,22 @@ async def maybe_await(value: Awaitable[None] | None) -> None:
     """Await what a callback returned, if it returned an awaitable (callbacks may be plain functions)."""
     if value is not None:
         await value
+
+
+class BackgroundTasks:
+    """Tasks that outlive the handler that started them (a face swapped in once its render lands): held
+    until done, since the event loop keeps only weak references to tasks, and cancelled together at
+    shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -5,6 +5,7 @@ the command to everyone, and then members may list the cast but not change it.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -13,12 +14,15 @@ from discord.ext import commands
 
 from bot.cogs.admin import ADMIN_ONLY, manager_only
 from bot.errors import BotError
+from bot.persona import Persona
 from bot.webhooks import CastWebhooks
 
 if TYPE_CHECKING:
     from bot.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
+
+CastChange = Callable[[int, str], Awaitable[list[Persona]]]  # (channel id, persona name) -> the new cast
 
 NO_WEBHOOKS = (
     "I can't manage webhooks in this channel, so the cast posts as me with each name in bold. Give me the"
@@ -49,26 +53,29 @@ class Cast(commands.Cog):
         lead, *others = names
         return f"**{lead}** (lead)" + "".join(f", **{n}**" for n in others)
 
+    async def _change(
+        self, interaction: discord.Interaction, change: CastChange, name: str, *, adding: bool
+    ) -> None:
+        """Run a change to the channel's cast and answer with the cast it leaves (and, on an addition,
+        whether the bot can post as the characters there)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        cast = await change(interaction.channel_id or 0, name)
+        text = f"The cast here: {self._listing([p.name for p in cast])}."
+        if adding and interaction.channel is not None and not CastWebhooks.can_post(interaction.channel):
+            text += f"\n⚠️ {NO_WEBHOOKS}"
+        await interaction.followup.send(text, ephemeral=True)
+
     @cast.command(name="add", description="Add a persona to this channel's cast")
     @app_commands.describe(name="persona id, see /persona list")
     @manager_only
     async def add(self, interaction: discord.Interaction, name: str) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        cast = await self.engine.cast_add(interaction.channel_id or 0, name)
-        text = f"The cast here: {self._listing([p.name for p in cast])}."
-        if interaction.channel is not None and not CastWebhooks.can_post(interaction.channel):
-            text += f"\n⚠️ {NO_WEBHOOKS}"
-        await interaction.followup.send(text, ephemeral=True)
+        await self._change(interaction, self.engine.cast_add, name, adding=True)
 
     @cast.command(name="remove", description="Take a persona out of this channel's cast")
     @app_commands.describe(name="persona id or name, see /cast list")
     @manager_only
     async def remove(self, interaction: discord.Interaction, name: str) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        cast = await self.engine.cast_remove(interaction.channel_id or 0, name)
-        await interaction.followup.send(
-            f"The cast here: {self._listing([p.name for p in cast])}.", ephemeral=True
-        )
+        await self._change(interaction, self.engine.cast_remove, name, adding=False)
 
     @cast.command(name="list", description="Who plays in this channel")
     async def list(self, interaction: discord.Interaction) -> None:

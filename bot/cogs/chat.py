@@ -15,11 +15,12 @@ import discord
 from discord.ext import commands
 
 from bot.bounded import LRUDict
-from bot.cogs.replies import compose, controls, style_of
+from bot.cogs.replies import Outgoing, compose, controls, style_of, swap_in_render
 from bot.engine import TurnResult
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
 from bot.persona import Persona
 from bot.webhooks import CastWebhooks
+from bot.workers import BackgroundTasks
 
 if TYPE_CHECKING:
     from bot.client import RoleplayBot
@@ -62,7 +63,7 @@ class Chat(commands.Cog):
         # Older entries than these limits are past their cooldown or notice interval anyway.
         self._last_reply_at: LRUDict[int, float] = LRUDict(MAX_TRACKED_USERS)
         self._busy_noticed: LRUDict[int, float] = LRUDict(MAX_TRACKED_CHANNELS)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()  # faces still rendering for sent replies
         self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
         self._closing = False
         self.shutdown_grace = SHUTDOWN_GRACE
@@ -70,22 +71,19 @@ class Chat(commands.Cog):
 
     # -- deciding whether to answer ---------------------------------------------------------------------
 
-    async def _addressed(self, message: discord.Message) -> bool:
-        """Whether the bot should answer: enabled channel, and the channel's mode. Never a bot, and
-        never the cast's own webhook posts (that would be a loop)."""
+    def _from_a_member(self, message: discord.Message) -> bool:
+        """A server member's message: never a bot's, and never the cast's own webhook posts (that would be
+        a loop)."""
         if self.webhooks.is_own(message.webhook_id):
             return False
-        if message.author.bot or message.guild is None or self.bot.user is None:
-            return False
-        settings = await self.engine.channel_settings(message.channel.id)
-        if not settings.enabled:
-            return False
-        if settings.mode == "all" or self.bot.user in message.mentions:
-            return True
-        if await self._replied_persona(message) is not None:
+        return not message.author.bot and message.guild is not None and self.bot.user is not None
+
+    async def _addressed(self, message: discord.Message, mode: str, text: str, replied: str | None) -> bool:
+        """Whether the bot answers, by the channel's mode: everything, or mentions and replies to it."""
+        if mode == "all" or self.bot.user in message.mentions or replied is not None:
             return True
         # In a cast, naming a character speaks to it, as a mention of the bot would.
-        return await self.engine.named_member(message.channel.id, self._text_of(message)) is not None
+        return await self.engine.named_member(message.channel.id, text) is not None
 
     async def _replied_persona(self, message: discord.Message) -> str | None:
         """The persona whose reply this message answers (a Discord reply to it), if any."""
@@ -122,10 +120,14 @@ class Chat(commands.Cog):
             self._answering.pop(message.id, None)
 
     async def _handle(self, message: discord.Message) -> None:
-        if not await self._addressed(message):
+        if not self._from_a_member(message):
+            return
+        settings = await self.engine.channel_settings(message.channel.id)
+        if not settings.enabled:
             return
         text = self._text_of(message)
-        if not text:
+        replied = await self._replied_persona(message)
+        if not await self._addressed(message, settings.mode, text, replied) or not text:
             return
         channel_id = message.channel.id
         now = time.monotonic()
@@ -139,13 +141,13 @@ class Chat(commands.Cog):
         self._last_reply_at[message.author.id] = now
         self._pending[channel_id] = self._pending.get(channel_id, 0) + 1
         try:
-            await self._answer(message, text)
+            await self._answer(message, text, replied)
         finally:
             self._pending[channel_id] -= 1
             if not self._pending[channel_id]:
                 del self._pending[channel_id]
 
-    async def _answer(self, message: discord.Message, text: str) -> None:
+    async def _answer(self, message: discord.Message, text: str, replied: str | None) -> None:
         channel = message.channel
         streams: list[StreamedReply] = []  # with stream_edits, one per reply of this turn, latest last
         delivered: set[StreamedReply] = set()
@@ -176,7 +178,7 @@ class Chat(commands.Cog):
                     discord_id=message.id,
                     on_text=add if self.settings.stream_edits else None,
                     deliver=deliver,
-                    addressed=await self._replied_persona(message),
+                    addressed=replied,
                     on_start=start,
                 )
         except (InputError, BusyError, GenerationTimeout) as exc:
@@ -224,9 +226,11 @@ class Chat(commands.Cog):
             await streamed.stop()  # no preview edit may land after the final text
         sent = await self._post(message, result, streamed)
         if result.image.fresh is not None:
-            task = asyncio.create_task(self._swap_in_render(sent, result))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+
+            async def show_face(out: Outgoing) -> None:
+                await sent.edit(attachments=out.files(), embeds=out.embeds)
+
+            self._background.spawn(swap_in_render(result, sent, show_face))
         return sent.id
 
     async def _post(
@@ -288,18 +292,6 @@ class Chat(commands.Cog):
                 )
             if sent is None:
                 await message.channel.send(chunk)
-
-    async def _swap_in_render(self, sent: discord.Message, result: TurnResult) -> None:
-        """When the fresh face finishes rendering, show it in the already-sent reply."""
-        assert result.image.fresh is not None
-        try:
-            path = await result.image.fresh
-            if path is not None and path != result.image.path:
-                out = compose(result.persona.name, "…", path, style_of(sent, result.cast_size))
-                if out.image is not None:
-                    await sent.edit(attachments=out.files(), embeds=out.embeds)
-        except (discord.HTTPException, asyncio.CancelledError) as exc:
-            _log.info("could not update reply %s with the new face: %s", sent.id, exc)
 
     async def _react(self, message: discord.Message, emoji: str) -> None:
         # Without permission to react, staying quiet is the right fallback.
@@ -366,9 +358,7 @@ class Chat(commands.Cog):
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.cancel_all()
 
     async def cog_unload(self) -> None:
         await self.shutdown()

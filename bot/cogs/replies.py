@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +21,7 @@ from bot.config import DEFAULT_LABELS
 from bot.engine import ReplyState, TurnResult
 from bot.errors import BotError, BusyError
 from bot.splitting import DISCORD_LIMIT, split_message
+from bot.workers import BackgroundTasks
 
 if TYPE_CHECKING:
     from bot.client import RoleplayBot
@@ -75,6 +76,26 @@ def style_of(message: discord.Message, cast_size: int) -> Style:
     if message.webhook_id is not None:
         return "webhook"
     return "named" if cast_size > 1 else "plain"
+
+
+async def swap_in_render(
+    result: TurnResult,
+    message: discord.Message,
+    edit: Callable[[Outgoing], Awaitable[object]],
+    still_shown: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """When a sent reply's face finishes rendering, show it (`edit` the message's face), unless
+    `still_shown` says the reply moved on meanwhile."""
+    assert result.image.fresh is not None
+    try:
+        path = await result.image.fresh
+        if path is None or path == result.image.path or (still_shown is not None and not await still_shown()):
+            return
+        out = compose(result.persona.name, "…", path, style_of(message, result.cast_size))
+        if out.image is not None:
+            await edit(out)
+    except (discord.HTTPException, asyncio.CancelledError) as exc:
+        _log.info("could not update reply %s with the new face: %s", message.id, exc)
 
 
 class ReplyControls(discord.ui.View):
@@ -132,33 +153,13 @@ class Replies(commands.Cog):
     def __init__(self, bot: RoleplayBot) -> None:
         self.bot = bot
         self.engine = bot.engine
-        self._background: set[asyncio.Task[None]] = set()  # faces still rendering for regenerated replies
+        self._background = BackgroundTasks()  # faces still rendering for regenerated replies
 
     async def cog_load(self) -> None:
         self.bot.add_view(ReplyControls(self))
 
     async def cog_unload(self) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def _swap_in_render(
-        self, interaction: discord.Interaction, message: discord.Message, result: TurnResult
-    ) -> None:
-        """When the regenerated reply's face finishes rendering, show it, unless the reply moved on
-        meanwhile (another version, another face)."""
-        assert result.image.fresh is not None
-        try:
-            path = await result.image.fresh
-            state = await self.engine.reply_state(message.id)
-            if path is None or path == result.image.path or state is None:
-                return
-            if (state.version, state.emotion) != (result.version, result.emotion.label):
-                return
-            out = compose(result.persona.name, "…", path, style_of(message, result.cast_size))
-            await interaction.edit_original_response(attachments=out.files(), embeds=out.embeds)
-        except (discord.HTTPException, asyncio.CancelledError) as exc:
-            _log.info("could not update reply %s with the new face: %s", message.id, exc)
+        await self._background.cancel_all()
 
     async def _allowed(self, interaction: discord.Interaction) -> ReplyState | None:
         """The reply's state if this member may change it; otherwise they are told why, once."""
@@ -215,9 +216,18 @@ class Replies(commands.Cog):
                 async with message.channel.typing():
                     result = await self.engine.regenerate(message.id, deliver=edit)
                 if result.image.fresh is not None:
-                    task = asyncio.create_task(self._swap_in_render(interaction, message, result))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+
+                    async def still_shown() -> bool:
+                        now = await self.engine.reply_state(message.id)
+                        return now is not None and (now.version, now.emotion) == (
+                            result.version,
+                            result.emotion.label,
+                        )
+
+                    async def show_face(out: Outgoing) -> None:
+                        await interaction.edit_original_response(attachments=out.files(), embeds=out.embeds)
+
+                    self._background.spawn(swap_in_render(result, message, show_face, still_shown))
             else:
                 state = await self.engine.browse(message.id, step)
                 await self._show_state(interaction, state, message)

@@ -802,8 +802,7 @@ class FakeDiscord:
                 kind = (body or {}).get("type")
                 if kind in (6, 7) and token in self._pressed:
                     # A component's answer is its own message: deferred (6), or updated at once (7).
-                    pressed = self._pressed[token]
-                    pressed = self.messages.get(int(pressed["id"]), pressed)
+                    pressed = self._original_of(token)
                     for key in ("content", "embeds", "components"):
                         if kind == 7 and key in data:
                             pressed[key] = data[key] or ([] if key != "content" else "")
