@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bot.__main__ import GIL_SWITCH_INTERVAL
+from bot.cli.main import GIL_SWITCH_INTERVAL
 from bot.config import Config, load_config
 from bot.errors import BotError, ConfigError
 
@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
     except BotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"bench {args.what}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, whatever broke: a benchmark reports figures or why it has none
+        print(f"bench {args.what} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return EXIT_USAGE
 
 

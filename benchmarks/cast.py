@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import tempfile
-from pathlib import Path
 
-from benchmarks.common import table
+from benchmarks.common import loaded_model, scratch_store, table
 from benchmarks.llm import STORY_LINES
 from bot.config import CastConfig, Config
 
@@ -16,22 +14,18 @@ HISTORY_TOKENS = 1500
 
 
 async def bench_cast(config: Config, quick: bool) -> int:
-    from bot.app import persona_library
-    from bot.engine import Engine, TurnResult
-    from bot.llm import LlamaBackend
-    from bot.store import Store
+    from bot.core import Engine, TurnResult
+    from bot.personas import PersonaLibrary
 
     model = dataclasses.replace(config.model, n_ctx=4096, temperature=0.7, seed=1, max_reply_tokens=64)
     # Turn order and one reply per message: the persona that speaks is the one the message names.
     cast = CastConfig(max_members=2, next_speaker="order", max_turns=1)
     config = dataclasses.replace(config, model=model, cast=cast)
-    personas = persona_library(config)
+    personas = PersonaLibrary.from_config(config)
     second = "tobin"
     personas.load(second)  # the shipped second persona: a clear error here if it is gone
     warm_turns = 3 if quick else 6
-    with tempfile.TemporaryDirectory() as scratch:
-        store = await Store.open(Path(scratch) / "bench.sqlite3")
-        llm = await LlamaBackend.load(model, config.root)
+    async with scratch_store() as store, loaded_model(model, config.root) as llm:
         engine = Engine(config, store, llm, personas)
         lead = personas.load(config.persona.default)
 
@@ -61,11 +55,9 @@ async def bench_cast(config: Config, quick: bool) -> int:
         # Ada's first message changes who {{user}} is once (Sam -> everyone): that turn is cold too.
         members = await run(2, [("Sam", lead.name), ("Ada", lead.name)] * (warm_turns // 2 + 1), 2)
         await seeded(3)
-        await engine.cast_add(3, second)
+        await engine.admin.cast_add(3, second)
         tobin = personas.load(second).name
         both = await run(3, [("Sam", lead.name), ("Ada", tobin)] * (warm_turns // 2 + 2), 3)
-        await llm.close()
-        await store.close()
 
     def median(values: list[float]) -> float:
         return statistics.median(values)

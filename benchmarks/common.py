@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.config import ModelConfig
+    from bot.llm import LlamaBackend
+    from bot.store import Store
 
 
 class LoopLag:
@@ -84,3 +91,33 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = await fn()
     return time.perf_counter() - start, result
+
+
+# Every benchmark opens what it measures through these: whatever fails, the model's worker thread and the
+# database's connection thread are closed, so the process ends with one error line instead of hanging on
+# a thread that nobody will stop.
+
+
+@contextlib.asynccontextmanager
+async def scratch_store() -> AsyncIterator[Store]:
+    """A fresh database in a temporary folder, closed and removed on exit."""
+    from bot.store import Store
+
+    with tempfile.TemporaryDirectory() as scratch:
+        store = await Store.open(Path(scratch) / "bench.sqlite3")
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+@contextlib.asynccontextmanager
+async def loaded_model(config: ModelConfig, root: Path) -> AsyncIterator[LlamaBackend]:
+    """The embedded model, closed on exit."""
+    from bot.llm import LlamaBackend
+
+    llm = await LlamaBackend.load(config, root)
+    try:
+        yield llm
+    finally:
+        await llm.close()

@@ -14,14 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.common import load_average, machine
+from benchmarks.common import load_average, loaded_model, machine
 from bot.config import DEFAULT_LABELS, Config
+from bot.core.prompt import PromptBuilder, Turn
 from bot.emotion.evaluation import Example, Scores, gold, read_goemotions, score
-from bot.emotion.judge import PROBE_SYSTEM, EmotionJudge
+from bot.emotion.judge import EmotionJudge, combine
 from bot.emotion.smoothing import smooth
-from bot.prompt import Message
+from bot.personas import PersonaLibrary
 
 REPLY_TOKENS = 60
+CONTEXT_LINE = "So, what do you make of all that?"  # the member's line before each judged reply
 LLM_SAMPLE = 200  # dev rows judged by the LLM (each is a model call); the classifier reads them all
 
 # A plain keyword lexicon: the baseline any judge must beat.
@@ -103,26 +105,24 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         shown.append(previous)
     changed = sum(a != b for a, b in itertools.pairwise(shown)) / max(1, len(shown) - 1)
 
-    from bot.llm import LlamaBackend
-
     model_config = dataclasses.replace(config.model, n_ctx=2048, temperature=0.7, seed=1)
-    llm = await LlamaBackend.load(model_config, config.root)
-    try:
+    async with loaded_model(model_config, config.root) as llm:
         llm_judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
         assert llm_judge.llm is not None
-        messages: list[Message] = [
-            {"role": "system", "content": PROBE_SYSTEM},
-            {"role": "user", "content": "Hello?"},
-        ]
+        # The LLM judges as in a real turn: after the persona's own prompt (system text, greeting) and a
+        # member's line, the comment being the persona's reply.
+        persona = PersonaLibrary.from_config(config).load(config.persona.default)
+        builder = PromptBuilder(llm, model_config.max_reply_tokens, config.prompt)
+        messages = builder.build(persona, [Turn("user", "Sam", CONTEXT_LINE)], "Sam").messages
         llm_probs = []
         started = time.perf_counter()
         for example in sample:
             llm_probs.append(
-                await llm_judge.llm.probabilities(messages, example.text, "Mira", labels, session="bench")
+                await llm_judge.llm.probabilities(
+                    messages, example.text, persona.name, labels, session="bench"
+                )
             )
         llm_s = (time.perf_counter() - started) / len(sample)
-        from bot.emotion.judge import combine
-
         rows += [
             (
                 f"classifier, same {len(sample)} rows",
@@ -157,8 +157,6 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
                 (time.perf_counter() - started) * REPLY_TOKENS / max(1, generation.stats.generated_tokens)
             )
         reply_s = statistics.median(reply_times)
-    finally:
-        await llm.close()
 
     print_table(
         f"bench emotion: {Path(data).name} mapped onto the 10 default labels\n"

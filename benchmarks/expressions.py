@@ -17,8 +17,8 @@ from bot.config import Config
 async def bench_expressions(config: Config, quick: bool, gpu: bool) -> int:
     if gpu:
         return bench_gpu()
-    from bot.app import persona_library
     from bot.expressions import ExpressionService
+    from bot.personas import PersonaLibrary
     from bot.store import Store
     from tests.support.tiny_diffusion import save_tiny_pipeline
 
@@ -34,21 +34,23 @@ async def bench_expressions(config: Config, quick: bool, gpu: bool) -> int:
         )
         config = dataclasses.replace(config, expressions=settings)
         store = await Store.open(folder / "bench.sqlite3")
-        service = ExpressionService(config, store, persona_library(config))
-        persona = service.personas.load(config.persona.default)
-        labels = list(persona.labels)[: 4 if quick else len(persona.labels)]
-        load_s, _ = await timed(lambda: service.render(persona, "neutral"))
-        times = []
-        with LoopLag() as lag:
-            for label in labels[1:]:
-                seconds, _ = await timed(functools.partial(service.render, persona, label))
-                times.append(seconds)
-        hits = []
-        for _ in range(50):
-            seconds, _ = await timed(lambda: service.image_for(persona, labels[1]))
-            hits.append(seconds)
-        await service.close()
-        await store.close()
+        service = ExpressionService(config, store, PersonaLibrary.from_config(config))
+        try:
+            persona = service.personas.load(config.persona.default)
+            labels = list(persona.labels)[: 4 if quick else len(persona.labels)]
+            load_s, _ = await timed(lambda: service.render(persona, "neutral"))
+            times = []
+            with LoopLag() as lag:
+                for label in labels[1:]:
+                    seconds, _ = await timed(functools.partial(service.render, persona, label))
+                    times.append(seconds)
+            hits = []
+            for _ in range(50):
+                seconds, _ = await timed(lambda: service.image_for(persona, labels[1]))
+                hits.append(seconds)
+        finally:
+            await service.close()
+            await store.close()
     rows = [
         ("pipeline", "tiny random-weight SD inpainting (CPU), 128 px crop, 4 steps"),
         ("first render incl. pipeline load", f"{load_s:.2f} s"),

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import table
+from benchmarks.common import loaded_model, table
 from benchmarks.server import seed_history
 from bot.config import Config
 
@@ -88,19 +88,17 @@ async def bench_resident(config: Config, quick: bool) -> int:
     if not torch.cuda.is_available():
         print("bench gpu needs a CUDA GPU; none is visible to torch here.", file=sys.stderr)
         return 2
-    from bot.app import open_engine
+    from bot.core.app import open_engine
     from bot.expressions import ExpressionService
-    from bot.llm import LlamaBackend
     from tests.support.tiny_diffusion import save_full_size_sd15_inpainting
 
     model = dataclasses.replace(config.model, n_ctx=4096, temperature=0.7, seed=1, max_reply_tokens=96)
     rows: list[tuple[str, str]] = [("device", torch.cuda.get_device_name(0))]
 
     # Baseline in the same run: the same GGUF decoding on the CPU.
-    cpu_llm = await LlamaBackend.load(dataclasses.replace(model, n_gpu_layers=0), config.root)
-    rows.append(("LLM", f"{cpu_llm.path.name}, n_ctx 4096"))
-    cpu_rate = await decode_rate(cpu_llm)
-    await cpu_llm.close()
+    async with loaded_model(dataclasses.replace(model, n_gpu_layers=0), config.root) as cpu_llm:
+        rows.append(("LLM", f"{cpu_llm.path.name}, n_ctx 4096"))
+        cpu_rate = await decode_rate(cpu_llm)
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

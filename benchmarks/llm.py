@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Literal
 
-from benchmarks.common import LoopLag, table
+from benchmarks.common import LoopLag, loaded_model, scratch_store, table
 from bot.config import Config
 
 STORY_LINES: tuple[tuple[Literal["user", "assistant"], str], ...] = (
@@ -63,23 +62,20 @@ class LlmRound:
 
 
 async def bench_llm(config: Config, quick: bool, contended: bool = False) -> None:
-    from bot.app import persona_library
+    from bot.core import Engine
     from bot.emotion import EmotionJudge
-    from bot.engine import Engine
-    from bot.llm import LlamaBackend, sampling
-    from bot.store import Store
+    from bot.llm import sampling
+    from bot.personas import PersonaLibrary
 
     model_config = dataclasses.replace(
         config.model, n_ctx=4096, temperature=0.7, seed=1, max_reply_tokens=128
     )
     config = dataclasses.replace(config, model=model_config)
-    with tempfile.TemporaryDirectory() as scratch:
-        store = await Store.open(Path(scratch) / "bench.sqlite3")
-        llm = await LlamaBackend.load(model_config, config.root)
+    async with scratch_store() as store, loaded_model(model_config, config.root) as llm:
         # The LLM judge first: its cost rides on the reply's evaluated context, which is what this
         # measures; the shipped classifier is measured after it on the same conversation.
         llm_judge = EmotionJudge(dataclasses.replace(config.emotion, judge="llm"), llm)
-        engine = Engine(config, store, llm, persona_library(config), judge=llm_judge)
+        engine = Engine(config, store, llm, PersonaLibrary.from_config(config), judge=llm_judge)
         persona = engine.personas.load(config.persona.default)
         channel = 1
         tokens = 0
@@ -112,66 +108,65 @@ async def bench_llm(config: Config, quick: bool, contended: bool = False) -> Non
             )
 
         decode, batch = llm.threads
-        raw = raw_model(decode, batch)
-        # The old default for comparison: every core decoding.
         import os
 
         cores = os.cpu_count() or 1
-        all_cores = raw_model(cores, cores)
-        prompt = llm.render(
-            [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
-        )
-        prompt_tokens = llm._prompt_tokens(prompt)
-        n_tokens = 96
-        settings = sampling(model_config)  # the engine's own sampling: both sides generate the same tokens
+        raws = contextlib.ExitStack()  # closed whatever happens below
+        raw = raws.enter_context(contextlib.closing(raw_model(decode, batch)))
+        # The old default for comparison: every core decoding.
+        all_cores = raws.enter_context(contextlib.closing(raw_model(cores, cores)))
+        with raws:
+            prompt = llm.render(
+                [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+            )
+            prompt_tokens = llm._prompt_tokens(prompt)
+            n_tokens = 96
+            # The engine's own sampling: both sides generate the same tokens.
+            settings = sampling(model_config)
 
-        def raw_rate(model: Any = raw) -> tuple[float, int]:
-            first, count = None, 0
-            for _chunk in model.create_completion(
-                prompt_tokens, max_tokens=n_tokens, stream=True, **settings
-            ):
-                count += 1
-                first = first or time.perf_counter()
-            rate = (count - 1) / (time.perf_counter() - (first or 0.0))
-            model.reset()
-            return rate, count
+            def raw_rate(model: Any = raw) -> tuple[float, int]:
+                first, count = None, 0
+                for _chunk in model.create_completion(
+                    prompt_tokens, max_tokens=n_tokens, stream=True, **settings
+                ):
+                    count += 1
+                    first = first or time.perf_counter()
+                rate = (count - 1) / (time.perf_counter() - (first or 0.0))
+                model.reset()
+                return rate, count
 
-        async def engine_rate() -> tuple[float, int]:
-            generation = llm.generate(prompt, max_tokens=n_tokens, session="decode")
-            async for _chunk in generation.chunks():
-                pass
-            await llm.forget()
-            stats = generation.stats
-            return (stats.generated_tokens - 1) / stats.decode_seconds, stats.generated_tokens
+            async def engine_rate() -> tuple[float, int]:
+                generation = llm.generate(prompt, max_tokens=n_tokens, session="decode")
+                async for _chunk in generation.chunks():
+                    pass
+                await llm.forget()
+                stats = generation.stats
+                return (stats.generated_tokens - 1) / stats.decode_seconds, stats.generated_tokens
 
-        async def measure(turns: int, tag: str) -> LlmRound:
-            warm = []
-            with LoopLag() as lag:
-                for n in range(turns):
-                    warm.append(await engine.turn(channel, "Sam", f"And then? ({tag} {n})"))
-            result = LlmRound(warm, lag, [], [], [], set())
-            for round_ in range(2 if quick else 4):
-                for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate
-                    rate, count = raw_rate() if side == "raw" else await engine_rate()
-                    (result.raw_rates if side == "raw" else result.engine_rates).append(rate)
-                    result.counts.add(count)
-                result.all_core_rates.append(raw_rate(all_cores)[0])
-            return result
+            async def measure(turns: int, tag: str) -> LlmRound:
+                warm = []
+                with LoopLag() as lag:
+                    for n in range(turns):
+                        warm.append(await engine.turn(channel, "Sam", f"And then? ({tag} {n})"))
+                result = LlmRound(warm, lag, [], [], [], set())
+                for round_ in range(2 if quick else 4):
+                    for side in ("raw", "engine") if round_ % 2 == 0 else ("engine", "raw"):  # alternate
+                        rate, count = raw_rate() if side == "raw" else await engine_rate()
+                        (result.raw_rates if side == "raw" else result.engine_rates).append(rate)
+                        result.counts.add(count)
+                    result.all_core_rates.append(raw_rate(all_cores)[0])
+                return result
 
-        turns = 2 if quick else 5
-        quiet = await measure(turns, "quiet")
-        engine.judge = EmotionJudge(dataclasses.replace(config.emotion, judge="classifier"), llm)
-        with LoopLag():
-            by_classifier = [await engine.turn(channel, "Sam", f"Go on. ({n})") for n in range(turns)]
-        engine.judge = llm_judge
-        busy: LlmRound | None = None
-        if contended:
-            with CpuHog():
-                busy = await measure(turns, "contended")
-        raw.close()
-        all_cores.close()
-        await llm.close()
-        await store.close()
+            turns = 2 if quick else 5
+            quiet = await measure(turns, "quiet")
+            engine.judge = EmotionJudge(dataclasses.replace(config.emotion, judge="classifier"), llm)
+            with LoopLag():
+                by_classifier = [await engine.turn(channel, "Sam", f"Go on. ({n})") for n in range(turns)]
+            engine.judge = llm_judge
+            busy: LlmRound | None = None
+            if contended:
+                with CpuHog():
+                    busy = await measure(turns, "contended")
 
     def median(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")

@@ -49,7 +49,7 @@ async def seed_history(engine: Any, channel: int, tokens_wanted: int) -> None:
 
 
 async def measure(config: Config, quick: bool) -> Side:
-    from bot.app import open_engine
+    from bot.core.app import open_engine
 
     side = Side()
     async with open_engine(config) as engine:

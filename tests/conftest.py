@@ -43,9 +43,9 @@ def model():
 
 @pytest.fixture
 def library(config: Config):
-    from bot.app import persona_library
+    from bot.personas import PersonaLibrary
 
-    return persona_library(config)
+    return PersonaLibrary.from_config(config)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.__main__ import main
+from bot.cli.main import main
 
 from .support.cardfiles import V2_CARD
 from .support.configs import REPO, folder_snapshot, write_config
@@ -282,12 +282,12 @@ JSON_VALUES = [None, True, 0, -1, 1.5, "", "text", [], ["a"], [1], {}, {"a": 1},
 
 
 def test_every_json_value_type_in_every_card_field_is_accepted_or_refused_cleanly(tmp_path: Path) -> None:
-    from bot.app import persona_library
     from bot.config import load_config
     from bot.errors import PersonaError
+    from bot.personas import PersonaLibrary
 
     folder = setup(tmp_path)
-    library = persona_library(load_config(folder / "config.toml"))
+    library = PersonaLibrary.from_config(load_config(folder / "config.toml"))
     entry_fields = [
         "keys",
         "secondary_keys",

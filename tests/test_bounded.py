@@ -42,18 +42,18 @@ async def test_keyed_locks_keep_only_channels_in_use() -> None:
 
 async def test_engine_and_chat_state_stay_bounded(config, model) -> None:
     """Many channels through the real engine: the window map is capped, the lock map empties."""
-    import bot.engine as engine_module
-    from bot.app import persona_library
-    from bot.engine import Engine
+    import bot.core.scene as scene_module
+    from bot.core import Engine
+    from bot.personas import PersonaLibrary
     from bot.store import Store
 
     store = await Store.open(config.resolve(config.store.path))
     try:
-        engine = Engine(config, store, model, persona_library(config))
-        engine._window_ids = LRUDict(3)  # a small bound, to see it hold with few real turns
-        assert engine_module.MAX_WINDOWS >= 1000
+        engine = Engine(config, store, model, PersonaLibrary.from_config(config))
+        engine.scene.windows = LRUDict(3)  # a small bound, to see it hold with few real turns
+        assert scene_module.MAX_WINDOWS >= 1000
         for channel in range(6):
             await engine.turn(channel, f"User{channel}", "Hello!")
-        assert len(engine._window_ids) == 3 and len(engine._locks) == 0
+        assert len(engine.scene.windows) == 3 and len(engine.scene._locks) == 0
     finally:
         await store.close()

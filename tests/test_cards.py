@@ -11,9 +11,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from bot.cards import read_card
 from bot.errors import CardError, PersonaError
-from bot.persona import CARD_EXTENSION, PersonaLibrary
+from bot.personas import CARD_EXTENSION, PersonaLibrary
+from bot.personas.cards import read_card
 
 from .support.cardfiles import V2_CARD, V3_CARD, b64json, chunk, plain_png, with_text_chunks
 from .support.configs import REPO

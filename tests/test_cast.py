@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import open_engine, persona_library
 from bot.config import Config, load_config
-from bot.engine import Engine, TurnResult
+from bot.core import Engine, TurnResult
+from bot.core.app import open_engine
 from bot.errors import InputError
+from bot.personas import PersonaLibrary
 from bot.store import Store
 
 from .support.configs import add_persona, write_config
@@ -38,7 +39,7 @@ def config(tmp_path: Path) -> Config:
 async def scripted_engine(config: Config, model, replies: Sequence[str]) -> AsyncIterator[Engine]:
     store = await Store.open(config.resolve(config.store.path))
     try:
-        yield Engine(config, store, Scripted(model, replies, chunk=7), persona_library(config))
+        yield Engine(config, store, Scripted(model, replies, chunk=7), PersonaLibrary.from_config(config))
     finally:
         await store.close()
 
@@ -49,34 +50,34 @@ def speakers(result: TurnResult) -> list[str]:
 
 async def test_cast_commands_and_their_limits(config: Config) -> None:
     async with open_engine(config) as engine:
-        assert [p.slug for p in await engine.cast(1)] == ["mira"]
+        assert [p.slug for p in await engine.admin.cast(1)] == ["mira"]
         with pytest.raises(InputError, match="keeps one persona"):
-            await engine.cast_remove(1, "mira")
-        assert [p.slug for p in await engine.cast_add(1, "rook")] == ["mira", "rook"]
+            await engine.admin.cast_remove(1, "mira")
+        assert [p.slug for p in await engine.admin.cast_add(1, "rook")] == ["mira", "rook"]
         with pytest.raises(InputError, match="already in"):
-            await engine.cast_add(1, "Rook")
-        await engine.cast_add(1, "wren")
+            await engine.admin.cast_add(1, "Rook")
+        await engine.admin.cast_add(1, "wren")
         with pytest.raises(InputError, match="full: 3 personas"):
-            await engine.cast_add(1, "finch")
+            await engine.admin.cast_add(1, "finch")
         with pytest.raises(InputError, match="not in this channel's cast"):
-            await engine.cast_remove(1, "nobody")
-        assert [p.slug for p in await engine.cast_remove(1, "Rook")] == ["mira", "wren"]
-        assert [p.slug for p in await engine.cast(2)] == ["mira"]  # other channels are untouched
-        await engine.set_persona(1, "rook")  # a new scene with one persona
-        assert [p.slug for p in await engine.cast(1)] == ["rook"]
+            await engine.admin.cast_remove(1, "nobody")
+        assert [p.slug for p in await engine.admin.cast_remove(1, "Rook")] == ["mira", "wren"]
+        assert [p.slug for p in await engine.admin.cast(2)] == ["mira"]  # other channels are untouched
+        await engine.admin.set_persona(1, "rook")  # a new scene with one persona
+        assert [p.slug for p in await engine.admin.cast(1)] == ["rook"]
 
 
 async def test_named_persona_answers_and_sees_the_others_under_their_names(config: Config, model) -> None:
     replies = ["Aye, I saw it from the boat.", "Big as a church.", "The lamp is lit."]
     async with scripted_engine(config, model, replies) as engine:
-        await engine.cast_add(4, "rook")
+        await engine.admin.cast_add(4, "rook")
         # Named, against turn order (which would give the lead, then the other one).
         first = await engine.turn(4, "Sam", "Rook, did you see the ship?")
         second = await engine.turn(4, "Sam", "How big, @rook?")
         third = await engine.turn(4, "Sam", "Mira, is the lamp lit?")
         assert [speakers(r) for r in (first, second, third)] == [["Rook"], ["Rook"], ["Mira"]]
         assert third.cast_size == 2
-        history = await engine.recent_messages(4, 10)
+        history = await engine.admin.recent_messages(4, 10)
         assert [(m.author_name, m.content) for m in history] == [
             ("Sam", "Rook, did you see the ship?"),
             ("Rook", "Aye, I saw it from the boat."),
@@ -87,7 +88,7 @@ async def test_named_persona_answers_and_sees_the_others_under_their_names(confi
         ]
         # Mira's prompt: Rook's lines are spoken lines under his name, her own reply her turn.
         mira = engine.personas.load("mira")
-        built = engine._build(4, mira, await engine.store.history(4, ["mira", "rook"]), "Sam")
+        built = engine.composer.build(4, mira, await engine.store.history(4, ["mira", "rook"]), "Sam")
         assert {
             "role": "user",
             "content": "Sam: Rook, did you see the ship?\nRook: Aye, I saw it from the boat.\n"
@@ -99,7 +100,7 @@ async def test_named_persona_answers_and_sees_the_others_under_their_names(confi
 async def test_personas_that_name_each_other_stop_after_max_turns(config: Config, model) -> None:
     endless = ["Rook, your turn.", "Mira, yours.", "Rook, again!", "Mira, again!", "Rook!"]
     async with scripted_engine(config, model, endless) as engine:
-        await engine.cast_add(5, "rook")
+        await engine.admin.cast_add(5, "rook")
         delivered: list[str] = []
 
         async def deliver(result: TurnResult) -> int:
@@ -108,25 +109,25 @@ async def test_personas_that_name_each_other_stop_after_max_turns(config: Config
 
         result = await engine.turn(5, "Sam", "Mira, start us off.", deliver=deliver)
         assert delivered == speakers(result) == ["Mira", "Rook", "Mira"]  # [cast] max_turns = 3
-        stored = await engine.recent_messages(5, 10)
+        stored = await engine.admin.recent_messages(5, 10)
         assert [m.role for m in stored] == ["user", "assistant", "assistant", "assistant"]
         assert {m.prompt_id for m in stored[1:]} == {stored[0].id}
 
 
 async def test_each_persona_keeps_its_own_face(config: Config, model) -> None:
     async with scripted_engine(config, model, ["I am so happy, what joy!", "This is awful."]) as engine:
-        await engine.cast_add(6, "rook")
+        await engine.admin.cast_add(6, "rook")
         happy = await engine.turn(6, "Sam", "Mira, good news!")
         sad = await engine.turn(6, "Sam", "Rook, bad news.")
         assert happy.emotion.label != sad.emotion.label
-        assert await engine._previous_emotion(6, engine.personas.load("mira")) == happy.emotion.label
-        assert await engine._previous_emotion(6, engine.personas.load("rook")) == sad.emotion.label
+        assert await engine.scene.previous_emotion(6, engine.personas.load("mira")) == happy.emotion.label
+        assert await engine.scene.previous_emotion(6, engine.personas.load("rook")) == sad.emotion.label
 
 
 async def test_turn_order_takes_turns(tmp_path: Path, model) -> None:
     config = cast_config(tmp_path, '[cast]\nnext_speaker = "order"\n')
     async with scripted_engine(config, model, ["One.", "Two.", "Three."]) as engine:
-        await engine.cast_add(7, "rook")
+        await engine.admin.cast_add(7, "rook")
         order = [speakers(await engine.turn(7, "Sam", f"Go on ({n}).")) for n in range(3)]
         assert order == [["Mira"], ["Rook"], ["Mira"]]  # one reply each: nobody was named
 
@@ -134,7 +135,7 @@ async def test_turn_order_takes_turns(tmp_path: Path, model) -> None:
 async def test_the_model_chooses_a_cast_member(tmp_path: Path) -> None:
     config = cast_config(tmp_path, "[cast]\nmax_turns = 3\n")
     async with open_engine(config) as engine:
-        await engine.cast_add(8, "rook")
+        await engine.admin.cast_add(8, "rook")
         result = await engine.turn(8, "Sam", "Hello, everyone.")
         assert {r.persona.slug for r in [result, *result.followed_by]} <= {"mira", "rook"}
         assert 1 <= len(speakers(result)) <= 3
@@ -142,11 +143,11 @@ async def test_the_model_chooses_a_cast_member(tmp_path: Path) -> None:
 
 async def test_removing_the_lead_keeps_the_conversation(config: Config, model) -> None:
     async with scripted_engine(config, model, ["Mira here.", "Rook here."]) as engine:
-        await engine.cast_add(9, "rook")
+        await engine.admin.cast_add(9, "rook")
         await engine.turn(9, "Sam", "Mira?")
         await engine.turn(9, "Sam", "Rook?")
-        assert [p.slug for p in await engine.cast_remove(9, "mira")] == ["rook"]
-        kept = [(m.author_name, m.content) for m in await engine.recent_messages(9, 10)]
+        assert [p.slug for p in await engine.admin.cast_remove(9, "mira")] == ["rook"]
+        kept = [(m.author_name, m.content) for m in await engine.admin.recent_messages(9, 10)]
         # Sam's words stay; Mira's lines left with her.
         assert kept == [("Sam", "Mira?"), ("Sam", "Rook?"), ("Rook", "Rook here.")]
 
@@ -155,7 +156,7 @@ async def test_two_personas_warm_turns_evaluate_only_new_tokens(config: Config) 
     """Each persona's prompt starts with its own text, and each keeps its own evaluated conversation,
     so alternating personas (and members) re-reads only what was said since that persona spoke."""
     async with open_engine(config) as engine:
-        await engine.cast_add(10, "rook")
+        await engine.admin.cast_add(10, "rook")
         # The cold turns: each persona reads its text once, Mira twice (a second member arrived).
         for speaker, name in [("Sam", "Mira"), ("Ada", "Rook"), ("Ada", "Mira")]:
             await engine.turn(10, speaker, f"{name}, what a night.")
@@ -178,23 +179,23 @@ async def test_regenerate_replaces_the_reply_and_keeps_versions(config: Config, 
             edited.append(result.text)
 
         await engine.turn(11, "Sam", "Say something.", author_id=42, deliver=deliver)
-        state = await engine.reply_state(5000)
+        state = await engine.replies.state(5000)
         assert state is not None and state.prompted_by == 42 and state.latest and state.versions == 1
-        again = await engine.regenerate(5000, deliver=edit)  # type: ignore[arg-type]
+        again = await engine.replies.regenerate(5000, deliver=edit)  # type: ignore[arg-type]
         assert edited == ["Second try."] and again.version == 1
-        history = await engine.recent_messages(11, 10)
+        history = await engine.admin.recent_messages(11, 10)
         assert [m.content for m in history] == ["Say something.", "Second try."]  # one reply per turn
-        back = await engine.browse(5000, -1)
+        back = await engine.replies.browse(5000, -1)
         assert (back.text, back.version, back.versions) == ("First try.", 0, 2)
-        assert [m.content for m in await engine.recent_messages(11, 10)][-1] == "First try."
-        assert (await engine.browse(5000, +1)).text == "Second try."
-        face = await engine.choose_face(5000, "joy")
-        assert face.emotion == "joy" and await engine._previous_emotion(11, face.persona) == "joy"  # type: ignore[arg-type]
+        assert [m.content for m in await engine.admin.recent_messages(11, 10)][-1] == "First try."
+        assert (await engine.replies.browse(5000, +1)).text == "Second try."
+        face = await engine.replies.choose_face(5000, "joy")
+        assert face.emotion == "joy" and await engine.scene.previous_emotion(11, face.persona) == "joy"  # type: ignore[arg-type]
         await engine.turn(11, "Sam", "And now?", deliver=lambda r: _sent(5001))
         with pytest.raises(InputError, match="only the latest reply"):
-            await engine.regenerate(5000)
+            await engine.replies.regenerate(5000)
         with pytest.raises(InputError, match="not one of this persona's emotions"):
-            await engine.choose_face(5001, "smug")
+            await engine.replies.choose_face(5001, "smug")
 
 
 async def _sent(discord_id: int) -> int:

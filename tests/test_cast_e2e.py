@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from bot.cogs.replies import FACE_ID, NEXT_ID, NOT_YOURS, PREVIOUS_ID, REGENERATE_ID
 from bot.config import Config
-from bot.engine import Engine
+from bot.core import Engine
+from bot.discord.replies import FACE_ID, NEXT_ID, NOT_YOURS, PREVIOUS_ID, REGENERATE_ID
 
 from .support.configs import add_persona
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to
@@ -106,7 +106,7 @@ async def test_two_personas_post_through_the_webhook_with_their_own_names_and_fa
         assert server.sent(posts_to(channel)) == []
         # The webhook's own messages (mode "all" answers everything else) were never answered, nor stored
         # as someone's words: three messages, three replies.
-        history = await run.engine.recent_messages(channel, 20)
+        history = await run.engine.admin.recent_messages(channel, 20)
         assert [(m.role, m.author_name) for m in history] == [
             ("user", "Milo"),
             ("assistant", "Rook"),
@@ -139,7 +139,7 @@ async def test_persona_turns_after_one_message_are_bounded_and_rate_limits_respe
 async def stored(engine: Engine, channel: int, count: int) -> list[Any]:
     async with asyncio.timeout(30):
         # The store has no change notification; polling the test's database is fine.
-        while len(history := await engine.recent_messages(channel, 50)) < count:  # noqa: ASYNC110
+        while len(history := await engine.admin.recent_messages(channel, 50)) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     return history
 
@@ -175,7 +175,7 @@ async def test_a_deleted_webhook_is_made_again(server: FakeDiscord, config: Conf
         assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 2
         # A new scene with one persona ends the cast, and says so.
         assert "The cast of 2 ended" in await command(server, channel, "manage", "persona", "mira")
-        assert [p.slug for p in await run.engine.cast(channel)] == ["mira"]
+        assert [p.slug for p in await run.engine.admin.cast(channel)] == ["mira"]
 
 
 async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart(
@@ -206,7 +206,7 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         assert edits[-1].files["expression.png"].startswith(b"\x89PNG")
         assert reply["content"] == SECOND  # edited in place, as Discord shows it
         assert button(reply, REGENERATE_ID)["label"] == "2/2"
-        history = await run.engine.recent_messages(channel, 10)
+        history = await run.engine.admin.recent_messages(channel, 10)
         assert [m.content for m in history] == ["Rook, say something.", SECOND]
         # Its face was not rendered yet: the best one now, then the fresh render, swapped in.
         assert history[-1].emotion == "joy"
@@ -224,7 +224,7 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         token = await server.press(channel, MEMBER, reply, button(reply, PREVIOUS_ID))
         await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert reply["content"] == "First try."
-        assert (await run.engine.recent_messages(channel, 10))[-1].content == "First try."
+        assert (await run.engine.admin.recent_messages(channel, 10))[-1].content == "First try."
 
     # Restarted: the buttons on the old message still work (persistent controls).
     async with running_bot(config, server) as run:
@@ -235,7 +235,7 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         token = await server.choose(channel, ADMIN, reply, menu, ["joy"], admin=True)  # a manager may
         [edit] = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert edit.files["expression.png"].startswith(b"\x89PNG")
-        assert (await run.engine.recent_messages(channel, 10))[-1].emotion == "joy"
+        assert (await run.engine.admin.recent_messages(channel, 10))[-1].emotion == "joy"
 
 
 async def test_streaming_in_a_cast_previews_each_reply_under_its_persona(

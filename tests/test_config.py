@@ -89,7 +89,7 @@ def test_relative_paths_resolve_next_to_the_config(tmp_path: Path) -> None:
 def test_help_names_the_command_people_type_and_describes_every_subcommand() -> None:
     import argparse
 
-    from bot.__main__ import _parser
+    from bot.cli.main import _parser
 
     parser = _parser()
     assert parser.format_usage().startswith("usage: ./run ")

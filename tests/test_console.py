@@ -176,11 +176,12 @@ def test_terminal_draws_the_face_inline(tmp_path: Path) -> None:
 def test_chat_says_why_the_face_was_kept(tmp_path: Path) -> None:
     import io
 
-    from bot.console import Console
+    from bot.core import TurnResult
     from bot.emotion import EmotionResult
-    from bot.engine import ExpressionImage, TurnResult
+    from bot.expressions import ExpressionImage
     from bot.llm import GenerationStats
-    from bot.persona import Persona
+    from bot.personas import Persona
+    from bot.terminal.console import Console
 
     out = io.StringIO()
     console = Console(None, 0, "Sam", out, images=True)  # type: ignore[arg-type]

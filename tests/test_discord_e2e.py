@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.engine import Engine
+from bot.core import Engine
 
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
@@ -446,7 +446,7 @@ async def test_channel_disable_stops_answers(server: FakeDiscord, config) -> Non
 
 
 async def test_persona_list_show_and_export_work_for_members(server: FakeDiscord, config) -> None:
-    from bot.cards import read_card
+    from bot.personas.cards import read_card
 
     channel = server.channels["general"]
     async with running_bot(config, server):
@@ -522,7 +522,7 @@ def command_syncs(server: FakeDiscord) -> list[Request]:
 async def test_commands_are_synced_only_when_they_change(
     server: FakeDiscord, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.client")
+    caplog.set_level(logging.INFO, logger="bot.discord.client")
     config = bot_config(tmp_path, server, None)
     async with running_bot(config, server):
         pass
@@ -632,8 +632,8 @@ async def test_an_unreachable_discord_is_one_line_per_try_until_it_answers(
 ) -> None:
     """Started while the network is down: a short line per try, no traceback, and the bot logs in as
     soon as Discord answers."""
-    from bot.app import open_engine
-    from bot.client import RoleplayBot, login_with_retry
+    from bot.core.app import open_engine
+    from bot.discord.client import RoleplayBot, login_with_retry
 
     from .support.model_server import free_port
 

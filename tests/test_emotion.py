@@ -238,7 +238,7 @@ async def test_a_failed_measurement_leaves_the_classifier_judging(
 async def test_every_judge_runs_in_real_turns(config, mode: str) -> None:
     import dataclasses
 
-    from bot.app import open_engine
+    from bot.core.app import open_engine
 
     config = dataclasses.replace(config, emotion=dataclasses.replace(config.emotion, judge=mode))
     async with open_engine(config) as engine:

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from bot.app import open_engine
 from bot.config import Config
+from bot.core.app import open_engine
 from bot.errors import InputError, PersonaError
 
 pytestmark = pytest.mark.slow
@@ -77,13 +77,13 @@ async def test_bad_messages_change_nothing(config: Config, text: str, message: s
 async def test_persona_switch(config: Config) -> None:
     async with open_engine(config) as engine:
         with pytest.raises(PersonaError, match="not a valid persona name"):
-            await engine.set_persona(9, "../mira")
+            await engine.admin.set_persona(9, "../mira")
         with pytest.raises(PersonaError, match="no persona named"):
-            await engine.set_persona(9, "nobody")
+            await engine.admin.set_persona(9, "nobody")
         assert (await engine.store.channel(9)).persona is None
         other = engine.personas.load("mira")
         engine.personas.save(type(other)(**{**other.__dict__, "slug": "mira-noir", "name": "Noir Mira"}))
-        assert (await engine.set_persona(9, "mira-noir")).name == "Noir Mira"
+        assert (await engine.admin.set_persona(9, "mira-noir")).name == "Noir Mira"
         result = await engine.turn(9, "Sam", "Who are you?")
         assert result.persona.slug == "mira-noir"
         assert [m.persona for m in await engine.store.history(9, "mira-noir")] == ["mira-noir", "mira-noir"]
@@ -130,8 +130,8 @@ async def test_warm_turns_reuse_the_prefix_when_history_overflows(config: Config
 async def test_a_reply_never_starts_with_speaker_labels(config: Config, model) -> None:
     """Small models open with "Mira:" or speak for the member ("Sam:"); neither is shown or stored,
     however the stream is cut, and a colon later in the reply is left alone."""
-    from bot.app import persona_library
-    from bot.engine import Engine
+    from bot.core import Engine
+    from bot.personas import PersonaLibrary
     from bot.store import Store
 
     from .support.scripted import Scripted
@@ -139,7 +139,7 @@ async def test_a_reply_never_starts_with_speaker_labels(config: Config, model) -
     replies = ["Mira: Sam: The lamp is lit, Sam.", " **Mira:** Hello: again.", "Mira smiles. Yes."]
     store = await Store.open(config.resolve(config.store.path))
     try:
-        engine = Engine(config, store, Scripted(model, replies, chunk=3), persona_library(config))
+        engine = Engine(config, store, Scripted(model, replies, chunk=3), PersonaLibrary.from_config(config))
         for n, expected in enumerate(["The lamp is lit, Sam.", "Hello: again.", "Mira smiles. Yes."]):
             shown: list[str] = []
             result = await engine.turn(1, "Sam", f"Is the lamp lit? ({n})", on_text=shown.append)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.app import persona_library
 from bot.config import Config, load_config
 from bot.errors import ExpressionError
 from bot.expressions import (
@@ -20,6 +19,7 @@ from bot.expressions import (
     face_mask,
     load_pipeline,
 )
+from bot.personas import PersonaLibrary
 from bot.store import Store
 
 from .support.configs import expression_settings, write_config
@@ -28,7 +28,7 @@ from .support.configs import expression_settings, write_config
 @pytest.fixture
 async def service(expr_config: Config):
     store = await Store.open(expr_config.resolve(expr_config.store.path))
-    svc = ExpressionService(expr_config, store, persona_library(expr_config))
+    svc = ExpressionService(expr_config, store, PersonaLibrary.from_config(expr_config))
     yield svc
     await svc.close()
     await store.close()
@@ -130,7 +130,7 @@ class Exploding:
 
 async def test_failing_pipeline_falls_back(expr_config: Config, caplog: pytest.LogCaptureFixture) -> None:
     store = await Store.open(expr_config.resolve(expr_config.store.path))
-    library = persona_library(expr_config)
+    library = PersonaLibrary.from_config(expr_config)
     mira = library.load("mira")
     good = ExpressionService(expr_config, store, library)
     broken = ExpressionService(
@@ -171,7 +171,7 @@ async def test_out_of_memory_falls_back_and_says_what_to_change(
     expr_config: Config, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = await Store.open(expr_config.resolve(expr_config.store.path))
-    library = persona_library(expr_config)
+    library = PersonaLibrary.from_config(expr_config)
     mira = library.load("mira")
     good = ExpressionService(expr_config, store, library)
     small_gpu = ExpressionService(
@@ -214,7 +214,7 @@ async def test_render_timeout_falls_back(expr_config: Config) -> None:
         )
     )
     store = await Store.open(slow.resolve(slow.store.path))
-    svc = ExpressionService(slow, store, persona_library(slow))
+    svc = ExpressionService(slow, store, PersonaLibrary.from_config(slow))
     mira = svc.personas.load("mira")
     try:
         with pytest.raises(TimeoutError):
@@ -309,7 +309,7 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
         pack.writestr("../../joy-2.png", sprite.getvalue())
         pack.writestr("readme.txt", "hi")
     (tmp_path / "pack.zip").write_bytes(buffer.getvalue())
-    from bot.expressions_cli import open_pack, write_pack
+    from bot.cli.expressions import open_pack, write_pack
 
     with open_pack(tmp_path / "pack.zip") as files:
         plan = service.import_sprites(mira, files)
@@ -327,7 +327,7 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
 
 def test_bad_sprite_packs(service: ExpressionService, tmp_path: Path) -> None:
     mira = service.personas.load("mira")
-    from bot.expressions_cli import open_pack
+    from bot.cli.expressions import open_pack
 
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with (
@@ -348,7 +348,7 @@ def test_contact_sheet_layout() -> None:
 
 
 def test_render_command_writes_contact_sheet(expr_config: Config, capsys: pytest.CaptureFixture[str]) -> None:
-    from bot.__main__ import main
+    from bot.cli.main import main
 
     sheet = expr_config.root / "sheet.png"
     code = main(

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bot.__main__ import main
-from bot.app import persona_library
+from bot.cli.main import main
 from bot.config import DEFAULT_LABELS, Config
 from bot.expressions import ExpressionService, plan_sprites
+from bot.personas import PersonaLibrary
 from bot.store import Store
 
 from .support.configs import REPO
@@ -42,14 +42,14 @@ def test_shipped_set_changes_only_the_face_and_every_face_differs() -> None:
 
 
 def persona_library_for_repo():
-    from bot.persona import PersonaLibrary
+    from bot.personas import PersonaLibrary
 
     return PersonaLibrary(REPO / "persona", REPO / "avatars", max_card_bytes=10**7, max_pixels=10**8)
 
 
 async def test_each_label_shows_its_own_face_without_a_model(config: Config) -> None:
     store = await Store.open(config.resolve(config.store.path))
-    service = ExpressionService(config, store, persona_library(config))
+    service = ExpressionService(config, store, PersonaLibrary.from_config(config))
     try:
         mira = service.personas.load("mira")
         for label in mira.labels:
@@ -115,7 +115,7 @@ def test_face_command_previews_and_sets_the_region(config: Config, tmp_path: Pat
     assert "face_box = [150, 180, 200, 220]" in after
     # Only that line changed: the file's comments stay.
     assert after.replace("face_box = [150, 180, 200, 220]", "face_box = [166, 200, 180, 190]") == before
-    assert persona_library(config).load("mira").face_box == (150, 180, 200, 220)
+    assert PersonaLibrary.from_config(config).load("mira").face_box == (150, 180, 200, 220)
 
     assert main([*args, "--box", "400", "500", "300", "300"]) == 2  # outside the 512x640 portrait
     assert "lies outside the 512x640 portrait" in capsys.readouterr().err

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from bot.app import open_engine
 from bot.config import Config
+from bot.core.app import open_engine
 from bot.emotion.llm_judge import PRIME
 from bot.llm import unmarked
 
@@ -54,7 +54,7 @@ async def test_special_tokens_in_messages_names_and_cards_stay_text(config: Conf
             },
         }
         eve = engine.personas.import_card(json.dumps(card).encode(), "eve.json", slug="eve")
-        await engine.set_persona(7, eve.slug)
+        await engine.admin.set_persona(7, eve.slug)
 
         rendered: dict[str, int] = {}  # prompt text -> how many messages it renders
         evaluated: list[tuple[str, list[int]]] = []

@@ -13,15 +13,27 @@ from .support.configs import REPO
 PACKAGE = REPO / "bot"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "native", "bounded", "files", "splitting", "speakers", "workers", "config", "images", "gguf"),
-    ("store", "cards", "persona", "prompt"),
-    ("llm", "emotion", "expressions", "cast"),
-    ("engine",),
-    ("app",),
-    ("client", "cogs", "webhooks", "console", "faces", "expressions_cli", "__main__"),
+    ("errors", "native", "bounded", "files", "workers", "config", "images"),  # shared infrastructure
+    ("store", "personas"),  # data
+    ("llm",),  # the models that write
+    ("emotion", "expressions"),  # the models that judge and draw
+    ("core",),  # the turn
+    ("discord", "terminal", "cli", "__main__"),  # front-ends
 ]
-FRONT_ENDS = ("client", "cogs", "webhooks", "console", "expressions_cli", "__main__")
-ENGINE_INSIDES = {"store", "personas", "llm", "expressions", "judge", "prompts"}
+FRONT_ENDS = ("discord", "terminal", "cli", "__main__")
+# Front-ends that start the others (the command line runs Discord and the terminal chat).
+LAUNCHERS = ("cli", "__main__")
+ENGINE_INSIDES = {
+    "store",
+    "personas",
+    "llm",
+    "expressions",
+    "judge",
+    "prompts",
+    "models",
+    "scene",
+    "composer",
+}
 
 
 def layer_of(top: str) -> int:
@@ -65,16 +77,39 @@ def test_every_module_has_a_layer() -> None:
         layer_of(top_name(path))
 
 
+def _chain(node: ast.expr) -> list[str]:
+    """The names an attribute chain passes through: `self.engine.admin` -> [admin, engine, self]."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        names.append(node.id)
+    return names
+
+
 def reaches_inside_engine(tree: ast.AST) -> list[int]:
-    """Lines with `engine.store`, `self.engine.llm` and the like."""
+    """Lines with `engine.store`, `self.engine.llm`, `engine.admin.store`, `engine._anything` and the like:
+    the engine's public parts are its methods and `admin` and `replies`' methods."""
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ENGINE_INSIDES:
-            owner = node.value
-            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
-            if name == "engine":
-                lines.append(node.lineno)
+        if not isinstance(node, ast.Attribute):
+            continue
+        if (node.attr in ENGINE_INSIDES or node.attr.startswith("_")) and "engine" in _chain(node.value):
+            lines.append(node.lineno)
     return lines
+
+
+def test_front_ends_do_not_import_each_other() -> None:
+    """Discord and the terminal stand side by side; only the command line starts them."""
+    wrong = []
+    for path in modules():
+        own = top_name(path)
+        if own in FRONT_ENDS and own not in LAUNCHERS:
+            for line, target in bot_imports(ast.parse(path.read_text(), str(path))):
+                if target in FRONT_ENDS and target != own:
+                    wrong.append(f"{path.relative_to(REPO)}:{line} imports bot.{target}")
+    assert not wrong, "front-ends import each other:\n" + "\n".join(wrong)
 
 
 def test_front_ends_use_only_the_engines_methods() -> None:
@@ -91,8 +126,49 @@ def test_front_ends_use_only_the_engines_methods() -> None:
     [
         ("x = self.engine.store.channel(1)", True),
         ("x = engine.llm.name", True),
-        ("x = self.engine.face()", False),
+        ("x = self.engine.admin.face()", False),
     ],
 )
 def test_the_engine_check_sees_what_it_should(source: str, caught: bool) -> None:
     assert bool(reaches_inside_engine(ast.parse(source))) is caught
+
+
+MAX_LINES = 450  # ../shared/ARCHITECTURE.md: no module over about this without a stated reason
+LONG_REASON = "Longer than 450 lines because"
+
+
+def test_no_module_is_long_without_a_stated_reason() -> None:
+    long = []
+    for path in modules():
+        lines = path.read_text().count("\n")
+        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > MAX_LINES and LONG_REASON not in " ".join(docstring.split()):
+            long.append(f"{path.relative_to(REPO)}: {lines} lines")
+    assert not long, f"over {MAX_LINES} lines with no '{LONG_REASON} …' in the docstring:\n" + "\n".join(long)
+
+
+def test_the_readme_code_map_lists_every_module() -> None:
+    """The README's map of bot/ names each module once, and nothing that is not there."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- code map:", 1)[1].split("```", 2)[1]
+    listed: set[str] = set()
+    folder = ""
+    for line in block.splitlines()[2:]:  # after "bot/"
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        if line.startswith("    "):
+            listed.add(folder + name)
+        elif name.endswith("/"):
+            folder = name
+        else:
+            folder = ""
+            listed.add(name)
+    actual = {
+        str(p.relative_to(PACKAGE))
+        for p in PACKAGE.rglob("*.py")
+        if "__pycache__" not in p.parts and (p.name != "__init__.py" or p.parent == PACKAGE)
+    }
+    assert listed == actual, (
+        f"missing from the map: {sorted(actual - listed)}; gone: {sorted(listed - actual)}"
+    )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import open_engine
 from bot.config import Config, ModelConfig, load_config
+from bot.core.app import open_engine
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm import Generation, load_backend
 from bot.llm.openai import WORD_JOINER, OpenAIBackend, defuse, option_scores
@@ -215,8 +215,8 @@ async def test_a_cast_chooses_its_speaker_through_the_server(
     config = server_config(tmp_path, server)
     add_persona(tmp_path, "rook", "Rook")
     async with open_engine(config) as engine:
-        await engine.cast_add(5, "rook")
-        with caplog.at_level(logging.INFO, logger="bot.engine"):
+        await engine.admin.cast_add(5, "rook")
+        with caplog.at_level(logging.INFO, logger="bot.core.compose"):
             result = await engine.turn(5, "Sam", "Hello, everyone. Who lit the lamp?")
         replies = [result, *result.followed_by]
         assert {r.persona.slug for r in replies} <= {"mira", "rook"} and 1 <= len(replies) <= 2

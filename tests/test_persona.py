@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import PersonaError
-from bot.persona import DEFAULT_SYSTEM_PROMPT, LoreEntry, Persona, PersonaLibrary, check_slug
+from bot.personas import DEFAULT_SYSTEM_PROMPT, LoreEntry, Persona, PersonaLibrary, check_slug
 
 
 def test_example_persona_loads(library: PersonaLibrary) -> None:

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 
 from bot.config import PromptConfig
+from bot.core.prompt import PromptBuilder, Turn
 from bot.errors import InputError
 from bot.llm import LlamaBackend
-from bot.persona import LoreEntry, Persona, PersonaLibrary
-from bot.prompt import PromptBuilder, Turn
+from bot.personas import LoreEntry, Persona, PersonaLibrary
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from bot.splitting import split_message
+from bot.discord.splitting import split_message
 
 
 def test_short_text_is_one_message() -> None:

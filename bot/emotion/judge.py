@@ -26,7 +26,7 @@ from bot.emotion.smoothing import smooth
 from bot.emotion.text import strip_roleplay
 from bot.errors import BotError
 from bot.files import atomic_write
-from bot.prompt import Message
+from bot.llm.base import Message
 
 _log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Protocol
 
-from bot.prompt import Message
+from bot.llm.base import Message
 
 PRIME = "Emotion:"  # the answer's start, written for the model: it only has to name the label
 CONTENT_FREE = "N/A"

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageFilter
 
 from bot.errors import ExpressionError
-from bot.persona import Persona
+from bot.personas import Persona
 
 
 def check_face_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:

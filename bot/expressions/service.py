@@ -25,7 +25,7 @@ from bot.expressions.region import face_mask
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
 from bot.files import atomic_write, png_bytes
 from bot.images import decode_image
-from bot.persona import Persona, PersonaLibrary
+from bot.personas import Persona, PersonaLibrary
 from bot.store import RenderRecord, Store
 from bot.workers import ModelWorker, maybe_await
 

@@ -12,7 +12,7 @@ from bot.emotion.labels import GOEMOTIONS, canonical, projection
 from bot.errors import ExpressionError
 from bot.files import png_bytes, write_all
 from bot.images import decode_image
-from bot.persona import Persona
+from bot.personas import Persona
 
 SPRITE_NAME = re.compile(r"^(?P<label>[a-z][a-z_-]{0,31}?)(?:-(?P<variant>\d{1,3}))?\.png$")
 MAX_SPRITE_BYTES = 10_000_000

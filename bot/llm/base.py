@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bot.prompt import Message
+# A chat message as chat templates take it: {"role": ..., "content": ...}.
+Message = dict[str, str]
 
 
 @dataclass

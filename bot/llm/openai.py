@@ -27,8 +27,7 @@ import openai
 from bot.bounded import LRUDict
 from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
-from bot.llm.base import Generation, GenerationStats
-from bot.prompt import Message
+from bot.llm.base import Generation, GenerationStats, Message
 
 _log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.app import open_engine
-from bot.client import RoleplayBot
 from bot.config import Config, load_config
-from bot.engine import Engine
+from bot.core import Engine
+from bot.core.app import open_engine
+from bot.discord.client import RoleplayBot
 
 from .configs import expression_settings, write_config
 from .discord_server import FakeDiscord, callbacks

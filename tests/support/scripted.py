@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from bot.llm import Generation, LLMBackend
-from bot.prompt import Message
+from bot.llm.base import Message
 
 
 class Scripted:

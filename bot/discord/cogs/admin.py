@@ -15,10 +15,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import BotError
-from bot.persona import Persona
+from bot.personas import Persona
 
 if TYPE_CHECKING:
-    from bot.client import RoleplayBot
+    from bot.discord.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class Admin(commands.Cog):
     @app_commands.describe(name="persona id, see /persona list")
     @manager_only
     async def persona_set(self, interaction: discord.Interaction, name: str) -> None:
-        before = await self.engine.cast(interaction.channel_id or 0)
-        persona = await self.engine.set_persona(interaction.channel_id or 0, name)
+        before = await self.engine.admin.cast(interaction.channel_id or 0)
+        persona = await self.engine.admin.set_persona(interaction.channel_id or 0, name)
         ended = ""
         if len(before) > 1:
             ended = f" The cast of {len(before)} ended (`/cast add` brings others back)."
@@ -138,7 +138,7 @@ class Admin(commands.Cog):
                 _log.info("could not change nickname: %s", exc)
         if persona.greeting and isinstance(interaction.channel, discord.abc.Messageable):
             user = interaction.user.display_name
-            face = self.engine.portrait_of(persona)
+            face = self.engine.admin.portrait_of(persona)
             files = [discord.File(face, filename="expression.png")] if face else []
             await interaction.channel.send(persona.fill(persona.greeting, user)[:2000], files=files)
 
@@ -147,17 +147,19 @@ class Admin(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return [
-            app_commands.Choice(name=n, value=n) for n in self.engine.persona_names() if current.lower() in n
+            app_commands.Choice(name=n, value=n)
+            for n in self.engine.admin.persona_names()
+            if current.lower() in n
         ][:25]
 
     @persona.command(name="list", description="Personas this bot can play")
     async def persona_list(self, interaction: discord.Interaction) -> None:
-        lines = [f"`{slug}`: {name}" for slug, name in self.engine.persona_overview()]
+        lines = [f"`{slug}`: {name}" for slug, name in self.engine.admin.persona_overview()]
         await interaction.response.send_message("\n".join(lines)[:2000] or "No personas yet.", ephemeral=True)
 
     @persona.command(name="show", description="Who the bot is playing here")
     async def persona_show(self, interaction: discord.Interaction, name: str | None = None) -> None:
-        persona = await self.engine.persona_named(interaction.channel_id or 0, name)
+        persona = await self.engine.admin.persona_named(interaction.channel_id or 0, name)
         embed = discord.Embed(title=persona.name, description=persona.fill(persona.description)[:4000])
         if persona.scenario:
             embed.add_field(name="Scenario", value=persona.fill(persona.scenario)[:1024], inline=False)
@@ -176,7 +178,7 @@ class Admin(commands.Cog):
             raise BotError(f"`{card.filename}` is not a card: upload a .png or .json character card.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         raw = await card.read()
-        persona = await self.engine.import_card(raw[: limit + 1], card.filename)
+        persona = await self.engine.admin.import_card(raw[: limit + 1], card.filename)
         await interaction.followup.send(
             f"Imported **{persona.name}** as `{persona.slug}`."
             f" Use `/manage persona {persona.slug}` to play it.",
@@ -188,8 +190,8 @@ class Admin(commands.Cog):
         self, interaction: discord.Interaction, name: str | None = None, spec: Literal["v2", "v3"] = "v3"
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # within Discord's 3 s
-        persona = await self.engine.persona_named(interaction.channel_id or 0, name)
-        data = await self.engine.export_card(persona, spec)
+        persona = await self.engine.admin.persona_named(interaction.channel_id or 0, name)
+        data = await self.engine.admin.export_card(persona, spec)
         await interaction.followup.send(
             f"**{persona.name}** as a {spec.upper()} card:",
             ephemeral=True,
@@ -204,7 +206,7 @@ class Admin(commands.Cog):
     @manager_only
     async def reset(self, interaction: discord.Interaction) -> None:
         channel_id = interaction.channel_id or 0
-        count = await self.engine.message_count(channel_id)
+        count = await self.engine.admin.message_count(channel_id)
         view = Confirm(interaction.user.id, "reset", "admin", "Erase history", "Keep it")
         await interaction.response.send_message(
             f"Erase all {count} stored messages of this channel? The persona forgets this conversation.",
@@ -213,7 +215,7 @@ class Admin(commands.Cog):
         )
         await view.wait()
         if view.confirmed:
-            removed = await self.engine.reset(channel_id)
+            removed = await self.engine.admin.reset(channel_id)
             await interaction.edit_original_response(content=f"Erased {removed} messages.", view=None)
         else:
             await interaction.edit_original_response(content="History kept.", view=None)
@@ -221,20 +223,20 @@ class Admin(commands.Cog):
     @channel.command(name="enable", description="Answer in this channel")
     @manager_only
     async def channel_enable(self, interaction: discord.Interaction) -> None:
-        settings = await self.engine.configure_channel(interaction.channel_id or 0, enabled=True)
+        settings = await self.engine.admin.configure_channel(interaction.channel_id or 0, enabled=True)
         how = "every message" if settings.mode == "all" else "mentions and replies"
         await interaction.response.send_message(f"Enabled here; answering {how}.", ephemeral=True)
 
     @channel.command(name="disable", description="Stop answering in this channel")
     @manager_only
     async def channel_disable(self, interaction: discord.Interaction) -> None:
-        await self.engine.configure_channel(interaction.channel_id or 0, enabled=False)
+        await self.engine.admin.configure_channel(interaction.channel_id or 0, enabled=False)
         await interaction.response.send_message("Disabled here.", ephemeral=True)
 
     @channel.command(name="mode", description="Answer every message, or only mentions and replies")
     @manager_only
     async def channel_mode(self, interaction: discord.Interaction, mode: Literal["all", "mention"]) -> None:
-        await self.engine.configure_channel(interaction.channel_id or 0, mode=mode)
+        await self.engine.admin.configure_channel(interaction.channel_id or 0, mode=mode)
         await interaction.response.send_message(f"Mode set to **{mode}**.", ephemeral=True)
 
     # -- /expression, /status ---------------------------------------------------------------------------
@@ -243,12 +245,12 @@ class Admin(commands.Cog):
     async def expression_show(self, interaction: discord.Interaction, label: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)  # a face may be read from disk
         channel_id = interaction.channel_id or 0
-        persona = await self.engine.persona_for(channel_id)
-        settings = await self.engine.channel_settings(channel_id)
+        persona = await self.engine.admin.persona_for(channel_id)
+        settings = await self.engine.admin.channel_settings(channel_id)
         label = label or settings.last_emotion or "neutral"
         if label not in persona.labels:
             raise BotError(f"`{label}` is not one of {persona.name}'s emotions: {', '.join(persona.labels)}")
-        image = await self.engine.face(persona, label)
+        image = await self.engine.admin.face(persona, label)
         if image.path is None:
             raise BotError(f"{persona.name} has no portrait.")
         await interaction.followup.send(
@@ -262,7 +264,7 @@ class Admin(commands.Cog):
     async def expression_render(self, interaction: discord.Interaction) -> None:
         from bot.expressions import contact_sheet
 
-        persona: Persona = await self.engine.persona_for(interaction.channel_id or 0)
+        persona: Persona = await self.engine.admin.persona_for(interaction.channel_id or 0)
         await interaction.response.defer(ephemeral=True, thinking=True)
         started = last_edit = time.monotonic()
 
@@ -275,7 +277,7 @@ class Admin(commands.Cog):
                 await interaction.edit_original_response(content=f"Rendering {label}… ({done}/{total})")
                 last_edit = time.monotonic()
 
-        faces = await self.engine.render_faces(persona, on_progress=progress)
+        faces = await self.engine.admin.render_faces(persona, on_progress=progress)
         sheet = await asyncio.to_thread(contact_sheet, faces)
         buffer = io.BytesIO()
         await asyncio.to_thread(sheet.save, buffer, "PNG")
@@ -298,7 +300,7 @@ class Admin(commands.Cog):
         channels = sorted(
             {c.id for c in guild.channels} | {t.id for t in guild.threads} | {interaction.channel_id or 0}
         )
-        count = await self.engine.stored_by(interaction.user.id, channels)
+        count = await self.engine.admin.stored_by(interaction.user.id, channels)
         if count == 0:
             await interaction.response.send_message(
                 "The bot has nothing you wrote in this server.", ephemeral=True
@@ -313,14 +315,14 @@ class Admin(commands.Cog):
         )
         await view.wait()
         if view.confirmed:
-            removed = await self.engine.forget_member(interaction.user.id, channels)
+            removed = await self.engine.admin.forget_member(interaction.user.id, channels)
             await interaction.edit_original_response(content=f"Erased {removed} of your messages.", view=None)
         else:
             await interaction.edit_original_response(content="Nothing erased.", view=None)
 
     @app_commands.command(name="status", description="Model, queues and cache")
     async def status(self, interaction: discord.Interaction) -> None:
-        status = await self.engine.status(interaction.channel_id or 0)
+        status = await self.engine.admin.status(interaction.channel_id or 0)
         lines = [
             f"**Model**: `{status.model}` (context {status.context} tokens)",
             f"**Queue**: {status.pending_replies} replies, {status.pending_renders} renders",

@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from bot.persona import Persona
-from bot.prompt import Message, Turn
+from bot.core.prompt import Turn
+from bot.llm.base import Message
+from bot.personas import Persona
 from bot.store import StoredMessage
 
 SPEAKER_PRIME = "Next:"  # the answer's start, written for the model: it only has to name the speaker

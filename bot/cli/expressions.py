@@ -13,7 +13,6 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bot.app import persona_library
 from bot.config import Config
 from bot.errors import ExpressionError
 from bot.expressions import (
@@ -23,6 +22,7 @@ from bot.expressions import (
     ExpressionService,
     contact_sheet,
 )
+from bot.personas import PersonaLibrary
 from bot.store import Store
 
 
@@ -105,7 +105,7 @@ def write_pack(files: dict[str, Path]) -> bytes:
 
 
 async def expressions_command(config: Config, args: argparse.Namespace) -> int:
-    library = persona_library(config)
+    library = PersonaLibrary.from_config(config)
     persona = library.load(args.persona)
     store = await Store.open(config.resolve(config.store.path))
     service = ExpressionService(config, store, library)

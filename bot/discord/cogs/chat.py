@@ -15,15 +15,15 @@ import discord
 from discord.ext import commands
 
 from bot.bounded import LRUDict
-from bot.cogs.replies import Outgoing, compose, controls, style_of, swap_in_render
-from bot.engine import TurnResult
+from bot.core import TurnResult
+from bot.discord.replies import Outgoing, compose, controls, style_of, swap_in_render
+from bot.discord.webhooks import CastWebhooks
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError
-from bot.persona import Persona
-from bot.webhooks import CastWebhooks
+from bot.personas import Persona
 from bot.workers import BackgroundTasks
 
 if TYPE_CHECKING:
-    from bot.client import RoleplayBot
+    from bot.discord.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
 
@@ -83,19 +83,19 @@ class Chat(commands.Cog):
         if mode == "all" or self.bot.user in message.mentions or replied is not None:
             return True
         # In a cast, naming a character speaks to it, as a mention of the bot would.
-        return await self.engine.named_member(message.channel.id, text) is not None
+        return await self.engine.admin.named_member(message.channel.id, text) is not None
 
     async def _replied_persona(self, message: discord.Message) -> str | None:
         """The persona whose reply this message answers (a Discord reply to it), if any."""
         ref = message.reference
         if ref is None or ref.message_id is None:
             return None
-        state = await self.engine.reply_state(ref.message_id, message.channel.id)
+        state = await self.engine.replies.state(ref.message_id, message.channel.id)
         if state is not None and state.persona is not None:
             return state.persona.slug
         resolved = ref.resolved
         if isinstance(resolved, discord.Message) and self.bot.user and resolved.author.id == self.bot.user.id:
-            return (await self.engine.persona_for(message.channel.id)).slug
+            return (await self.engine.admin.persona_for(message.channel.id)).slug
         return None
 
     def _text_of(self, message: discord.Message) -> str:
@@ -122,7 +122,7 @@ class Chat(commands.Cog):
     async def _handle(self, message: discord.Message) -> None:
         if not self._from_a_member(message):
             return
-        settings = await self.engine.channel_settings(message.channel.id)
+        settings = await self.engine.admin.channel_settings(message.channel.id)
         if not settings.enabled:
             return
         text = self._text_of(message)
@@ -151,7 +151,7 @@ class Chat(commands.Cog):
         channel = message.channel
         streams: list[StreamedReply] = []  # with stream_edits, one per reply of this turn, latest last
         delivered: set[StreamedReply] = set()
-        cast_size = len(await self.engine.cast(channel.id)) if self.settings.stream_edits else 1
+        cast_size = len(await self.engine.admin.cast(channel.id)) if self.settings.stream_edits else 1
 
         def start(persona: Persona) -> None:
             if self.settings.stream_edits:
@@ -324,7 +324,7 @@ class Chat(commands.Cog):
             if isinstance(user, dict) and "id" in user
         ]
         text = story_text(content, self.bot.user.id if self.bot.user else None, mentioned)
-        if await self.engine.message_edited(payload.message_id, text):
+        if await self.engine.admin.message_edited(payload.message_id, text):
             _log.debug("applied edit of message %s", payload.message_id)
 
     @commands.Cog.listener()
@@ -334,7 +334,7 @@ class Chat(commands.Cog):
             # Deleted while the bot was still on it: stop, so neither it nor a reply to it stays.
             answering.cancel()
             await asyncio.gather(answering, return_exceptions=True)
-        if await self.engine.message_deleted(payload.message_id):
+        if await self.engine.admin.message_deleted(payload.message_id):
             _log.debug("forgot deleted message %s", payload.message_id)
 
     @commands.Cog.listener()
@@ -345,7 +345,7 @@ class Chat(commands.Cog):
             if answering is not None and answering is not asyncio.current_task():
                 answering.cancel()
                 await asyncio.gather(answering, return_exceptions=True)
-        removed = await self.engine.messages_deleted(payload.message_ids)
+        removed = await self.engine.admin.messages_deleted(payload.message_ids)
         _log.debug("forgot %d of %d purged messages", removed, len(payload.message_ids))
 
     async def shutdown(self) -> None:

@@ -18,13 +18,13 @@ import discord
 from discord.ext import commands
 
 from bot.config import DEFAULT_LABELS
-from bot.engine import ReplyState, TurnResult
+from bot.core import ReplyState, TurnResult
+from bot.discord.splitting import DISCORD_LIMIT, split_message
 from bot.errors import BotError, BusyError
-from bot.splitting import DISCORD_LIMIT, split_message
 from bot.workers import BackgroundTasks
 
 if TYPE_CHECKING:
-    from bot.client import RoleplayBot
+    from bot.discord.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
 
@@ -166,12 +166,12 @@ class Replies(commands.Cog):
         message = interaction.message
         if message is None:
             return None
-        state = await self.engine.reply_state(message.id)
+        state = await self.engine.replies.state(message.id)
         if state is None:
             # Pressed the moment it appeared: it may be on its way into the history. Acknowledge first
             # (Discord waits 3 s at most), then wait for it.
             await interaction.response.defer()
-            state = await self.engine.reply_state(message.id, interaction.channel_id)
+            state = await self.engine.replies.state(message.id, interaction.channel_id)
         if state is None:
             await self._say(interaction, "I no longer remember this reply.")
         elif interaction.user.id != state.prompted_by and not interaction.permissions.manage_guild:
@@ -214,11 +214,11 @@ class Replies(commands.Cog):
                     )
 
                 async with message.channel.typing():
-                    result = await self.engine.regenerate(message.id, deliver=edit)
+                    result = await self.engine.replies.regenerate(message.id, deliver=edit)
                 if result.image.fresh is not None:
 
                     async def still_shown() -> bool:
-                        now = await self.engine.reply_state(message.id)
+                        now = await self.engine.replies.state(message.id)
                         return now is not None and (now.version, now.emotion) == (
                             result.version,
                             result.emotion.label,
@@ -229,7 +229,7 @@ class Replies(commands.Cog):
 
                     self._background.spawn(swap_in_render(result, message, show_face, still_shown))
             else:
-                state = await self.engine.browse(message.id, step)
+                state = await self.engine.replies.browse(message.id, step)
                 await self._show_state(interaction, state, message)
         except BusyError:
             await interaction.followup.send("I'm busy writing other replies; try again soon.", ephemeral=True)
@@ -244,7 +244,7 @@ class Replies(commands.Cog):
             return
         await self._acknowledge(interaction)
         try:
-            state = await self.engine.choose_face(interaction.message.id, label)
+            state = await self.engine.replies.choose_face(interaction.message.id, label)
             await self._show_state(interaction, state, interaction.message)
         except BotError as exc:
             await interaction.followup.send(f"⚠️ {exc}", ephemeral=True)
@@ -254,7 +254,7 @@ class Replies(commands.Cog):
     ) -> None:
         if state.persona is None:
             return
-        image = await self.engine.face(state.persona, state.emotion or "neutral")
+        image = await self.engine.admin.face(state.persona, state.emotion or "neutral")
         await self._show(
             interaction,
             state.persona.name,

@@ -6,28 +6,19 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from bot.config import Config
+from bot.core.engine import Engine
 from bot.emotion import EmotionJudge
-from bot.engine import Engine
 from bot.llm import load_backend
-from bot.persona import PersonaLibrary
+from bot.personas import PersonaLibrary
 from bot.store import Store
 
 JUDGE_VERDICTS = "emotion-judge.json"  # beside the database: which judge `auto` chose for each model
 
 
-def persona_library(config: Config) -> PersonaLibrary:
-    return PersonaLibrary(
-        config.resolve(config.persona.dir),
-        config.resolve(config.persona.avatars_dir),
-        max_card_bytes=config.persona.max_card_bytes,
-        max_pixels=config.persona.max_portrait_pixels,
-    )
-
-
 @contextlib.asynccontextmanager
 async def open_engine(config: Config) -> AsyncIterator[Engine]:
     """The engine with everything it needs, closed in reverse order on exit."""
-    personas = persona_library(config)
+    personas = PersonaLibrary.from_config(config)
     personas.load(config.persona.default)  # a broken default persona should stop start-up, not a chat
     store = await Store.open(config.resolve(config.store.path))
     try:
@@ -48,7 +39,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             engine = Engine(config, store, llm, personas, expressions, judge)
             try:
                 # A default persona too large for the context should stop start-up, not every chat.
-                await engine.check_default_persona()
+                await engine.admin.check_default_persona()
                 yield engine
             finally:
                 await judge.close()

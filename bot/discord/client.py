@@ -16,12 +16,17 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Config, discord_token
-from bot.engine import Engine
+from bot.core import Engine
 from bot.files import atomic_write
 
 _log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.admin", "bot.cogs.cast", "bot.cogs.replies")
+EXTENSIONS = (
+    "bot.discord.cogs.chat",
+    "bot.discord.cogs.admin",
+    "bot.discord.cogs.cast",
+    "bot.discord.replies",
+)
 RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0)  # seconds between tries while Discord is unreachable
 COMMAND_STAMP = "slash-commands.sha256"  # beside the database: the command tree last registered
 
@@ -126,7 +131,7 @@ async def login_with_retry(
 
 
 async def serve(config: Config, token: str) -> None:
-    from bot.app import open_engine
+    from bot.core.app import open_engine
 
     async with open_engine(config) as engine:
         bot = RoleplayBot(config, engine)

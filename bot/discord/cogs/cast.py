@@ -12,13 +12,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.admin import ADMIN_ONLY, manager_only
+from bot.discord.cogs.admin import ADMIN_ONLY, manager_only
+from bot.discord.webhooks import CastWebhooks
 from bot.errors import BotError
-from bot.persona import Persona
-from bot.webhooks import CastWebhooks
+from bot.personas import Persona
 
 if TYPE_CHECKING:
-    from bot.client import RoleplayBot
+    from bot.discord.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
 
@@ -69,18 +69,18 @@ class Cast(commands.Cog):
     @app_commands.describe(name="persona id, see /persona list")
     @manager_only
     async def add(self, interaction: discord.Interaction, name: str) -> None:
-        await self._change(interaction, self.engine.cast_add, name, adding=True)
+        await self._change(interaction, self.engine.admin.cast_add, name, adding=True)
 
     @cast.command(name="remove", description="Take a persona out of this channel's cast")
     @app_commands.describe(name="persona id or name, see /cast list")
     @manager_only
     async def remove(self, interaction: discord.Interaction, name: str) -> None:
-        await self._change(interaction, self.engine.cast_remove, name, adding=False)
+        await self._change(interaction, self.engine.admin.cast_remove, name, adding=False)
 
     @cast.command(name="list", description="Who plays in this channel")
     async def list(self, interaction: discord.Interaction) -> None:
         try:
-            cast = await self.engine.cast(interaction.channel_id or 0)
+            cast = await self.engine.admin.cast(interaction.channel_id or 0)
         except BotError as exc:
             await interaction.response.send_message(f"⚠️ {exc}", ephemeral=True)
             return

@@ -14,11 +14,11 @@ from typing import Literal, Protocol
 
 from bot.config import PromptConfig
 from bot.errors import InputError
-from bot.persona import Persona
+from bot.llm.base import Message
+from bot.personas import Persona
 
 _log = logging.getLogger(__name__)
 
-Message = dict[str, str]
 # Tokens kept free beyond the reply budget: the template's end-of-turn markers and rounding.
 TEMPLATE_MARGIN = 16
 OPENING_USER_TURN = "(The roleplay begins.)"

@@ -1,177 +1,32 @@
-"""Chat history, channel state and the render index in one SQLite file (aiosqlite).
+"""Chat history, channel state, the cast and the render index: the queries on the bot's one SQLite file.
 
-Every connection runs in WAL mode with foreign keys on; every write is one transaction, so a crash or a
-cancelled task never leaves half a turn behind. The schema is versioned with PRAGMA user_version and
-migrated forward on open.
+One aiosqlite connection serves every task; every write is one transaction, so a crash or a cancelled
+task never leaves half a turn behind. The file itself (checks, settings, migrations) is schema.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import aiosqlite
 
-from bot.errors import StoreError
-
-_log = logging.getLogger(__name__)
-
-Role = Literal["user", "assistant"]
-
-# Each entry migrates from version i to i + 1. Append only: shipped databases depend on the order.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE messages (
-        id          INTEGER PRIMARY KEY,
-        channel_id  INTEGER NOT NULL,
-        discord_id  INTEGER,
-        author_id   INTEGER,
-        author_name TEXT NOT NULL,
-        role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-        content     TEXT NOT NULL,
-        emotion     TEXT,
-        persona     TEXT NOT NULL,
-        created_at  REAL NOT NULL,
-        edited_at   REAL
-    );
-    CREATE INDEX messages_by_channel ON messages (channel_id, persona, id);
-    CREATE UNIQUE INDEX messages_by_discord_id ON messages (discord_id) WHERE discord_id IS NOT NULL;
-    CREATE TABLE channels (
-        channel_id   INTEGER PRIMARY KEY,
-        persona      TEXT,
-        enabled      INTEGER,
-        mode         TEXT CHECK (mode IN ('all', 'mention')),
-        last_emotion TEXT,
-        updated_at   REAL NOT NULL
-    );
-    CREATE TABLE renders (
-        key          TEXT PRIMARY KEY,
-        persona      TEXT NOT NULL,
-        label        TEXT NOT NULL,
-        variant      INTEGER NOT NULL,
-        path         TEXT NOT NULL,
-        source_hash  TEXT NOT NULL,
-        created_at   REAL NOT NULL
-    );
-    CREATE INDEX renders_by_persona ON renders (persona, label, variant);
-    """,
-    # A cast: the personas that share a channel besides its lead (channels.persona), each with its own
-    # face. Replies remember the message they answer, and keep their earlier versions for browsing.
-    """
-    CREATE TABLE cast_members (
-        channel_id   INTEGER NOT NULL,
-        persona      TEXT NOT NULL,
-        position     INTEGER NOT NULL,
-        last_emotion TEXT,
-        PRIMARY KEY (channel_id, persona)
-    );
-    ALTER TABLE messages ADD COLUMN prompt_id INTEGER;
-    ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE reply_versions (
-        message_id  INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-        version     INTEGER NOT NULL,
-        content     TEXT NOT NULL,
-        emotion     TEXT,
-        created_at  REAL NOT NULL,
-        PRIMARY KEY (message_id, version)
-    );
-    """,
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    id: int
-    channel_id: int
-    discord_id: int | None
-    author_id: int | None
-    author_name: str
-    role: Role
-    content: str
-    emotion: str | None
-    persona: str
-    created_at: float
-    edited_at: float | None
-    prompt_id: int | None = None  # a reply: the row id of the message it answers
-    version: int = 0  # a reply: which of its versions is the one in the history
-
-
-@dataclass(frozen=True)
-class CastMember:
-    persona: str
-    last_emotion: str | None
-
-
-@dataclass(frozen=True)
-class ReplyVersion:
-    version: int
-    content: str
-    emotion: str | None
-
-
-@dataclass(frozen=True)
-class ChannelState:
-    channel_id: int
-    persona: str | None = None
-    enabled: bool | None = None  # None: the config's default
-    mode: str | None = None
-    last_emotion: str | None = None
-
-
-@dataclass(frozen=True)
-class RenderRecord:
-    key: str
-    persona: str
-    label: str
-    variant: int
-    path: str
-    source_hash: str
-
+from bot.store.records import CastMember, ChannelState, RenderRecord, ReplyVersion, Role, StoredMessage
+from bot.store.schema import connect
 
 _MESSAGE_COLUMNS = (
     "id, channel_id, discord_id, author_id, author_name, role, content, emotion, persona, created_at,"
     " edited_at, prompt_id, version"
 )
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
 MAX_BOUND = 500  # ids bound in one statement: under SQLite's limit on parameters (999 in older builds)
 
 
 def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
     return [ids[start : start + MAX_BOUND] for start in range(0, len(ids), MAX_BOUND)]
-
-
-def _check_path(path: Path) -> None:
-    """Refuse, with a clear line, database paths SQLite would fail on obscurely."""
-    if path.is_dir():
-        raise StoreError(f"{path}: is a folder, not a database file (set [store] path to a file)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise StoreError(f"{path}: a parent of this path is a file, not a folder") from None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
-    if path.is_file():
-        try:
-            with path.open("rb") as handle:
-                header = handle.read(len(SQLITE_HEADER))
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot read the database: {exc.strerror}") from None
-        if header and header != SQLITE_HEADER:
-            raise StoreError(f"{path}: not an SQLite database (refusing to touch it)")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise StoreError(f"{path}: not writable")
 
 
 class Store:
@@ -185,54 +40,12 @@ class Store:
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
-        """Open (or create) the database. Raises StoreError naming the file and the problem; a failed
-        open never leaves the connection's thread running (which would keep the process alive)."""
+        """Open (or create) the database; raises StoreError naming the file and the problem."""
         path = Path(path)
-        if str(path) != ":memory:":
-            _check_path(path)
-        try:
-            # isolation_level=None: we issue BEGIN ourselves so each write is exactly one transaction.
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{path}: cannot open the database: {exc}") from None
-        try:
-            db.row_factory = aiosqlite.Row
-            store = cls(db, path)
-            version = await store._check_version()  # before anything below may write to a newer bot's file
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await store._migrate(version)
-        except sqlite3.DatabaseError as exc:
-            await db.close()
-            raise StoreError(f"{path}: cannot use the database: {exc}") from None
-        except BaseException:
-            await db.close()
-            raise
-        return store
+        return cls(await connect(path), path)
 
     async def close(self) -> None:
         await self._db.close()
-
-    async def _check_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: database schema version {version} is newer than this bot's"
-                f" ({SCHEMA_VERSION}); update the bot, or point [store] path at another file"
-            )
-        return version
-
-    async def _migrate(self, version: int) -> None:
-        for target in range(version, SCHEMA_VERSION):
-            # executescript commits on its own, so the version bump rides inside the same script.
-            await self._db.executescript(
-                f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;"
-            )
-            _log.info("migrated %s to schema version %d", self.path, target + 1)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.engine import Engine, TurnResult
+from bot.core import Engine, TurnResult
 from bot.errors import BotError
-from bot.faces import TerminalFaces
+from bot.terminal.faces import TerminalFaces
 
 HELP = (
     "commands: /persona NAME (switch), /personas (list), /cast [add|remove NAME] (several personas),"
@@ -144,17 +144,17 @@ class Console:
                 self._turn = None
 
     async def _show_opening(self) -> None:
-        cast = await self.engine.cast(self.channel_id)
+        cast = await self.engine.admin.cast(self.channel_id)
         persona = cast[0]
-        count = await self.engine.message_count(self.channel_id)
+        count = await self.engine.admin.message_count(self.channel_id)
         names = ", ".join(p.name for p in cast)
         self.say(f"[{names} in channel {self.channel_id}; {count} stored messages]")
-        history = await self.engine.recent_messages(self.channel_id, limit=6)
+        history = await self.engine.admin.recent_messages(self.channel_id, limit=6)
         if not history and persona.greeting:
             self.say(f"{persona.name}: {persona.fill(persona.greeting, self.user)}")
         for message in history:
             self.say(f"{message.author_name}: {message.content}")
-        face = await self.engine.current_face(self.channel_id)
+        face = await self.engine.admin.current_face(self.channel_id)
         self._show_face(face.path, persona.face_box)
 
     def _show_result(self, result: TurnResult) -> None:
@@ -192,27 +192,27 @@ class Console:
             if name == "/quit":
                 return False
             if name == "/reset":
-                removed = await self.engine.reset(self.channel_id)
+                removed = await self.engine.admin.reset(self.channel_id)
                 self.say(f"[forgot {removed} messages]")
                 await self._show_opening()
             elif name == "/persona" and arg.strip():
-                persona = await self.engine.set_persona(self.channel_id, arg.strip())
+                persona = await self.engine.admin.set_persona(self.channel_id, arg.strip())
                 self.say(f"[now playing {persona.name}]")
                 await self._show_opening()
             elif name == "/cast":
                 action, _, who = arg.strip().partition(" ")
                 if action == "add" and who.strip():
-                    cast = await self.engine.cast_add(self.channel_id, who.strip())
+                    cast = await self.engine.admin.cast_add(self.channel_id, who.strip())
                 elif action == "remove" and who.strip():
-                    cast = await self.engine.cast_remove(self.channel_id, who.strip())
+                    cast = await self.engine.admin.cast_remove(self.channel_id, who.strip())
                 elif not action:
-                    cast = await self.engine.cast(self.channel_id)
+                    cast = await self.engine.admin.cast(self.channel_id)
                 else:
                     self.say(f"[{HELP}]")
                     return True
                 self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
             elif name == "/personas":
-                self.say("[" + ", ".join(self.engine.persona_names()) + "]")
+                self.say("[" + ", ".join(self.engine.admin.persona_names()) + "]")
             else:
                 self.say(f"[{HELP}]")
         except BotError as exc:

@@ -17,7 +17,7 @@ import discord
 from bot.bounded import KeyedLocks, LRUDict
 
 if TYPE_CHECKING:
-    from bot.client import RoleplayBot
+    from bot.discord.client import RoleplayBot
 
 _log = logging.getLogger(__name__)
 

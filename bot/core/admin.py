@@ -1,0 +1,235 @@
+"""Everything the front-ends ask besides turns and reply controls: a channel's settings, persona and cast,
+the history's edits and erasures, the persona folder and its cards, faces, and status. The front-ends
+never reach into the store, the personas or the models themselves; they ask here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bot.core.cast import named_in
+from bot.core.models import Models
+from bot.core.scene import Scene
+from bot.errors import BotError, InputError
+from bot.expressions.service import ExpressionImage
+from bot.personas import Persona
+from bot.store import StoredMessage
+
+Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    enabled: bool
+    mode: str  # "all" or "mention"
+    last_emotion: str | None
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    model: str
+    context: int
+    pending_replies: int
+    pending_renders: int
+    persona: Persona
+    judge: str
+    cached_faces: int
+    messages: int
+    cast: list[str]  # the names of the channel's personas, its lead first
+
+
+class Admin:
+    def __init__(self, scene: Scene, models: Models) -> None:
+        self.scene = scene
+        self.config = scene.config
+        self.store = scene.store
+        self.personas = scene.personas
+        self.models = models
+
+    # -- a channel: whether and how it answers, its persona, its history ------------------------------
+
+    async def channel_settings(self, channel_id: int) -> ChannelSettings:
+        """Whether the bot answers in a channel and how, with the config's defaults filled in."""
+        state = await self.store.channel(channel_id)
+        defaults = self.config.discord
+        return ChannelSettings(
+            enabled=state.enabled if state.enabled is not None else defaults.enable_new_channels,
+            mode=state.mode or defaults.default_mode,
+            last_emotion=state.last_emotion,
+        )
+
+    async def configure_channel(
+        self, channel_id: int, *, enabled: bool | None = None, mode: str | None = None
+    ) -> ChannelSettings:
+        changes = {k: v for k, v in (("enabled", enabled), ("mode", mode)) if v is not None}
+        if changes:
+            await self.store.update_channel(channel_id, **changes)
+        return await self.channel_settings(channel_id)
+
+    async def persona_for(self, channel_id: int) -> Persona:
+        return await self.scene.lead(channel_id)
+
+    async def set_persona(self, channel_id: int, name: str) -> Persona:
+        """Switch a channel's persona (validated first); its next reply uses the new one. A cast gives way
+        to the one persona: a new scene."""
+        persona = self.personas.load(name)
+        await self.store.update_channel(channel_id, persona=persona.slug, last_emotion=None)
+        await self.store.clear_cast(channel_id)
+        return persona
+
+    async def current_face(self, channel_id: int) -> ExpressionImage:
+        """The face the channel's persona shows now (its last emotion, or neutral)."""
+        persona = await self.scene.lead(channel_id)
+        state = await self.store.channel(channel_id)
+        label = state.last_emotion if state.last_emotion in persona.labels else "neutral"
+        return await self.models.expressions.image_for(persona, label)
+
+    async def reset(self, channel_id: int) -> int:
+        """Forget a channel's whole history; returns how many messages went."""
+        async with self.scene.lock(channel_id):
+            removed = await self.store.clear_channel(channel_id)
+            await self.store.update_channel(channel_id, last_emotion=None)
+            self.scene.forget_windows(channel_id)
+            return removed
+
+    async def message_count(self, channel_id: int) -> int:
+        return await self.store.count_messages(channel_id)
+
+    async def recent_messages(self, channel_id: int, limit: int) -> list[StoredMessage]:
+        """The last messages of the channel's conversation (its persona's, or its cast's), oldest first."""
+        cast = await self.scene.cast(channel_id)
+        return await self.store.history(channel_id, [p.slug for p in cast], limit=limit)
+
+    async def message_edited(self, discord_id: int, text: str) -> bool:
+        """Apply an edit made on Discord to the stored message; False if it is not stored."""
+        return await self.store.edit_message(discord_id, text)
+
+    async def message_deleted(self, discord_id: int) -> bool:
+        return await self.store.delete_message(discord_id)
+
+    async def messages_deleted(self, discord_ids: set[int] | frozenset[int]) -> int:
+        return await self.store.delete_messages(discord_ids)
+
+    async def stored_by(self, author_id: int, channel_ids: list[int]) -> int:
+        """How many stored messages a member wrote in these channels."""
+        return await self.store.count_by_author(author_id, channel_ids)
+
+    async def forget_member(self, author_id: int, channel_ids: list[int]) -> int:
+        """Erase a member's messages in these channels: gone from the store and every future prompt."""
+        return await self.store.forget_author(author_id, channel_ids)
+
+    # -- the cast: several personas in one channel ----------------------------------------------------
+
+    async def cast(self, channel_id: int) -> list[Persona]:
+        """The personas of a channel, its lead (the channel's persona) first."""
+        return await self.scene.cast(channel_id)
+
+    async def cast_add(self, channel_id: int, name: str) -> list[Persona]:
+        """Add a persona to the channel's cast (validated first); returns the cast."""
+        persona = self.personas.load(name)
+        await asyncio.to_thread(self.models.prompts.check_persona, persona)
+        async with self.scene.lock(channel_id):
+            cast = await self.scene.cast(channel_id)
+            if persona.slug in {p.slug for p in cast}:
+                raise InputError(f"{persona.name} is already in this channel's cast")
+            limit = self.config.cast.max_members
+            if len(cast) >= limit:
+                raise InputError(f"the cast is full: {limit} personas (raise [cast] max_members)")
+            await self.store.add_cast_member(channel_id, persona.slug)
+            return await self.scene.cast(channel_id)
+
+    async def cast_remove(self, channel_id: int, name: str) -> list[Persona]:
+        """Take a persona out of the cast; its lines leave the others' prompts. The lead's place goes to
+        the next member, with the conversation. Returns the cast."""
+        async with self.scene.lock(channel_id):
+            cast = await self.scene.cast(channel_id)
+            wanted = name.strip().lower()
+            target = next((p for p in cast if wanted in (p.slug, p.name.lower())), None)
+            if target is None:
+                members = ", ".join(p.name for p in cast)
+                raise InputError(f"'{name}' is not in this channel's cast (it has: {members})")
+            if len(cast) == 1:
+                raise InputError("a channel keeps one persona at least: switch it with /manage persona")
+            if target.slug == cast[0].slug:
+                await self.store.hand_lead(channel_id, target.slug, cast[1].slug)
+            else:
+                await self.store.remove_cast_member(channel_id, target.slug)
+            self.scene.forget_windows(channel_id, target.slug)
+            return await self.scene.cast(channel_id)
+
+    async def named_member(self, channel_id: int, text: str) -> Persona | None:
+        """The member of the channel's cast (of two or more) that a message names, if any."""
+        cast = await self.scene.cast(channel_id)
+        return named_in(text, cast) if len(cast) > 1 else None
+
+    # -- the persona folder and its cards -------------------------------------------------------------
+
+    def persona_names(self) -> list[str]:
+        return self.personas.names()
+
+    def persona_overview(self) -> list[tuple[str, str]]:
+        """(id, display name) of every persona; a broken file shows why instead of its name."""
+        rows = []
+        for slug in self.personas.names():
+            try:
+                rows.append((slug, self.personas.load(slug).name))
+            except BotError as exc:
+                rows.append((slug, f"(unusable: {exc})"))
+        return rows
+
+    async def persona_named(self, channel_id: int, name: str | None = None) -> Persona:
+        """The persona called `name`, or the channel's own when no name is given."""
+        return self.personas.load(name) if name else await self.scene.lead(channel_id)
+
+    def portrait_of(self, persona: Persona) -> Path | None:
+        """The persona's portrait file, if it exists."""
+        return self.personas.existing_portrait(persona)
+
+    async def import_card(self, raw: bytes, filename: str) -> Persona:
+        return await asyncio.to_thread(self.personas.import_card, raw, filename)
+
+    async def export_card(self, persona: Persona, spec: Literal["v2", "v3"]) -> bytes:
+        return await asyncio.to_thread(self.personas.export_card, persona, spec)
+
+    async def check_default_persona(self) -> None:
+        """Raise BotError if the default persona cannot be used (start-up check)."""
+        persona = self.personas.load(self.config.persona.default)
+        await asyncio.to_thread(self.models.prompts.check_persona, persona)
+
+    # -- faces and status -----------------------------------------------------------------------------
+
+    async def face(self, persona: Persona, label: str) -> ExpressionImage:
+        return await self.models.expressions.image_for(persona, label)
+
+    async def render_faces(
+        self,
+        persona: Persona,
+        variants: int = 1,
+        labels: list[str] | None = None,
+        on_progress: Progress = None,
+    ) -> list[tuple[str, Path]]:
+        """Every face of a persona (sprites where present, renders otherwise), for a contact sheet."""
+        from bot.expressions.service import ExpressionService
+
+        expressions = self.models.expressions
+        if not isinstance(expressions, ExpressionService):
+            raise BotError("no inpainting model is configured: set [expressions] model in config.toml")
+        return await expressions.render_all(persona, labels or list(persona.labels), variants, on_progress)
+
+    async def status(self, channel_id: int) -> EngineStatus:
+        persona = await self.scene.lead(channel_id)
+        llm = self.models.llm
+        return EngineStatus(
+            model=llm.name,
+            context=llm.n_ctx,
+            pending_replies=llm.pending,
+            pending_renders=getattr(self.models.expressions, "pending", 0),
+            persona=persona,
+            judge=self.models.judge.describe(),
+            cached_faces=await self.store.count_renders(),
+            messages=await self.store.count_messages(channel_id),
+            cast=[p.name for p in await self.scene.cast(channel_id)],
+        )

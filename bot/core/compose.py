@@ -1,0 +1,195 @@
+"""One persona's reply to a history, with its emotion and face, nothing stored; and who speaks next in a
+cast. Both read the channel's prompt, so both live beside the prompt window they keep stable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bot.core.cast import (
+    SPEAKER_PRIME,
+    last_speaker,
+    next_in_order,
+    speaker_options,
+    speaker_question,
+    turns_for,
+)
+from bot.core.models import Models
+from bot.core.prompt import BuiltPrompt
+from bot.core.scene import Scene
+from bot.core.speakers import LabelGate, strip_speaker_labels
+from bot.emotion import EmotionResult
+from bot.errors import BotError
+from bot.expressions.service import ExpressionImage
+from bot.llm import GenerationStats
+from bot.personas import Persona
+from bot.store import StoredMessage
+from bot.workers import maybe_await
+
+_log = logging.getLogger(__name__)
+
+MAX_STOP_NAMES = 8  # recent speakers whose "Name:" ends a reply (the model must not speak for them)
+EMPTY_REPLY = "…"
+
+TextCallback = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass
+class TurnResult:
+    text: str
+    emotion: EmotionResult
+    image: ExpressionImage
+    persona: Persona
+    user_message_id: int
+    reply_message_id: int | None  # set once the reply is delivered and stored
+    stats: GenerationStats
+    emotion_seconds: float
+    reply_seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    cast_size: int = 1  # personas in the channel: with several, each posts under its own name
+    followed_by: list[TurnResult] = field(default_factory=list)  # the cast's further replies
+    version: int = 0  # a regenerated reply: its version number, and how many there are
+    versions: int = 1
+
+
+def audience(history: list[StoredMessage], speaker: str, group_name: str) -> str:
+    """Who {{user}} is in the persona's permanent text (system prompt, greeting): the one person who
+    talks in the channel, or, once several do, a stable name for all of them. Never simply whoever spoke
+    last: that would change the prompt's start, and the whole history would be evaluated again, at every
+    change of speaker. Each speaker's own name rides on their turns ("Name: text")."""
+    speakers = {m.author_name for m in history if m.role == "user"} | {speaker}
+    return speaker if len(speakers) == 1 else group_name
+
+
+def clean_reply(text: str, speakers: list[str]) -> str:
+    """The model's text as a chat message: no speaker labels at the start ("Mira:", "Sam:")."""
+    return strip_speaker_labels(text.strip(), speakers).strip() or EMPTY_REPLY
+
+
+def stop_strings(persona: Persona, cast: list[Persona], history: list[StoredMessage]) -> list[str]:
+    """Where the model must stop: before it speaks as a member who spoke lately, as another persona of
+    the cast, or as itself again."""
+    names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
+    others = [p.name for p in cast if p.slug != persona.slug]
+    return sorted({f"\n{n}:" for n in [*names, *others]} | {"\nUser:", f"\n{persona.name}:"})
+
+
+class Composer:
+    def __init__(self, scene: Scene, models: Models) -> None:
+        self.scene = scene
+        self.models = models
+
+    def build(
+        self, channel_id: int, persona: Persona, history: list[StoredMessage], user: str
+    ) -> BuiltPrompt:
+        """The persona's prompt over this history. Its window starts where the last one did while that
+        still fits (so the evaluated prefix is reused), and the new start is remembered."""
+        config = self.scene.config
+        key = (channel_id, persona.slug)
+        first_id = self.scene.windows.get(key, 0)
+        start = next((i for i, m in enumerate(history) if m.id >= first_id), 0)
+        built = self.models.prompts.build(
+            persona, turns_for(persona, history), audience(history, user, config.prompt.audience_name), start
+        )
+        if history:
+            self.scene.windows[key] = history[built.window_start].id
+        return built
+
+    async def compose(
+        self,
+        channel_id: int,
+        persona: Persona,
+        cast: list[Persona],
+        history: list[StoredMessage],
+        user: str,
+        on_text: TextCallback | None,
+    ) -> TurnResult:
+        """One persona's reply to the history, with its emotion and face; nothing stored."""
+        built = await asyncio.to_thread(self.build, channel_id, persona, history, user)
+        names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
+        others = [p.name for p in cast if p.slug != persona.slug]
+        session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
+        generation = self.models.llm.generate(
+            built.text, stop=stop_strings(persona, cast, history), session=session
+        )
+        speakers = [persona.name, *others, *names, "User"]
+        gate = LabelGate(speakers)
+        parts: list[str] = []
+        reply_started = time.perf_counter()
+        async for chunk in generation.chunks():
+            parts.append(chunk)
+            if on_text is not None and (visible := gate.feed(chunk)):
+                await maybe_await(on_text(visible))
+        if on_text is not None and (visible := gate.flush()):
+            await maybe_await(on_text(visible))
+        reply_seconds = time.perf_counter() - reply_started
+        raw_reply = "".join(parts)
+
+        emotion_started = time.perf_counter()
+        # The judge reads the reply exactly as generated: those tokens are already evaluated.
+        emotion = await self.models.judge.judge(
+            name=persona.name,
+            labels=persona.labels,
+            reply=raw_reply,
+            messages=built.messages,
+            previous=await self.scene.previous_emotion(channel_id, persona),
+            speakers=names,
+            session=session,
+        )
+        emotion_seconds = time.perf_counter() - emotion_started
+        return TurnResult(
+            text=clean_reply(raw_reply, speakers),
+            emotion=emotion,
+            image=await self.models.expressions.image_for(persona, emotion.label),
+            persona=persona,
+            user_message_id=0,
+            reply_message_id=None,
+            stats=generation.stats,
+            emotion_seconds=emotion_seconds,
+            reply_seconds=reply_seconds,
+            cast_size=len(cast),
+        )
+
+    async def choose_speaker(
+        self,
+        channel_id: int,
+        cast: list[Persona],
+        history: list[StoredMessage],
+        user: str,
+        candidates: list[Persona],
+        stop: str | None,
+    ) -> Persona | None:
+        """Who speaks next among `candidates`, asked of the model as the emotion judge asks: a question
+        after the conversation, the answer primed, each name's probability read. `stop` (the member who
+        spoke) is an answer too, and means nobody else. Falls back to turn order when the model cannot
+        be asked."""
+        spoke_last = last_speaker(history)
+        fallback = next_in_order(cast, spoke_last)
+        if fallback not in candidates:
+            fallback = candidates[0]
+        if self.scene.config.cast.next_speaker == "order":
+            return fallback if stop is None else None
+        names = [p.name for p in candidates] + ([stop] if stop and stop not in {p.name for p in cast} else [])
+        if len(names) == 1:
+            return candidates[0]
+        viewer = next((p for p in cast if p.slug == spoke_last), cast[0])
+        try:
+            built = await asyncio.to_thread(self.build, channel_id, viewer, history, user)
+            prompt = await asyncio.to_thread(
+                self.models.llm.render, [*built.messages, speaker_question(names)]
+            )
+            options = speaker_options(names)
+            scores = await self.models.llm.classify(
+                prompt + SPEAKER_PRIME, list(options), session=(channel_id, viewer.slug)
+            )
+        except BotError as exc:
+            _log.info("could not ask the model who speaks next (%s); taking turns", exc)
+            return fallback if stop is None else None
+        totals: dict[str, float] = {}
+        for spelling, p in scores.items():
+            totals[options[spelling]] = totals.get(options[spelling], 0.0) + p
+        best = max(names, key=lambda n: totals.get(n, 0.0))
+        return next((p for p in candidates if p.name == best), None)

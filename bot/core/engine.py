@@ -1,0 +1,172 @@
+"""One turn end to end. This is the only module that knows the order of the steps:
+
+save the user's message -> choose who speaks (the channel's persona, or one of its cast) -> build that
+persona's prompt -> stream the reply -> judge its emotion -> pick the face to show -> deliver -> save the
+reply; then, in a cast, perhaps another persona's reply, up to [cast] max_turns.
+
+The Discord front-end and the terminal chat drive one Engine: `engine.turn(...)` for a message,
+`engine.replies` for a sent reply's controls (regenerate, versions, face; core/replies.py) and
+`engine.admin` for channel and persona settings and status (core/admin.py). They share the channel's
+Scene (core/scene.py) and the Composer that writes one reply (core/compose.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from bot.config import Config
+from bot.core.admin import Admin
+from bot.core.cast import named_in
+from bot.core.compose import Composer, TextCallback, TurnResult
+from bot.core.models import ExpressionProvider, Models, PortraitOnly
+from bot.core.prompt import PromptBuilder
+from bot.core.replies import Deliver, ReplyVersions
+from bot.core.scene import Scene
+from bot.emotion import EmotionJudge
+from bot.llm import LLMBackend
+from bot.personas import Persona, PersonaLibrary
+from bot.store import Store
+from bot.workers import maybe_await
+
+_log = logging.getLogger(__name__)
+
+SpeakerCallback = Callable[[Persona], Awaitable[None] | None]
+
+
+class Engine:
+    """Serves turns for every channel. Turns in one channel run in order; channels do not wait for each
+    other except in the model's own queue."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        llm: LLMBackend,
+        personas: PersonaLibrary,
+        expressions: ExpressionProvider | None = None,
+        judge: EmotionJudge | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.personas = personas
+        self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
+        self.models = Models(
+            llm,
+            self.prompts,
+            judge or EmotionJudge(config.emotion, llm),
+            expressions or PortraitOnly(personas),
+        )
+        self.scene = Scene(config, store, personas)
+        self.composer = Composer(self.scene, self.models)
+        self.replies = ReplyVersions(self.scene, self.composer)
+        self.admin = Admin(self.scene, self.models)
+
+    # Shorthands for the shared models; a model or judge set here is the one every part uses.
+    @property
+    def llm(self) -> LLMBackend:
+        return self.models.llm
+
+    @llm.setter
+    def llm(self, backend: LLMBackend) -> None:
+        self.models.llm = backend
+
+    @property
+    def judge(self) -> EmotionJudge:
+        return self.models.judge
+
+    @judge.setter
+    def judge(self, judge: EmotionJudge) -> None:
+        self.models.judge = judge
+
+    @property
+    def expressions(self) -> ExpressionProvider:
+        return self.models.expressions
+
+    async def turn(
+        self,
+        channel_id: int,
+        author_name: str,
+        text: str,
+        *,
+        author_id: int | None = None,
+        discord_id: int | None = None,
+        on_text: TextCallback | None = None,
+        deliver: Deliver | None = None,
+        addressed: str | None = None,
+        on_start: SpeakerCallback | None = None,
+    ) -> TurnResult:
+        """Run one turn: the member's message, then the cast's replies to it (one persona's reply when the
+        channel has one; `followed_by` holds the rest). The message is committed before any model work;
+        each reply once `deliver` (the front-end's send, returning the sent message's id) has succeeded.
+        `addressed` is the persona the message answers (a reply to its message); otherwise one the text
+        names speaks, or the model (or turn order) chooses. `on_start` hears who speaks, before each reply."""
+        scene, composer = self.scene, self.composer
+        async with scene.lock(channel_id):
+            started = time.perf_counter()
+            cast = await scene.cast(channel_id)
+            lead = cast[0]
+            # A message that can never be a turn is refused before anything is stored.
+            await asyncio.to_thread(self.prompts.check_message, lead, text)
+            user_row = await self.store.add_message(
+                channel_id,
+                role="user",
+                author_name=author_name,
+                content=text,
+                persona=lead.slug,
+                author_id=author_id,
+                discord_id=discord_id,
+            )
+            history = await scene.history(channel_id, cast)
+            speaker: Persona | None = (
+                next((p for p in cast if p.slug == addressed), None)
+                or named_in(text, cast)
+                or await composer.choose_speaker(channel_id, cast, history, author_name, cast, None)
+                or lead
+            )
+            results: list[TurnResult] = []
+            while speaker is not None:
+                if on_start is not None:
+                    await maybe_await(on_start(speaker))
+                result = await composer.compose(channel_id, speaker, cast, history, author_name, on_text)
+                result.user_message_id = user_row
+                await self._deliver_and_save(channel_id, result, deliver)
+                results.append(result)
+                if len(results) >= self.config.cast.max_turns or len(cast) == 1:
+                    break
+                history = await scene.history(channel_id, cast)
+                others = [p for p in cast if p.slug != speaker.slug]
+                speaker = named_in(result.text, others) or await composer.choose_speaker(
+                    channel_id, cast, history, author_name, others, author_name
+                )
+            first = results[0]
+            first.followed_by = results[1:]
+            first.timings["total"] = time.perf_counter() - started
+            return first
+
+    async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
+        # The reply enters the history only once it was delivered (a failed send stores nothing).
+        async with self.scene.delivering(channel_id):
+            delivered_id = await deliver(result) if deliver is not None else None
+            saving = asyncio.ensure_future(self._save_reply(channel_id, result, delivered_id))
+            try:
+                result.reply_message_id = await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                await saving  # the reply was sent: record it before giving in to the cancellation
+                raise
+
+    async def _save_reply(self, channel_id: int, result: TurnResult, discord_id: int | None) -> int:
+        row = await self.store.add_message(
+            channel_id,
+            role="assistant",
+            author_name=result.persona.name,
+            content=result.text,
+            persona=result.persona.slug,
+            emotion=result.emotion.label,
+            discord_id=discord_id,
+            prompt_id=result.user_message_id or None,
+        )
+        await self.scene.remember_emotion(channel_id, result.persona, result.emotion.label)
+        return row

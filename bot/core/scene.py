@@ -1,0 +1,104 @@
+"""A channel's scene as every part of the core sees it: its lead persona and cast, the face each persona
+shows now, the lock its turns take, where each persona's prompt window starts, and the reply it is
+delivering at this moment. The turn, the reply controls and the administration share one Scene."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from bot.bounded import KeyedLocks, LRUDict
+from bot.config import Config
+from bot.errors import BotError
+from bot.personas import Persona, PersonaLibrary
+from bot.store import ChannelState, Store, StoredMessage
+
+_log = logging.getLogger(__name__)
+
+HISTORY_FETCH = 400  # messages read per turn; the prompt window takes what fits
+MAX_WINDOWS = 4096  # (channel, persona) prompt-window starts remembered; a forgotten one is rebuilt once
+
+
+class Scene:
+    def __init__(self, config: Config, store: Store, personas: PersonaLibrary) -> None:
+        self.config = config
+        self.store = store
+        self.personas = personas
+        self._locks: KeyedLocks[int] = KeyedLocks()
+        # First stored message id of each (channel, persona) prompt window; keeps the prompt prefix stable.
+        self.windows: LRUDict[tuple[int, str], int] = LRUDict(MAX_WINDOWS)
+        # Channels delivering a reply now (one at a time per channel, under its lock): set once it is stored.
+        self._delivering: dict[int, asyncio.Event] = {}
+
+    def lock(self, channel_id: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Turns (and resets, cast changes, regenerations) of one channel run one at a time."""
+        return self._locks.hold(channel_id)
+
+    async def lead(self, channel_id: int) -> Persona:
+        """The channel's own persona: the one it was given, or the config's default."""
+        state = await self.store.channel(channel_id)
+        return self.personas.load(state.persona or self.config.persona.default)
+
+    async def cast(self, channel_id: int) -> list[Persona]:
+        """The personas of a channel, its lead first. A member whose file broke since it joined sits out,
+        with a log line, instead of silencing the channel."""
+        lead = await self.lead(channel_id)
+        members = [lead]
+        for member in await self.store.cast_members(channel_id):
+            if member.persona == lead.slug:
+                continue
+            try:
+                members.append(self.personas.load(member.persona))
+            except BotError as exc:
+                _log.warning("cast member %s of channel %s sits out: %s", member.persona, channel_id, exc)
+        return members
+
+    async def history(self, channel_id: int, cast: list[Persona]) -> list[StoredMessage]:
+        """What a turn reads: the cast's latest messages, oldest first."""
+        return await self.store.history(channel_id, [p.slug for p in cast], HISTORY_FETCH)
+
+    async def previous_emotion(self, channel_id: int, persona: Persona) -> str | None:
+        """The emotion `persona` shows in this channel now (None: none yet)."""
+        if (state := await self._led_by(channel_id, persona)) is not None:
+            return state.last_emotion
+        members = {m.persona: m.last_emotion for m in await self.store.cast_members(channel_id)}
+        return members.get(persona.slug)
+
+    async def remember_emotion(self, channel_id: int, persona: Persona, label: str | None) -> None:
+        if await self._led_by(channel_id, persona) is not None:
+            await self.store.update_channel(channel_id, last_emotion=label)
+        else:
+            await self.store.set_cast_emotion(channel_id, persona.slug, label)
+
+    async def _led_by(self, channel_id: int, persona: Persona) -> ChannelState | None:
+        """The channel's state when `persona` is its lead (whose face lives there), else None (a member's
+        face lives in its cast row)."""
+        state = await self.store.channel(channel_id)
+        return state if (state.persona or self.config.persona.default) == persona.slug else None
+
+    def forget_windows(self, channel_id: int, persona: str | None = None) -> None:
+        """Drop the remembered prompt-window starts of a channel (or of one persona in it)."""
+        for key in [k for k in self.windows if k[0] == channel_id and persona in (None, k[1])]:
+            del self.windows[key]
+
+    @contextlib.asynccontextmanager
+    async def delivering(self, channel_id: int) -> AsyncIterator[None]:
+        """Marks a reply of this channel as being delivered until the block ends (it is then stored, or
+        failed): a button pressed on it meanwhile waits for it (see `delivered`)."""
+        done = self._delivering[channel_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            done.set()
+            if self._delivering.get(channel_id) is done:
+                del self._delivering[channel_id]
+
+    async def delivered(self, channel_id: int) -> bool:
+        """Wait for the reply this channel is delivering, if any; False when there was none."""
+        event = self._delivering.get(channel_id)
+        if event is None:
+            return False
+        await event.wait()
+        return True

@@ -1,0 +1,180 @@
+"""The persona folder (persona/*.toml) and the avatars folder: load, save, import and export cards.
+
+A persona's id (its slug) is the file stem and the only thing ever joined to a path; display names from
+cards are free text and never touch the filesystem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from PIL import Image
+
+from bot.config import Config
+from bot.errors import CardError, PersonaError
+from bot.files import atomic_write, png_bytes, write_all
+from bot.images import decode_image
+from bot.personas.card_data import persona_card_data, persona_from_card
+from bot.personas.cards import read_card, write_card_png
+from bot.personas.persona import SLUG_RE, Persona, persona_from_toml, persona_to_toml
+
+_log = logging.getLogger(__name__)
+
+
+def check_slug(name: str) -> str:
+    """A persona id as typed by a person, validated; never trusted as a path otherwise."""
+    slug = name.strip().lower()
+    if not SLUG_RE.match(slug):
+        raise PersonaError(
+            f"{name!r} is not a valid persona name (use lowercase letters, digits, '-' and '_', up to 48)"
+        )
+    return slug
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or "persona"
+
+
+class PersonaLibrary:
+    """The persona folder and the avatars folder, read and written safely."""
+
+    def __init__(self, persona_dir: Path, avatars_dir: Path, *, max_card_bytes: int, max_pixels: int) -> None:
+        self.dir = persona_dir
+        self.avatars = avatars_dir
+        self.max_card_bytes = max_card_bytes
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_config(cls, config: Config) -> PersonaLibrary:
+        persona = config.persona
+        return cls(
+            config.resolve(persona.dir),
+            config.resolve(persona.avatars_dir),
+            max_card_bytes=persona.max_card_bytes,
+            max_pixels=persona.max_portrait_pixels,
+        )
+
+    def names(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.toml") if SLUG_RE.match(p.stem))
+
+    def path_of(self, slug: str) -> Path:
+        return self.dir / f"{check_slug(slug)}.toml"
+
+    def load(self, name: str) -> Persona:
+        slug = check_slug(name)
+        path = self.dir / f"{slug}.toml"
+        if not path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise PersonaError(f"no persona named {slug!r} (available: {known})")
+        try:
+            table = tomllib.loads(path.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PersonaError(f"{path}: not valid TOML: {exc}") from None
+        extra: dict[str, Any] = {}
+        extra_name = table.get("card", {}).get("extra", "") if isinstance(table.get("card"), dict) else ""
+        if extra_name:
+            extra_path = self.dir / Path(str(extra_name)).name  # never leave the persona folder
+            try:
+                extra = json.loads(extra_path.read_text("utf-8"))
+            except (OSError, ValueError, RecursionError) as exc:
+                raise PersonaError(f"{path}: card data file {extra_path.name} unreadable: {exc}") from None
+            if not isinstance(extra, dict):
+                raise PersonaError(f"{path}: card data file {extra_path.name} must hold a JSON object")
+        return persona_from_toml(slug, table, str(path), extra)
+
+    def portrait_path(self, persona: Persona) -> Path | None:
+        """Where the persona's portrait is meant to be (the file may be missing)."""
+        if not persona.portrait:
+            return None
+        return self.avatars / Path(persona.portrait).name
+
+    def existing_portrait(self, persona: Persona) -> Path | None:
+        """The persona's portrait file, or None if it has none or the file is missing."""
+        path = self.portrait_path(persona)
+        return path if path is not None and path.is_file() else None
+
+    def import_card(
+        self, raw: bytes, filename: str, *, slug: str | None = None, force: bool = False
+    ) -> Persona:
+        """Make a persona from a card file. Nothing is written unless the whole card is valid. A
+        chosen `slug` that is taken is replaced only with `force`; without a slug, a free one is made."""
+        card = read_card(raw, filename, max_bytes=self.max_card_bytes, max_pixels=self.max_pixels)
+        if slug and check_slug(slug) in self.names() and not force:
+            raise PersonaError(
+                f"persona '{check_slug(slug)}' already exists; import with --force to replace it"
+            )
+        slug = check_slug(slug) if slug else self._free_slug(slugify(card.data["name"]))
+        portrait_file = f"{slug}.png" if card.portrait is not None else ""
+        try:
+            persona = persona_from_card(card, slug, portrait_file)
+        except PersonaError as exc:
+            raise CardError(f"{filename}: {exc}") from None
+        self.save(persona, card.portrait)
+        _log.info("imported %s card %r as persona %s", card.spec, persona.name, slug)
+        return persona
+
+    def _free_slug(self, base: str) -> str:
+        taken = set(self.names())
+        if base not in taken:
+            return base
+        n = 2
+        while f"{base}-{n}" in taken:
+            n += 1
+        return f"{base}-{n}"
+
+    def save(self, persona: Persona, portrait: Image.Image | None = None) -> Path:
+        """Write a persona (and its portrait): all of it or, if anything fails, none of it. Every file's
+        bytes are made before the first is written; each file is replaced atomically."""
+        slug = check_slug(persona.slug)
+        extra_file = f"{slug}.card.json" if persona.card_extra else ""
+        path = self.dir / f"{slug}.toml"
+        writes: list[tuple[Path, bytes]] = []
+        try:
+            if extra_file:
+                text = json.dumps(persona.card_extra, ensure_ascii=False, indent=1)
+                writes.append((self.dir / extra_file, text.encode("utf-8")))
+            if portrait is not None:
+                writes.append((self.avatars / Path(persona.portrait).name, png_bytes(portrait)))
+            writes.append((path, tomli_w.dumps(persona_to_toml(persona, extra_file)).encode("utf-8")))
+        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+            raise PersonaError(f"persona '{slug}' cannot be saved: {exc}") from None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.avatars.mkdir(parents=True, exist_ok=True)
+        write_all(writes)
+        return path
+
+    def set_face_box(self, persona: Persona, box: tuple[int, int, int, int]) -> Path:
+        """Record a persona's face region. Only the face_box line of its file changes where there is one,
+        so the file's comments and layout stay; otherwise the file is rewritten."""
+        path = self.path_of(persona.slug)
+        updated = dataclasses.replace(persona, face_box=box)
+        text = path.read_text("utf-8") if path.is_file() else ""
+        line = re.compile(r"^face_box\s*=\s*\[[^\]\n]*\]", re.MULTILINE)
+        if len(line.findall(text)) == 1:
+            edited = line.sub(f"face_box = [{', '.join(map(str, box))}]", text)
+            table = tomllib.loads(edited)
+            if table.get("portrait", {}).get("face_box") == list(box):
+                atomic_write(path, edited.encode("utf-8"))
+                return path
+        return self.save(updated)
+
+    def export_card(self, persona: Persona, spec: Literal["v2", "v3"] = "v3") -> bytes:
+        """A card PNG SillyTavern can import: the portrait with the persona embedded."""
+        path = self.portrait_path(persona)
+        if path is not None and path.is_file():
+            portrait = decode_image(
+                path.read_bytes(), f"portrait {path}", max_pixels=self.max_pixels, error=PersonaError
+            )
+        else:
+            portrait = Image.new("RGB", (400, 600), (40, 40, 48))
+        return write_card_png(portrait, persona_card_data(persona), spec)

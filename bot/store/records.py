@@ -1,0 +1,57 @@
+"""What the store hands out: plain frozen rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    channel_id: int
+    discord_id: int | None
+    author_id: int | None
+    author_name: str
+    role: Role
+    content: str
+    emotion: str | None
+    persona: str
+    created_at: float
+    edited_at: float | None
+    prompt_id: int | None = None  # a reply: the row id of the message it answers
+    version: int = 0  # a reply: which of its versions is the one in the history
+
+
+@dataclass(frozen=True)
+class CastMember:
+    persona: str
+    last_emotion: str | None
+
+
+@dataclass(frozen=True)
+class ReplyVersion:
+    version: int
+    content: str
+    emotion: str | None
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    channel_id: int
+    persona: str | None = None
+    enabled: bool | None = None  # None: the config's default
+    mode: str | None = None
+    last_emotion: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderRecord:
+    key: str
+    persona: str
+    label: str
+    variant: int
+    path: str
+    source_hash: str

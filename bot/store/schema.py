@@ -1,0 +1,154 @@
+"""The database file: its checks before opening, its connection settings, and the schema's migrations.
+
+Every connection runs in WAL mode with foreign keys on. The schema is versioned with PRAGMA user_version
+and migrated forward on open, each step one transaction; a file a newer bot wrote is refused before
+anything is written to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from bot.errors import StoreError
+
+_log = logging.getLogger(__name__)
+
+# Each entry migrates from version i to i + 1. Append only: shipped databases depend on the order.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id          INTEGER PRIMARY KEY,
+        channel_id  INTEGER NOT NULL,
+        discord_id  INTEGER,
+        author_id   INTEGER,
+        author_name TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content     TEXT NOT NULL,
+        emotion     TEXT,
+        persona     TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        edited_at   REAL
+    );
+    CREATE INDEX messages_by_channel ON messages (channel_id, persona, id);
+    CREATE UNIQUE INDEX messages_by_discord_id ON messages (discord_id) WHERE discord_id IS NOT NULL;
+    CREATE TABLE channels (
+        channel_id   INTEGER PRIMARY KEY,
+        persona      TEXT,
+        enabled      INTEGER,
+        mode         TEXT CHECK (mode IN ('all', 'mention')),
+        last_emotion TEXT,
+        updated_at   REAL NOT NULL
+    );
+    CREATE TABLE renders (
+        key          TEXT PRIMARY KEY,
+        persona      TEXT NOT NULL,
+        label        TEXT NOT NULL,
+        variant      INTEGER NOT NULL,
+        path         TEXT NOT NULL,
+        source_hash  TEXT NOT NULL,
+        created_at   REAL NOT NULL
+    );
+    CREATE INDEX renders_by_persona ON renders (persona, label, variant);
+    """,
+    # A cast: the personas that share a channel besides its lead (channels.persona), each with its own
+    # face. Replies remember the message they answer, and keep their earlier versions for browsing.
+    """
+    CREATE TABLE cast_members (
+        channel_id   INTEGER NOT NULL,
+        persona      TEXT NOT NULL,
+        position     INTEGER NOT NULL,
+        last_emotion TEXT,
+        PRIMARY KEY (channel_id, persona)
+    );
+    ALTER TABLE messages ADD COLUMN prompt_id INTEGER;
+    ALTER TABLE messages ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE reply_versions (
+        message_id  INTEGER NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        content     TEXT NOT NULL,
+        emotion     TEXT,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (message_id, version)
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 5000  # another process holding the write lock is waited for this long
+
+
+def check_path(path: Path) -> None:
+    """Refuse, with a clear line, database paths SQLite would fail on obscurely."""
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not a database file (set [store] path to a file)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"{path}: a parent of this path is a file, not a folder") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read the database: {exc.strerror}") from None
+        if header and header != SQLITE_HEADER:
+            raise StoreError(f"{path}: not an SQLite database (refusing to touch it)")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"{path}: not writable")
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    """Open (or create) the database at the current schema version. Raises StoreError naming the file
+    and the problem; a failed open never leaves the connection's thread running (which would keep the
+    process alive)."""
+    if str(path) != ":memory:":
+        check_path(path)
+    try:
+        # isolation_level=None: the store issues BEGIN itself, so each write is exactly one transaction.
+        db = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open the database: {exc}") from None
+    try:
+        db.row_factory = aiosqlite.Row
+        version = await _schema_version(db, path)  # before anything below may write to a newer bot's file
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        await _migrate(db, path, version)
+    except sqlite3.DatabaseError as exc:
+        await db.close()
+        raise StoreError(f"{path}: cannot use the database: {exc}") from None
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _schema_version(db: aiosqlite.Connection, path: Path) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: database schema version {version} is newer than this bot's"
+            f" ({SCHEMA_VERSION}); update the bot, or point [store] path at another file"
+        )
+    return version
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path, version: int) -> None:
+    for target in range(version, SCHEMA_VERSION):
+        # executescript commits on its own, so the version bump rides inside the same script.
+        await db.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;")
+        _log.info("migrated %s to schema version %d", path, target + 1)

@@ -1,0 +1,1 @@
+"""The terminal front-end: the chat (console.py) and faces drawn in the terminal (faces.py)."""
