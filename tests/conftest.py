@@ -21,6 +21,8 @@ async def server() -> AsyncIterator[FakeDiscord]:
     await s.stop()
     # Every request the bot made must be one Discord accepts (its official API description).
     assert s.violations == [], "requests Discord would refuse:\n" + "\n".join(s.violations)
+    # The bot never pings anyone, whatever its text says: every post and every edit (AllowedMentions.none()).
+    assert s.pings == [], "the bot pinged:\n" + "\n".join(s.pings)
 
 
 @pytest.fixture

@@ -36,10 +36,13 @@ def config(tmp_path: Path) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def scripted_engine(config: Config, model, replies: Sequence[str]) -> AsyncIterator[Engine]:
+async def scripted_engine(
+    config: Config, model, replies: Sequence[str], honor_stops: bool = False
+) -> AsyncIterator[Engine]:
     store = await Store.open(config.resolve(config.store.path))
     try:
-        yield Engine(config, store, Scripted(model, replies, chunk=7), PersonaLibrary.from_config(config))
+        script = Scripted(model, replies, chunk=7, honor_stops=honor_stops)
+        yield Engine(config, store, script, PersonaLibrary.from_config(config))
     finally:
         await store.close()
 
@@ -200,3 +203,49 @@ async def test_regenerate_replaces_the_reply_and_keeps_versions(config: Config, 
 
 async def _sent(discord_id: int) -> int:
     return discord_id
+
+
+def test_a_persona_is_addressed_by_its_whole_name_only(library: PersonaLibrary) -> None:
+    from bot.core.cast import named_in
+
+    mira, tobin = library.load("mira"), library.load("tobin")
+    cast = [mira, tobin]
+    for text in ("I feel such admiration.", "Miranda sails at dawn.", "Kasimira waved.", "tobinson's boat"):
+        assert named_in(text, cast) is None, text
+    for text, who in (("Mira, look!", mira), ("@mira hi", mira), ("and you, Tobin?", tobin), ("MIRA!", mira)):
+        assert named_in(text, cast) is who, text
+    assert named_in("Tobin, ask Mira.", cast) is tobin  # the first named speaks
+    assert named_in("Mira, Mira.", cast, exclude="mira") is None  # a persona does not address itself
+
+
+async def test_the_model_is_stopped_before_it_speaks_as_any_member(config: Config, model) -> None:
+    """Every member who spoke lately is a stop, however many lines the latest speaker wrote since (and
+    so is every other persona of the cast): the reply ends where the model would speak for them."""
+    chatter = [f"Mira, line {n}." for n in range(12)]
+    replies = ["Hello, Ada.", *(["Mm."] * len(chatter)), "Sure thing.\nAda: I agree with Rook!\nRook: Aye."]
+    async with scripted_engine(config, model, replies, honor_stops=True) as engine:
+        await engine.admin.cast_add(12, "rook")
+        await engine.turn(12, "Ada", "Mira, hello.")
+        for line in chatter:  # Sam alone speaks for a long while: Ada is still in the scene
+            await engine.turn(12, "Sam", line)
+        result = await engine.turn(12, "Sam", "Mira, what now?")
+        assert result.text == "Sure thing."
+        assert (await engine.admin.recent_messages(12, 1))[0].content == "Sure thing."
+        script = engine.llm
+        assert isinstance(script, Scripted)
+        assert {"\nAda:", "\nSam:", "\nRook:"} <= set(script.stops[-1])
+
+
+async def test_a_regenerated_reply_is_never_in_its_own_prompt(config: Config, model) -> None:
+    replies = ["The first version, about the gull.", "A second version.", "A third version."]
+    async with scripted_engine(config, model, replies) as engine:
+        await engine.turn(13, "Sam", "Tell me about the birds.", deliver=lambda r: _sent(6000))
+        await engine.replies.regenerate(6000)
+        await engine.replies.regenerate(6000)
+        script = engine.llm
+        assert isinstance(script, Scripted) and len(script.prompts) == 3
+        first, *again = script.prompts
+        assert "Tell me about the birds." in first
+        for prompt in again:
+            assert "Tell me about the birds." in prompt  # what it answers is there...
+            assert "the first version" not in prompt.lower() and "A second version." not in prompt

@@ -232,6 +232,12 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert reply["content"] == SECOND
         menu = button(reply, FACE_ID)
+        face_before = (await run.engine.admin.recent_messages(channel, 10))[-1].emotion
+        other_face = "sadness" if face_before != "sadness" else "anger"
+        refused = await server.choose(channel, OTHER, reply, menu, [other_face])  # another member may not
+        [refusal] = await server.wait_for(callbacks(refused))
+        assert refusal.json["data"]["content"] == NOT_YOURS and refusal.json["data"]["flags"] & 64
+        assert (await run.engine.admin.recent_messages(channel, 10))[-1].emotion == face_before
         token = await server.choose(channel, ADMIN, reply, menu, ["joy"], admin=True)  # a manager may
         [edit] = await server.wait_for(lambda r: r.method == "PATCH" and token in r.path)
         assert edit.files["expression.png"].startswith(b"\x89PNG")

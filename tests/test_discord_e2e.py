@@ -556,6 +556,8 @@ async def test_a_refused_sync_is_one_line_and_chat_goes_on(
 
 
 OTHER = FakeDiscord.user("Nell", user_id=2_000_000_000_000_000_004)
+MILO = int(MEMBER["id"])
+ELSEWHERE = 9_000_000_000_000_000_001  # a channel of another server
 
 
 async def until(check: Callable[[], Awaitable[bool]], limit: float = 30) -> None:
@@ -611,6 +613,15 @@ async def test_forget_me_erases_only_that_members_messages(server: FakeDiscord, 
         await server.wait_for(posts_to(roleplay))
         await stored(run.engine, general, "mira", 4)
         await stored(run.engine, roleplay, "mira", 2)
+        # The same member in another server the bot serves: /forget-me here leaves that alone.
+        await run.engine.store.add_message(
+            ELSEWHERE,
+            role="user",
+            author_name="Milo",
+            content="Elsewhere.",
+            persona="mira",
+            author_id=MILO,
+        )
         token = await server.slash(general, MEMBER, "forget-me")
         [prompt] = await server.wait_for(
             lambda r: callbacks(token)(r) and "Erase the 2 messages" in str(r.json)
@@ -625,6 +636,7 @@ async def test_forget_me_erases_only_that_members_messages(server: FakeDiscord, 
             if m.role == "user"
         ]
         assert remaining == ["Nell"]
+        assert [m.content for m in await run.engine.store.history(ELSEWHERE, "mira")] == ["Elsewhere."]
 
 
 async def test_an_unreachable_discord_is_one_line_per_try_until_it_answers(

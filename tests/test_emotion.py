@@ -276,3 +276,26 @@ async def test_llm_judge_reads_the_reply(model, monkeypatch) -> None:
     # The answer depends on the reply. Only that: the 135M model barely tells emotions apart (its
     # probabilities move by about 0.002), which is why `auto` measures it and picks the classifier.
     assert max(abs(laugh[label] - cry[label]) for label in DEFAULT_LABELS) > 1e-4
+
+
+# Where each default label's emotion goes when a persona lacks it, written out here (not read from the
+# module): the broader label of GoEmotions' grouping, then neutral, and never a different emotion.
+BROADER = {"amusement": "joy", "love": "joy", "embarrassment": "sadness", "confusion": "surprise"}
+
+
+def test_a_missing_label_falls_back_to_its_broader_one_never_to_another_emotion() -> None:
+    import itertools
+
+    others = [label for label in DEFAULT_LABELS if label != "neutral"]
+    for size in range(len(others) + 1):
+        for kept in itertools.combinations(others, size):
+            labels = ["neutral", *kept]
+            mapping = projection(labels)
+            for goemotion in GOEMOTIONS:
+                group = TO_DEFAULT[goemotion]
+                allowed = [group, BROADER.get(group, group), "neutral"]
+                expected = next(label for label in allowed if label in labels)
+                assert mapping[goemotion] == expected, (goemotion, labels)
+    # The case named in the README: confusion shows surprise, then neutral; never fear.
+    assert projection(["neutral", "surprise", "fear"])["confusion"] == "surprise"
+    assert projection(["neutral", "fear"])["confusion"] == "neutral"

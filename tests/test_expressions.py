@@ -381,3 +381,76 @@ def test_decompression_bomb_sprite_is_a_clear_error(service: ExpressionService) 
     with pytest.raises(ExpressionError, match=r"joy\.png is 30000x30000 pixels"):
         service.import_sprites(mira, [("joy.png", _bomb_png())])
     assert not (service.sprites_dir / "mira").exists()
+
+
+# Every setting that changes what a render looks like, with two other values for it (the first that
+# differs from the test's own is used). A cached face made under the old value must not be shown for
+# the new one.
+RENDER_SETTINGS = {
+    "model": ("another/inpainting-model", "elsewhere/model"),
+    "lora": ("style.safetensors", "other.safetensors"),
+    "lora_scale": (0.5, 0.25),
+    "scheduler": ("euler", "dpm"),
+    "dtype": ("float16", "bfloat16"),
+    "resolution": (256, 384),
+    "steps": (7, 9),
+    "strength": (0.4, 0.6),
+    "guidance": (3.5, 5.5),
+    "seed": (1234, 4321),
+    "mask_dilate": (3, 5),
+    "mask_blur": (2, 4),
+    "crop_padding": (16, 24),
+    "negative_prompt": ("blurry", "dark"),
+}
+
+
+def _key(service: ExpressionService, persona, label: str = "joy") -> str:
+    return service.job(persona, label)[0].key
+
+
+async def test_the_render_cache_key_changes_with_every_setting_that_changes_a_render(
+    service: ExpressionService,
+) -> None:
+    mira = service.personas.load("mira")
+    base_settings = service.settings
+    base = _key(service, mira)
+    assert _key(service, mira) == base  # the same recipe, the same key
+    for name, values in RENDER_SETTINGS.items():
+        value = next(v for v in values if v != getattr(base_settings, name))
+        service.settings = dataclasses.replace(base_settings, **{name: value})
+        assert _key(service, mira) != base, f"[expressions] {name} does not change the render's cache key"
+    service.settings = base_settings
+    assert _key(service, mira) == base
+    assert _key(service, mira, "anger") != base  # and each label has its own
+    tuned = dataclasses.replace(mira, emotion_prompts={"joy": "beaming"}, appearance="a sailor")
+    assert _key(service, tuned) != base
+
+
+async def test_the_render_cache_key_changes_with_the_face_region_and_mask(service: ExpressionService) -> None:
+    mira = service.personas.load("mira")
+    assert mira.face_box is not None
+    base = _key(service, mira)
+    x, y, w, h = mira.face_box
+    assert _key(service, dataclasses.replace(mira, face_box=(x + 8, y, w, h))) != base  # moved
+    assert _key(service, dataclasses.replace(mira, face_box=(x, y, w - 20, h))) != base  # resized
+    # A hand-drawn mask file, and that file edited in place.
+    mask_path = service.personas.avatars / "mira-mask.png"
+    Image.new("L", (512, 640), 0).save(mask_path)
+    with Image.open(mask_path) as blank:
+        drawn = blank.copy()
+    drawn.paste(255, (150, 180, 360, 400))
+    drawn.save(mask_path)
+    masked = dataclasses.replace(mira, face_mask=mask_path.name)
+    with_mask = _key(service, masked)
+    assert with_mask != base
+    drawn.paste(255, (100, 100, 420, 460))
+    drawn.save(mask_path)
+    assert _key(service, masked) != with_mask
+    # The portrait itself repainted.
+    portrait = service.personas.portrait_path(mira)
+    assert portrait is not None
+    with Image.open(portrait) as image:
+        repainted = image.convert("RGB")
+    repainted.paste((10, 20, 30), (0, 0, 30, 30))
+    repainted.save(portrait)
+    assert _key(service, mira) != base

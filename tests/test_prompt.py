@@ -110,3 +110,18 @@ def test_message_longer_than_the_context_is_refused(model: LlamaBackend, library
         builder.check_message(library.load("mira"), "storm " * 2000)
     with pytest.raises(InputError, match="empty"):
         builder.check_message(library.load("mira"), "   ")
+
+
+@pytest.mark.parametrize("reply_tokens", [64, 200, 300])
+def test_the_prompt_always_leaves_the_reply_its_tokens(
+    model: LlamaBackend, library: PersonaLibrary, reply_tokens: int
+) -> None:
+    """However long the history, the prompt and the reply fit in the context together: the model is
+    never asked to write into a full context."""
+    context = SmallContext(model)
+    builder = PromptBuilder(context, reply_tokens, PromptConfig())
+    for turns in (5, 40, 120):
+        built = builder.build(library.load("mira"), conversation(turns), "Ann")
+        assert built.n_tokens == len(model.tokenize(built.text))  # the count is of the prompt as sent
+        assert built.n_tokens + reply_tokens <= context.n_ctx, (turns, built.n_tokens)
+    assert built.window_start > 0  # the long histories were cut to make that room

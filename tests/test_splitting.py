@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from bot.discord.splitting import split_message
 
 
@@ -55,3 +57,29 @@ def test_a_long_reply_splits_between_paragraphs_first() -> None:
     for chunk in chunks:
         # Every message is whole paragraphs: no paragraph is cut while a paragraph break was available.
         assert all(part.strip() in [p.strip() for p in paragraphs] for part in chunk.split("\n\n"))
+
+
+@pytest.mark.parametrize("name", ["Mira", "Captain Bartholomew Quillon-Ashcombe of the Northern Reach" * 2])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The tide turns. " * 400,  # sentences
+        "x" * 5000,  # no boundary at all
+        ("A paragraph about the lamp.\n\n" * 60) + "```\n" + "code line\n" * 300 + "```",
+    ],
+)
+def test_every_part_of_a_reply_posted_under_a_name_fits_discord(name: str, text: str) -> None:
+    """As the bot naming a character ("**Name:** ..."), as the character, or as the bot: every message
+    is at most Discord's 2,000 characters, the name's prefix included, and nothing is lost."""
+    from bot.discord.replies import compose
+
+    for style in ("named", "webhook", "plain"):
+        out = compose(name, text, None, style)  # type: ignore[arg-type]
+        parts = [out.content, *out.rest]
+        assert all(len(part) <= 2000 for part in parts), (style, [len(p) for p in parts])
+        if style == "named":
+            assert out.content.startswith(f"**{name}:** ")
+        joined = "".join(parts).removeprefix(f"**{name}:** " if style == "named" else "")
+        assert joined.replace("\n", "").replace(" ", "").replace("`", "") == text.replace("\n", "").replace(
+            " ", ""
+        ).replace("`", "")

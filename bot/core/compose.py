@@ -31,7 +31,7 @@ from bot.workers import maybe_await
 
 _log = logging.getLogger(__name__)
 
-MAX_STOP_NAMES = 8  # recent speakers whose "Name:" ends a reply (the model must not speak for them)
+MAX_STOP_NAMES = 8  # recent members whose "Name:" ends a reply (the model must not speak for them)
 EMPTY_REPLY = "…"
 
 TextCallback = Callable[[str], Awaitable[None] | None]
@@ -69,12 +69,20 @@ def clean_reply(text: str, speakers: list[str]) -> str:
     return strip_speaker_labels(text.strip(), speakers).strip() or EMPTY_REPLY
 
 
+def recent_speakers(history: list[StoredMessage]) -> list[str]:
+    """The members who spoke lately, the latest first: at most MAX_STOP_NAMES different names, however
+    many lines the latest of them wrote."""
+    latest_first = (m.author_name for m in reversed(history) if m.role == "user")
+    return list(dict.fromkeys(latest_first))[:MAX_STOP_NAMES]
+
+
 def stop_strings(persona: Persona, cast: list[Persona], history: list[StoredMessage]) -> list[str]:
     """Where the model must stop: before it speaks as a member who spoke lately, as another persona of
     the cast, or as itself again."""
-    names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
     others = [p.name for p in cast if p.slug != persona.slug]
-    return sorted({f"\n{n}:" for n in [*names, *others]} | {"\nUser:", f"\n{persona.name}:"})
+    return sorted(
+        {f"\n{n}:" for n in [*recent_speakers(history), *others]} | {"\nUser:", f"\n{persona.name}:"}
+    )
 
 
 class Composer:
@@ -109,7 +117,7 @@ class Composer:
     ) -> TurnResult:
         """One persona's reply to the history, with its emotion and face; nothing stored."""
         built = await asyncio.to_thread(self.build, channel_id, persona, history, user)
-        names = [m.author_name for m in history if m.role == "user"][-MAX_STOP_NAMES:]
+        names = recent_speakers(history)
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
         generation = self.models.llm.generate(

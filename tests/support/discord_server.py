@@ -69,6 +69,8 @@ class FakeDiscord:
         self.requests: list[Request] = []
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
         self.violations: list[str] = []
+        # Everyone a message of the bot's pinged, as Discord computes it, on posting and on every edit.
+        self.pings: list[str] = []
         self.refuse_command_sync = False
         # Channel permission overwrites (channel id -> Discord's overwrite objects), and commands a
         # server admin opened to everyone in the server's integration settings.
@@ -626,7 +628,7 @@ class FakeDiscord:
             "attachments": attachments,
             "components": body.get("components") or [],
         }
-        extra |= self._mentions(content, body.get("allowed_mentions"))
+        extra |= self._bot_mentions(content, body.get("allowed_mentions"), "posted")
         if body.get("message_reference"):
             # Discord answers with string snowflakes, whatever form the request used.
             reference = body["message_reference"]
@@ -635,6 +637,16 @@ class FakeDiscord:
             }
             extra["type"] = 19
         return self._message(channel, author or self.bot_user, content, **extra, **more)
+
+    def _bot_mentions(self, content: str, allowed: dict[str, Any] | None, what: str) -> dict[str, Any]:
+        mentions = self._mentions(content, allowed)
+        pinged = [f"@{u['username']}" for u in mentions["mentions"]] + [
+            f"role {r}" for r in mentions["mention_roles"]
+        ]
+        pinged += ["@everyone"] if mentions["mention_everyone"] else []
+        if pinged:
+            self.pings.append(f"{what}: {', '.join(pinged)} in {content[:80]!r}")
+        return mentions
 
     def _mentions(self, content: str, allowed: dict[str, Any] | None) -> dict[str, Any]:
         """Who a message pings, as Discord computes it: the mentions in its text that its
@@ -774,6 +786,10 @@ class FakeDiscord:
                 message = found
                 if body and "content" in body:
                     message["content"] = body["content"] or ""
+                    # Discord parses an edited text's mentions again, by the edit's own allowed_mentions.
+                    message.update(
+                        self._bot_mentions(message["content"], body.get("allowed_mentions"), f"edit of {mid}")
+                    )
                 for key in ("embeds", "components"):
                     if body and key in body:
                         message[key] = body[key] or []

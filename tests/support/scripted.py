@@ -15,13 +15,21 @@ class Scripted:
     with hostile or huge output that a 135M model cannot be made to write on demand."""
 
     def __init__(
-        self, model: LLMBackend, replies: Sequence[str], pause: float = 0.0, chunk: int = 50
+        self,
+        model: LLMBackend,
+        replies: Sequence[str],
+        pause: float = 0.0,
+        chunk: int = 50,
+        honor_stops: bool = False,
     ) -> None:
         self._model = model
         self._replies = list(replies)
         self._pause = pause
         self._chunk = chunk
+        self._honor_stops = honor_stops  # end a reply at its first stop string, as a real model does
         self.name, self.n_ctx = model.name, model.n_ctx
+        self.prompts: list[str] = []  # every prompt it was asked to continue, in order
+        self.stops: list[tuple[str, ...]] = []  # and the stop strings that came with each
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -36,6 +44,11 @@ class Scripted:
         self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
     ) -> Generation:
         text = self._replies.pop(0)
+        self.prompts.append(prompt)
+        self.stops.append(tuple(stop))
+        if self._honor_stops:
+            cuts = [text.find(s) for s in stop if s in text]
+            text = text[: min(cuts)] if cuts else text
 
         async def chunks() -> AsyncIterator[str]:
             for i in range(0, len(text), self._chunk):
