@@ -149,13 +149,14 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         reply_times = []
         prompt = llm.render([*messages, {"role": "user", "content": "Tell me about the storm last night."}])
         for _ in range(2 if args.quick else 4):
-            started = time.perf_counter()
             generation = llm.generate(prompt, max_tokens=REPLY_TOKENS, stop=[], session="reply")
             async for _chunk in generation.chunks():
                 pass
-            reply_times.append(
-                (time.perf_counter() - started) * REPLY_TOKENS / max(1, generation.stats.generated_tokens)
-            )
+            # A reply of REPLY_TOKENS: this turn's prompt reading, then that many tokens at the measured
+            # decode speed (a reply that ended early is not scaled up with its prompt time in it).
+            stats = generation.stats
+            per_token = stats.decode_seconds / max(1, stats.generated_tokens - 1)
+            reply_times.append(stats.prompt_seconds + per_token * REPLY_TOKENS)
         reply_s = statistics.median(reply_times)
 
     print_table(
