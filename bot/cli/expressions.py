@@ -24,6 +24,7 @@ from bot.expressions import (
 )
 from bot.personas import PersonaLibrary
 from bot.store import Store
+from bot.terminal.safe import echo
 
 
 def progress_bar(started: float) -> Callable[[int, int, str], None]:
@@ -123,20 +124,20 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             sheet_path = args.sheet or service.cache_dir / persona.slug / "contact-sheet.png"
             sheet_path.parent.mkdir(parents=True, exist_ok=True)
             contact_sheet(faces).save(sheet_path)
-            print(f"rendered {len(faces)} faces; contact sheet: {sheet_path}")
+            echo(f"rendered {len(faces)} faces; contact sheet: {sheet_path}")
         elif args.action == "import":
             with open_pack(args.source) as files:
                 plan = service.import_sprites(persona, files)
             renamed = [f"{src} as {dst}" if src != dst else src for src, dst in plan.stored.items()]
-            print(f"imported {len(plan.stored)} sprites for {persona.slug}: {', '.join(renamed)}")
+            echo(f"imported {len(plan.stored)} sprites for {persona.slug}: {', '.join(renamed)}")
             for name, why in plan.unused.items():
-                print(f"  not used: {name}: {why}")
+                echo(f"  not used: {name}: {why}")
         elif args.action == "export":
             pack = await service.pack_files(persona)
             if not pack:
                 raise ExpressionError(f"{persona.slug} has no rendered or imported faces yet")
             args.out.write_bytes(write_pack(pack))
-            print(f"wrote {len(pack)} sprites to {args.out}")
+            echo(f"wrote {len(pack)} sprites to {args.out}")
     finally:
         await service.close()
         await store.close()

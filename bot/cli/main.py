@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bot.config import Config, load_config
 from bot.errors import BotError, ConfigError
+from bot.terminal.safe import SafeFormatter, echo
 
 EXIT_USAGE = 2
 DESCRIPTION = (
@@ -103,9 +104,11 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.command == "chat" else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     try:
         config = load_config(args.config)
@@ -124,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return asyncio.run(expressions_command(config, args))
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        echo(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        echo(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

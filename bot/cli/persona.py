@@ -8,6 +8,7 @@ from pathlib import Path
 from bot.config import Config
 from bot.errors import BotError
 from bot.personas import PersonaLibrary
+from bot.terminal.safe import echo
 
 
 def persona_command(config: Config, args: argparse.Namespace) -> int:
@@ -15,22 +16,22 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
     if args.action == "list":
         for slug in library.names():
             try:
-                print(f"{slug:20} {library.load(slug).name}")
+                echo(f"{slug:20} {library.load(slug).name}")
             except BotError as exc:
-                print(f"{slug:20} (broken: {exc})")
+                echo(f"{slug:20} (broken: {exc})")
     elif args.action == "show":
         persona = library.load(args.name)
-        print(f"{persona.name} ({persona.slug})\n\n{persona.description}\n\nGreeting: {persona.greeting}")
-        print(f"Labels: {', '.join(persona.labels)}\nPortrait: {library.portrait_path(persona)}")
-        print(f"Lorebook entries: {len(persona.lorebook)}")
+        echo(f"{persona.name} ({persona.slug})\n\n{persona.description}\n\nGreeting: {persona.greeting}")
+        echo(f"Labels: {', '.join(persona.labels)}\nPortrait: {library.portrait_path(persona)}")
+        echo(f"Lorebook entries: {len(persona.lorebook)}")
     elif args.action == "import":
         raw = _read_limited(args.file, config.persona.max_card_bytes)
         persona = library.import_card(raw, args.file.name, slug=args.name, force=args.force)
-        print(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
+        echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
     elif args.action == "export":
         persona = library.load(args.name)
         args.out.write_bytes(library.export_card(persona, args.spec))
-        print(f"wrote {args.out} ({args.spec} card)")
+        echo(f"wrote {args.out} ({args.spec} card)")
     elif args.action == "face":
         return _face_command(config, args)
     return 0
@@ -53,7 +54,7 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
     if args.box:
         box = (args.box[0], args.box[1], args.box[2], args.box[3])
         check_face_box(box, portrait.size, f"persona '{persona.slug}'")
-        print(f"face_box = {list(box)} saved in {library.set_face_box(persona, box)}")
+        echo(f"face_box = {list(box)} saved in {library.set_face_box(persona, box)}")
         persona = library.load(persona.slug)
     settings = config.expressions
     mask = face_mask(persona, portrait.size, library.avatars, settings.mask_dilate, settings.mask_blur)
@@ -61,7 +62,7 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     face_preview(portrait, mask).save(out)
     where = f"face_box = {list(persona.face_box)}" if persona.face_box else "automatic detection"
-    print(f"{persona.name}: {where}; preview (dimmed outside what a render may redraw): {out}")
+    echo(f"{persona.name}: {where}; preview (dimmed outside what a render may redraw): {out}")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from bot.core import Engine, TurnResult
 from bot.errors import BotError
 from bot.terminal.faces import TerminalFaces
+from bot.terminal.safe import safe_text
 
 HELP = (
     "commands: /persona NAME (switch), /personas (list), /cast [add|remove NAME] (several personas),"
@@ -49,7 +50,9 @@ class Console:
         self._turn: asyncio.Task[TurnResult] | None = None
 
     def say(self, text: str = "", end: str = "\n") -> None:
-        self.out.write(text + end)
+        """Write a line (or a streamed piece of one): every name, message and reply passes here, made
+        safe, so none of it can drive the terminal."""
+        self.out.write(safe_text(text) + end)
         self.out.flush()
 
     def _read_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,7 +90,7 @@ class Console:
         while True:
             try:
                 # Our SIGINT handler stays in charge: Ctrl-C at the prompt is a key press here.
-                line: str = await editor.prompt_async(f"{self.user}> ", handle_sigint=False)
+                line: str = await editor.prompt_async(f"{safe_text(self.user)}> ", handle_sigint=False)
                 return line
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line, as in a shell
