@@ -124,3 +124,32 @@ async def test_a_purge_stops_the_answers_to_what_it_removed(server: FakeDiscord,
         history = await run.engine.admin.recent_messages(channel, 10)
         assert [m.content for m in history] == ["Are you there?", "Still here."]
         assert preview.json["content"].endswith(" …")
+
+
+async def test_a_database_failure_is_told_to_the_channel_once_in_a_while(
+    server: FakeDiscord, tmp_path
+) -> None:
+    """The database file deleted under the running bot: the member hears why their message was not
+    answered, in one line; further messages get the busy reaction, not a flood of the same notice."""
+    from pathlib import Path
+
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    channel = server.channels["general"]
+
+    def could_not_save(r: Request) -> bool:
+        return posts_to(channel)(r) and "could not save" in str(r.json)
+
+    async with running_bot(config, server):
+        await enable_channel(server, channel, ADMIN)
+        await server.say(channel, MEMBER, "Hello, Mira.")
+        await server.wait_for(posts_to(channel))
+        database = config.resolve(config.store.path)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        await server.say(channel, MEMBER, "Still there?")
+        [notice] = await server.wait_for(could_not_save)
+        assert "the database file was deleted" in notice.json["content"]
+        await server.say(channel, MEMBER, "Hello?")
+        await server.wait_for(lambda r: r.method == "PUT" and "/reactions/" in r.path)
+        assert len(server.sent(could_not_save)) == 1
+        assert not database.exists()

@@ -83,7 +83,7 @@ async def test_concurrent_writers_do_not_interleave_transactions(store: Store) -
 
 
 async def test_failed_write_rolls_back(store: Store) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StoreError, match=r"refused the request .*CHECK constraint"):
         await store.add_message(1, role="narrator", author_name="x", content="bad role", persona="mira")  # type: ignore[arg-type]
     await store.add_message(1, role="user", author_name="x", content="fine", persona="mira")
     assert await store.count_messages(1) == 1
@@ -154,7 +154,7 @@ async def test_every_multi_statement_write_is_one_transaction(store: Store) -> N
 
     # A new version: the original filed as version 0, the new one added, the message updated.
     _fail_on(store.path, "UPDATE ON messages")
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreError, match="refused"):
         await store.add_version(reply, "second", "sadness")
     assert await store.versions(reply) == []
     stored = await store.message(reply)
@@ -164,7 +164,7 @@ async def test_every_multi_statement_write_is_one_transaction(store: Store) -> N
     _no_failures(store.path)
     await store.add_version(reply, "second", "sadness")
     _fail_on(store.path, "UPDATE ON reply_versions")
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreError, match="refused"):
         await store.set_emotion(reply, "anger")
     assert (await store.message(reply)).emotion == "sadness"  # type: ignore[union-attr]
 
@@ -172,7 +172,7 @@ async def test_every_multi_statement_write_is_one_transaction(store: Store) -> N
     _no_failures(store.path)
     await store.add_cast_member(1, "rook")
     _fail_on(store.path, "UPDATE ON messages")
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreError, match="refused"):
         await store.hand_lead(1, "mira", "rook")
     assert [m.persona for m in await store.cast_members(1)] == ["rook"]
     assert (await store.channel(1)).persona is None
@@ -183,7 +183,7 @@ async def test_every_multi_statement_write_is_one_transaction(store: Store) -> N
     for n in range(1, 701):
         await store.add_message(2, role="user", author_name="B", content=f"{n}", persona="mira", discord_id=n)
     _fail_on(store.path, "DELETE ON messages", "old.discord_id = 650")  # in the second statement
-    with pytest.raises(sqlite3.DatabaseError):
+    with pytest.raises(StoreError, match="refused"):
         await store.delete_messages(frozenset(range(1, 701)))
     assert await store.count_messages(2) == 700
     _no_failures(store.path)

@@ -79,8 +79,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
-
-SCHEMA_VERSION = len(MIGRATIONS)
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 5000  # another process holding the write lock is waited for this long
 
@@ -95,6 +93,8 @@ def check_path(path: Path) -> None:
         raise StoreError(f"{path}: a parent of this path is a file, not a folder") from None
     except OSError as exc:
         raise StoreError(f"{path}: cannot create its folder: {exc.strerror}") from None
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{path}: not a regular file (a pipe or a device); set [store] path to a file")
     if path.is_file():
         try:
             with path.open("rb") as handle:
@@ -135,7 +135,13 @@ async def connect(path: Path) -> aiosqlite.Connection:
     return db
 
 
+# The tables each schema version has; a file claiming a version without them is damaged.
+TABLES_AT = {1: {"messages", "channels", "renders"}, 2: {"cast_members", "reply_versions"}}
+
+
 async def _schema_version(db: aiosqlite.Connection, path: Path) -> int:
+    """The file's schema version, after checking (and before anything writes) that the file is ours: not
+    a newer bot's, not another program's, not missing tables its version should have."""
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
     version = int(row[0]) if row else 0
@@ -143,6 +149,20 @@ async def _schema_version(db: aiosqlite.Connection, path: Path) -> int:
         raise StoreError(
             f"{path}: database schema version {version} is newer than this bot's"
             f" ({SCHEMA_VERSION}); update the bot, or point [store] path at another file"
+        )
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
+        tables = {str(r[0]) for r in await cursor.fetchall()}
+    if version == 0 and tables - {"sqlite_sequence"}:
+        names = ", ".join(sorted(tables)[:5])
+        raise StoreError(
+            f"{path}: another program's SQLite database (its tables: {names}), not this bot's; refusing"
+            " to change it: point [store] path at a file of the bot's own"
+        )
+    expected = set().union(*(TABLES_AT[v] for v in range(1, version + 1)))
+    if missing := sorted(expected - tables):
+        raise StoreError(
+            f"{path}: the database is damaged: table {', '.join(missing)} is missing; restore a backup,"
+            " or point [store] path at a new file"
         )
     return version
 
@@ -152,3 +172,28 @@ async def _migrate(db: aiosqlite.Connection, path: Path, version: int) -> None:
         # executescript commits on its own, so the version bump rides inside the same script.
         await db.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;")
         _log.info("migrated %s to schema version %d", path, target + 1)
+
+
+def fault(exc: sqlite3.Error, path: Path) -> StoreError:
+    """What a failed database call means for the person running the bot, in one line."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary == sqlite3.SQLITE_FULL or "full" in text:
+        why = "the disk is full (nothing of this turn was saved); free some space"
+    elif primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in text:
+        why = (
+            f"another program has held the database's write lock for over {BUSY_TIMEOUT_MS / 1000:g} s"
+            " (nothing of this turn was saved); close it, or point [store] path at another file"
+        )
+    elif primary == sqlite3.SQLITE_IOERR:
+        why = f"the disk failed to read or write ({text}); check the disk"
+    elif primary == sqlite3.SQLITE_READONLY:
+        why = "the database became read-only; make it writable again"
+    elif primary in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        why = "the database file is damaged; restore a backup, or point [store] path at a new file"
+    elif "no such table" in text or "no such column" in text:
+        why = f"the database is damaged ({text}); restore a backup, or point [store] path at a new file"
+    else:
+        why = f"the database refused the request ({text})"
+    return StoreError(f"{path}: {why}")

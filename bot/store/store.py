@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
+import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
+from bot.errors import StoreError
 from bot.store.records import CastMember, ChannelState, RenderRecord, ReplyVersion, Role, StoredMessage
-from bot.store.schema import connect
+from bot.store.schema import connect, fault
+
+C = TypeVar("C", bound=type)
 
 _MESSAGE_COLUMNS = (
     "id, channel_id, discord_id, author_id, author_name, role, content, emotion, persona, created_at,"
@@ -29,6 +36,27 @@ def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
     return [ids[start : start + MAX_BOUND] for start in range(0, len(ids), MAX_BOUND)]
 
 
+def _faults_are_store_errors(cls: C) -> C:
+    """Every public query raises StoreError (one line naming the file, what happened and what to do)
+    instead of a bare sqlite3 error: disk full, locked, I/O error, a damaged schema."""
+
+    def guard(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise fault(exc, self.path) from None
+
+        return guarded
+
+    for name, member in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(member) and not name.startswith("_") and name != "close":
+            setattr(cls, name, guard(member))
+    return cls
+
+
+@_faults_are_store_errors
 class Store:
     """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
 
@@ -37,6 +65,33 @@ class Store:
         self.path = path
         # One connection is shared by every task; BEGIN..COMMIT must not interleave between them.
         self._write_lock = asyncio.Lock()
+        # The file opened: a write checks it is still there, not deleted or replaced under the bot.
+        self._identity = self._file_identity()
+        self._lost: str | None = None  # why writes stopped, once the file went
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if str(self.path) == ":memory:":
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return (-1, -1)
+        return (stat.st_dev, stat.st_ino)
+
+    def _check_file(self) -> None:
+        """Refuse to write once the database file is gone or is another file: the writes would go to a
+        deleted file, and the whole history would vanish at the next start with no word."""
+        if self._lost is None and self._identity is not None:
+            now = self._file_identity()
+            if now == (-1, -1):
+                self._lost = "was deleted while the bot ran"
+            elif now != self._identity:
+                self._lost = "was replaced by another file while the bot ran"
+        if self._lost is not None:
+            raise StoreError(
+                f"{self.path}: the database file {self._lost}; nothing more is saved: restart the bot"
+                " (it starts a new history there), or put the file back first"
+            )
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -50,13 +105,16 @@ class Store:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
+            self._check_file()
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await self._db.execute("COMMIT")  # a full disk may refuse it: rolled back below too
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # A rollback that fails as well (the disk is gone) must not hide the first error.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def _write(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor:
         async with self._transaction() as db:

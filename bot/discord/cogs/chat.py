@@ -18,7 +18,7 @@ from bot.bounded import LRUDict
 from bot.core import TurnResult
 from bot.discord.replies import Outgoing, compose, controls, style_of, swap_in_render
 from bot.discord.webhooks import CastWebhooks
-from bot.errors import BotError, BusyError, GenerationTimeout, InputError
+from bot.errors import BotError, BusyError, GenerationTimeout, InputError, StoreError
 from bot.personas import Persona
 from bot.workers import BackgroundTasks
 
@@ -30,6 +30,7 @@ _log = logging.getLogger(__name__)
 BUSY_NOTICE_EVERY = 10.0  # seconds between "busy" notices in one channel, so the notices are not spam
 STREAM_EDIT_EVERY = 1.0  # Discord rate-limits edits; once a second reads as live typing
 COOLDOWN_REACTION = "⏳"
+BUSY_NOTICE = "I'm still answering earlier messages here; give me a moment."
 SHUTDOWN_GRACE = 10.0  # seconds answers in progress get to finish when the bot stops
 MAX_TRACKED_USERS = 10_000  # users whose last answered message time is kept (for the cooldown)
 MAX_TRACKED_CHANNELS = 10_000  # channels whose last "busy" notice time is kept
@@ -189,6 +190,11 @@ class Chat(commands.Cog):
                 else "I'm still answering others; try again in a moment.",
             )
             return
+        except StoreError as exc:
+            # The database failed (disk full, locked, gone): the same for every message until fixed, so
+            # the channel hears it at most once per notice interval, like "busy".
+            _log.warning("turn failed in channel %s: %s", channel.id, exc)
+            await self._rate_limited_notice(message, f"I could not save this conversation: {exc}")
         except BotError as exc:
             _log.warning("turn failed in channel %s: %s", channel.id, exc)
             await self._reply_notice(message, f"Something went wrong: {exc}")
@@ -299,12 +305,18 @@ class Chat(commands.Cog):
             await message.add_reaction(emoji)
 
     async def _say_busy(self, message: discord.Message) -> None:
+        await self._rate_limited_notice(
+            message, "I'm still answering earlier messages here; give me a moment."
+        )
+
+    async def _rate_limited_notice(self, message: discord.Message, text: str) -> None:
+        """A notice at most once per BUSY_NOTICE_EVERY in a channel; a reaction in between."""
         now = time.monotonic()
         if now - self._busy_noticed.get(message.channel.id, -BUSY_NOTICE_EVERY) < BUSY_NOTICE_EVERY:
             await self._react(message, COOLDOWN_REACTION)
             return
         self._busy_noticed[message.channel.id] = now
-        await self._reply_notice(message, "I'm still answering earlier messages here; give me a moment.")
+        await self._reply_notice(message, text)
 
     async def _reply_notice(self, message: discord.Message, text: str) -> None:
         try:
@@ -324,8 +336,11 @@ class Chat(commands.Cog):
             if isinstance(user, dict) and "id" in user
         ]
         text = story_text(content, self.bot.user.id if self.bot.user else None, mentioned)
-        if await self.engine.admin.message_edited(payload.message_id, text):
-            _log.debug("applied edit of message %s", payload.message_id)
+        try:
+            if await self.engine.admin.message_edited(payload.message_id, text):
+                _log.debug("applied edit of message %s", payload.message_id)
+        except BotError as exc:
+            _log.warning("could not apply the edit of message %s: %s", payload.message_id, exc)
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
@@ -334,8 +349,11 @@ class Chat(commands.Cog):
             # Deleted while the bot was still on it: stop, so neither it nor a reply to it stays.
             answering.cancel()
             await asyncio.gather(answering, return_exceptions=True)
-        if await self.engine.admin.message_deleted(payload.message_id):
-            _log.debug("forgot deleted message %s", payload.message_id)
+        try:
+            if await self.engine.admin.message_deleted(payload.message_id):
+                _log.debug("forgot deleted message %s", payload.message_id)
+        except BotError as exc:
+            _log.warning("could not forget deleted message %s: %s", payload.message_id, exc)
 
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
@@ -345,7 +363,11 @@ class Chat(commands.Cog):
             if answering is not None and answering is not asyncio.current_task():
                 answering.cancel()
                 await asyncio.gather(answering, return_exceptions=True)
-        removed = await self.engine.admin.messages_deleted(payload.message_ids)
+        try:
+            removed = await self.engine.admin.messages_deleted(payload.message_ids)
+        except BotError as exc:
+            _log.warning("could not forget %d purged messages: %s", len(payload.message_ids), exc)
+            return
         _log.debug("forgot %d of %d purged messages", removed, len(payload.message_ids))
 
     async def shutdown(self) -> None:
