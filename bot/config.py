@@ -277,6 +277,8 @@ def _validate(config: Config, source: str) -> None:
 def load_config(path: str | Path = "config.toml") -> Config:
     """Read and validate a config file. Raises ConfigError naming the file and the key at fault."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a pipe that would block the start for good
+        raise ConfigError(f"{path}: not a regular file (set --config to the settings file)")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -284,7 +286,7 @@ def load_config(path: str | Path = "config.toml") -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        table = tomllib.loads(raw.decode("utf-8-sig"))  # editors on Windows may save a BOM first
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:

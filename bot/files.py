@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from bot.errors import BotError
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
@@ -44,3 +46,31 @@ def png_bytes(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def check_output(path: Path) -> None:
+    """A file the user named to be written: refused with one line when its folder is missing or it
+    names a folder, a pipe or a device, before anything else of the command happens."""
+    if path.is_dir():
+        raise BotError(f"{path}: is a folder; name a file to write")
+    if path.exists() and not path.is_file():
+        raise BotError(f"{path}: not a regular file (a pipe or a device); name a file to write")
+    if not path.parent.is_dir():
+        raise BotError(f"{path}: its folder {path.parent} does not exist")
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file the user named, whole or not at all; one line when it cannot be."""
+    check_output(path)
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise BotError(f"{path}: cannot write: {exc.strerror}") from None
+
+
+def check_input(path: Path) -> None:
+    """A file the user named to be read: a regular file (a pipe would block the command for good)."""
+    if not path.exists():
+        raise BotError(f"{path}: no such file")
+    if not path.is_file():
+        raise BotError(f"{path}: not a regular file; name the file to read")

@@ -117,12 +117,33 @@ def store_case(tmp_path: Path, name: str) -> tuple[Path, str]:
     if name == "not sqlite":
         db.write_bytes(b"this is my diary, not a database\n" * 100)
         return folder, "not an SQLite database"
+    if name == "another program's":
+        with sqlite3.connect(db) as connection:
+            connection.execute("CREATE TABLE bookmarks (url TEXT)")
+        return folder, "another program's SQLite database (its tables: bookmarks)"
+    if name == "damaged schema":
+        import asyncio
+
+        from bot.store import Store
+
+        async def create() -> None:
+            await (await Store.open(db)).close()
+
+        asyncio.run(create())
+        connection = sqlite3.connect(db)
+        connection.execute("DROP TABLE messages")
+        connection.commit()
+        connection.execute("PRAGMA journal_mode=DELETE")  # at rest, as a copy or a backup tool leaves it
+        connection.close()
+        return folder, "the database is damaged: table messages is missing"
     with sqlite3.connect(db) as connection:
         connection.execute("PRAGMA user_version = 999")
     return folder, "database schema version 999 is newer than this bot's"
 
 
-@pytest.mark.parametrize("name", ["folder", "under a file", "not sqlite", "newer schema"])
+@pytest.mark.parametrize(
+    "name", ["folder", "under a file", "not sqlite", "newer schema", "another program's", "damaged schema"]
+)
 def test_unusable_store(tmp_path: Path, name: str) -> None:
     folder, message = store_case(tmp_path, name)
     refused_by_process(folder, message, "chat")
@@ -321,3 +342,188 @@ def test_every_json_value_type_in_every_card_field_is_accepted_or_refused_cleanl
             assert library.load(persona.slug) == persona, data  # what was written reads back the same
             outcomes["imported"] += 1
     assert outcomes["imported"] and outcomes["refused"]
+
+
+# -- files the commands read and write, and their numbers ------------------------------------------------
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size its data does not have (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    from .support.cardfiles import chunk
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    body = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _zip_with(flag_bits: int = 0, method: int | None = None) -> bytes:
+    """A sprite pack whose one member is encrypted (flag bit 0) or packed with another method (98: PPMd),
+    as other archivers write them; zipfile writes neither, so the headers are set by hand."""
+    import io
+    import struct
+
+    from .support.cardfiles import plain_png
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as pack:
+        pack.writestr("joy.png", plain_png())
+    raw = bytearray(out.getvalue())
+    # (local header, central directory): where the flags and the method sit in each
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = raw.index(signature)
+        if flag_bits:
+            raw[start + flags_at] |= flag_bits
+        if method is not None:
+            raw[start + method_at : start + method_at + 2] = struct.pack("<H", method)
+    return bytes(raw)
+
+
+def file_case(folder: Path, name: str) -> tuple[list[str], str]:
+    """A command given a bad file or number: its arguments and the line it must answer."""
+    pack = folder / "pack"
+    if name.startswith("sprite folder"):
+        pack.mkdir()
+        from .support.cardfiles import plain_png
+
+        (pack / "joy.png").write_bytes(plain_png())
+        odd = pack / "sadness.png"
+        if "link" in name:
+            odd.symlink_to(folder / "nowhere.png")
+        elif "folder named" in name:
+            odd.mkdir()
+        else:
+            os.mkfifo(odd)
+        return ["expressions", "import", "--persona", "mira", str(pack)], "sadness.png: not a regular file"
+    if name == "zip: encrypted member":
+        (folder / "pack.zip").write_bytes(_zip_with(flag_bits=0x1))
+        return [
+            "expressions",
+            "import",
+            "--persona",
+            "mira",
+            str(folder / "pack.zip"),
+        ], "pack it without a password"
+    if name == "zip: PPMd member":
+        (folder / "pack.zip").write_bytes(_zip_with(method=98))
+        return [
+            "expressions",
+            "import",
+            "--persona",
+            "mira",
+            str(folder / "pack.zip"),
+        ], "pack it with Deflate"
+    if name == "sprite pack: a pipe":
+        os.mkfifo(folder / "pack.zip")
+        return ["expressions", "import", "--persona", "mira", str(folder / "pack.zip")], "not a regular file"
+    if name == "face mask claiming 20000x20000":
+        (folder / "avatars" / "huge-mask.png").write_bytes(_png_claiming(20000, 20000))
+        toml = folder / "persona" / "mira.toml"
+        toml.write_text(
+            toml.read_text().replace("[portrait]\n", '[portrait]\nface_mask = "huge-mask.png"\n', 1)
+        )
+        return ["persona", "face", "mira"], "face mask"
+    if name == "card import: a pipe":
+        os.mkfifo(folder / "card.png")
+        return ["persona", "import", str(folder / "card.png")], "not a regular file"
+    if name == "card import: a folder":
+        (folder / "card.png").mkdir()
+        return ["persona", "import", str(folder / "card.png")], "not a regular file"
+    missing, onto = str(folder / "nowhere" / "out.png"), str(folder / "persona")
+    outputs = {
+        "persona export: missing folder": (["persona", "export", "mira", missing], "does not exist"),
+        "persona export: onto a folder": (["persona", "export", "mira", onto], "is a folder"),
+        "expressions export: missing folder": (
+            ["expressions", "export", "--persona", "mira", missing],
+            "does not exist",
+        ),
+        "expressions export: onto a folder": (
+            ["expressions", "export", "--persona", "mira", onto],
+            "is a folder",
+        ),
+        "persona face --out: missing folder": (
+            ["persona", "face", "mira", "--out", missing],
+            "does not exist",
+        ),
+        "persona face --out: onto a folder, with a new box": (
+            ["persona", "face", "mira", "--box", "10", "10", "50", "50", "--out", onto],
+            "is a folder",
+        ),
+        "chat --channel beyond SQLite": (["chat", "--channel", "18446744073709551616"], "--channel must be"),
+        "chat --channel negative": (["chat", "--channel", "-1"], "--channel must be between 0 and"),
+        "expressions render --variants 0": (
+            ["expressions", "render", "--persona", "mira", "--variants", "0"],
+            "--variants must be between 1 and 16",
+        ),
+    }
+    return outputs[name]
+
+
+FILE_CASES = [
+    "sprite folder: dangling link",
+    "sprite folder: a folder named like an image",
+    "sprite folder: a pipe named like an image",
+    "zip: encrypted member",
+    "zip: PPMd member",
+    "sprite pack: a pipe",
+    "face mask claiming 20000x20000",
+    "card import: a pipe",
+    "card import: a folder",
+    "persona export: missing folder",
+    "persona export: onto a folder",
+    "expressions export: missing folder",
+    "expressions export: onto a folder",
+    "persona face --out: missing folder",
+    "persona face --out: onto a folder, with a new box",
+    "chat --channel beyond SQLite",
+    "chat --channel negative",
+    "expressions render --variants 0",
+]
+
+
+@pytest.mark.parametrize("name", FILE_CASES)
+def test_bad_files_and_numbers_on_the_command_line(tmp_path: Path, name: str) -> None:
+    """In its own process: a pipe that were read would hang it, and the test's time limit ends that."""
+    folder = setup(tmp_path)
+    args, message = file_case(folder, name)
+    refused_by_process(folder, message, *args)
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    folder = setup(tmp_path)
+    config = folder / "config.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    done = run_cli(folder, "persona", "list")
+    assert done.returncode == 0 and b"mira" in done.stdout, done.stderr
+
+
+def test_a_pipe_as_the_config_or_the_store_is_one_line(tmp_path: Path) -> None:
+    folder = setup(tmp_path, store=False)
+    os.mkfifo(folder / "data" / "test.sqlite3")
+    refused_by_process(folder, "not a regular file (a pipe or a device)", "chat")
+    config = folder / "config.toml"
+    text = config.read_text()
+    config.unlink()
+    os.mkfifo(config)
+    done = run_cli(folder, "persona", "list")
+    err = done.stderr.decode().strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "not a regular file" in err, err
+    config.unlink()
+    config.write_text(text)
+
+
+def test_a_lorebook_number_too_large_names_its_field(tmp_path: Path, capsys) -> None:
+    folder = setup(tmp_path)
+    book = '{"entries": [{"keys": ["lamp"], "content": "The lamp.", "insertion_order": 1e400}]}'
+    card = card_with(character_book={"entries": []}).replace(
+        b'"character_book": {"entries": []}', b'"character_book": ' + book.encode()
+    )
+    (folder / "card.json").write_bytes(card)
+    refused(
+        capsys,
+        ["persona", "import", str(folder / "card.json")],
+        folder,
+        "insertion_order is a number too large",
+    )

@@ -22,6 +22,7 @@ from bot.expressions import (
     ExpressionService,
     contact_sheet,
 )
+from bot.files import check_input, png_bytes, write_output
 from bot.personas import PersonaLibrary
 from bot.store import Store
 from bot.terminal.safe import echo
@@ -53,9 +54,13 @@ def open_pack(source: Path) -> Iterator[list[tuple[str, Callable[[], bytes]]]]:
     and each read stops at the size limit whatever the zip's header claims."""
     if source.is_dir():
         paths = sorted(p for p in source.iterdir() if p.suffix.lower() == ".png")
+        for path in paths:  # a link to nowhere, a folder or a pipe named like a picture
+            if not path.is_file():
+                raise ExpressionError(f"{path}: not a regular file; remove it from the pack")
         _check_sizes(source.name, [(p.name, p.stat().st_size) for p in paths])
         yield [(p.name, functools.partial(_read_file, p)) for p in paths]
         return
+    check_input(source)  # neither a folder nor a file (a pipe would block the import for good)
     try:
         pack = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -89,6 +94,13 @@ def _read_member(pack: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
             return _bounded(handle.read(MAX_SPRITE_BYTES + 1), member.filename)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise ExpressionError(f"{member.filename}: cannot be unpacked ({exc})") from None
+    except NotImplementedError as exc:  # a compression zipfile cannot decode (PPMd); before RuntimeError,
+        # of which it is a kind
+        why = f"{member.filename}: cannot be unpacked ({exc}); pack it with Deflate"
+        raise ExpressionError(why) from None
+    except RuntimeError as exc:  # zipfile's word for an encrypted member
+        why = f"{member.filename}: cannot be unpacked ({exc}); pack it without a password"
+        raise ExpressionError(why) from None
 
 
 def _bounded(data: bytes, name: str) -> bytes:
@@ -118,12 +130,13 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             faces = await service.render_all(
                 persona,
                 list(args.labels or persona.labels),
-                max(1, args.variants),
+                args.variants,
                 progress_bar(time.perf_counter()),
             )
             sheet_path = args.sheet or service.cache_dir / persona.slug / "contact-sheet.png"
-            sheet_path.parent.mkdir(parents=True, exist_ok=True)
-            contact_sheet(faces).save(sheet_path)
+            if args.sheet is None:
+                sheet_path.parent.mkdir(parents=True, exist_ok=True)
+            write_output(sheet_path, png_bytes(contact_sheet(faces)))
             echo(f"rendered {len(faces)} faces; contact sheet: {sheet_path}")
         elif args.action == "import":
             with open_pack(args.source) as files:
@@ -136,7 +149,7 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
             pack = await service.pack_files(persona)
             if not pack:
                 raise ExpressionError(f"{persona.slug} has no rendered or imported faces yet")
-            args.out.write_bytes(write_pack(pack))
+            write_output(args.out, write_pack(pack))
             echo(f"wrote {len(pack)} sprites to {args.out}")
     finally:
         await service.close()

@@ -101,6 +101,20 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+SQLITE_MAX_INT = 2**63 - 1  # ids are stored as SQLite integers
+MAX_VARIANTS = 16  # renders per label from one command
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Integer arguments within what the bot can store or do, as one line each."""
+    channel = getattr(args, "channel", 0)
+    if not 0 <= channel <= SQLITE_MAX_INT:
+        raise BotError(f"--channel must be between 0 and {SQLITE_MAX_INT}, not {channel}")
+    variants = getattr(args, "variants", 1)
+    if not 1 <= variants <= MAX_VARIANTS:
+        raise BotError(f"--variants must be between 1 and {MAX_VARIANTS}, not {variants}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
@@ -111,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[handler],
     )
     try:
+        check_numbers(args)
         config = load_config(args.config)
         if args.command == "chat":
             return asyncio.run(_chat(config, args))

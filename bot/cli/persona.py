@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.errors import BotError
+from bot.files import check_input, check_output, png_bytes, write_output
 from bot.personas import PersonaLibrary
 from bot.terminal.safe import echo
 
@@ -30,7 +31,7 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
         echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
     elif args.action == "export":
         persona = library.load(args.name)
-        args.out.write_bytes(library.export_card(persona, args.spec))
+        write_output(args.out, library.export_card(persona, args.spec))
         echo(f"wrote {args.out} ({args.spec} card)")
     elif args.action == "face":
         return _face_command(config, args)
@@ -51,6 +52,10 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
     portrait = decode_image(
         path.read_bytes(), f"portrait {path}", max_pixels=config.persona.max_portrait_pixels, error=BotError
     )
+    out = args.out or config.resolve(config.store.path).parent / f"{persona.slug}-face.png"
+    if args.out is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out)  # before the box is saved: a bad --out changes nothing
     if args.box:
         box = (args.box[0], args.box[1], args.box[2], args.box[3])
         check_face_box(box, portrait.size, f"persona '{persona.slug}'")
@@ -58,15 +63,14 @@ def _face_command(config: Config, args: argparse.Namespace) -> int:
         persona = library.load(persona.slug)
     settings = config.expressions
     mask = face_mask(persona, portrait.size, library.avatars, settings.mask_dilate, settings.mask_blur)
-    out = args.out or config.resolve(config.store.path).parent / f"{persona.slug}-face.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    face_preview(portrait, mask).save(out)
+    write_output(out, png_bytes(face_preview(portrait, mask)))
     where = f"face_box = {list(persona.face_box)}" if persona.face_box else "automatic detection"
     echo(f"{persona.name}: {where}; preview (dimmed outside what a render may redraw): {out}")
     return 0
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
+    check_input(path)
     try:
         size = path.stat().st_size
         if size > limit:

@@ -34,11 +34,15 @@ def face_mask(
         path = avatars / Path(persona.face_mask).name
         try:
             with Image.open(path) as raw:
+                # The header's size first: a mask must match the portrait, and decoding one that claims
+                # 20000x20000 would take gigabytes.
+                if raw.size != portrait_size:
+                    raise ExpressionError(
+                        f"{where}: face mask is {raw.size}, the portrait is {portrait_size}"
+                    )
                 mask = raw.convert("L")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ExpressionError(f"{where}: face mask {path} cannot be read: {exc}") from None
-        if mask.size != portrait_size:
-            raise ExpressionError(f"{where}: face mask is {mask.size}, the portrait is {portrait_size}")
         mask = mask.point(lambda v: 255 if v > 127 else 0)
         box = mask.getbbox()
         if box is None:

@@ -34,6 +34,9 @@ _log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3.0  # the estimate when the server cannot tokenize: errs towards too many tokens
 MAX_RENDERED = 256  # rendered prompts remembered for `generate` (one per channel turn in flight)
 MAX_TOKENIZED = 4096  # texts whose token count is remembered (history messages recur every turn)
+# The start-up probes (models, tokenizer, log-probabilities) wait this long whatever [model]
+# timeout_seconds says: that setting bounds a reply, and a short one must not fail the connection.
+PROBE_TIMEOUT_SECONDS = 30.0
 TOP_LOGPROBS = 20  # first-token alternatives asked for when the LLM judge scores labels
 # Text that some servers' tokenizers read as control tokens (ChatML, Llama 3, Mistral, Gemma markers).
 # A server tokenizes message contents itself, so these are broken up with a word joiner: a member who
@@ -119,7 +122,7 @@ class OpenAIBackend:
             max_retries=0,  # errors are reported at once; the member can simply ask again
         )
         try:
-            listed = [m.id async for m in client.models.list()]
+            listed = [m.id async for m in client.with_options(timeout=PROBE_TIMEOUT_SECONDS).models.list()]
         except openai.OpenAIError as exc:
             await client.close()
             raise describe(exc, config) from None
@@ -153,7 +156,7 @@ class OpenAIBackend:
 
     async def _probe_logprobs(self) -> bool:
         try:
-            response = await self.client.chat.completions.create(
+            response = await self.client.with_options(timeout=PROBE_TIMEOUT_SECONDS).chat.completions.create(
                 model=self.name,
                 messages=[{"role": "user", "content": "Say yes."}],
                 max_tokens=1,
@@ -367,7 +370,7 @@ def _post_json(url: str, payload: dict[str, Any], timeout: float) -> Any:
 
 def _probe_extras(root: str, config: ModelConfig) -> tuple[str | None, int]:
     """The server's tokenize endpoint and context size, where it has them (llama.cpp's servers do)."""
-    timeout = min(config.timeout_seconds, 10.0)
+    timeout = PROBE_TIMEOUT_SECONDS
     tokenize_url = None
     for path in ("/extras/tokenize", "/tokenize"):  # llama-cpp-python, llama-server
         try:

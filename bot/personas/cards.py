@@ -109,6 +109,8 @@ def _check_values(value: Any, path: str = "card", depth: int = 0) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise CardError(f"{path} holds an invalid character (a lone surrogate)") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise CardError(f"{path} is a number too large for a card ({value}); use a smaller one")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_values(key, f"{path} key", depth + 1)
