@@ -34,8 +34,7 @@ async def test_turn_end_to_end(config: Config) -> None:
         assert [(m.role, m.author_name) for m in history] == [("user", "Sam"), ("assistant", "Mira")]
         assert history[1].content == result.text and history[1].emotion == result.emotion.label
         assert (await engine.store.channel(5)).last_emotion == result.emotion.label
-        # The emotion question reuses the evaluated conversation: it costs far less than the reply.
-        assert result.emotion_seconds < result.reply_seconds
+        assert result.emotion.judge == "classifier"  # the config's judge (no wall-clock comparison here)
 
 
 async def test_history_continues_after_restart(config: Config) -> None:
