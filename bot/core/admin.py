@@ -42,6 +42,8 @@ class EngineStatus:
 
 
 class Admin:
+    """`engine.admin`: the front-ends' questions and changes besides turns and reply controls."""
+
     def __init__(self, scene: Scene, models: Models) -> None:
         self.scene = scene
         self.config = scene.config

@@ -86,6 +86,8 @@ def stop_strings(persona: Persona, cast: list[Persona], history: list[StoredMess
 
 
 class Composer:
+    """Writes replies and picks speakers for every channel, over the shared scene and models."""
+
     def __init__(self, scene: Scene, models: Models) -> None:
         self.scene = scene
         self.models = models

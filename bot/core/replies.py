@@ -35,6 +35,8 @@ class ReplyState:
 
 
 class ReplyVersions:
+    """`engine.replies`: what a sent reply's buttons and menu do."""
+
     def __init__(self, scene: Scene, composer: Composer) -> None:
         self.scene = scene
         self.store = scene.store

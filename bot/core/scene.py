@@ -22,6 +22,8 @@ MAX_WINDOWS = 4096  # (channel, persona) prompt-window starts remembered; a forg
 
 
 class Scene:
+    """Per-channel state shared by the turn, the reply controls and the administration."""
+
     def __init__(self, config: Config, store: Store, personas: PersonaLibrary) -> None:
         self.config = config
         self.store = store
