@@ -84,7 +84,13 @@ def test_terminal_chat_survives_ctrl_c_and_restart(tmp_path: Path) -> None:
     assert "Sam: Hello Mira, I'm soaked through." in out
     again.type("/persona ../../etc")
     again.expect("[error: '../../etc' is not a valid persona name")
-    again.type("/reset")
+    again.type("/persona")  # no name: which persona plays here
+    again.expect("[playing Mira (mira); emotions: neutral, joy")
+    again.type("/personas")
+    again.expect("[mira (Mira), tobin (Tobin)]")
+    again.type("/reset")  # asked first, as on Discord: nothing erased yet
+    again.expect("[erase all 3 messages of channel 0? type /reset yes]")
+    again.type("/reset yes")
     again.expect("[forgot 3 messages]")
     again.type("/quit")
     assert again.close() == 0

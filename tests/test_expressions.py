@@ -454,3 +454,12 @@ async def test_the_render_cache_key_changes_with_the_face_region_and_mask(servic
     repainted.paste((10, 20, 30), (0, 0, 30, 30))
     repainted.save(portrait)
     assert _key(service, mira) != base
+
+
+def test_a_missing_hub_model_with_local_files_only_names_the_setting(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    settings = dataclasses.replace(
+        load_config(write_config(tmp_path)).expressions, model="someone/not-downloaded", local_files_only=True
+    )
+    with pytest.raises(ExpressionError, match=r"not downloaded and \[expressions\] local_files_only = true"):
+        load_pipeline(settings, tmp_path)

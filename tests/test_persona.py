@@ -97,3 +97,24 @@ def test_lorebook_triggering() -> None:
 )
 def test_a_cards_public_icon_is_the_webhook_avatar(assets: object, expected: str | None) -> None:
     assert Persona(slug="x", name="X", card_extra={"assets": assets}).avatar_url() == expected
+
+
+def test_imported_files_get_ordinary_modes_and_replaced_ones_keep_theirs(library: PersonaLibrary) -> None:
+    """An imported card's portrait and persona file are readable like the shipped ones (0666 less the
+    umask, not a temporary file's 0600); a file rewritten in place keeps the mode its owner gave it."""
+    import os
+
+    from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    card = with_text_chunks(plain_png(), {"chara": b64json(V2_CARD)})
+    persona = library.import_card(card, "card.png")
+    portrait = library.portrait_path(persona)
+    assert portrait is not None
+    for path in (portrait, library.path_of(persona.slug)):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
+    toml = library.path_of(persona.slug)
+    toml.chmod(0o640)
+    library.set_face_box(persona, (1, 1, 8, 8))
+    assert toml.stat().st_mode & 0o777 == 0o640

@@ -92,6 +92,12 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
     except ExpressionError:
         raise
     except Exception as exc:  # diffusers raises many types (OSError, EnvironmentError, ValueError...)
+        if settings.local_files_only and not looks_like_path:
+            raise ExpressionError(
+                f"inpainting model {name!r} is not downloaded and [expressions] local_files_only = true:"
+                " set local_files_only = false once to download it, or point [expressions] model at a"
+                " folder or a .safetensors file on disk"
+            ) from None
         raise ExpressionError(f"cannot load inpainting model {name!r}: {exc}") from None
     if settings.scheduler:
         import diffusers

@@ -23,9 +23,10 @@ from bot.terminal.faces import TerminalFaces
 from bot.terminal.safe import safe_text
 
 HELP = (
-    "commands: /persona NAME (switch), /personas (list), /cast [add|remove NAME] (several personas),"
-    " /reset (forget this channel), /quit"
+    "commands: /persona [NAME] (show, or switch), /personas (list), /cast [add|remove NAME] (several"
+    " personas), /reset (forget this channel), /quit"
 )
+CONFIRM_RESET = "yes"
 
 
 class Console:
@@ -195,9 +196,20 @@ class Console:
             if name == "/quit":
                 return False
             if name == "/reset":
+                # As on Discord, erasing a story is asked for twice.
+                if arg.strip() != CONFIRM_RESET:
+                    count = await self.engine.admin.message_count(self.channel_id)
+                    self.say(f"[erase all {count} messages of channel {self.channel_id}? type /reset yes]")
+                    return True
                 removed = await self.engine.admin.reset(self.channel_id)
                 self.say(f"[forgot {removed} messages]")
                 await self._show_opening()
+            elif name == "/persona" and not arg.strip():
+                persona = await self.engine.admin.persona_for(self.channel_id)
+                labels = ", ".join(persona.labels)
+                self.say(
+                    f"[playing {persona.name} ({persona.slug}); emotions: {labels}; /persona NAME switches]"
+                )
             elif name == "/persona" and arg.strip():
                 persona = await self.engine.admin.set_persona(self.channel_id, arg.strip())
                 self.say(f"[now playing {persona.name}]")
@@ -215,7 +227,8 @@ class Console:
                     return True
                 self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
             elif name == "/personas":
-                self.say("[" + ", ".join(self.engine.admin.persona_names()) + "]")
+                listed = [f"{slug} ({shown})" for slug, shown in self.engine.admin.persona_overview()]
+                self.say("[" + ", ".join(listed) + "]")
             else:
                 self.say(f"[{HELP}]")
         except BotError as exc:
