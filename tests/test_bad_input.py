@@ -397,27 +397,17 @@ def file_case(folder: Path, name: str) -> tuple[list[str], str]:
         else:
             os.mkfifo(odd)
         return ["expressions", "import", "--persona", "mira", str(pack)], "sadness.png: not a regular file"
+    zip_pack = folder / "pack.zip"
+    import_zip = ["expressions", "import", "--persona", "mira", str(zip_pack)]
     if name == "zip: encrypted member":
-        (folder / "pack.zip").write_bytes(_zip_with(flag_bits=0x1))
-        return [
-            "expressions",
-            "import",
-            "--persona",
-            "mira",
-            str(folder / "pack.zip"),
-        ], "pack it without a password"
+        zip_pack.write_bytes(_zip_with(flag_bits=0x1))
+        return import_zip, "pack it without a password"
     if name == "zip: PPMd member":
-        (folder / "pack.zip").write_bytes(_zip_with(method=98))
-        return [
-            "expressions",
-            "import",
-            "--persona",
-            "mira",
-            str(folder / "pack.zip"),
-        ], "pack it with Deflate"
+        zip_pack.write_bytes(_zip_with(method=98))
+        return import_zip, "pack it with Deflate"
     if name == "sprite pack: a pipe":
-        os.mkfifo(folder / "pack.zip")
-        return ["expressions", "import", "--persona", "mira", str(folder / "pack.zip")], "not a regular file"
+        os.mkfifo(zip_pack)
+        return import_zip, "not a regular file"
     if name == "face mask claiming 20000x20000":
         (folder / "avatars" / "huge-mask.png").write_bytes(_png_claiming(20000, 20000))
         toml = folder / "persona" / "mira.toml"

@@ -76,13 +76,10 @@ def recent_speakers(history: list[StoredMessage]) -> list[str]:
     return list(dict.fromkeys(latest_first))[:MAX_STOP_NAMES]
 
 
-def stop_strings(persona: Persona, cast: list[Persona], history: list[StoredMessage]) -> list[str]:
-    """Where the model must stop: before it speaks as a member who spoke lately, as another persona of
-    the cast, or as itself again."""
-    others = [p.name for p in cast if p.slug != persona.slug]
-    return sorted(
-        {f"\n{n}:" for n in [*recent_speakers(history), *others]} | {"\nUser:", f"\n{persona.name}:"}
-    )
+def stop_strings(persona: Persona, others: list[str]) -> list[str]:
+    """Where the model must stop: before it speaks as any of `others` (the members who spoke lately, the
+    cast's other personas), or as itself again."""
+    return sorted({f"\n{n}:" for n in others} | {"\nUser:", f"\n{persona.name}:"})
 
 
 class Composer:
@@ -122,9 +119,8 @@ class Composer:
         names = recent_speakers(history)
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
-        generation = self.models.llm.generate(
-            built.text, stop=stop_strings(persona, cast, history), session=session
-        )
+        stops = stop_strings(persona, [*names, *others])
+        generation = self.models.llm.generate(built.text, stop=stops, session=session)
         speakers = [persona.name, *others, *names, "User"]
         gate = LabelGate(speakers)
         parts: list[str] = []

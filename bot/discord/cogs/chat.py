@@ -137,7 +137,7 @@ class Chat(commands.Cog):
             await self._react(message, COOLDOWN_REACTION)
             return
         if self._pending.get(channel_id, 0) >= self.settings.max_pending_per_channel:
-            await self._say_busy(message)
+            await self._rate_limited_notice(message, BUSY_NOTICE)
             return
         self._last_reply_at[message.author.id] = now
         self._pending[channel_id] = self._pending.get(channel_id, 0) + 1
@@ -303,11 +303,6 @@ class Chat(commands.Cog):
         # Without permission to react, staying quiet is the right fallback.
         with contextlib.suppress(discord.HTTPException):
             await message.add_reaction(emoji)
-
-    async def _say_busy(self, message: discord.Message) -> None:
-        await self._rate_limited_notice(
-            message, "I'm still answering earlier messages here; give me a moment."
-        )
 
     async def _rate_limited_notice(self, message: discord.Message, text: str) -> None:
         """A notice at most once per BUSY_NOTICE_EVERY in a channel; a reaction in between."""
