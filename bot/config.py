@@ -110,6 +110,8 @@ class PersonaConfig:
 @dataclass(frozen=True)
 class ExpressionsConfig:
     enabled: bool = True
+    drawn: bool = True  # faces drawn over the portrait (blush, tears, marks) where no sprite or render is
+    terminal_face_width: int = 32  # the face in `chat`, in terminal columns (its height follows its shape)
     model: str = ""  # hub id, diffusers folder or .safetensors file; empty: portraits only
     lora: str = ""
     lora_scale: float = 1.0
@@ -259,6 +261,11 @@ def _validate(config: Config, source: str) -> None:
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
+        (
+            8 <= config.expressions.terminal_face_width <= 160,
+            "expressions.terminal_face_width",
+            "must be between 8 and 160 columns",
+        ),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
         (config.expressions.resolution % 8 == 0, "expressions.resolution", "must be a multiple of 8"),
         (1 <= config.cast.max_members <= MAX_CAST, "cast.max_members", f"must be between 1 and {MAX_CAST}"),

@@ -400,7 +400,7 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
             assert synced[name].get("default_member_permissions") is None, name
         assert {o["name"] for o in synced["persona"]["options"]} == {"list", "show", "export"}
         assert {o["name"] for o in synced["expression"]["options"]} == {"show"}
-        assert {o["name"] for o in synced["manage"]["options"]} == {"persona", "import", "render"}
+        assert {o["name"] for o in synced["manage"]["options"]} == {"persona", "import", "render", "face"}
 
 
 def subcommand(command: str, **values: str) -> list[dict[str, Any]]:
@@ -452,7 +452,7 @@ async def test_persona_list_show_and_export_work_for_members(server: FakeDiscord
     async with running_bot(config, server):
         token = await server.slash(channel, MEMBER, "persona", subcommand("list"))
         await server.wait_for(callbacks(token))
-        assert "`mira`: Mira" in callback_text(server, token)[0]
+        assert "`mira`: Mira (rendered, drawn faces)" in callback_text(server, token)[0]
         token = await server.slash(channel, MEMBER, "persona", subcommand("show"))
         [shown] = await server.wait_for(callbacks(token))
         embed = shown.json["data"]["embeds"][0]

@@ -299,3 +299,80 @@ def test_a_missing_label_falls_back_to_its_broader_one_never_to_another_emotion(
     # The case named in the README: confusion shows surprise, then neutral; never fear.
     assert projection(["neutral", "surprise", "fear"])["confusion"] == "surprise"
     assert projection(["neutral", "fear"])["confusion"] == "neutral"
+
+
+def recording(judge, monkeypatch, events: list[tuple[str, str]], ended: asyncio.Event):
+    """Record when each probe line asks the model (the LLM judge, around its real calls)."""
+    real = judge.llm.probabilities
+
+    async def probabilities(*args, **kwargs):
+        events.append(("probe", "start"))
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            events.append(("probe", "end"))
+            ended.set()
+
+    monkeypatch.setattr(judge.llm, "probabilities", probabilities)
+
+
+@pytest.mark.slow
+async def test_auto_yields_the_model_to_a_chat_turn(model, tmp_path: Path, monkeypatch) -> None:
+    """A turn that arrives while `auto` measures waits for one probe line at most: no probe line starts
+    while the turn's model calls run, also between its two calls."""
+    import bot.emotion.judge as judge_module
+
+    monkeypatch.setattr(judge_module, "probe_examples", lambda: probe_examples()[::4])
+    events: list[tuple[str, str]] = []
+    ended = asyncio.Event()
+    judge = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=tmp_path / "v.json")
+    recording(judge, monkeypatch, events, ended)
+    try:
+        await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")  # starts measuring
+        await ended.wait()  # the first probe line has been asked
+        events.append(("turn", "start"))
+        prompt = model.render([{"role": "user", "content": "Tell me about the lighthouse."}])
+        for _ in range(2):  # a turn's model calls: the reply, then (in a cast) who speaks next
+            generation = model.generate(prompt, max_tokens=16, session="chat")
+            async for _chunk in generation.chunks():
+                pass
+        events.append(("turn", "end"))
+        during = events[events.index(("turn", "start")) : events.index(("turn", "end"))]
+        assert ("probe", "start") not in during, events
+        assert await asyncio.wait_for(judge._probe, 300) in ("classifier", "llm", "both")  # type: ignore[arg-type]
+    finally:
+        await judge.close()
+
+
+@pytest.mark.slow
+async def test_auto_goes_on_where_it_stopped_after_a_restart(model, tmp_path: Path, monkeypatch) -> None:
+    import bot.emotion.judge as judge_module
+
+    few = probe_examples()[::4]  # ten lines
+    monkeypatch.setattr(judge_module, "probe_examples", lambda: few)
+    monkeypatch.setattr(judge_module, "QUIET_SECONDS", 0.1)
+    events: list[tuple[str, str]] = []
+    ended = asyncio.Event()
+    verdicts = tmp_path / "emotion-judge.json"
+    first = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=verdicts)
+    recording(first, monkeypatch, events, ended)
+    await first.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")
+    while events.count(("probe", "end")) < 3:
+        ended.clear()
+        await ended.wait()
+    await first.close()  # the chat is closed mid-measurement
+    progress = json.loads(verdicts.read_text())["m"]["progress"]
+    assert 1 <= progress["done"] < len(few)
+    asked = progress["done"]
+    again = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=verdicts)
+    assert again._mode is None  # not decided yet: it measures on
+    lines: list[str] = []
+    real = again.classify_text
+    monkeypatch.setattr(
+        again, "classify_text", lambda text, *a, **k: lines.append(text) or real(text, *a, **k)
+    )
+    chosen = await again.measure()
+    assert lines == [text for _, text in few[asked:]]  # only the lines not yet measured
+    saved = json.loads(verdicts.read_text())["m"]
+    assert saved["judge"] == chosen and "progress" not in saved
+    assert all(score.endswith(f"/{len(few)}") for score in saved["probe"].values())

@@ -140,14 +140,25 @@ async def test_failing_pipeline_falls_back(expr_config: Config, caplog: pytest.L
         Renderer(expr_config.expressions, expr_config.root, lambda *_: Exploding()),
     )
     try:
-        # Nothing cached: the portrait now, and the failed render offers nothing new.
+        # Nothing cached: the drawn fear face now, and the failed render offers nothing new.
         image = await broken.image_for(mira, "fear")
-        assert image.path == library.portrait_path(mira)
+        assert image.path == await good.drawn(mira, "fear") != library.portrait_path(mira)
         assert image.fresh is not None and await image.fresh is None
         assert "render of mira/fear failed" in caplog.text
-        # With a neutral render cached, that is the next best face.
+        # With a neutral render cached, the drawn fear face still says more than a calm one.
         neutral = await good.render(mira, "neutral")
-        assert (await broken.image_for(mira, "fear")).path == neutral
+        assert (await broken.image_for(mira, "fear")).path == await good.drawn(mira, "fear")
+        # Drawn faces switched off: the neutral render is the next best face, then the portrait.
+        plain = dataclasses.replace(
+            expr_config, expressions=dataclasses.replace(expr_config.expressions, drawn=False)
+        )
+        undrawn = ExpressionService(plain, store, library, broken.renderer)
+        try:
+            assert (await undrawn.image_for(mira, "fear")).path == neutral
+            await store.drop_stale_renders("mira", "another source")
+            assert (await undrawn.image_for(mira, "fear")).path == library.portrait_path(mira)
+        finally:
+            await undrawn.close()
         # With the label itself cached, no render is attempted at all.
         fear = await good.render(mira, "fear")
         image = await broken.image_for(mira, "fear")
@@ -181,9 +192,8 @@ async def test_out_of_memory_falls_back_and_says_what_to_change(
         Renderer(expr_config.expressions, expr_config.root, lambda *_: OutOfMemory()),
     )
     try:
-        neutral = await good.render(mira, "neutral")
         image = await small_gpu.image_for(mira, "sadness")
-        assert image.path == neutral  # the best face at hand is shown now
+        assert image.path == await good.drawn(mira, "sadness")  # the best face at hand is shown now
         assert image.fresh is not None and await image.fresh is None
         assert "ran out of memory" in caplog.text and "cpu_offload = true" in caplog.text
         with pytest.raises(ExpressionError, match="cpu_offload = true"):
@@ -197,7 +207,7 @@ async def test_out_of_memory_falls_back_and_says_what_to_change(
 async def test_engine_gets_best_image_now_and_fresh_render_later(service: ExpressionService) -> None:
     mira = service.personas.load("mira")
     image = await service.image_for(mira, "love")
-    assert image.path == service.personas.portrait_path(mira)
+    assert image.path == await service.drawn(mira, "love")
     assert image.fresh is not None
     rendered = await image.fresh
     assert rendered is not None and rendered.is_file()
@@ -219,9 +229,9 @@ async def test_render_timeout_falls_back(expr_config: Config) -> None:
     try:
         with pytest.raises(TimeoutError):
             await svc.render(mira, "joy")
-        # In a chat: the portrait now, and the render that ran out of time offers nothing later.
+        # In a chat: the drawn face now, and the render that ran out of time offers nothing later.
         image = await svc.image_for(mira, "anger")
-        assert image.path == svc.personas.portrait_path(mira)
+        assert image.path == await svc.drawn(mira, "anger")
         assert image.fresh is not None and await image.fresh is None
     finally:
         await svc.close()
@@ -266,7 +276,7 @@ def test_face_mask_files(library) -> None:
 
 def test_missing_region_says_how_to_set_it(library) -> None:
     mira = dataclasses.replace(library.load("mira"), face_box=None)
-    with pytest.raises(ExpressionError, match=r"add face_box = \[x, y, width, height\]"):
+    with pytest.raises(ExpressionError, match=r"persona face mira --detect`, set it with `--box X Y"):
         face_mask(mira, (512, 640), library.avatars, 2, 3)
 
 

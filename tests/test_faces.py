@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bot.cli.main import main
@@ -13,6 +16,7 @@ from bot.config import DEFAULT_LABELS, Config
 from bot.expressions import ExpressionService, plan_sprites
 from bot.personas import PersonaLibrary
 from bot.store import Store
+from bot.terminal.faces import TerminalFaces, face_crop
 
 from .support.configs import REPO
 
@@ -24,14 +28,15 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB")).astype(int)
 
 
-def test_shipped_set_changes_only_the_face_and_every_face_differs() -> None:
-    mira = persona_library_for_repo().load("mira")
+@pytest.mark.parametrize("slug", ["mira", "tobin"])
+def test_shipped_set_changes_only_the_face_and_every_face_differs(slug: str) -> None:
+    mira = persona_library_for_repo().load(slug)
     assert mira.face_box is not None
     x, y, w, h = mira.face_box
-    portrait = pixels(REPO / "avatars" / "mira.png")
+    portrait = pixels(REPO / "avatars" / f"{slug}.png")
     inside = np.zeros(portrait.shape[:2], bool)
     inside[y : y + h, x : x + w] = True
-    faces = {label: pixels(SPRITES / f"{label}.png") for label in mira.labels}
+    faces = {label: pixels(REPO / "avatars" / "sprites" / slug / f"{label}.png") for label in mira.labels}
     assert set(mira.labels) == set(DEFAULT_LABELS)
     for label, face in faces.items():
         assert face.shape == portrait.shape, label
@@ -56,9 +61,11 @@ async def test_each_label_shows_its_own_face_without_a_model(config: Config) -> 
             image = await service.image_for(mira, label)
             assert image.path == service.sprites_dir / "mira" / f"{label}.png" and image.fresh is None
             assert image.path.read_bytes() == (SPRITES / f"{label}.png").read_bytes()
-        # A label without a sprite: the neutral face, never another emotion's.
+        # A label without a sprite: its own drawn face (a tag with its name), never another emotion's.
         custom = mira.__class__(**{**mira.__dict__, "labels": (*mira.labels, "smug")})
-        assert (await service.image_for(custom, "smug")).path == service.sprites_dir / "mira" / "neutral.png"
+        smug = (await service.image_for(custom, "smug")).path
+        assert smug == await service.drawn(custom, "smug") and smug is not None
+        assert smug.parent == service.cache_dir / "mira" / "drawn"
     finally:
         await service.close()
         await store.close()
@@ -120,3 +127,44 @@ def test_face_command_previews_and_sets_the_region(config: Config, tmp_path: Pat
     assert main([*args, "--box", "400", "500", "300", "300"]) == 2  # outside the 512x640 portrait
     assert "lies outside the 512x640 portrait" in capsys.readouterr().err
     assert toml.read_text() == after
+
+
+class Terminal(io.StringIO):
+    """What the chat writes to, as a terminal: rich and textual-image draw into it for real."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def drawn_cells(out: Terminal) -> tuple[int, int]:
+    """Columns and rows of what was drawn (half-block cells, colour codes removed)."""
+    rows = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in out.getvalue().rstrip("\n").split("\n")]
+    return max(len(row) for row in rows), len(rows)
+
+
+@pytest.mark.parametrize(
+    ("size", "width", "rows"), [((200, 400), 24, 24), ((400, 200), 24, 6), ((300, 300), 40, 20)]
+)
+def test_terminal_faces_keep_their_shape_at_the_width_asked(tmp_path: Path, size, width, rows) -> None:
+    from textual_image.renderable.halfcell import Image as HalfCells
+
+    path = tmp_path / "face.png"
+    Image.new("RGB", size, (200, 60, 90)).save(path)
+    out = Terminal()
+    faces = TerminalFaces(out, width=width, renderable=HalfCells)
+    assert faces.show(path, None)
+    # A half-block cell is twice as tall as it is wide and holds two pixel rows: a picture twice as
+    # tall as wide takes as many rows as columns.
+    assert drawn_cells(out) == (width, rows)
+
+
+def test_terminal_faces_show_the_face_and_its_marks(tmp_path: Path) -> None:
+    from textual_image.renderable.halfcell import Image as HalfCells
+
+    path = tmp_path / "face.png"
+    Image.new("RGB", (512, 640), (10, 10, 10)).save(path)
+    out = Terminal()
+    TerminalFaces(out, width=32, renderable=HalfCells).show(path, (166, 200, 180, 190))
+    # The face box with 30 % around it (room for a drawn face's marks): 288 x 304 pixels.
+    assert drawn_cells(out) == (32, round(32 * 304 / 288 / 2))
+    assert face_crop(Image.open(path), (166, 200, 180, 190)).size == (288, 304)

@@ -129,7 +129,7 @@ def test_the_terminal_chat_goes_on_after_its_database_is_deleted(tmp_path: Path)
     out = chat.expect("nothing more is saved")
     assert "Traceback" not in out and "[error: " in out
     chat.type("/personas")  # the chat is still alive and answers commands
-    chat.expect("[mira (Mira), tobin (Tobin)]")
+    chat.expect("[mira (Mira: hand-made faces), tobin (Tobin: hand-made faces)]")
     chat.type("/quit")
     assert chat.close() == 0
     assert not database.exists()  # nothing wrote a fresh file behind the user's back

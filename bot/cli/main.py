@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--no-images", action="store_true", help="print the face's file path instead of drawing the face"
     )
+    chat.add_argument(
+        "--face-width",
+        type=int,
+        help="the face's width in terminal columns (default: [expressions] terminal_face_width)",
+    )
 
     persona = sub.add_parser("persona", help="list, show, import and export personas")
     psub = persona.add_subparsers(dest="action", required=True)
@@ -58,7 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--spec", choices=["v2", "v3"], default="v3")
     face = psub.add_parser("face", help="preview a persona's face region on its portrait, or set it")
     face.add_argument("name")
-    face.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="set the face region")
+    where = face.add_mutually_exclusive_group()
+    where.add_argument("--box", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="set the face region")
+    where.add_argument(
+        "--detect", action="store_true", help="find the face and save it when the match is strong"
+    )
     face.add_argument("--out", type=Path, help="preview PNG (default: data/NAME-face.png)")
 
     expressions = sub.add_parser("expressions", help="pre-render faces, sprite packs")
@@ -97,7 +106,11 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
         if args.persona:
             await engine.admin.set_persona(args.channel, args.persona)
         history = config.resolve(config.store.path).parent / "chat-history"
-        await Console(engine, args.channel, args.user, images=not args.no_images, history_file=history).run()
+        width = args.face_width or config.expressions.terminal_face_width
+        console = Console(
+            engine, args.channel, args.user, images=not args.no_images, history_file=history, face_width=width
+        )
+        await console.run()
     return 0
 
 
@@ -113,6 +126,9 @@ def check_numbers(args: argparse.Namespace) -> None:
     variants = getattr(args, "variants", 1)
     if not 1 <= variants <= MAX_VARIANTS:
         raise BotError(f"--variants must be between 1 and {MAX_VARIANTS}, not {variants}")
+    width = getattr(args, "face_width", None)
+    if width is not None and not 8 <= width <= 160:
+        raise BotError(f"--face-width must be between 8 and 160 columns, not {width}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.errors import BotError
-from bot.files import check_input, check_output, png_bytes, write_output
+from bot.expressions.detect import FaceReport, locate_face
+from bot.files import check_input, check_output, write_output
 from bot.personas import PersonaLibrary
 from bot.terminal.safe import echo
 
@@ -29,6 +30,12 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
         raw = _read_limited(args.file, config.persona.max_card_bytes)
         persona = library.import_card(raw, args.file.name, slug=args.name, force=args.force)
         echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
+        # A card made by this bot carries its face region; any other card's face is looked for.
+        if library.existing_portrait(persona) is not None and not (persona.face_box or persona.face_mask):
+            found = locate_face(
+                library, persona, config.expressions, config.persona.max_portrait_pixels, detect=True
+            )
+            _say_where(found, _preview_path(config, persona.slug))
     elif args.action == "export":
         persona = library.load(args.name)
         write_output(args.out, library.export_card(persona, args.spec))
@@ -38,35 +45,54 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _face_command(config: Config, args: argparse.Namespace) -> int:
-    """Show where a persona's face is (the only part a render redraws), and optionally set it."""
-    from bot.expressions import check_face_box, face_mask, face_preview
-    from bot.images import decode_image
-    from bot.personas import PersonaLibrary
+HOW_TO_SET = "run `./run persona face {slug} --box {{box}}`"
 
+
+def _face_command(config: Config, args: argparse.Namespace) -> int:
+    """Show where a persona's face is (where a render redraws and drawn marks go); find or set it."""
     library = PersonaLibrary.from_config(config)
     persona = library.load(args.name)
-    path = library.portrait_path(persona)
-    if path is None or not path.is_file():
-        raise BotError(f"persona '{persona.slug}' has no portrait file (set [portrait] image)")
-    portrait = decode_image(
-        path.read_bytes(), f"portrait {path}", max_pixels=config.persona.max_portrait_pixels, error=BotError
-    )
-    out = args.out or config.resolve(config.store.path).parent / f"{persona.slug}-face.png"
-    if args.out is None:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out or _preview_path(config, persona.slug)
     check_output(out)  # before the box is saved: a bad --out changes nothing
-    if args.box:
-        box = (args.box[0], args.box[1], args.box[2], args.box[3])
-        check_face_box(box, portrait.size, f"persona '{persona.slug}'")
-        echo(f"face_box = {list(box)} saved in {library.set_face_box(persona, box)}")
-        persona = library.load(persona.slug)
-    settings = config.expressions
-    mask = face_mask(persona, portrait.size, library.avatars, settings.mask_dilate, settings.mask_blur)
-    write_output(out, png_bytes(face_preview(portrait, mask)))
-    where = f"face_box = {list(persona.face_box)}" if persona.face_box else "automatic detection"
-    echo(f"{persona.name}: {where}; preview (dimmed outside what a render may redraw): {out}")
+    box = (args.box[0], args.box[1], args.box[2], args.box[3]) if args.box else None
+    report = locate_face(
+        library, persona, config.expressions, config.persona.max_portrait_pixels, box=box, detect=args.detect
+    )
+    _say_where(report, out)
     return 0
+
+
+def _preview_path(config: Config, slug: str) -> Path:
+    out = config.resolve(config.store.path).parent / f"{slug}-face.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _say_where(report: FaceReport, out: Path) -> None:
+    """One line on what was found or set, and where the preview is."""
+    persona, how = report.persona, HOW_TO_SET.format(slug=report.persona.slug)
+    kept = "the face region stays as it was" if report.preview is not None else "faces show as a badge"
+    if report.preview is not None:
+        write_output(out, report.preview)
+    shown = f"preview: {out}" if report.preview is not None else ""
+    if report.finding is not None:
+        saved = f", saved in {report.saved}" if report.saved is not None else ""
+        echo(f"{persona.name}: {report.finding.describe(how, kept)}{saved}" + (f"; {shown}" if saved else ""))
+        if saved or report.preview is None:
+            return
+    elif report.saved is not None:
+        echo(f"face_box = {list(persona.face_box or ())} saved in {report.saved}; {shown}")
+        return
+    if report.preview is None:
+        echo(
+            f"{persona.name} has no face region: its faces are drawn on a corner badge. Find it with"
+            f" `./run persona face {persona.slug} --detect`, or {how.format(box='X Y WIDTH HEIGHT')}"
+        )
+        return
+    region = (
+        f"face_box = {list(persona.face_box)}" if persona.face_box else f"face_mask = {persona.face_mask}"
+    )
+    echo(f"{persona.name}: {region}; {shown} (dimmed outside the face region)")
 
 
 def _read_limited(path: Path, limit: int) -> bytes:

@@ -14,6 +14,7 @@ from bot.core.cast import named_in
 from bot.core.models import Models
 from bot.core.scene import Scene
 from bot.errors import BotError, InputError
+from bot.expressions.detect import FaceReport, locate_face
 from bot.expressions.service import ExpressionImage
 from bot.personas import Persona
 from bot.store import StoredMessage
@@ -172,14 +173,17 @@ class Admin:
     def persona_names(self) -> list[str]:
         return self.personas.names()
 
-    def persona_overview(self) -> list[tuple[str, str]]:
-        """(id, display name) of every persona; a broken file shows why instead of its name."""
+    def persona_overview(self) -> list[tuple[str, str, str]]:
+        """(id, display name, where its faces come from) of every persona; a broken file shows why
+        instead of its name."""
         rows = []
         for slug in self.personas.names():
             try:
-                rows.append((slug, self.personas.load(slug).name))
+                persona = self.personas.load(slug)
             except BotError as exc:
-                rows.append((slug, f"(unusable: {exc})"))
+                rows.append((slug, f"(unusable: {exc})", ""))
+                continue
+            rows.append((slug, persona.name, self.models.expressions.kind_of_faces(persona)))
         return rows
 
     async def persona_named(self, channel_id: int, name: str | None = None) -> Persona:
@@ -192,6 +196,20 @@ class Admin:
 
     async def import_card(self, raw: bytes, filename: str) -> Persona:
         return await asyncio.to_thread(self.personas.import_card, raw, filename)
+
+    async def face_region(
+        self, persona: Persona, box: tuple[int, int, int, int] | None = None, detect: bool = False
+    ) -> FaceReport:
+        """Set a persona's face box (by hand, or by detection when the match is strong) and preview it."""
+        return await asyncio.to_thread(
+            locate_face,
+            self.personas,
+            persona,
+            self.config.expressions,
+            self.config.persona.max_portrait_pixels,
+            box=box,
+            detect=detect,
+        )
 
     async def export_card(self, persona: Persona, spec: Literal["v2", "v3"]) -> bytes:
         return await asyncio.to_thread(self.personas.export_card, persona, spec)
@@ -213,12 +231,13 @@ class Admin:
         labels: list[str] | None = None,
         on_progress: Progress = None,
     ) -> list[tuple[str, Path]]:
-        """Every face of a persona (sprites where present, renders otherwise), for a contact sheet."""
+        """Every face of a persona (sprites where present, then renders, then drawn faces), for a contact
+        sheet."""
         from bot.expressions.service import ExpressionService
 
         expressions = self.models.expressions
         if not isinstance(expressions, ExpressionService):
-            raise BotError("no inpainting model is configured: set [expressions] model in config.toml")
+            raise BotError("faces are switched off here: set [expressions] enabled = true in config.toml")
         return await expressions.render_all(persona, labels or list(persona.labels), variants, on_progress)
 
     async def status(self, channel_id: int) -> EngineStatus:

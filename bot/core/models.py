@@ -17,6 +17,8 @@ from bot.personas import Persona, PersonaLibrary
 class ExpressionProvider(Protocol):
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage: ...
 
+    def kind_of_faces(self, persona: Persona) -> str: ...
+
 
 class PortraitOnly:
     """Expressions switched off: every emotion shows the plain portrait."""
@@ -26,6 +28,9 @@ class PortraitOnly:
 
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
         return ExpressionImage(self.personas.existing_portrait(persona), label)
+
+    def kind_of_faces(self, persona: Persona) -> str:
+        return "portrait only" if self.personas.existing_portrait(persona) else "no portrait"
 
 
 @dataclass

@@ -4,19 +4,22 @@
 - `llm`: the reply model itself, constrained to the labels (good only on capable models);
 - `both`: the two combined (geometric mean of their probabilities);
 - `auto`: whichever of the three scores best on a small labelled probe set (bot/emotion/data/probe.tsv)
-  for the loaded model; measured once per model file in the background, the classifier serving until then.
+  for the loaded model; measured once per model file in the background, one line at a time while the
+  model has nothing else to do, the score so far kept across restarts, the classifier serving until then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.config import EmotionConfig
 from bot.emotion.classifier import TextClassifier, shipped
@@ -31,6 +34,11 @@ from bot.llm.base import Message
 _log = logging.getLogger(__name__)
 
 PROBE_FILE = Path(__file__).parent / "data" / "probe.tsv"
+# The measurement is the chat's guest on the model: it asks its next probe line only once the model has
+# served nobody for this long, so a turn waits for one probe line at most, and the few model calls of
+# one turn are never split by probes.
+QUIET_SECONDS = 1.0
+POLL_SECONDS = 0.05
 PROBE_SYSTEM = "You are Mira, a lighthouse keeper, in a roleplay chat. Stay in character."
 MODES = ("classifier", "llm", "both")
 
@@ -81,6 +89,7 @@ class EmotionJudge:
         self.config = config
         self.classifier = classifier or shipped()
         self.llm = LLMJudge(llm) if llm is not None else None
+        self._backend = llm
         self.model_id = model_id
         self.verdict_file = verdict_file
         self._mode = config.judge if config.judge != "auto" else self._known_verdict()
@@ -148,14 +157,22 @@ class EmotionJudge:
         # nothing to measure: the classifier judges.
         if self.llm is None or self.verdict_file is None:
             return "classifier"
-        if not self.verdict_file.is_file():
-            return None
+        verdict = self._entry().get("judge")
+        return verdict if verdict in MODES else None
+
+    def _verdicts(self) -> dict[str, Any]:
+        """The verdict file: model id -> its verdict, or the measurement's progress so far."""
+        if self.verdict_file is None or not self.verdict_file.is_file():
+            return {}
         try:
             verdicts = json.loads(self.verdict_file.read_text("utf-8"))
         except (OSError, ValueError):
-            return None
-        verdict = verdicts.get(self.model_id, {}).get("judge") if isinstance(verdicts, dict) else None
-        return verdict if verdict in MODES else None
+            return {}
+        return verdicts if isinstance(verdicts, dict) else {}
+
+    def _entry(self) -> dict[str, Any]:
+        entry = self._verdicts().get(self.model_id)
+        return entry if isinstance(entry, dict) else {}
 
     def _start_probe(self) -> None:
         if self._probe is None:
@@ -171,11 +188,17 @@ class EmotionJudge:
             self._mode = "classifier"
 
     async def measure(self) -> str:
-        """Score each judge on the probe set with the loaded model, adopt the best and remember it."""
+        """Score each judge on the probe set with the loaded model, adopt the best and remember it. Each
+        line waits for the model to be idle, and the score so far is kept after each line, so a restart
+        goes on where the last run stopped."""
         examples = probe_examples()
         labels = [label for label in dict.fromkeys(label for label, _ in examples)]
-        right = dict.fromkeys(MODES, 0)
-        for label, text in examples:
+        probe_set = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
+        done, right = self._progress(probe_set, len(examples))
+        for index, (label, text) in enumerate(examples):
+            if index < done:
+                continue
+            await self._model_is_quiet()
             by_text = self.classify_text(text, labels, ["Mira"])
             options = {"classifier": by_text}
             if self.llm is not None:
@@ -194,6 +217,7 @@ class EmotionJudge:
                 options |= {"llm": by_llm, "both": combine(by_text, by_llm)}
             for mode, probs in options.items():
                 right[mode] += max(probs, key=lambda lab: probs[lab]) == label
+            self._save({"progress": {"set": probe_set, "done": index + 1, "right": right}})
         # Ties go to the cheaper judge: the classifier, then the LLM alone.
         best = max(MODES, key=lambda mode: (right[mode], -MODES.index(mode)))
         summary = ", ".join(f"{mode} {right[mode]}/{len(examples)}" for mode in MODES)
@@ -201,19 +225,44 @@ class EmotionJudge:
             "emotion judge: auto chose %s for %s (probe: %s)", best, self.model_id or "the model", summary
         )
         self._mode = best
-        self._remember(best, right, len(examples))
+        self._save({"judge": best, "probe": {m: f"{right[m]}/{len(examples)}" for m in MODES}})
         return best
 
-    def _remember(self, verdict: str, right: Mapping[str, int], n: int) -> None:
+    def _progress(self, probe_set: str, total: int) -> tuple[int, dict[str, int]]:
+        """Lines already measured and their score, from an earlier run on the same probe set."""
+        fresh = (0, dict.fromkeys(MODES, 0))
+        progress = self._entry().get("progress")
+        if not isinstance(progress, dict) or progress.get("set") != probe_set:
+            return fresh
+        done, right = progress.get("done"), progress.get("right")
+        if not (isinstance(done, int) and 0 <= done <= total and isinstance(right, dict)):
+            return fresh
+        scores = {mode: right.get(mode) for mode in MODES}
+        if not all(isinstance(v, int) and 0 <= v <= done for v in scores.values()):
+            return fresh
+        return done, {mode: int(v or 0) for mode, v in scores.items()}
+
+    async def _model_is_quiet(self) -> None:
+        """Return once no request has kept the model busy for QUIET_SECONDS."""
+        loop = asyncio.get_running_loop()
+        quiet_since: float | None = None
+        while True:
+            busy = int(getattr(self._backend, "pending", 0) or 0) > 0
+            now = loop.time()
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= QUIET_SECONDS:
+                return
+            await asyncio.sleep(POLL_SECONDS)
+
+    def _save(self, entry: dict[str, Any]) -> None:
+        """This model's entry in the verdict file (the other models' stay)."""
         if self.verdict_file is None or not self.model_id:
             return
-        try:
-            verdicts = json.loads(self.verdict_file.read_text("utf-8")) if self.verdict_file.is_file() else {}
-            if not isinstance(verdicts, dict):
-                verdicts = {}
-        except (OSError, ValueError):
-            verdicts = {}
-        verdicts[self.model_id] = {"judge": verdict, "probe": {m: f"{right[m]}/{n}" for m in MODES}}
+        verdicts = self._verdicts()
+        verdicts[self.model_id] = entry
         try:
             self.verdict_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.verdict_file, json.dumps(verdicts, indent=1).encode("utf-8"))

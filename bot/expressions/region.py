@@ -50,7 +50,12 @@ def face_mask(
         if mask.getextrema() == (255, 255):
             raise ExpressionError(f"{where}: face mask covers the whole portrait; mark only the face")
     else:
-        box4 = persona.face_box or detect_face(persona, avatars)
+        if persona.face_box is None:
+            raise ExpressionError(
+                f"{where} has no face region: find it with `./run persona face {persona.slug} --detect`,"
+                f' set it with `--box X Y WIDTH HEIGHT`, or give face_mask = "file.png" under [portrait]'
+            )
+        box4 = persona.face_box
         check_face_box(box4, portrait_size, where)
         x, y, w, h = box4
         mask = Image.new("L", portrait_size, 0)
@@ -90,26 +95,6 @@ def dilate_mask(mask: Image.Image, radius: int) -> Image.Image:
             grown[tuple(ahead)] |= source[tuple(behind)]
             grown[tuple(behind)] |= source[tuple(ahead)]
     return Image.fromarray(grown.astype(np.uint8) * 255, mode="L")
-
-
-def detect_face(persona: Persona, avatars: Path) -> tuple[int, int, int, int]:
-    """Find the face box with OpenCV's anime-face or frontal-face cascade, when OpenCV is installed."""
-    try:
-        import cv2
-    except ImportError:
-        raise ExpressionError(
-            f"persona '{persona.slug}' has no face region: add face_box = [x, y, width, height] (or"
-            f' face_mask = "file.png") under [portrait] in persona/{persona.slug}.toml, or install'
-            " opencv-python-headless for automatic detection"
-        ) from None
-    path = avatars / Path(persona.portrait).name
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    faces = cascade.detectMultiScale(image, scaleFactor=1.1, minNeighbors=4) if image is not None else ()
-    if len(faces) == 0:
-        raise ExpressionError(f"persona '{persona.slug}': no face found automatically; set face_box by hand")
-    x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-    return int(x), int(y), int(w), int(h)
 
 
 def composite(portrait: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:

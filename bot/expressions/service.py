@@ -1,5 +1,6 @@
-"""The service the engine talks to: the face for an emotion now (sprite, cached render, or the best
-image at hand) and a render in the background on a cache miss, with its cache on disk.
+"""The service the engine talks to: the face for an emotion now and a render in the background on a
+cache miss, with its cache on disk. Which face wins: a hand-made sprite, then a diffusion render, then a
+face drawn over the portrait (`drawn`), then the plain portrait.
 
 A render never fails a chat: any pipeline error falls back to the best available image with a log line.
 """
@@ -20,6 +21,7 @@ from PIL import Image
 
 from bot.config import Config
 from bot.errors import BusyError, ExpressionError
+from bot.expressions.drawn_cache import DrawnFaces, file_stamp
 from bot.expressions.pipeline import Renderer, render_threads
 from bot.expressions.region import face_mask
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
@@ -67,15 +69,6 @@ def seed_for(base: int, persona: str, label: str, variant: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def _file_stamp(path: Path | None) -> tuple[object, ...]:
-    """What identifies a file's version cheaply: its path, mtime and size (just the path if missing)."""
-    try:
-        stat = path.stat() if path is not None else None
-    except OSError:
-        stat = None
-    return (str(path),) if stat is None else (str(path), stat.st_mtime_ns, stat.st_size)
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -116,6 +109,7 @@ class ExpressionService:
         )
         # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
         self._unrenderable: dict[str, str] = {}
+        self.drawn_faces = DrawnFaces(self.cache_dir, personas, self._portrait, self._warn_once)
 
     @property
     def pending(self) -> int:
@@ -144,7 +138,7 @@ class ExpressionService:
         files = [self.personas.portrait_path(persona)]
         if persona.face_mask:
             files.append(self.personas.avatars / Path(persona.face_mask).name)
-        stamps = tuple(_file_stamp(f) for f in files)
+        stamps = tuple(file_stamp(f) for f in files)
         key = (stamps, persona.face_box, s.mask_dilate, s.mask_blur)
         cached = self._source_memo.get(persona.slug)
         if cached is not None and cached[0] == key:
@@ -191,6 +185,22 @@ class ExpressionService:
 
     # -- lookups ----------------------------------------------------------------------------------------
 
+    def kind_of_faces(self, persona: Persona) -> str:
+        """Where this persona's faces come from, in a few words (for listings)."""
+        kinds = []
+        made = [label for label in persona.labels if self.sprite(persona, label) is not None]
+        if len(made) == len(persona.labels):
+            return "hand-made faces"
+        if made:
+            kinds.append(f"hand-made ({len(made)} of {len(persona.labels)})")
+        if self.personas.existing_portrait(persona) is None:
+            return " and ".join(kinds) + " faces" if kinds else "no portrait"
+        if self.settings.model:
+            kinds.append("rendered")
+        if self.settings.drawn:
+            kinds.append("drawn")
+        return (", ".join(kinds) + " faces") if kinds else "portrait only"
+
     def sprite(self, persona: Persona, label: str, variant: int = 0) -> Path | None:
         """A hand-made sprite from an imported pack; these win over generated faces."""
         path = self.sprites_dir / persona.slug / sprite_name(label, variant)
@@ -216,30 +226,53 @@ class ExpressionService:
         if sprite is not None:
             return ExpressionImage(sprite, label)
         if not (self.settings.enabled and self.settings.model):
-            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
+            return ExpressionImage(await self._stand_in(persona, label), label)
         try:
             job, _, _ = await asyncio.to_thread(self.job, persona, label)
         except ExpressionError as exc:
             # A persona problem (no face region, unreadable portrait) fails every render the same way:
             # say so once, then keep showing the best image without retrying each turn.
-            if self._unrenderable.get(persona.slug) != str(exc):
-                self._unrenderable[persona.slug] = str(exc)
-                _log.warning("not rendering faces for %s: %s", persona.slug, exc)
-            return ExpressionImage(self.sprite(persona, "neutral") or self._portrait_file(persona), label)
+            self._warn_once(persona, f"not rendering faces for {persona.slug}: {exc}")
+            return ExpressionImage(await self._stand_in(persona, label), label)
         ready = await self._cached_file(job)
         if ready is not None:
             return ExpressionImage(ready, label)
-        neutral = (
-            None
-            if label == "neutral"
-            else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
-        )
-        now = neutral or self._portrait_file(persona)
+        if self.settings.drawn:
+            now = await self._stand_in(persona, label)
+        else:
+            neutral = (
+                None
+                if label == "neutral"
+                else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
+            )
+            now = neutral or self._portrait_file(persona)
         try:
             fresh = self.render_in_background(persona, label)
         except BusyError:
             return ExpressionImage(now, label)
         return ExpressionImage(now, label, fresh)
+
+    async def _stand_in(self, persona: Persona, label: str) -> Path | None:
+        """The face to show where there is no sprite or render for `label`: the drawn face, or (drawn
+        faces off) the neutral sprite or the portrait."""
+        drawn = await self.drawn(persona, label) if self.settings.drawn else None
+        return drawn or self.sprite(persona, "neutral") or self._portrait_file(persona)
+
+    def _warn_once(self, persona: Persona, why: str) -> None:
+        if self._unrenderable.get(persona.slug) != why:
+            self._unrenderable[persona.slug] = why
+            _log.warning("%s", why)
+
+    # -- drawn faces ------------------------------------------------------------------------------------
+
+    async def drawn(self, persona: Persona, label: str) -> Path | None:
+        """The drawn face for `label` (the portrait itself where its look draws nothing); None when the
+        persona has no readable portrait."""
+        try:
+            return await asyncio.to_thread(self.drawn_faces.face, persona, label)
+        except ExpressionError as exc:
+            self._warn_once(persona, f"not drawing faces for {persona.slug}: {exc}")
+            return None
 
     # -- rendering --------------------------------------------------------------------------------------
 
@@ -251,14 +284,21 @@ class ExpressionService:
         on_progress: Callable[[int, int, str], Awaitable[None] | None] | None = None,
     ) -> list[tuple[str, Path]]:
         """Every label x variant: the hand-made sprite where there is one, else a render (cached ones
-        come straight back). Names are SillyTavern's (joy, joy-1...). `on_progress(done, total, label)`
-        is called before each face and once at the end."""
-        jobs = [(label, v) for label in labels for v in range(variants)]
+        come straight back), else (no inpainting model) the drawn face, one per label. Names are
+        SillyTavern's (joy, joy-1...). `on_progress(done, total, label)` is called before each face and
+        once at the end."""
+        drawing = not self.settings.model and self.settings.drawn
+        jobs = [(label, v) for label in labels for v in range(1 if drawing else variants)]
         faces: list[tuple[str, Path]] = []
         for i, (label, variant) in enumerate(jobs):
             if on_progress is not None:
                 await maybe_await(on_progress(i, len(jobs), label))
-            path = self.sprite(persona, label, variant) or await self.render(persona, label, variant)
+            path = self.sprite(persona, label, variant)
+            if path is None and drawing:
+                path = await asyncio.to_thread(self.drawn_faces.face, persona, label)
+                if path is None:
+                    raise ExpressionError(f"persona '{persona.slug}' has no portrait to draw faces on")
+            path = path or await self.render(persona, label, variant)
             faces.append((sprite_name(label, variant).removesuffix(".png"), path))
         if on_progress is not None:
             await maybe_await(on_progress(len(jobs), len(jobs), "done"))

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from bot.core import Engine, TurnResult
 from bot.errors import BotError
-from bot.terminal.faces import TerminalFaces
+from bot.terminal.faces import FACE_CELLS, TerminalFaces
 from bot.terminal.safe import safe_text
 
 HELP = (
@@ -39,13 +39,14 @@ class Console:
         *,
         images: bool = True,
         history_file: Path | None = None,
+        face_width: int = FACE_CELLS,
     ) -> None:
         self.engine = engine
         self.history_file = history_file
         self.channel_id = channel_id
         self.user = user
         self.out = out
-        self.faces = TerminalFaces(out, images)
+        self.faces = TerminalFaces(out, images, width=face_width)
         self._shown: Path | None = None  # the face last drawn, so an unchanged face is not drawn again
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._turn: asyncio.Task[TurnResult] | None = None
@@ -227,7 +228,10 @@ class Console:
                     return True
                 self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
             elif name == "/personas":
-                listed = [f"{slug} ({shown})" for slug, shown in self.engine.admin.persona_overview()]
+                listed = [
+                    f"{slug} ({shown}{': ' + faces if faces else ''})"
+                    for slug, shown, faces in self.engine.admin.persona_overview()
+                ]
                 self.say("[" + ", ".join(listed) + "]")
             else:
                 self.say(f"[{HELP}]")

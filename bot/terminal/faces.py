@@ -12,8 +12,10 @@ from PIL import Image
 
 _log = logging.getLogger(__name__)
 
-FACE_CELLS = 24  # width of the face in terminal columns
-MARGIN = 0.15  # context around the face box, as a fraction of its size
+FACE_CELLS = 32  # width of the face in terminal columns, unless the config says otherwise
+# Context around the face box, as a fraction of its size: enough to hold the marks of a drawn face,
+# which sit beside the head.
+MARGIN = 0.3
 
 
 def face_crop(image: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
@@ -29,20 +31,27 @@ def face_crop(image: Image.Image, box: tuple[int, int, int, int] | None) -> Imag
 class TerminalFaces:
     """Draws faces inline when `out` is a terminal and images are wanted."""
 
-    def __init__(self, out: TextIO, enabled: bool = True) -> None:
+    def __init__(
+        self, out: TextIO, enabled: bool = True, *, width: int = FACE_CELLS, renderable: Any = None
+    ) -> None:
+        """`renderable`: the textual-image class to draw with (default: the one it picks for this
+        terminal)."""
         self._console: Any = None
         self._image: Any = None
+        self.width = width
         if not (enabled and out.isatty()):
             return
         try:
             # Imported here, before the chat's input thread starts: on import textual-image asks the
             # terminal which graphics protocol it speaks, and the answer arrives on standard input.
             from rich.console import Console
-            from textual_image.renderable import Image as Renderable
+
+            if renderable is None:
+                from textual_image.renderable import Image as renderable
         except ImportError:  # an optional nicety: without it the image path is shown
             return
         self._console = Console(file=out, highlight=False)
-        self._image = Renderable
+        self._image = renderable
 
     @property
     def active(self) -> bool:
@@ -59,7 +68,9 @@ class TerminalFaces:
             _log.debug("cannot read %s: %s", path, exc)
             return False
         try:
-            self._console.print(self._image(face, width=FACE_CELLS))
+            # height="auto": the height follows the picture's shape in the terminal's own cell size (a
+            # width alone takes the height from the pixel count, squashing or stretching the face).
+            self._console.print(self._image(face, width=self.width, height="auto"))
         except Exception as exc:  # a terminal it cannot handle, e.g. one reporting a size of 0
             _log.warning("cannot draw faces in this terminal (%s); showing file paths instead", exc)
             self._console = None

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import BotError
+from bot.expressions.detect import FaceReport
 from bot.personas import Persona
 
 if TYPE_CHECKING:
@@ -39,6 +40,29 @@ def require_manager(interaction: discord.Interaction) -> bool:
 
 
 manager_only = app_commands.check(require_manager)
+
+
+SET_BY_HAND = "use `/manage face` with x, y, width and height ({box})"
+
+
+def _face_answer(report: FaceReport, before: str) -> tuple[str, list[discord.File]]:
+    """What a face command says, and the preview to attach."""
+    persona = report.persona
+    kept = "the face region stays as it was" if report.preview is not None else "faces show as a badge"
+    lines = [before] if before else []
+    if report.finding is not None:
+        lines.append(report.finding.describe(SET_BY_HAND, kept))
+    if report.saved is not None:
+        lines.append(f"Saved {persona.name}'s face box: `{list(persona.face_box or ())}`.")
+    elif report.preview is None and report.finding is None:
+        lines.append(
+            f"{persona.name} has no face region: faces show as a badge. `/manage face detect:True` looks"
+            f" for it; or {SET_BY_HAND.format(box='in portrait pixels')}."
+        )
+    elif report.preview is not None and report.finding is None:
+        lines.append(f"{persona.name}'s face box: `{list(persona.face_box or ())}` (dimmed outside it).")
+    files = [discord.File(io.BytesIO(report.preview), filename="face.png")] if report.preview else []
+    return "\n".join(lines)[:2000], files
 
 
 class Confirm(discord.ui.View):
@@ -154,7 +178,10 @@ class Admin(commands.Cog):
 
     @persona.command(name="list", description="Personas this bot can play")
     async def persona_list(self, interaction: discord.Interaction) -> None:
-        lines = [f"`{slug}`: {name}" for slug, name in self.engine.admin.persona_overview()]
+        lines = [
+            f"`{slug}`: {name}" + (f" ({faces})" if faces else "")
+            for slug, name, faces in self.engine.admin.persona_overview()
+        ]
         await interaction.response.send_message("\n".join(lines)[:2000] or "No personas yet.", ephemeral=True)
 
     @persona.command(name="show", description="Who the bot is playing here")
@@ -179,11 +206,46 @@ class Admin(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         raw = await card.read()
         persona = await self.engine.admin.import_card(raw[: limit + 1], card.filename)
-        await interaction.followup.send(
-            f"Imported **{persona.name}** as `{persona.slug}`."
-            f" Use `/manage persona {persona.slug}` to play it.",
-            ephemeral=True,
-        )
+        said = f"Imported **{persona.name}** as `{persona.slug}`."
+        said += f" Use `/manage persona {persona.slug}` to play it."
+        files: list[discord.File] = []
+        # A card made by this bot carries its face region; any other card's face is looked for.
+        if self.engine.admin.portrait_of(persona) is not None and not (persona.face_box or persona.face_mask):
+            report = await self.engine.admin.face_region(persona, detect=True)
+            said, files = _face_answer(report, said)
+        await interaction.followup.send(said, ephemeral=True, files=files)
+
+    @manage.command(name="face", description="Show where the persona's face is; find it, or set it by hand")
+    @app_commands.describe(
+        detect="look for the face and keep it when the match is strong",
+        x="left edge of the face box, in portrait pixels",
+        y="top edge of the face box",
+        width="width of the face box",
+        height="height of the face box",
+        name="persona id (default: the one playing here)",
+    )
+    @manager_only
+    async def face(
+        self,
+        interaction: discord.Interaction,
+        detect: bool = False,
+        x: app_commands.Range[int, 0, 100_000] | None = None,
+        y: app_commands.Range[int, 0, 100_000] | None = None,
+        width: app_commands.Range[int, 1, 100_000] | None = None,
+        height: app_commands.Range[int, 1, 100_000] | None = None,
+        name: str | None = None,
+    ) -> None:
+        given = [v for v in (x, y, width, height) if v is not None]
+        if given and len(given) < 4:
+            raise BotError("Give all of `x`, `y`, `width` and `height` to set the face box, or none of them.")
+        if given and detect:
+            raise BotError("Either set the box by hand or `detect` it, not both.")
+        await interaction.response.defer(ephemeral=True, thinking=True)  # detection takes a moment
+        persona = await self.engine.admin.persona_named(interaction.channel_id or 0, name)
+        box = (given[0], given[1], given[2], given[3]) if given else None
+        report = await self.engine.admin.face_region(persona, box=box, detect=detect)
+        said, files = _face_answer(report, "")
+        await interaction.followup.send(said, ephemeral=True, files=files)
 
     @persona.command(name="export", description="Download a persona as a SillyTavern card PNG")
     async def persona_export(
