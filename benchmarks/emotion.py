@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.common import load_average, loaded_model, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.core.prompt import PromptBuilder, Turn
-from bot.emotion.evaluation import Example, Scores, gold, read_goemotions, score
+from bot.emotion.evaluation import Example, Scores, dialogue_sets, gold, read_goemotions, score
 from bot.emotion.judge import EmotionJudge, combine
 from bot.emotion.smoothing import smooth
 from bot.personas import PersonaLibrary
@@ -97,6 +97,14 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         ("classifier (shipped)", str(len(examples)), *describe(score(by_classifier, golds, labels))),
     ]
 
+    # Reply-shaped sets built from the same rows: short replies, questions, negations, long replies.
+    shaped = []
+    for name, subset in dialogue_sets(examples, labels).items():
+        subset_golds = [gold(e, labels) for e in subset]
+        predicted = [best(classify(e.text)) for e in subset]
+        neutral = score(["neutral"] * len(subset), subset_golds, labels)
+        shaped.append((name, str(len(subset)), *describe(score(predicted, subset_golds, labels)), neutral))
+
     # The face as the chat shows it: smoothing over consecutive replies keeps weak or marginal changes out.
     shown: list[str] = []
     previous: str | None = None
@@ -164,6 +172,11 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         f"machine: {machine()}; load average (1 min): {load_average()}",
         rows,
     )
+    print(f"\nthe shipped classifier on reply-shaped sets built from {Path(data).name}\n")
+    print("| set | rows | accuracy | macro-F1 | largest label share | always neutral |")
+    print("|---|---|---|---|---|---|")
+    for name, n, accuracy, macro_f1, share, _top, neutral in shaped:
+        print(f"| {name} | {n} | {accuracy} | {macro_f1} | {share} | {neutral.accuracy:.3f} |")
     print(
         f"\nfaces shown with smoothing (min_lift {config.emotion.min_lift}, switch_lift "
         f"{config.emotion.switch_lift}): the face changes on {changed:.0%} of consecutive replies"

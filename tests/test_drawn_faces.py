@@ -336,3 +336,20 @@ def test_a_card_that_carries_its_face_box_keeps_it(
     out = capsys.readouterr().out
     assert PersonaLibrary.from_config(config).load("mira-again").face_box == MIRA_BOX
     assert "face" not in out.split("imported", 1)[1].split("\n", 1)[1]  # nothing looked for, nothing said
+
+
+@needs_cards
+def test_an_import_stands_when_its_face_cannot_be_looked_for(
+    config: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.cli.persona as persona_cli
+
+    def unreadable(*_args, **_kwargs):
+        raise ExpressionError("portrait avatars/seraphina.png cannot be read: Input/output error")
+
+    monkeypatch.setattr(persona_cli, "locate_face", unreadable)
+    card = str(CARDS / "st_seraphina.png")
+    assert cli_main(["--config", str(config.root / "config.toml"), "persona", "import", card]) == 0
+    out = capsys.readouterr().out
+    assert "imported 'Seraphina'" in out and "its face could not be looked for: portrait" in out
+    assert PersonaLibrary.from_config(config).load("seraphina").face_box is None

@@ -32,10 +32,14 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
         echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
         # A card made by this bot carries its face region; any other card's face is looked for.
         if library.existing_portrait(persona) is not None and not (persona.face_box or persona.face_mask):
-            found = locate_face(
-                library, persona, config.expressions, config.persona.max_portrait_pixels, detect=True
-            )
-            _say_where(found, _preview_path(config, persona.slug))
+            try:
+                found = locate_face(
+                    library, persona, config.expressions, config.persona.max_portrait_pixels, detect=True
+                )
+            except BotError as exc:  # the card is imported; only its face could not be looked for
+                echo(f"{persona.name}: its face could not be looked for: {exc}")
+            else:
+                _say_where(found, _preview_path(config, persona.slug))
     elif args.action == "export":
         persona = library.load(args.name)
         write_output(args.out, library.export_card(persona, args.spec))

@@ -7,12 +7,16 @@ label set it is judged right when the prediction is any of its mapped labels, an
 
 from __future__ import annotations
 
+import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.emotion.labels import GOEMOTIONS, projection
+
+_NEGATION = re.compile(r"\b(?:not|no|never|nothing|nobody)\b|n't\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,32 @@ def score(predictions: Sequence[str], golds: Sequence[tuple[str, ...]], labels: 
         f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
     n = len(predictions)
     return Scores(right / n if n else 0.0, sum(f1s) / len(f1s) if f1s else 0.0, predicted, n)
+
+
+def dialogue_sets(
+    examples: Sequence[Example], labels: Sequence[str], seed: int = 0
+) -> dict[str, list[Example]]:
+    """Reply-shaped sets made from labelled comments, to see how a judge reads chat rather than Reddit:
+    `short` (four words or fewer), `questions`, `negations`, `long` (one comment with an emotion set
+    among one to three neutral ones, labelled with its emotion) and `long neutral` (three to six neutral
+    comments in a row: a long reply that shows no emotion). Deterministic for a seed."""
+    rng = random.Random(seed)
+    neutral = [e for e in examples if gold(e, labels) == ("neutral",)]
+    emotional = [e for e in examples if gold(e, labels) and "neutral" not in gold(e, labels)]
+    long: list[Example] = []
+    for example in emotional:
+        pads = rng.sample(neutral, rng.randint(1, 3))
+        cut = rng.randint(0, len(pads))
+        text = " ".join([p.text for p in pads[:cut]] + [example.text] + [p.text for p in pads[cut:]])
+        long.append(Example(text, example.labels))
+    long_neutral = [
+        Example(" ".join(p.text for p in rng.sample(neutral, rng.randint(3, 6))), ("neutral",))
+        for _ in range(min(len(neutral) // 3, 500))
+    ]
+    return {
+        "short": [e for e in examples if len(e.text.split()) <= 4],
+        "questions": [e for e in examples if e.text.rstrip().endswith("?")],
+        "negations": [e for e in examples if _NEGATION.search(e.text)],
+        "long": long,
+        "long neutral": long_neutral,
+    }

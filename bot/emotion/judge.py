@@ -26,7 +26,6 @@ from bot.emotion.classifier import TextClassifier, shipped
 from bot.emotion.labels import project, unjudgeable
 from bot.emotion.llm_judge import Classifier, LLMJudge
 from bot.emotion.smoothing import smooth
-from bot.emotion.text import strip_roleplay
 from bot.errors import BotError
 from bot.files import atomic_write
 from bot.llm.base import Message
@@ -121,7 +120,7 @@ class EmotionJudge:
                 _log.warning(
                     "the emotion classifier never picks %s (no GoEmotions label maps there)", missing
                 )
-        return project(self.classifier.probabilities(strip_roleplay(text, names)), labels)
+        return project(self.classifier.read_reply(text, names), labels)
 
     async def judge(
         self,

@@ -3,7 +3,9 @@ labels, and how any one of them falls back onto whatever labels a persona actual
 
 The grouping of the 28 into the 10 defaults follows the Ekman grouping published with GoEmotions
 (Demszky et al., 2020), with joy split into joy, amusement and love and with embarrassment and confusion
-kept apart, because each of those looks different on a face.
+kept apart, because each of those looks different on a face. Curiosity and approval show the neutral
+face: in a conversation they are a question asked with interest and an "Ok" or "Sure", and a confused
+frown or a beaming smile would misread both.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ TO_DEFAULT: dict[str, str] = {
     "amusement": "amusement",
     "anger": "anger",
     "annoyance": "anger",
-    "approval": "joy",
+    "approval": "neutral",
     "caring": "love",
     "confusion": "confusion",
-    "curiosity": "confusion",
+    "curiosity": "neutral",
     "desire": "love",
     "disappointment": "sadness",
     "disapproval": "anger",

@@ -1,13 +1,15 @@
-"""Expressions: redraw only the face of a persona's portrait for an emotion, cached on disk.
+"""Expressions: a persona's face for an emotion, cached on disk.
 
-Order of preference for a face: a hand-made sprite from a sprite pack, a cached render, then (on a
-miss) the best image at hand while a fresh render runs in the background on the render worker.
-Outside the feathered face mask the output is identical to the portrait: the pipeline's output is
-composited back over the portrait with that mask, so a mask value of 0 always keeps the original pixel.
+Order of preference for a face: a hand-made sprite from a sprite pack, a cached render, a face drawn over
+the portrait with no model, then the plain portrait; on a render miss the best face at hand is shown
+while a fresh render runs in the background on the render worker. Outside the feathered face mask a
+render is identical to the portrait (the pipeline's output is composited back through that mask), and
+outside its marks so is a drawn face.
 
-Modules: `region` (face box and mask, compositing), `pipeline` (loading diffusers, one render),
-`service` (what the engine calls: cache, render worker), `sprites` (packs, SillyTavern names),
-`sheet` (contact sheets). Torch and diffusers are imported only when a render needs them.
+Modules: `detect` (finding the face box), `region` (face box and mask, compositing), `drawn` and
+`drawn_cache` (faces with no model), `pipeline` (loading diffusers, one render), `service` (what the
+engine calls: caches, render worker), `sprites` (packs, SillyTavern names), `sheet` (contact sheets).
+Torch and diffusers are imported only when a render needs them; OpenCV only when a face is looked for.
 """
 
 from bot.expressions.pipeline import Renderer, load_pipeline, render_threads

@@ -211,8 +211,12 @@ class Admin(commands.Cog):
         files: list[discord.File] = []
         # A card made by this bot carries its face region; any other card's face is looked for.
         if self.engine.admin.portrait_of(persona) is not None and not (persona.face_box or persona.face_mask):
-            report = await self.engine.admin.face_region(persona, detect=True)
-            said, files = _face_answer(report, said)
+            try:
+                report = await self.engine.admin.face_region(persona, detect=True)
+            except BotError as exc:  # the card is imported; only its face could not be looked for
+                said += f" Its face could not be looked for: {exc}"
+            else:
+                said, files = _face_answer(report, said)
         await interaction.followup.send(said, ephemeral=True, files=files)
 
     @manage.command(name="face", description="Show where the persona's face is; find it, or set it by hand")
