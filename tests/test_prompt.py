@@ -23,6 +23,9 @@ class SmallContext:
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
+    def count_prompt(self, prompt: str) -> int:
+        return self.model.count_prompt(prompt)
+
     def render(self, messages, add_generation_prompt: bool = True) -> str:
         return self.model.render(messages, add_generation_prompt)
 
@@ -122,6 +125,36 @@ def test_the_prompt_always_leaves_the_reply_its_tokens(
     builder = PromptBuilder(context, reply_tokens, PromptConfig())
     for turns in (5, 40, 120):
         built = builder.build(library.load("mira"), conversation(turns), "Ann")
-        assert built.n_tokens == len(model.tokenize(built.text))  # the count is of the prompt as sent
+        assert built.n_tokens == model.count_prompt(built.text)  # the prompt as the model reads it
         assert built.n_tokens + reply_tokens <= context.n_ctx, (turns, built.n_tokens)
     assert built.window_start > 0  # the long histories were cut to make that room
+
+
+def short_lines(n: int) -> list[Turn]:
+    turns = []
+    for i in range(n):
+        turns.append(Turn("user", "Ann", f"ok {i}"))
+        turns.append(Turn("assistant", "Mira", f"Sure {i}."))
+    return turns
+
+
+@pytest.mark.parametrize("lines", [conversation, short_lines], ids=["story lines", "short lines"])
+async def test_the_window_counts_what_the_model_evaluates_and_fills_the_budget(
+    model: LlamaBackend, library: PersonaLibrary, lines
+) -> None:
+    """The prompt's size as the builder counts it is what the model reads (template markers are single
+    special tokens), so a moved window fills its target instead of 53-75 % of it."""
+    mira = library.load("mira")
+    config = PromptConfig()
+    builder = PromptBuilder(SmallContext(model), 100, config)
+    for turns in (lines(2), lines(120)):
+        built = builder.build(mira, turns, "Ann")
+        generation = model.generate(built.text, max_tokens=1, session="count")
+        async for _chunk in generation.chunks():
+            pass
+        evaluated = generation.stats.prompt_tokens
+        assert abs(evaluated - built.n_tokens) <= 2, (evaluated, built.n_tokens)
+    # The long history moved the window: what the model reads fills the target, less one exchange.
+    assert built.window_start > 0
+    target = builder.budget * (1.0 - config.window_slack)
+    assert target - 40 <= evaluated <= builder.budget

@@ -231,6 +231,11 @@ class LlamaBackend:
     def _answer_tokens(self, option: str) -> tuple[int, ...]:
         return tuple(self._llm.tokenize(option.encode("utf-8"), add_bos=False, special=False))
 
+    def count_prompt(self, prompt: str) -> int:
+        """The tokens the model evaluates for a rendered prompt: the template's markers count as the
+        single special tokens they are, not as the text they are spelt with."""
+        return len(self._prompt_tokens(prompt))
+
     def _prompt_tokens(self, prompt: str) -> list[int]:
         """A rendered prompt's tokens: the template's text may hold control tokens, marked contents
         never do."""

@@ -186,6 +186,11 @@ class OpenAIBackend:
         self._rendered[text] = chat
         return text
 
+    def count_prompt(self, prompt: str) -> int:
+        """A rendered prompt's size: the server applies its own template, so this is the estimate of the
+        ChatML-like text `render` makes."""
+        return len(self.tokenize(prompt))
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids from the server's tokenizer when it has one; else a count-only estimate (zeros)."""
         count = self._counts.get(text)
