@@ -10,6 +10,7 @@ every pixel outside the face box is identical to the portrait (the tests check i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,19 +180,25 @@ def draw(face: Face) -> Image.Image:
     return image.filter(ImageFilter.SMOOTH)
 
 
-def main() -> None:
+def write_set(slug: str, draw: Callable[[Face], Image.Image], face_box: tuple[int, int, int, int]) -> None:
+    """avatars/SLUG.png (the neutral picture) and avatars/sprites/SLUG/LABEL.png: for each expression,
+    the portrait with only the face box taken from that expression's picture."""
     portrait = draw(FACES["neutral"])
-    out = ROOT / "avatars" / "mira.png"
+    out = ROOT / "avatars" / f"{slug}.png"
     portrait.save(out, optimize=True)
     print(f"wrote {out}")
-    x, y, w, h = FACE_BOX
-    sprites = ROOT / "avatars" / "sprites" / "mira"
+    x, y, w, h = face_box
+    sprites = ROOT / "avatars" / "sprites" / slug
     sprites.mkdir(parents=True, exist_ok=True)
     for label, face in FACES.items():
         image = portrait.copy()
         image.paste(draw(face).crop((x, y, x + w, y + h)), (x, y))
         image.save(sprites / f"{label}.png", optimize=True)
         print(f"wrote {sprites / f'{label}.png'}")
+
+
+def main() -> None:
+    write_set("mira", draw, FACE_BOX)
 
 
 if __name__ == "__main__":

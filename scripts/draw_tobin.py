@@ -2,17 +2,16 @@
 his hand-made expression set, avatars/sprites/tobin/LABEL.png for each of the 10 default labels. The
 PNGs are committed; run this again only to change the drawing.
 
-As for Mira (scripts/draw_mira.py, whose expression recipes this reuses), every expression is the whole
-picture drawn with that expression's eyes, brows, mouth, blush and tears, and only the face box is pasted
-onto the portrait, so every pixel outside the face box is the portrait's own.
+As for Mira (scripts/draw_mira.py, whose expression recipes and writer this reuses), every expression
+is the whole picture drawn with that expression's eyes, brows, mouth, blush and tears, and only the face
+box is pasted onto the portrait, so every pixel outside the face box is the portrait's own.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from draw_mira import FACES, Face, heart
+from draw_mira import Face, heart, write_set
 from PIL import Image, ImageDraw, ImageFilter
 
 W, H = 512, 640
@@ -27,7 +26,6 @@ BEARD_SHADE = (196, 192, 186)
 CAP = (128, 36, 40)
 BLUSH = (236, 120, 110)
 TEAR = (150, 200, 245)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def background(draw: ImageDraw.ImageDraw) -> None:
@@ -184,18 +182,7 @@ def draw(face: Face) -> Image.Image:
 
 
 def main() -> None:
-    portrait = draw(FACES["neutral"])
-    out = ROOT / "avatars" / "tobin.png"
-    portrait.save(out, optimize=True)
-    print(f"wrote {out}")
-    x, y, w, h = FACE_BOX
-    sprites = ROOT / "avatars" / "sprites" / "tobin"
-    sprites.mkdir(parents=True, exist_ok=True)
-    for label, face in FACES.items():
-        image = portrait.copy()
-        image.paste(draw(face).crop((x, y, x + w, y + h)), (x, y))
-        image.save(sprites / f"{label}.png", optimize=True)
-        print(f"wrote {sprites / f'{label}.png'}")
+    write_set("tobin", draw, FACE_BOX)
 
 
 if __name__ == "__main__":
