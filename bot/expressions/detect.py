@@ -12,9 +12,8 @@ from PIL import Image
 
 from bot.config import ExpressionsConfig
 from bot.errors import ExpressionError
-from bot.expressions.region import check_face_box, face_mask, face_preview
+from bot.expressions.region import check_face_box, face_mask, face_preview, read_portrait
 from bot.files import png_bytes
-from bot.images import decode_image
 from bot.personas import Persona, PersonaLibrary
 
 ANIME_CASCADE = Path(__file__).with_name("data") / "lbpcascade_animeface.xml"
@@ -128,14 +127,7 @@ def locate_face(
     the face region. Raises ExpressionError when the persona has no readable portrait or `box` does not
     fit it; a detector that cannot run is reported in the finding, not raised."""
     where = f"persona '{persona.slug}'"
-    path = library.existing_portrait(persona)
-    if path is None:
-        raise ExpressionError(f"{where} has no portrait file (set [portrait] image in its file)")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ExpressionError(f"portrait {path} cannot be read: {exc.strerror}") from None
-    portrait = decode_image(raw, f"portrait {path}", max_pixels=max_pixels, error=ExpressionError)
+    portrait, _ = read_portrait(library, persona, max_pixels)
     finding, saved = None, None
     if box is not None:
         check_face_box(box, portrait.size, where)

@@ -69,11 +69,16 @@ def looks_for(labels: Sequence[str]) -> dict[str, Look]:
     return looks
 
 
+def look_for(label: str, labels: Sequence[str]) -> Look:
+    """How `label` is drawn among a persona's labels (as if it were the last one, if it is not one)."""
+    return looks_for(labels if label in labels else [*labels, label])[label]
+
+
 def draw_face(
     portrait: Image.Image, box: tuple[int, int, int, int] | None, label: str, labels: Sequence[str]
 ) -> Image.Image:
     """The portrait with `label`'s marks drawn on; a copy, in the portrait's own mode."""
-    look = looks_for(labels).get(label) or looks_for([*labels, label])[label]
+    look = look_for(label, labels)
     base = portrait.convert("RGBA")
     if box is None:
         if look.symbol:
@@ -237,10 +242,6 @@ def _sweat(c: _Canvas, cx: float, cy: float, s: float, label: str, look: Look) -
     c.draw.ellipse([*c.p(cx - r * 0.45, cy + r * 0.6), *c.p(cx - r * 0.1, cy + r * 1.0)], fill=WHITE)
 
 
-def _tear(c: _Canvas, cx: float, cy: float, s: float, label: str, look: Look) -> None:
-    _sweat(c, cx, cy, s, label, look)
-
-
 def _heart(c: _Canvas, cx: float, cy: float, s: float, fill: RGBA) -> None:
     r = s * 0.27
     for g, colour in ((s * 0.06, INK), (0.0, fill)):  # the outline, then the heart inside it
@@ -376,7 +377,7 @@ def _tag(c: _Canvas, cx: float, cy: float, s: float, label: str, look: Look) -> 
 
 CORNER_MARKS: dict[str, Callable[[_Canvas, float, float, float, str, Look], None]] = {
     "sweat": _sweat,
-    "tear": _tear,
+    "tear": _sweat,  # the same drop; the badge's colour tells them apart
     "hearts": _hearts,
     "heart": _single_heart,
     "sparkles": _sparkles,

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from bot.errors import ExpressionError
-from bot.expressions.drawn import DRAWN_STYLE, draw_face, looks_for
+from bot.expressions.drawn import DRAWN_STYLE, draw_face, look_for
 from bot.expressions.region import check_face_box, face_mask
 from bot.files import atomic_write, png_bytes
 from bot.personas import Persona, PersonaLibrary
@@ -52,7 +52,7 @@ class DrawnFaces:
         path = self.personas.existing_portrait(persona)
         if path is None:
             return None
-        look = looks_for(persona.labels).get(label) or looks_for([*persona.labels, label])[label]
+        look = look_for(label, persona.labels)
         if not (look.marks or look.tint or look.symbol):
             return path  # neutral: the portrait as it is
         files = [path] + ([self.personas.avatars / Path(persona.face_mask).name] if persona.face_mask else [])

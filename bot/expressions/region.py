@@ -1,5 +1,6 @@
-"""The face region of a portrait: the box or mask a render may redraw, its feathering, a preview, and
-compositing the redrawn face back so that every pixel outside the mask stays the portrait's own."""
+"""The face region of a portrait: reading the portrait, the box or mask a render may redraw, its
+feathering, a preview, and compositing the redrawn face back so that every pixel outside the mask stays
+the portrait's own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,22 @@ from pathlib import Path
 from PIL import Image, ImageFilter
 
 from bot.errors import ExpressionError
-from bot.personas import Persona
+from bot.images import decode_image
+from bot.personas import Persona, PersonaLibrary
+
+
+def read_portrait(library: PersonaLibrary, persona: Persona, max_pixels: int) -> tuple[Image.Image, bytes]:
+    """A persona's portrait, decoded within the pixel limit, and its file's bytes."""
+    path = library.portrait_path(persona)
+    if path is None:
+        raise ExpressionError(f"persona '{persona.slug}' has no portrait (set [portrait] image in its file)")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ExpressionError(f"portrait not found: {path}") from None
+    except OSError as exc:
+        raise ExpressionError(f"portrait {path} cannot be read: {exc.strerror}") from None
+    return decode_image(raw, f"portrait {path}", max_pixels=max_pixels, error=ExpressionError), raw
 
 
 def check_face_box(box: tuple[int, int, int, int], size: tuple[int, int], where: str) -> None:

@@ -23,10 +23,9 @@ from bot.config import Config
 from bot.errors import BusyError, ExpressionError
 from bot.expressions.drawn_cache import DrawnFaces, file_stamp
 from bot.expressions.pipeline import Renderer, render_threads
-from bot.expressions.region import face_mask
+from bot.expressions.region import face_mask, read_portrait
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
 from bot.files import atomic_write, png_bytes
-from bot.images import decode_image
 from bot.personas import Persona, PersonaLibrary
 from bot.store import RenderRecord, Store
 from bot.workers import ModelWorker, maybe_await
@@ -118,18 +117,7 @@ class ExpressionService:
     # -- inputs -----------------------------------------------------------------------------------------
 
     def _portrait(self, persona: Persona) -> tuple[Image.Image, bytes]:
-        path = self.personas.portrait_path(persona)
-        if path is None:
-            raise ExpressionError(f"persona '{persona.slug}' has no portrait")
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise ExpressionError(f"portrait not found: {path}") from None
-        except OSError as exc:
-            raise ExpressionError(f"portrait {path} cannot be read: {exc.strerror}") from None
-        limit = self.config.persona.max_portrait_pixels
-        portrait = decode_image(raw, f"portrait {path}", max_pixels=limit, error=ExpressionError)
-        return portrait, raw
+        return read_portrait(self.personas, persona, self.config.persona.max_portrait_pixels)
 
     def _sources(self, persona: Persona) -> tuple[Image.Image, Image.Image, str]:
         """Portrait, feathered mask and their content digest, memoized on the files' size and mtime so
@@ -194,7 +182,7 @@ class ExpressionService:
         if made:
             kinds.append(f"hand-made ({len(made)} of {len(persona.labels)})")
         if self.personas.existing_portrait(persona) is None:
-            return " and ".join(kinds) + " faces" if kinds else "no portrait"
+            return f"{kinds[0]} faces" if kinds else "no portrait"
         if self.settings.model:
             kinds.append("rendered")
         if self.settings.drawn:
@@ -237,26 +225,23 @@ class ExpressionService:
         ready = await self._cached_file(job)
         if ready is not None:
             return ExpressionImage(ready, label)
-        if self.settings.drawn:
-            now = await self._stand_in(persona, label)
-        else:
-            neutral = (
-                None
-                if label == "neutral"
-                else self.sprite(persona, "neutral") or await self.cached(persona, "neutral")
-            )
-            now = neutral or self._portrait_file(persona)
+        now = await self._stand_in(persona, label, rendered_neutral=True)
         try:
             fresh = self.render_in_background(persona, label)
         except BusyError:
             return ExpressionImage(now, label)
         return ExpressionImage(now, label, fresh)
 
-    async def _stand_in(self, persona: Persona, label: str) -> Path | None:
+    async def _stand_in(self, persona: Persona, label: str, rendered_neutral: bool = False) -> Path | None:
         """The face to show where there is no sprite or render for `label`: the drawn face, or (drawn
-        faces off) the neutral sprite or the portrait."""
-        drawn = await self.drawn(persona, label) if self.settings.drawn else None
-        return drawn or self.sprite(persona, "neutral") or self._portrait_file(persona)
+        faces off) the neutral sprite, the cached neutral render (when renders can be looked up) or the
+        portrait."""
+        if self.settings.drawn and (drawn := await self.drawn(persona, label)) is not None:
+            return drawn
+        neutral = self.sprite(persona, "neutral")
+        if neutral is None and rendered_neutral and label != "neutral":
+            neutral = await self.cached(persona, "neutral")
+        return neutral or self._portrait_file(persona)
 
     def _warn_once(self, persona: Persona, why: str) -> None:
         if self._unrenderable.get(persona.slug) != why:
