@@ -88,7 +88,6 @@ class EmotionJudge:
         self.config = config
         self.classifier = classifier or shipped()
         self.llm = LLMJudge(llm) if llm is not None else None
-        self._backend = llm
         self.model_id = model_id
         self.verdict_file = verdict_file
         self._mode = config.judge if config.judge != "auto" else self._known_verdict()
@@ -194,9 +193,7 @@ class EmotionJudge:
         labels = [label for label in dict.fromkeys(label for label, _ in examples)]
         probe_set = hashlib.sha256(json.dumps(examples).encode()).hexdigest()[:16]
         done, right = self._progress(probe_set, len(examples))
-        for index, (label, text) in enumerate(examples):
-            if index < done:
-                continue
+        for index, (label, text) in enumerate(examples[done:], done):
             await self._model_is_quiet()
             by_text = self.classify_text(text, labels, ["Mira"])
             options = {"classifier": by_text}
@@ -246,7 +243,8 @@ class EmotionJudge:
         loop = asyncio.get_running_loop()
         quiet_since: float | None = None
         while True:
-            busy = int(getattr(self._backend, "pending", 0) or 0) > 0
+            backend = self.llm.llm if self.llm is not None else None
+            busy = int(getattr(backend, "pending", 0) or 0) > 0
             now = loop.time()
             if busy:
                 quiet_since = None
