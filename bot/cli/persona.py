@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.errors import BotError
-from bot.expressions.detect import FaceReport, locate_face
+from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.files import check_input, check_output, write_output
 from bot.personas import PersonaLibrary
 from bot.terminal.safe import echo
@@ -30,8 +30,7 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
         raw = _read_limited(args.file, config.persona.max_card_bytes)
         persona = library.import_card(raw, args.file.name, slug=args.name, force=args.force)
         echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
-        # A card made by this bot carries its face region; any other card's face is looked for.
-        if library.existing_portrait(persona) is not None and not (persona.face_box or persona.face_mask):
+        if needs_looking_for(library, persona):
             try:
                 found = locate_face(
                     library, persona, config.expressions, config.persona.max_portrait_pixels, detect=True

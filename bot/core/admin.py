@@ -14,7 +14,7 @@ from bot.core.cast import named_in
 from bot.core.models import Models
 from bot.core.scene import Scene
 from bot.errors import BotError, InputError
-from bot.expressions.detect import FaceReport, locate_face
+from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.expressions.service import ExpressionImage
 from bot.personas import Persona
 from bot.store import StoredMessage
@@ -196,6 +196,10 @@ class Admin:
 
     async def import_card(self, raw: bytes, filename: str) -> Persona:
         return await asyncio.to_thread(self.personas.import_card, raw, filename)
+
+    def face_unknown(self, persona: Persona) -> bool:
+        """Whether a just-imported persona's face should be looked for (see `needs_looking_for`)."""
+        return needs_looking_for(self.personas, persona)
 
     async def face_region(
         self, persona: Persona, box: tuple[int, int, int, int] | None = None, detect: bool = False

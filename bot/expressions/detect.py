@@ -114,6 +114,12 @@ class FaceReport:
     preview: bytes | None  # PNG: the portrait dimmed outside what a render may redraw
 
 
+def needs_looking_for(library: PersonaLibrary, persona: Persona) -> bool:
+    """Whether a just-imported persona's face should be looked for: it has a portrait and no face
+    region (a card made by this bot carries its region)."""
+    return library.existing_portrait(persona) is not None and not (persona.face_box or persona.face_mask)
+
+
 def locate_face(
     library: PersonaLibrary,
     persona: Persona,

@@ -209,8 +209,7 @@ class Admin(commands.Cog):
         said = f"Imported **{persona.name}** as `{persona.slug}`."
         said += f" Use `/manage persona {persona.slug}` to play it."
         files: list[discord.File] = []
-        # A card made by this bot carries its face region; any other card's face is looked for.
-        if self.engine.admin.portrait_of(persona) is not None and not (persona.face_box or persona.face_mask):
+        if self.engine.admin.face_unknown(persona):
             try:
                 report = await self.engine.admin.face_region(persona, detect=True)
             except BotError as exc:  # the card is imported; only its face could not be looked for
