@@ -94,6 +94,19 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    enabled: bool = True
+    # What left the prompt window is summarised by the model in the background, per channel and persona.
+    summaries: bool = True
+    summary_tokens: int = 256  # the summary's room in the prompt
+    # Earlier lines that match the new message (SQLite FTS5, BM25), put after the history each turn.
+    recall_lines: int = 4
+    recall_tokens: int = 192
+    pinned_tokens: int = 160  # facts an admin pinned, always in the prompt
+    max_pins: int = 20  # per channel
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     path: str = "data/bot.sqlite3"
 
@@ -164,6 +177,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     persona: PersonaConfig = field(default_factory=PersonaConfig)
     expressions: ExpressionsConfig = field(default_factory=ExpressionsConfig)
@@ -260,6 +274,14 @@ def _validate(config: Config, source: str) -> None:
         (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
+        (
+            config.memory.summary_tokens + config.memory.recall_tokens + config.memory.pinned_tokens
+            <= config.model.n_ctx // 2,
+            "memory.summary_tokens",
+            "with memory.recall_tokens and memory.pinned_tokens must be at most half of model.n_ctx",
+        ),
+        (config.memory.recall_lines <= 32, "memory.recall_lines", "must be at most 32"),
+        (1 <= config.memory.max_pins <= 200, "memory.max_pins", "must be between 1 and 200"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
         (
             8 <= config.expressions.terminal_face_width <= 160,

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "native", "bounded", "files", "workers", "config", "images"),  # shared infrastructure
     ("store", "personas"),  # data
     ("llm",),  # the models that write
-    ("emotion", "expressions"),  # the models that judge and draw
+    ("emotion", "expressions", "memory"),  # the models that judge and draw, and memory
     ("core",),  # the turn
     ("discord", "terminal", "cli", "__main__"),  # front-ends
 ]

@@ -1,5 +1,5 @@
 """Everything the front-ends ask besides turns and reply controls: a channel's settings, persona and cast,
-the history's edits and erasures, the persona folder and its cards, faces, and status. The front-ends
+the history's edits and erasures, memory, the persona folder and its cards, faces, and status. The front-ends
 never reach into the store, the personas or the models themselves; they ask here."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from bot.core.scene import Scene
 from bot.errors import BotError, InputError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.expressions.service import ExpressionImage
+from bot.memory import MemoryView
 from bot.personas import Persona
-from bot.store import StoredMessage
+from bot.store import Pin, StoredMessage
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 
@@ -94,8 +95,10 @@ class Admin:
         """Forget a channel's whole history; returns how many messages went."""
         async with self.scene.lock(channel_id):
             removed = await self.store.clear_channel(channel_id)
+            await self.store.clear_memory(channel_id)
             await self.store.update_channel(channel_id, last_emotion=None)
             self.scene.forget_windows(channel_id)
+            self.scene.erased()
             return removed
 
     async def message_count(self, channel_id: int) -> int:
@@ -106,23 +109,60 @@ class Admin:
         cast = await self.scene.cast(channel_id)
         return await self.store.history(channel_id, [p.slug for p in cast], limit=limit)
 
+    # What a member edits or erases changes memory with the history: the store's triggers update the
+    # full-text index and drop the summaries that read it; the scene stops showing them at once.
+
     async def message_edited(self, discord_id: int, text: str) -> bool:
         """Apply an edit made on Discord to the stored message; False if it is not stored."""
-        return await self.store.edit_message(discord_id, text)
+        changed = await self.store.edit_message(discord_id, text)
+        self.scene.erased()
+        return changed
 
     async def message_deleted(self, discord_id: int) -> bool:
-        return await self.store.delete_message(discord_id)
+        deleted = await self.store.delete_message(discord_id)
+        self.scene.erased()
+        return deleted
 
     async def messages_deleted(self, discord_ids: set[int] | frozenset[int]) -> int:
-        return await self.store.delete_messages(discord_ids)
+        deleted = await self.store.delete_messages(discord_ids)
+        self.scene.erased()
+        return deleted
 
     async def stored_by(self, author_id: int, channel_ids: list[int]) -> int:
         """How many stored messages a member wrote in these channels."""
         return await self.store.count_by_author(author_id, channel_ids)
 
     async def forget_member(self, author_id: int, channel_ids: list[int]) -> int:
-        """Erase a member's messages in these channels: gone from the store and every future prompt."""
-        return await self.store.forget_author(author_id, channel_ids)
+        """Erase a member's messages in these channels: gone from the store, the full-text index, every
+        summary that read them, and every future prompt."""
+        try:
+            return await self.store.forget_author(author_id, channel_ids)
+        finally:
+            self.scene.erased()  # even a partial erase: what went must not be shown
+
+    # -- memory: summaries, pinned facts, recalled lines -----------------------------------------------
+
+    async def memory(self, channel_id: int) -> MemoryView:
+        """The channel's summaries (per persona), pinned facts and the lines its last prompt recalled."""
+        return await self.models.memory.view(channel_id)
+
+    async def edit_summary(self, channel_id: int, text: str, name: str | None = None) -> Persona:
+        """Replace a persona's summary of this channel (the lead's by default) with an admin's text, kept
+        as written; empty text lets the model summarise again. Returns whose summary it is."""
+        persona = await self.persona_named(channel_id, name)
+        window = self.scene.windows.get((channel_id, persona.slug))
+        await self.models.memory.edit_summary(
+            channel_id, persona.slug, text, window.first_id - 1 if window is not None else 0
+        )
+        self.scene.erased()  # shown from the next turn on, not at the window's next move
+        return persona
+
+    async def pin(self, channel_id: int, text: str) -> list[Pin]:
+        """A fact always in the channel's prompt (within memory.pinned_tokens); returns every pin."""
+        return await self.models.memory.pin(channel_id, text)
+
+    async def unpin(self, channel_id: int, number: int) -> list[Pin]:
+        return await self.models.memory.unpin(channel_id, number)
 
     # -- the cast: several personas in one channel ----------------------------------------------------
 

@@ -42,6 +42,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
                 await engine.admin.check_default_persona()
                 yield engine
             finally:
+                await engine.close()
                 await judge.close()
                 if expressions is not None:
                     await expressions.close()

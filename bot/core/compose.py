@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bot.core.cast import (
     SPEAKER_PRIME,
@@ -19,12 +19,13 @@ from bot.core.cast import (
 )
 from bot.core.models import Models
 from bot.core.prompt import BuiltPrompt
-from bot.core.scene import Scene
+from bot.core.scene import Scene, Window
 from bot.core.speakers import LabelGate, strip_speaker_labels
 from bot.emotion import EmotionResult
 from bot.errors import BotError
 from bot.expressions.service import ExpressionImage
 from bot.llm import GenerationStats
+from bot.memory import PromptMemory
 from bot.personas import Persona
 from bot.store import StoredMessage
 from bot.workers import maybe_await
@@ -90,19 +91,56 @@ class Composer:
         self.models = models
 
     def build(
-        self, channel_id: int, persona: Persona, history: list[StoredMessage], user: str
+        self,
+        channel_id: int,
+        persona: Persona,
+        history: list[StoredMessage],
+        user: str,
+        memory: PromptMemory | None = None,
+        stored_summary: str | None = None,
     ) -> BuiltPrompt:
         """The persona's prompt over this history. Its window starts where the last one did while that
-        still fits (so the evaluated prefix is reused), and the new start is remembered."""
+        still fits (so the evaluated prefix is reused), and the new start is remembered. The window keeps
+        the summary it was placed with; one that moves takes the stored summary (`stored_summary`)."""
         config = self.scene.config
         key = (channel_id, persona.slug)
-        first_id = self.scene.windows.get(key, 0)
+        window = self.scene.windows.get(key)
+        memory = memory or PromptMemory()
+        current = window is not None and window.erasures == self.scene.erasures
+        shown = window.summary if current and window is not None else (stored_summary or "")
+        first_id = window.first_id if window is not None else 0
         start = next((i for i, m in enumerate(history) if m.id >= first_id), 0)
-        built = self.models.prompts.build(
-            persona, turns_for(persona, history), audience(history, user, config.prompt.audience_name), start
-        )
+        turns = turns_for(persona, history)
+        who = audience(history, user, config.prompt.audience_name)
+        ids = [m.id for m in history]
+        built = self.models.prompts.build(persona, turns, who, start, replace(memory, summary=shown), ids)
+        moved = window is None or not history or history[built.window_start].id != window.first_id
+        if moved and stored_summary is not None and shown != stored_summary:
+            shown = stored_summary  # the move re-reads the prompt anyway: show the newest summary with it
+            memory = replace(memory, summary=shown)
+            built = self.models.prompts.build(persona, turns, who, built.window_start, memory, ids)
         if history:
-            self.scene.windows[key] = history[built.window_start].id
+            self.scene.windows[key] = Window(history[built.window_start].id, shown, self.scene.erasures)
+        return built
+
+    async def prompt(
+        self, channel_id: int, persona: Persona, cast: list[Persona], history: list[StoredMessage], user: str
+    ) -> BuiltPrompt:
+        """`build` with the channel's memory: pinned facts, the summary, the earlier lines that match the
+        latest message. A window that moved asks for what left it to be summarised."""
+        memory = self.models.memory
+        slugs = [p.slug for p in cast]
+        window = self.scene.windows.get((channel_id, persona.slug))
+        # Lines older than the window; before the window is placed, any but the newest (the builder
+        # leaves out those that land inside it).
+        before = window.first_id if window is not None else (history[-1].id if history else 0)
+        recalled, summary = await memory.for_prompt(channel_id, persona.slug, slugs, history, before)
+        stored = summary.text if summary is not None else ""
+        built = await asyncio.to_thread(self.build, channel_id, persona, history, user, recalled, stored)
+        memory.recalled(channel_id, built.recalled)
+        placed = self.scene.windows.get((channel_id, persona.slug))
+        if history and placed is not None and (window is None or placed.first_id != window.first_id):
+            memory.window_moved(channel_id, persona.slug, persona.name, slugs, placed.first_id)
         return built
 
     async def compose(
@@ -115,7 +153,7 @@ class Composer:
         on_text: TextCallback | None,
     ) -> TurnResult:
         """One persona's reply to the history, with its emotion and face; nothing stored."""
-        built = await asyncio.to_thread(self.build, channel_id, persona, history, user)
+        built = await self.prompt(channel_id, persona, cast, history, user)
         names = recent_speakers(history)
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
@@ -183,7 +221,7 @@ class Composer:
             return candidates[0]
         viewer = next((p for p in cast if p.slug == spoke_last), cast[0])
         try:
-            built = await asyncio.to_thread(self.build, channel_id, viewer, history, user)
+            built = await self.prompt(channel_id, viewer, cast, history, user)
             prompt = await asyncio.to_thread(
                 self.models.llm.render, [*built.messages, speaker_question(names)]
             )

@@ -27,6 +27,7 @@ from bot.core.replies import Deliver, ReplyVersions
 from bot.core.scene import Scene
 from bot.emotion import EmotionJudge
 from bot.llm import LLMBackend
+from bot.memory import Memory
 from bot.personas import Persona, PersonaLibrary
 from bot.store import Store
 from bot.workers import maybe_await
@@ -52,12 +53,13 @@ class Engine:
         self.config = config
         self.store = store
         self.personas = personas
-        self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt)
+        self.prompts = PromptBuilder(llm, config.model.max_reply_tokens, config.prompt, config.memory)
         self.models = Models(
             llm,
             self.prompts,
             judge or EmotionJudge(config.emotion, llm),
             expressions or PortraitOnly(personas),
+            Memory(store, lambda: self.models.llm, config.memory, self.prompts.count),
         )
         self.scene = Scene(config, store, personas)
         self.composer = Composer(self.scene, self.models)
@@ -84,6 +86,10 @@ class Engine:
     @property
     def expressions(self) -> ExpressionProvider:
         return self.models.expressions
+
+    async def close(self) -> None:
+        """Stop the background work (summaries); the store and models are closed by their owner."""
+        await self.models.memory.close()
 
     async def turn(
         self,

@@ -1,5 +1,6 @@
 """What writes, judges and draws for the core: the language model, the prompt builder over its tokenizer,
-the emotion judge and the face provider. One Models object is shared by every part of the engine, so a
+the emotion judge, the face provider and the memory keeper
+(whose summaries the model writes). One Models object is shared by every part of the engine, so a
 model swapped in (tests script replies, benchmarks compare judges) reaches all of them at once."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from bot.core.prompt import PromptBuilder
 from bot.emotion import EmotionJudge
 from bot.expressions.service import ExpressionImage
 from bot.llm import LLMBackend
+from bot.memory import Memory
 from bot.personas import Persona, PersonaLibrary
 
 
@@ -39,3 +41,4 @@ class Models:
     prompts: PromptBuilder
     judge: EmotionJudge
     expressions: ExpressionProvider
+    memory: Memory

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from bot.bounded import KeyedLocks, LRUDict
 from bot.config import Config
@@ -17,8 +18,18 @@ from bot.store import ChannelState, Store, StoredMessage
 
 _log = logging.getLogger(__name__)
 
-HISTORY_FETCH = 400  # messages read per turn; the prompt window takes what fits
+HISTORY_FETCH = 400  # fewest messages read for a window not yet placed; the prompt takes what fits
 MAX_WINDOWS = 4096  # (channel, persona) prompt-window starts remembered; a forgotten one is rebuilt once
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a (channel, persona)'s prompt window starts, and the summary it shows: both stay until the
+    window moves, so the prompt's start stays byte-identical and a warm turn reads only new tokens."""
+
+    first_id: int  # the first stored message in the window
+    summary: str
+    erasures: int  # Scene.erasures when placed: an erasure since then refreshes the summary shown
 
 
 class Scene:
@@ -29,8 +40,11 @@ class Scene:
         self.store = store
         self.personas = personas
         self._locks: KeyedLocks[int] = KeyedLocks()
-        # First stored message id of each (channel, persona) prompt window; keeps the prompt prefix stable.
-        self.windows: LRUDict[tuple[int, str], int] = LRUDict(MAX_WINDOWS)
+        # Each (channel, persona) prompt window's start and summary; keeps the prompt prefix stable.
+        self.windows: LRUDict[tuple[int, str], Window] = LRUDict(MAX_WINDOWS)
+        # Bumped by every erasure (delete, edit, /reset, /forget-me) and summary edit: a window placed
+        # before it shows the stored summary again, never one that read an erased line.
+        self.erasures = 0
         # Channels delivering a reply now (one at a time per channel, under its lock): set once it is stored.
         self._delivering: dict[int, asyncio.Event] = {}
 
@@ -58,8 +72,17 @@ class Scene:
         return members
 
     async def history(self, channel_id: int, cast: list[Persona]) -> list[StoredMessage]:
-        """What a turn reads: the cast's latest messages, oldest first."""
-        return await self.store.history(channel_id, [p.slug for p in cast], HISTORY_FETCH)
+        """What a turn reads, oldest first: every message since the cast's earliest window start, so the
+        window keeps its start however large the context (a fixed number of newest messages would move
+        it every turn once they all fit); the newest ones when a window is not placed yet."""
+        personas = [p.slug for p in cast]
+        # Even one-token lines ("Sam: k") take a few tokens each: n_ctx lines always fill the context.
+        limit = max(HISTORY_FETCH, self.config.model.n_ctx)
+        starts = [self.windows.get((channel_id, slug)) for slug in personas]
+        if all(starts):
+            first = min(w.first_id for w in starts if w is not None)
+            return await self.store.history_since(channel_id, personas, first, limit)
+        return await self.store.history(channel_id, personas, limit)
 
     async def previous_emotion(self, channel_id: int, persona: Persona) -> str | None:
         """The emotion `persona` shows in this channel now (None: none yet)."""
@@ -79,6 +102,10 @@ class Scene:
         face lives in its cast row)."""
         state = await self.store.channel(channel_id)
         return state if (state.persona or self.config.persona.default) == persona.slug else None
+
+    def erased(self) -> None:
+        """Something stored was erased or corrected: no window keeps showing a summary from before."""
+        self.erasures += 1
 
     def forget_windows(self, channel_id: int, persona: str | None = None) -> None:
         """Drop the remembered prompt-window starts of a channel (or of one persona in it)."""

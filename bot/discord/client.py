@@ -25,6 +25,7 @@ EXTENSIONS = (
     "bot.discord.cogs.chat",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.cast",
+    "bot.discord.cogs.memory",
     "bot.discord.replies",
 )
 RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0)  # seconds between tries while Discord is unreachable

@@ -1,9 +1,18 @@
-"""The bot's one SQLite file: history, channels, the cast and the render index (store.py's queries over
-schema.py's file and migrations)."""
+"""The bot's one SQLite file: history, channels, the cast, memory and the render index (store.py's
+queries, with memory.py's and renders.py's, over schema.py's file and migrations)."""
 
 from __future__ import annotations
 
-from bot.store.records import CastMember, ChannelState, RenderRecord, ReplyVersion, Role, StoredMessage
+from bot.store.records import (
+    CastMember,
+    ChannelState,
+    Pin,
+    RenderRecord,
+    ReplyVersion,
+    Role,
+    StoredMessage,
+    Summary,
+)
 from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.store.store import Store
 
@@ -12,9 +21,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "CastMember",
     "ChannelState",
+    "Pin",
     "RenderRecord",
     "ReplyVersion",
     "Role",
     "Store",
     "StoredMessage",
+    "Summary",
 ]

@@ -7,6 +7,11 @@ from typing import Literal
 
 Role = Literal["user", "assistant"]
 
+MESSAGE_COLUMNS = (
+    "id, channel_id, discord_id, author_id, author_name, role, content, emotion, persona, created_at,"
+    " edited_at, prompt_id, version"
+)
+
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -55,3 +60,18 @@ class RenderRecord:
     variant: int
     path: str
     source_hash: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A (channel, persona)'s summary of what left its prompt window: the lines up to `through_id`."""
+
+    text: str
+    through_id: int
+    edited: bool  # written by an admin: kept, never replaced by the model's
+
+
+@dataclass(frozen=True)
+class Pin:
+    id: int
+    text: str

@@ -76,6 +76,46 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, version)
     );
     """,
+    # Memory: a full-text index over every stored line (kept by triggers, so an edit, a delete, a purge,
+    # /reset and /forget-me change it in the same transaction as the history), each (channel, persona)'s
+    # summary of what left its prompt window, and the facts admins pinned. A summary that read a line
+    # later edited or erased is dropped by the same triggers: it may hold the erased words.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content = 'messages', content_rowid = 'id', tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+    CREATE TABLE memory_summaries (
+        channel_id  INTEGER NOT NULL,
+        persona     TEXT NOT NULL,
+        text        TEXT NOT NULL,
+        through_id  INTEGER NOT NULL,
+        edited      INTEGER NOT NULL DEFAULT 0,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (channel_id, persona)
+    );
+    CREATE TABLE memory_pins (
+        id          INTEGER PRIMARY KEY,
+        channel_id  INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE INDEX memory_pins_by_channel ON memory_pins (channel_id, id);
+    CREATE INDEX messages_by_author ON messages (author_id, channel_id) WHERE author_id IS NOT NULL;
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        DELETE FROM memory_summaries WHERE channel_id = old.channel_id AND through_id >= old.id;
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+        DELETE FROM memory_summaries WHERE channel_id = old.channel_id AND through_id >= old.id
+            AND old.content IS NOT new.content;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -121,11 +161,16 @@ async def connect(path: Path) -> aiosqlite.Connection:
     try:
         db.row_factory = aiosqlite.Row
         version = await _schema_version(db, path)  # before anything below may write to a newer bot's file
+        if version == 0:
+            await db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only before the first table: no VACUUM
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # Freed pages are zeroed: an erased message does not linger in the file's free space.
+        await db.execute("PRAGMA secure_delete=ON")
         await _migrate(db, path, version)
+        await _incremental_vacuum_on(db, path)
     except sqlite3.DatabaseError as exc:
         await db.close()
         raise StoreError(f"{path}: cannot use the database: {exc}") from None
@@ -136,7 +181,11 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 
 # The tables each schema version has; a file claiming a version without them is damaged.
-TABLES_AT = {1: {"messages", "channels", "renders"}, 2: {"cast_members", "reply_versions"}}
+TABLES_AT = {
+    1: {"messages", "channels", "renders"},
+    2: {"cast_members", "reply_versions"},
+    3: {"messages_fts", "memory_summaries", "memory_pins"},
+}
 
 
 async def _schema_version(db: aiosqlite.Connection, path: Path) -> int:
@@ -172,6 +221,17 @@ async def _migrate(db: aiosqlite.Connection, path: Path, version: int) -> None:
         # executescript commits on its own, so the version bump rides inside the same script.
         await db.executescript(f"BEGIN;\n{MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;")
         _log.info("migrated %s to schema version %d", path, target + 1)
+
+
+async def _incremental_vacuum_on(db: aiosqlite.Connection, path: Path) -> None:
+    """Deleted pages can be handed back to the disk a few at a time (store.give_back_space). Only a
+    VACUUM turns this on for a file created without it: once, at the first start of this version."""
+    async with db.execute("PRAGMA auto_vacuum") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and int(row[0]) != 2:
+        await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        await db.execute("VACUUM")
+        _log.info("%s: set up to give space back after deletes (incremental vacuum)", path)
 
 
 def fault(exc: sqlite3.Error, path: Path) -> StoreError:

@@ -24,7 +24,8 @@ from bot.terminal.safe import safe_text
 
 HELP = (
     "commands: /persona [NAME] (show, or switch), /personas (list), /cast [add|remove NAME] (several"
-    " personas), /reset (forget this channel), /quit"
+    " personas), /memory [edit TEXT|pin TEXT|unpin N] (what it remembers), /reset (forget this channel),"
+    " /quit"
 )
 CONFIRM_RESET = "yes"
 
@@ -190,6 +191,34 @@ class Console:
             self.say("\n[new face rendered]")
             self._show_face(future.result(), box)
 
+    async def _memory(self, arg: str) -> None:
+        """/memory shows the channel's memory; edit, pin and unpin correct it (as /manage memory)."""
+        admin, channel = self.engine.admin, self.channel_id
+        action, _, text = arg.partition(" ")
+        if action == "edit":
+            whose = await admin.edit_summary(channel, text)
+            self.say(f"[{whose.name}'s summary is {'kept as written' if text.strip() else 'cleared'}]")
+        elif action == "pin":
+            pins = await admin.pin(channel, text)
+            self.say(f"[pinned; {len(pins)} facts pinned here]")
+        elif action == "unpin" and text.strip().isdigit():
+            pins = await admin.unpin(channel, int(text))
+            self.say(f"[unpinned; {len(pins)} facts pinned here]")
+        elif action:
+            self.say(f"[{HELP}]")
+            return
+        view = await admin.memory(channel)
+        names = {p.slug: p.name for p in await admin.cast(channel)}
+        for slug, summary in view.summaries.items():
+            edited = ", corrected by hand" if summary.edited else ""
+            self.say(f"[{names.get(slug, slug)}'s summary{edited}: {summary.text}]")
+        if not view.summaries:
+            self.say("[no summary yet: one is written once older lines leave the prompt]")
+        for number, pin in enumerate(view.pins, 1):
+            self.say(f"[pinned {number}: {pin.text}]")
+        for message in view.recalled:
+            self.say(f"[recalled: {message.author_name}: {message.content}]")
+
     async def _command(self, line: str) -> bool:
         """Handle a /command; False means quit."""
         name, _, arg = line.partition(" ")
@@ -227,6 +256,8 @@ class Console:
                     self.say(f"[{HELP}]")
                     return True
                 self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
+            elif name == "/memory":
+                await self._memory(arg.strip())
             elif name == "/personas":
                 listed = [
                     f"{slug} ({shown}{': ' + faces if faces else ''})"

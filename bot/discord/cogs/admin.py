@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord.cogs.memory import describe_pins
 from bot.errors import BotError
 from bot.expressions.detect import FaceReport
 from bot.personas import Persona
@@ -110,6 +111,10 @@ class Admin(commands.Cog):
         description="Change the persona, import cards, render faces (Manage Server)",
         default_permissions=ADMIN_ONLY,
         guild_only=True,
+    )
+
+    manage_memory = app_commands.Group(
+        name="memory", description="Correct what the bot remembers here (Manage Server)", parent=manage
     )
 
     def __init__(self, bot: RoleplayBot) -> None:
@@ -384,6 +389,33 @@ class Admin(commands.Cog):
             await interaction.edit_original_response(content=f"Erased {removed} of your messages.", view=None)
         else:
             await interaction.edit_original_response(content="Nothing erased.", view=None)
+
+    # -- /manage memory: correct the summary, pin facts --------------------------------------------------
+
+    @manage_memory.command(name="edit", description="Replace the summary (kept as written; empty: redone)")
+    @app_commands.describe(text="the new summary", persona="whose summary in a cast (default: the lead)")
+    @manager_only
+    async def memory_edit(
+        self, interaction: discord.Interaction, text: str, persona: str | None = None
+    ) -> None:
+        whose = await self.engine.admin.edit_summary(interaction.channel_id or 0, text, persona)
+        done = "kept as you wrote it" if text.strip() else "cleared; the bot will summarise again"
+        await interaction.response.send_message(f"{whose.name}'s summary here is {done}.", ephemeral=True)
+
+    @manage_memory.command(name="pin", description="A fact always in the prompt of this channel")
+    @app_commands.describe(text="the fact, e.g. 'Sam is the captain of the Aurora'")
+    @manager_only
+    async def memory_pin(self, interaction: discord.Interaction, text: str) -> None:
+        pins = await self.engine.admin.pin(interaction.channel_id or 0, text)
+        await interaction.response.send_message(describe_pins(pins)[:2000], ephemeral=True)
+
+    @manage_memory.command(name="unpin", description="Remove a pinned fact (its number in /memory show)")
+    @manager_only
+    async def memory_unpin(
+        self, interaction: discord.Interaction, number: app_commands.Range[int, 1, 200]
+    ) -> None:
+        pins = await self.engine.admin.unpin(interaction.channel_id or 0, number)
+        await interaction.response.send_message(describe_pins(pins)[:2000], ephemeral=True)
 
     @app_commands.command(name="status", description="Model, queues and cache")
     async def status(self, interaction: discord.Interaction) -> None:

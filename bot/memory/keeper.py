@@ -1,0 +1,120 @@
+"""A channel's memory as the turn and the admins see it: what goes into the next prompt, what the
+summariser should fold in, and the commands that show and correct it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bot.bounded import LRUDict
+from bot.config import MemoryConfig
+from bot.errors import InputError
+from bot.llm import LLMBackend
+from bot.memory.recall import PromptMemory, RecalledLine, match_query, recalled_line
+from bot.memory.summaries import Job, Summariser
+from bot.store import Pin, Store, StoredMessage, Summary
+
+_log = logging.getLogger(__name__)
+
+RECALL_CANDIDATES = 3  # lines looked up per recalled line kept: some fall inside the window or over budget
+MAX_PIN_CHARS = 300
+MAX_SUMMARY_CHARS = 4000
+SHOWN_CHANNELS = 1024  # channels whose last recalled lines /memory show can tell
+
+
+@dataclass(frozen=True)
+class MemoryView:
+    """What /memory show tells: each persona's summary, the pins, the last lines recalled."""
+
+    summaries: dict[str, Summary]
+    pins: list[Pin]
+    recalled: list[StoredMessage]
+
+
+class Memory:
+    def __init__(
+        self, store: Store, llm: Callable[[], LLMBackend], config: MemoryConfig, count: Callable[[str], int]
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.summariser = Summariser(store, llm, config, count)
+        # The ids of the lines each channel's last prompt recalled (re-read from the store when shown, so
+        # an erased one is never shown again).
+        self._recalled: LRUDict[int, tuple[int, ...]] = LRUDict(SHOWN_CHANNELS)
+
+    async def for_prompt(
+        self,
+        channel_id: int,
+        persona: str,
+        personas: Sequence[str],
+        history: Sequence[StoredMessage],
+        before_id: int,
+    ) -> tuple[PromptMemory, Summary | None]:
+        """The pins, the stored summary (the caller decides whether the window shows it yet) and the
+        stored lines older than `before_id` that best match the latest member's message."""
+        if not self.config.enabled:
+            return PromptMemory(), None
+        pins = [p.text for p in await self.store.pins(channel_id)]
+        summary = await self.store.summary(channel_id, persona)
+        asked = next((m.content for m in reversed(history) if m.role == "user"), "")
+        found = await self.store.recall(
+            channel_id,
+            personas,
+            match_query(asked),
+            before_id,
+            self.config.recall_lines * RECALL_CANDIDATES,
+        )
+        lines = [recalled_line(m) for m in found]
+        return PromptMemory(pins, summary.text if summary else "", lines), summary
+
+    def recalled(self, channel_id: int, lines: Sequence[RecalledLine]) -> None:
+        """The lines the built prompt kept, for /memory show."""
+        self._recalled[channel_id] = tuple(line.id for line in lines)
+
+    def window_moved(
+        self, channel_id: int, persona: str, name: str, personas: Sequence[str], first_id: int
+    ) -> None:
+        """The prompt window now starts at `first_id`: what is older may be summarised."""
+        if self.config.enabled and self.config.summaries:
+            self.summariser.request(Job(channel_id, persona, name, tuple(personas), first_id))
+
+    # -- the admins' view ---------------------------------------------------------------------------------
+
+    async def view(self, channel_id: int) -> MemoryView:
+        recalled = []
+        for row_id in self._recalled.get(channel_id, ()):
+            if (message := await self.store.message(row_id)) is not None:
+                recalled.append(message)
+        summaries = await self.store.summaries_of(channel_id)
+        return MemoryView(summaries, await self.store.pins(channel_id), recalled)
+
+    async def edit_summary(self, channel_id: int, persona: str, text: str, through_id: int) -> None:
+        if len(text) > MAX_SUMMARY_CHARS:
+            raise InputError(f"the summary is {len(text)} characters long; at most {MAX_SUMMARY_CHARS}")
+        await self.store.edit_summary(channel_id, persona, text, through_id)
+
+    async def pin(self, channel_id: int, text: str) -> list[Pin]:
+        text = " ".join(text.split())
+        if not text:
+            raise InputError("the fact to pin is empty")
+        if len(text) > MAX_PIN_CHARS:
+            raise InputError(f"the fact is {len(text)} characters long; at most {MAX_PIN_CHARS}")
+        pins = await self.store.pins(channel_id)
+        if len(pins) >= self.config.max_pins:
+            raise InputError(
+                f"the channel has {len(pins)} pinned facts, the most memory.max_pins allows; unpin one first"
+            )
+        await self.store.add_pin(channel_id, text)
+        return await self.store.pins(channel_id)
+
+    async def unpin(self, channel_id: int, number: int) -> list[Pin]:
+        """Remove the `number`th pin (1-based, as /memory show lists them)."""
+        pins = await self.store.pins(channel_id)
+        if not 1 <= number <= len(pins):
+            raise InputError(f"there is no pinned fact {number} (the channel has {len(pins)})")
+        await self.store.remove_pin(channel_id, pins[number - 1].id)
+        return await self.store.pins(channel_id)
+
+    async def close(self) -> None:
+        await self.summariser.close()

@@ -1,0 +1,183 @@
+"""The store's memory queries: full-text recall over a channel's whole history, the summaries of what
+left each prompt window, the pinned facts. A mixin of Store (same connection, same transactions)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import aiosqlite
+
+from bot.store.records import MESSAGE_COLUMNS, Pin, StoredMessage, Summary
+
+if TYPE_CHECKING:
+
+    class StoreBase:
+        """What the query mixins use of Store: its connection and its one-at-a-time transactions."""
+
+        _db: aiosqlite.Connection
+
+        async def _write(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor: ...
+
+        async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[aiosqlite.Row]: ...
+
+        async def _row(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Row | None: ...
+
+        def _transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]: ...
+
+else:
+    StoreBase = object
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))
+
+
+class MemoryQueries(StoreBase):
+    async def recall(
+        self, channel_id: int, personas: Sequence[str], match: str, before_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The channel's stored lines (of these personas' conversation) older than `before_id` that best
+        match an FTS5 query, best first (BM25)."""
+        if not match or limit <= 0:
+            return []
+        columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
+        rows = await self._rows(
+            f"SELECT {columns} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
+            f" WHERE messages_fts MATCH ? AND m.channel_id = ? AND m.persona IN ({_marks(personas)})"
+            " AND m.id < ? ORDER BY bm25(messages_fts) LIMIT ?",
+            (match, channel_id, *personas, before_id, limit),
+        )
+        return [StoredMessage(**dict(row)) for row in rows]
+
+    async def history_since(
+        self, channel_id: int, personas: Sequence[str], first_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The conversation from message `first_id` on (its newest `limit` lines when there are more),
+        oldest first: a prompt window's lines, wherever it started."""
+        rows = await self._rows(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND persona IN ({_marks(personas)})"
+            " AND id >= ? ORDER BY id DESC LIMIT ?",
+            (channel_id, *personas, first_id, limit),
+        )
+        return [StoredMessage(**dict(row)) for row in reversed(list(rows))]
+
+    async def lines_between(
+        self, channel_id: int, personas: Sequence[str], after_id: int, before_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """The conversation's lines with after_id < id < before_id (the newest `limit` of them), oldest
+        first: what left a prompt window and is not summarised yet."""
+        rows = await self._rows(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ? AND persona IN ({_marks(personas)})"
+            " AND id > ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (channel_id, *personas, after_id, before_id, limit),
+        )
+        return [StoredMessage(**dict(row)) for row in reversed(list(rows))]
+
+    # -- summaries --------------------------------------------------------------------------------------
+
+    async def summary(self, channel_id: int, persona: str) -> Summary | None:
+        row = await self._row(
+            "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?",
+            (channel_id, persona),
+        )
+        return Summary(row["text"], row["through_id"], bool(row["edited"])) if row else None
+
+    async def put_summary(
+        self,
+        channel_id: int,
+        persona: str,
+        text: str,
+        sources: Sequence[StoredMessage],
+        base: Summary | None,
+    ) -> bool:
+        """Keep the model's summary of `sources` (folded into `base`, the summary it extended), unless
+        meanwhile a source was edited or erased, the base summary changed (an admin's edit, another
+        summary, a drop), or the summary would not move forward. False when it was not kept."""
+        if not sources:
+            return False
+        ids = [m.id for m in sources]
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?",
+                (channel_id, persona),
+            ) as cursor:
+                row = await cursor.fetchone()
+            now = Summary(row["text"], row["through_id"], bool(row["edited"])) if row else None
+            if now != base or (now is not None and now.edited):
+                return False  # an admin's summary is kept as written
+            async with db.execute(
+                f"SELECT id, edited_at FROM messages WHERE id IN ({_marks(ids)})", ids
+            ) as cursor:
+                found = {r["id"]: r["edited_at"] for r in await cursor.fetchall()}
+            if found != {m.id: m.edited_at for m in sources}:
+                return False  # a line it read was edited or erased: its words must not survive here
+            await db.execute(
+                "INSERT INTO memory_summaries (channel_id, persona, text, through_id, edited, updated_at)"
+                " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (channel_id, persona) DO UPDATE SET"
+                " text = excluded.text, through_id = excluded.through_id, edited = 0,"
+                " updated_at = excluded.updated_at",
+                (channel_id, persona, text, max(ids), time.time()),
+            )
+        return True
+
+    async def edit_summary(self, channel_id: int, persona: str, text: str, through_id: int) -> None:
+        """An admin's summary: kept as written (the model no longer replaces it); empty text drops it,
+        and the model summarises again."""
+        async with self._transaction() as db:
+            if not text.strip():
+                await db.execute(
+                    "DELETE FROM memory_summaries WHERE channel_id = ? AND persona = ?", (channel_id, persona)
+                )
+                return
+            await db.execute(
+                "INSERT INTO memory_summaries (channel_id, persona, text, through_id, edited, updated_at)"
+                " VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (channel_id, persona) DO UPDATE SET"
+                " text = excluded.text, through_id = MAX(through_id, excluded.through_id), edited = 1,"
+                " updated_at = excluded.updated_at",
+                (channel_id, persona, text.strip(), through_id, time.time()),
+            )
+
+    async def summaries_of(self, channel_id: int) -> dict[str, Summary]:
+        rows = await self._rows(
+            "SELECT persona, text, through_id, edited FROM memory_summaries WHERE channel_id = ?",
+            (channel_id,),
+        )
+        return {r["persona"]: Summary(r["text"], r["through_id"], bool(r["edited"])) for r in rows}
+
+    # -- pins -------------------------------------------------------------------------------------------
+
+    async def pins(self, channel_id: int) -> list[Pin]:
+        rows = await self._rows(
+            "SELECT id, text FROM memory_pins WHERE channel_id = ? ORDER BY id", (channel_id,)
+        )
+        return [Pin(r["id"], r["text"]) for r in rows]
+
+    async def add_pin(self, channel_id: int, text: str) -> int:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO memory_pins (channel_id, text, created_at) VALUES (?, ?, ?)",
+                (channel_id, text, time.time()),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def remove_pin(self, channel_id: int, pin_id: int) -> bool:
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM memory_pins WHERE channel_id = ? AND id = ?", (channel_id, pin_id)
+            )
+        return cursor.rowcount > 0
+
+    async def clear_memory(self, channel_id: int) -> None:
+        """A new story: the channel's summaries and pins go with its history."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM memory_summaries WHERE channel_id = ?", (channel_id,))
+            await db.execute("DELETE FROM memory_pins WHERE channel_id = ?", (channel_id,))
+
+    async def index_holds(self, words: str) -> int:
+        """How many stored lines the full-text index finds for these words (any channel)."""
+        row = await self._row("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", (words,))
+        return int(row[0]) if row else 0
