@@ -127,6 +127,7 @@ async def test_warm_turns_read_only_the_new_tokens_at_every_context_size(
         await say(engine.store, "Mira", reply)
         await say(engine.store, "Ann", f"and the harbour {turn}?" if long else f"ok {turn}")
         history = await engine.scene.history(CHANNEL, cast)
+        assert history[0].id == first  # the turn reads the window's lines, not the newest n_ctx
         built = await engine.composer.prompt(CHANNEL, mira, cast, history, "Ann")
         read = evaluated(model, before.text, reply, built.text)
         assert read <= bound, (turn, read, built.n_tokens)
@@ -343,7 +344,7 @@ async def test_a_large_erase_lets_other_channels_work_between_its_batches(engine
     erase = asyncio.create_task(engine.admin.forget_member(42, [CHANNEL]))
     await asyncio.sleep(0)
     await say(store, "Sam", "hello from another channel", channel=8)
-    assert not erase.done()
+    assert await store.count_messages(CHANNEL) > 10_000  # stored while most of the erase is still to do
     assert await erase == 20_000
     assert await store.count_messages(CHANNEL) == 0 and await store.count_messages(8) == 1
 
