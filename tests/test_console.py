@@ -289,3 +289,24 @@ def test_terminal_cast_shows_each_speaker_by_name_with_its_face(tmp_path: Path) 
     chat.expect("[cast: Rook; name one to speak to it]")
     chat.type("/quit")
     assert chat.close() == 0
+
+
+def test_terminal_memory_shows_pins_and_takes_corrections(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    chat = Chat(config)
+    chat.expect("[commands: ")
+    chat.type("/memory")
+    chat.expect("[no summary yet: one is written once older lines leave the prompt]")
+    chat.type("/memory pin The vault code is 7741.")
+    chat.expect("[pinned; 1 facts pinned here]")
+    chat.type("/memory edit Sam hid the key at the lighthouse.")
+    chat.expect("[Mira's summary is kept as written]")
+    chat.type("/memory")
+    chat.expect("[Mira's summary, corrected by hand: Sam hid the key at the lighthouse.]")
+    chat.expect("[pinned 1: The vault code is 7741.]")
+    chat.type("/memory unpin 4")
+    chat.expect("[error: there is no pinned fact 4 (the channel has 1)]")
+    chat.type("/memory unpin 1")
+    chat.expect("[unpinned; 0 facts pinned here]")
+    chat.type("/quit")
+    assert chat.close() == 0
