@@ -1,4 +1,4 @@
-"""`./run bench llm|emotion|expressions|discord|gpu|cast`: print the README's figures."""
+"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory`: print the README's figures."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
     parser.add_argument(
         "what",
-        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast"],
+        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory"],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
+        "memory: recall of early facts, warm-turn cost, lookup time, summaries, large erasures; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
@@ -54,6 +55,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.cast import bench_cast
 
         return await bench_cast(config, args.quick)
+    if args.what == "memory":
+        from benchmarks.memory import bench_memory
+
+        return await bench_memory(config, args.quick)
     if args.what == "llm":
         from benchmarks.llm import bench_llm
 

@@ -274,12 +274,10 @@ def _validate(config: Config, source: str) -> None:
         (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
-        (
-            config.memory.summary_tokens + config.memory.recall_tokens + config.memory.pinned_tokens
-            <= config.model.n_ctx // 2,
-            "memory.summary_tokens",
-            "with memory.recall_tokens and memory.pinned_tokens must be at most half of model.n_ctx",
-        ),
+        # Each memory part also gets at most 1/8 of the prompt budget, whatever is set here.
+        (config.memory.summary_tokens <= 8192, "memory.summary_tokens", "must be at most 8192"),
+        (config.memory.recall_tokens <= 8192, "memory.recall_tokens", "must be at most 8192"),
+        (config.memory.pinned_tokens <= 8192, "memory.pinned_tokens", "must be at most 8192"),
         (config.memory.recall_lines <= 32, "memory.recall_lines", "must be at most 32"),
         (1 <= config.memory.max_pins <= 200, "memory.max_pins", "must be between 1 and 200"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),

@@ -206,7 +206,10 @@ async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart
         assert edits[-1].files["expression.png"].startswith(b"\x89PNG")
         assert reply["content"] == SECOND  # edited in place, as Discord shows it
         assert button(reply, REGENERATE_ID)["label"] == "2/2"
-        history = await run.engine.admin.recent_messages(channel, 10)
+        # The new version is stored once its edit succeeded: right after the edit, not before.
+        async with asyncio.timeout(30):
+            while (history := await run.engine.admin.recent_messages(channel, 10))[-1].version == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         assert [m.content for m in history] == ["Rook, say something.", SECOND]
         # Its face was not rendered yet: the best one now, then the fresh render, swapped in.
         assert history[-1].emotion == "joy"

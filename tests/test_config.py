@@ -42,6 +42,10 @@ def test_defaults_match_the_shipped_file() -> None:
         ("model = 3\n", "key 'model' must be a table"),
         ('[discord]\ntoken = "abc"\n', "set DISCORD_TOKEN instead"),
         ("[model\n", "not valid TOML"),
+        ("[memory]\nrecall_lines = 100\n", "key 'memory.recall_lines' must be at most 32"),
+        ("[memory]\nmax_pins = 0\n", "key 'memory.max_pins' must be between 1 and 200"),
+        ("[memory]\nsummary_tokens = 100000\n", "key 'memory.summary_tokens' must be at most 8192"),
+        ("[memory]\nenabled = 1\n", "key 'memory.enabled' must be true or false"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, body: str, message: str) -> None:

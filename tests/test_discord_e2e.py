@@ -396,11 +396,14 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
         # Server; what stays visible to everyone only reads.
         for name in ("channel", "reset", "manage"):
             assert int(synced[name]["default_member_permissions"]) == 1 << 5, name  # MANAGE_GUILD
-        for name in ("persona", "expression", "status"):
+        for name in ("persona", "expression", "status", "memory"):
             assert synced[name].get("default_member_permissions") is None, name
         assert {o["name"] for o in synced["persona"]["options"]} == {"list", "show", "export"}
         assert {o["name"] for o in synced["expression"]["options"]} == {"show"}
-        assert {o["name"] for o in synced["manage"]["options"]} == {"persona", "import", "render", "face"}
+        assert {o["name"] for o in synced["memory"]["options"]} == {"show"}
+        manage = {o["name"]: o for o in synced["manage"]["options"]}
+        assert set(manage) == {"persona", "import", "render", "face", "memory"}
+        assert {o["name"] for o in manage["memory"]["options"]} == {"edit", "pin", "unpin"}
 
 
 def subcommand(command: str, **values: str) -> list[dict[str, Any]]:

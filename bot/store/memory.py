@@ -3,6 +3,7 @@ left each prompt window, the pinned facts. A mixin of Store (same connection, sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
         """What the query mixins use of Store: its connection and its one-at-a-time transactions."""
 
         _db: aiosqlite.Connection
+        _write_lock: asyncio.Lock
+
+        def _check_file(self) -> None: ...
 
         async def _write(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor: ...
 

@@ -1,0 +1,85 @@
+"""Erasing many messages without stalling the other channels, and giving the space back: a mixin of
+Store (same connection, same write lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+from bot.errors import StoreError
+from bot.store.memory import StoreBase
+
+_log = logging.getLogger(__name__)
+
+# Rows erased per transaction: a 150k-message /reset runs as many short writes, and every other channel's
+# reads and writes take their turn on the one connection between them instead of waiting a second.
+DELETE_BATCH = 250
+VACUUM_PAGES = 128  # free pages handed back to the disk per step after deletes
+VACUUM_TRIES = 50  # steps that found another task's read in the way before giving up until next time
+VACUUM_WAIT = 0.005
+
+
+class Erasure(StoreBase):
+    async def _erase(self, where: str, params: Sequence[object]) -> int:
+        """DELETE the messages `where` holds, DELETE_BATCH rows per transaction, letting the other
+        tasks' queries run between batches; then hand the freed space back. Each batch removes its rows
+        from the full-text index and drops the summaries that read them (the triggers), so what is gone
+        is gone everywhere at every step; an interrupted erase is finished by running it again."""
+        removed = 0
+        while True:
+            async with self._transaction() as db:
+                cursor = await db.execute(
+                    f"DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE {where} LIMIT ?)",
+                    (*params, DELETE_BATCH),
+                )
+                count = cursor.rowcount
+            removed += count
+            if count < DELETE_BATCH:
+                break
+            await asyncio.sleep(0)
+        if removed:
+            try:
+                await self.give_back_space()
+            except StoreError as exc:  # the erase itself is done; the space comes back another time
+                _log.warning("%s", exc)
+        return removed
+
+    async def give_back_space(self, rewrite_index: bool = True) -> int:
+        """Return the file's free pages to the disk, VACUUM_PAGES per step (other queries run between
+        steps), and shrink the write-ahead log; returns how many pages went. `rewrite_index` first
+        rewrites the full-text index without the erased lines' entries (one statement: about 0.3 s at
+        150k stored lines; after a /reset or /forget-me, not after every purge)."""
+        if rewrite_index:
+            await self._merge_index()
+        freed, busy = 0, 0
+        while busy < VACUUM_TRIES:
+            row = await self._row("PRAGMA freelist_count")
+            free = int(row[0]) if row else 0
+            if free == 0:
+                break
+            async with self._write_lock:
+                self._check_file()
+                try:
+                    # Stepped to its end: a half-stepped pragma would keep its write transaction open.
+                    await self._rows(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc):
+                        raise
+                    busy += 1  # a statement is still open on the connection: let it finish first
+                else:
+                    freed += min(free, VACUUM_PAGES)
+            await asyncio.sleep(0 if not busy else VACUUM_WAIT)
+        if freed:
+            async with self._write_lock:
+                await self._rows("PRAGMA wal_checkpoint(TRUNCATE)")
+        return freed
+
+    async def _merge_index(self) -> None:
+        """Rewrite the full-text index without the erased lines: until then their entries are only
+        marked deleted (their words would linger in the file, and their pages would not come free). One
+        statement: FTS5's stepwise 'merge' interleaved with the triggers' inserts damaged the index."""
+        async with self._write_lock:
+            self._check_file()
+            await self._rows("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
