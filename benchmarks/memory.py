@@ -78,7 +78,7 @@ async def bulk(
         lines.append(
             (
                 channel,
-                author_id if role == "user" else None,
+                author_id if role == "user" or every else None,
                 "Sam" if role == "user" else "Mira",
                 role,
                 f"{text} ({i})",

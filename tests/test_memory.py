@@ -359,7 +359,8 @@ async def test_space_is_given_back_after_deletes(engine: Engine) -> None:
     await store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     full = Path(store.path).stat().st_size
     await engine.admin.reset(CHANNEL)
-    assert Path(store.path).stat().st_size < full / 4
+    # The rows' pages go back; the full-text index keeps its delete markers until it merges itself.
+    assert Path(store.path).stat().st_size < full / 3
 
 
 async def test_the_model_summarises_what_left_the_window_in_the_background(

@@ -283,7 +283,7 @@ class Store(MemoryQueries, RenderQueries, Erasure):
                 cursor = await db.execute(f"DELETE FROM messages WHERE discord_id IN ({marks})", chunk)
                 removed += cursor.rowcount
         if removed:
-            await self.give_back_space(rewrite_index=False)  # SQLite's own merging removes them in time
+            await self.give_back_space()
         return removed
 
     async def forget_author(self, author_id: int, channel_ids: list[int]) -> int:
