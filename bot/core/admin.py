@@ -139,6 +139,7 @@ class Admin:
             return await self.store.forget_author(author_id, channel_ids)
         finally:
             self.scene.erased()  # even a partial erase: what went must not be shown
+            await self.models.llm.forget_contexts()  # nor linger in the model's kept contexts
 
     # -- memory: summaries, pinned facts, recalled lines -----------------------------------------------
 

@@ -21,6 +21,11 @@ class SessionStates:
         self._current: Hashable = None
         self._saved: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()  # session -> (state, tokens)
 
+    def clear(self) -> None:
+        """Forget every saved context; the current one is the model's own to reset."""
+        self._saved.clear()
+        self._current = None
+
     def switch_to(self, session: Hashable) -> None:
         if session is None or session == self._current:
             return

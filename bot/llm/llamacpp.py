@@ -409,6 +409,16 @@ class LlamaBackend:
             return {o: p / total for o, p in probs.items()}
         return {o: 1.0 / len(options) for o in options}
 
+    async def forget_contexts(self) -> None:
+        """Drop every channel's saved context and the one evaluated now, on the model's own thread: the
+        next turn of each channel reads its prompt again, without the erased words."""
+
+        def forget() -> None:
+            self._sessions.clear()
+            self._llm.reset()
+
+        await self._worker.run(forget)
+
     async def close(self) -> None:
         self._cancel_all.set()
         await asyncio.to_thread(self._worker.shutdown)

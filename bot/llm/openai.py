@@ -340,6 +340,9 @@ class OpenAIBackend:
         top = {t.token: math.exp(t.logprob) for t in (content[0].top_logprobs if content else [])}
         return option_scores(top, options)
 
+    async def forget_contexts(self) -> None:
+        """Nothing kept here: the server's own prompt cache is the server's to manage."""
+
     async def close(self) -> None:
         await self.client.close()
 
