@@ -9,14 +9,11 @@ import asyncio
 import dataclasses
 import statistics
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import loaded_model, scratch_store, table
 from benchmarks.llm import STORY_LINES
 from bot.config import Config, MemoryConfig
-from bot.llm import LlamaBackend
-from bot.llm.base import Message
 from bot.store import Store
 
 CHANNEL = 1
@@ -38,33 +35,6 @@ FACTS: tuple[tuple[str, str], ...] = (
     ("My old captain, Harrow, lost an eye at Karsk.", "How did captain Harrow lose his eye?"),
     ("I promised to bring Mira a jar of cloudberry jam.", "What did I promise to bring you?"),
 )
-
-
-@dataclasses.dataclass
-class Context:
-    """The model's tokenizer and template with a context of any size: prompts are only built here."""
-
-    model: LlamaBackend
-    n_ctx: int
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.model.tokenize(text)
-
-    def count_prompt(self, prompt: str) -> int:
-        return self.model.count_prompt(prompt)
-
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        return self.model.render(messages, add_generation_prompt)
-
-
-def read_tokens(model: LlamaBackend, before: str, reply: str, after: str) -> int:
-    """Tokens evaluated for `after` when the model holds `before` and the reply it generated."""
-    held = model._prompt_tokens(before) + model.tokenize(reply)
-    new = model._prompt_tokens(after)
-    common = next(
-        (i for i, (a, b) in enumerate(zip(held, new, strict=False)) if a != b), min(len(held), len(new))
-    )
-    return len(new) - common
 
 
 async def bulk(
@@ -97,6 +67,7 @@ async def bench_memory(config: Config, quick: bool) -> int:
     from bot.core import Engine
     from bot.core.prompt import PromptBuilder
     from bot.personas import PersonaLibrary
+    from tests.support.contexts import SizedContext, read_tokens
 
     model = dataclasses.replace(config.model, n_ctx=4096, temperature=0.0, seed=1, max_reply_tokens=64)
     config = dataclasses.replace(
@@ -113,7 +84,7 @@ async def bench_memory(config: Config, quick: bool) -> int:
         def use(memory: MemoryConfig, n_ctx: int = 4096) -> None:
             engine.scene.config = dataclasses.replace(config, memory=memory)
             engine.models.prompts = PromptBuilder(
-                Context(llm, n_ctx), model.max_reply_tokens, config.prompt, memory
+                SizedContext(llm, n_ctx), model.max_reply_tokens, config.prompt, memory
             )
             engine.models.memory.config = memory
             engine.scene.windows.clear()

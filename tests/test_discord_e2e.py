@@ -17,7 +17,7 @@ from bot.core import Engine
 
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
 from .support.discord_server import FakeDiscord, Request, callbacks, posts_to, typing_in
-from .support.harness import bot_config, enable_channel, running_bot
+from .support.harness import bot_config, enable_channel, forget_me, running_bot
 from .support.model_server import model_server
 from .support.scripted import Scripted
 
@@ -625,13 +625,7 @@ async def test_forget_me_erases_only_that_members_messages(server: FakeDiscord, 
             persona="mira",
             author_id=MILO,
         )
-        token = await server.slash(general, MEMBER, "forget-me")
-        [prompt] = await server.wait_for(
-            lambda r: callbacks(token)(r) and "Erase the 2 messages" in str(r.json)
-        )
-        erase = prompt.json["data"]["components"][0]["components"][0]
-        await server.press(general, MEMBER, server.last_answer(), erase)
-        await server.wait_for(lambda r: r.method == "PATCH" and "Erased 2 of your messages" in str(r.json))
+        await forget_me(server, general, MEMBER, 2)
         remaining = [
             m.author_name
             for c in (general, roleplay)

@@ -12,7 +12,7 @@ import pytest
 from bot.core import Engine
 
 from .support.discord_server import FakeDiscord, callbacks, posts_to
-from .support.harness import bot_config, enable_channel, running_bot
+from .support.harness import bot_config, enable_channel, forget_me, running_bot
 from .support.scripted import Scripted
 
 pytestmark = pytest.mark.slow
@@ -76,11 +76,5 @@ async def test_memory_commands_show_and_correct_what_the_bot_remembers(
 
         # /forget-me: the member's line leaves the index (nothing of it can be recalled again).
         assert await run.engine.store.index_holds('"lighthouse" AND "mat"') == 1
-        token = await server.slash(general, MEMBER, "forget-me")
-        [prompt] = await server.wait_for(
-            lambda r: callbacks(token)(r) and "Erase the 1 messages" in str(r.json)
-        )
-        erase = prompt.json["data"]["components"][0]["components"][0]
-        await server.press(general, MEMBER, server.last_answer(), erase)
-        await server.wait_for(lambda r: r.method == "PATCH" and "Erased 1 of your messages" in str(r.json))
+        await forget_me(server, general, MEMBER, 1)
         assert await run.engine.store.index_holds('"lighthouse" AND "mat"') == 0

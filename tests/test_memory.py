@@ -20,29 +20,12 @@ from bot.memory import match_query
 from bot.personas import PersonaLibrary
 from bot.store import Store
 
+from .support.contexts import SizedContext, read_tokens
 from .support.scripted import Scripted
 
 pytestmark = pytest.mark.slow
 
 CHANNEL = 7
-
-
-@dataclasses.dataclass
-class Context:
-    """The real model's tokenizer and template with a context of any size (the prompt is only built and
-    tokenized here, never evaluated, so 32k costs no more than the tokenizer)."""
-
-    model: LlamaBackend
-    n_ctx: int
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.model.tokenize(text)
-
-    def count_prompt(self, prompt: str) -> int:
-        return self.model.count_prompt(prompt)
-
-    def render(self, messages, add_generation_prompt: bool = True) -> str:
-        return self.model.render(messages, add_generation_prompt)
 
 
 @pytest.fixture
@@ -64,7 +47,7 @@ def sized(engine: Engine, model: LlamaBackend, n_ctx: int, memory: MemoryConfig 
     )
     engine.config = engine.scene.config = config
     engine.models.prompts = PromptBuilder(
-        Context(model, n_ctx), config.model.max_reply_tokens, config.prompt, config.memory
+        SizedContext(model, n_ctx), config.model.max_reply_tokens, config.prompt, config.memory
     )
     engine.models.memory.config = config.memory
 
@@ -89,18 +72,6 @@ async def seed(store: Store, lines: int, long: bool) -> None:
         else:
             await say(store, "Ann", f"ok {i}")
             await say(store, "Mira", f"Sure {i}.")
-
-
-def evaluated(model: LlamaBackend, before: str, reply: str, after: str) -> int:
-    """Tokens the model reads for `after` when its context holds `before` and the reply it wrote."""
-    held = model._prompt_tokens(before) + model.tokenize(reply)
-    new = model._prompt_tokens(after)
-    common = 0
-    for a, b in zip(held, new, strict=False):
-        if a != b:
-            break
-        common += 1
-    return len(new) - common
 
 
 @pytest.mark.parametrize("n_ctx", [4096, 16384, 32768])
@@ -129,7 +100,7 @@ async def test_warm_turns_read_only_the_new_tokens_at_every_context_size(
         history = await engine.scene.history(CHANNEL, cast)
         assert history[0].id == first  # the turn reads the window's lines, not the newest n_ctx
         built = await engine.composer.prompt(CHANNEL, mira, cast, history, "Ann")
-        read = evaluated(model, before.text, reply, built.text)
+        read = read_tokens(model, before.text, reply, built.text)
         assert read <= bound, (turn, read, built.n_tokens)
         assert engine.scene.windows[(CHANNEL, "mira")].first_id == first
         before = built

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from bot.config import PromptConfig
@@ -10,24 +8,9 @@ from bot.errors import InputError
 from bot.llm import LlamaBackend
 from bot.personas import LoreEntry, Persona, PersonaLibrary
 
+from .support.contexts import SizedContext
+
 pytestmark = pytest.mark.slow
-
-
-@dataclasses.dataclass
-class SmallContext:
-    """The real model's tokenizer and template, with a small context to make windowing visible."""
-
-    model: LlamaBackend
-    n_ctx: int = 768
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.model.tokenize(text)
-
-    def count_prompt(self, prompt: str) -> int:
-        return self.model.count_prompt(prompt)
-
-    def render(self, messages, add_generation_prompt: bool = True) -> str:
-        return self.model.render(messages, add_generation_prompt)
 
 
 def conversation(n: int) -> list[Turn]:
@@ -44,7 +27,7 @@ def test_multi_user_turns_carry_names_and_greeting_is_kept(
     model: LlamaBackend, library: PersonaLibrary
 ) -> None:
     mira = library.load("mira")
-    builder = PromptBuilder(SmallContext(model), 100, PromptConfig())
+    builder = PromptBuilder(SizedContext(model), 100, PromptConfig())  # small: windowing shows
     built = builder.build(mira, conversation(40), "Ann")
     assert built.n_tokens <= builder.budget
     assert built.window_start > 0  # older turns fell out...
@@ -61,7 +44,7 @@ def test_window_moves_in_steps_so_the_prefix_stays_cached(
     model: LlamaBackend, library: PersonaLibrary
 ) -> None:
     mira = library.load("mira")
-    builder = PromptBuilder(SmallContext(model), 100, PromptConfig(window_slack=0.25))
+    builder = PromptBuilder(SizedContext(model), 100, PromptConfig(window_slack=0.25))
     turns = conversation(60)
     generation_prompt = "<|im_start|>assistant\n"
     start, moves, previous, builds = 0, 0, None, 0
@@ -89,7 +72,7 @@ def test_lorebook_post_history_and_macros(model: LlamaBackend) -> None:
             LoreEntry(keys=("kraken",), content="Krakens live below the clouds."),
         ),
     )
-    builder = PromptBuilder(SmallContext(model, 2048), 100, PromptConfig())
+    builder = PromptBuilder(SizedContext(model, 2048), 100, PromptConfig())
     built = builder.build(persona, [Turn("user", "Ann", "Is the Aurora ready?")], "Ann")
     assert "Rook flies the Aurora with Ann." in built.text
     assert "The Aurora is a brass airship." in built.text and "Krakens" not in built.text
@@ -102,13 +85,13 @@ def test_lorebook_respects_its_token_budget(model: LlamaBackend) -> None:
         for i in range(10)
     )
     persona = Persona(slug="p", name="P", lorebook=entries)
-    builder = PromptBuilder(SmallContext(model, 4096), 100, PromptConfig(lorebook_token_budget=120))
+    builder = PromptBuilder(SizedContext(model, 4096), 100, PromptConfig(lorebook_token_budget=120))
     built = builder.build(persona, [Turn("user", "Ann", "the sea")], "Ann")
     assert "Sea fact 0" in built.text and "Sea fact 1" in built.text and "Sea fact 3" not in built.text
 
 
 def test_message_longer_than_the_context_is_refused(model: LlamaBackend, library: PersonaLibrary) -> None:
-    builder = PromptBuilder(SmallContext(model), 100, PromptConfig())
+    builder = PromptBuilder(SizedContext(model), 100, PromptConfig())
     with pytest.raises(InputError, match="tokens long, more than the"):
         builder.check_message(library.load("mira"), "storm " * 2000)
     with pytest.raises(InputError, match="empty"):
@@ -121,7 +104,7 @@ def test_the_prompt_always_leaves_the_reply_its_tokens(
 ) -> None:
     """However long the history, the prompt and the reply fit in the context together: the model is
     never asked to write into a full context."""
-    context = SmallContext(model)
+    context = SizedContext(model)
     builder = PromptBuilder(context, reply_tokens, PromptConfig())
     for turns in (5, 40, 120):
         built = builder.build(library.load("mira"), conversation(turns), "Ann")
@@ -146,7 +129,7 @@ async def test_the_window_counts_what_the_model_evaluates_and_fills_the_budget(
     special tokens), so a moved window fills its target instead of 53-75 % of it."""
     mira = library.load("mira")
     config = PromptConfig()
-    builder = PromptBuilder(SmallContext(model), 100, config)
+    builder = PromptBuilder(SizedContext(model), 100, config)
     for turns in (lines(2), lines(120)):
         built = builder.build(mira, turns, "Ann")
         generation = model.generate(built.text, max_tokens=1, session="count")

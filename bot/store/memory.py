@@ -35,6 +35,13 @@ else:
     StoreBase = object
 
 
+SUMMARY_QUERY = "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?"
+
+
+def _summary(row: aiosqlite.Row | None) -> Summary | None:
+    return Summary(row["text"], row["through_id"], bool(row["edited"])) if row else None
+
+
 def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
@@ -83,11 +90,7 @@ class MemoryQueries(StoreBase):
     # -- summaries --------------------------------------------------------------------------------------
 
     async def summary(self, channel_id: int, persona: str) -> Summary | None:
-        row = await self._row(
-            "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?",
-            (channel_id, persona),
-        )
-        return Summary(row["text"], row["through_id"], bool(row["edited"])) if row else None
+        return _summary(await self._row(SUMMARY_QUERY, (channel_id, persona)))
 
     async def put_summary(
         self,
@@ -104,12 +107,8 @@ class MemoryQueries(StoreBase):
             return False
         ids = [m.id for m in sources]
         async with self._transaction() as db:
-            async with db.execute(
-                "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?",
-                (channel_id, persona),
-            ) as cursor:
-                row = await cursor.fetchone()
-            now = Summary(row["text"], row["through_id"], bool(row["edited"])) if row else None
+            async with db.execute(SUMMARY_QUERY, (channel_id, persona)) as cursor:
+                now = _summary(await cursor.fetchone())
             if now != base or (now is not None and now.edited):
                 return False  # an admin's summary is kept as written
             async with db.execute(
@@ -149,7 +148,7 @@ class MemoryQueries(StoreBase):
             "SELECT persona, text, through_id, edited FROM memory_summaries WHERE channel_id = ?",
             (channel_id,),
         )
-        return {r["persona"]: Summary(r["text"], r["through_id"], bool(r["edited"])) for r in rows}
+        return {r["persona"]: summary for r in rows if (summary := _summary(r)) is not None}
 
     # -- pins -------------------------------------------------------------------------------------------
 

@@ -80,3 +80,14 @@ async def enable_channel(
     ):
         token = await server.slash(channel, admin, "channel", [option], admin=True)
         await server.wait_for(callbacks(token))
+
+
+async def forget_me(server: FakeDiscord, channel: int, member: dict[str, object], count: int) -> None:
+    """A member runs /forget-me, is asked about `count` messages, confirms, and is told they are erased."""
+    token = await server.slash(channel, member, "forget-me")
+    [prompt] = await server.wait_for(
+        lambda r: callbacks(token)(r) and f"Erase the {count} messages" in str(r.json)
+    )
+    erase = prompt.json["data"]["components"][0]["components"][0]
+    await server.press(channel, member, server.last_answer(), erase)
+    await server.wait_for(lambda r: r.method == "PATCH" and f"Erased {count} of your messages" in str(r.json))
