@@ -319,7 +319,7 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
         pack.writestr("../../joy-2.png", sprite.getvalue())
         pack.writestr("readme.txt", "hi")
     (tmp_path / "pack.zip").write_bytes(buffer.getvalue())
-    from bot.cli.expressions import open_pack, write_pack
+    from bot.expressions.packs import open_pack, write_pack
 
     with open_pack(tmp_path / "pack.zip") as files:
         plan = service.import_sprites(mira, files)
@@ -337,7 +337,7 @@ async def test_sprite_packs_import_win_and_export(service: ExpressionService, tm
 
 def test_bad_sprite_packs(service: ExpressionService, tmp_path: Path) -> None:
     mira = service.personas.load("mira")
-    from bot.cli.expressions import open_pack
+    from bot.expressions.packs import open_pack
 
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with (

@@ -18,9 +18,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("llm",),  # the models that write
     ("emotion", "expressions", "memory"),  # the models that judge and draw, and memory
     ("core",),  # the turn
-    ("discord", "terminal", "cli", "__main__"),  # front-ends
+    ("discord", "terminal", "studio", "cli", "__main__"),  # front-ends
 ]
-FRONT_ENDS = ("discord", "terminal", "cli", "__main__")
+FRONT_ENDS = ("discord", "terminal", "studio", "cli", "__main__")
 # Front-ends that start the others (the command line runs Discord and the terminal chat).
 LAUNCHERS = ("cli", "__main__")
 ENGINE_INSIDES = {

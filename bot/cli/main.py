@@ -1,4 +1,4 @@
-"""Command line: run | chat | persona … | expressions … (benchmarks: `./run bench`, in benchmarks/).
+"""Command line: run | chat | studio | persona … | expressions … (benchmarks: `./run bench`, in benchmarks/).
 
 This module parses the arguments and hands each command to its front-end: Discord, the terminal chat, or
 the persona and expression commands beside it."""
@@ -10,10 +10,14 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Config, load_config
 from bot.errors import BotError, ConfigError
 from bot.terminal.safe import SafeFormatter, echo
+
+if TYPE_CHECKING:
+    from bot.discord.client import Alongside
 
 EXIT_USAGE = 2
 DESCRIPTION = (
@@ -31,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="serve Discord (needs DISCORD_TOKEN)")
+    run = sub.add_parser("run", help="serve Discord (needs DISCORD_TOKEN)")
+    run.add_argument("--studio", action="store_true", help="serve the studio page alongside (see `studio`)")
+    _studio_address(run)
+
+    studio = sub.add_parser("studio", help="the local web page for personas, faces and channels")
+    _studio_address(studio)
 
     chat = sub.add_parser("chat", help="roleplay in the terminal on the same engine and history")
     chat.add_argument("--persona", help="switch this channel to a persona first")
@@ -87,6 +96,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _studio_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="the studio's address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="the studio's port (default: 8765)")
+
+
+async def _studio(config: Config, args: argparse.Namespace) -> int:
+    from bot.core.app import open_engine
+    from bot.studio.server import studio_running
+
+    async with open_engine(config) as engine, studio_running(engine, args.host, args.port):
+        echo("studio: Ctrl-C stops it")
+        await asyncio.Event().wait()  # until Ctrl-C
+    return 0
+
+
+def _alongside(args: argparse.Namespace) -> Alongside | None:
+    """What `run --studio` serves beside Discord, on the same engine."""
+    if not args.studio:
+        return None
+    from bot.studio.server import check_host, studio_running
+
+    check_host(args.host)  # before Discord logs in
+    return lambda engine: studio_running(engine, args.host, args.port)
+
+
 def _account_name() -> str:
     """The system account's name, as the story's default name for the person at the terminal."""
     import getpass
@@ -126,6 +160,9 @@ def check_numbers(args: argparse.Namespace) -> None:
     variants = getattr(args, "variants", 1)
     if not 1 <= variants <= MAX_VARIANTS:
         raise BotError(f"--variants must be between 1 and {MAX_VARIANTS}, not {variants}")
+    port = getattr(args, "port", 0)
+    if not 0 <= port <= 65535:
+        raise BotError(f"--port must be between 0 (any free port) and 65535, not {port}")
     width = getattr(args, "face_width", None)
     if width is not None and not 8 <= width <= 160:
         raise BotError(f"--face-width must be between 8 and 160 columns, not {width}")
@@ -152,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from bot.discord.client import run_bot
 
-            return run_bot(config)
+            return run_bot(config, _alongside(args))
         if args.command == "expressions":
             from bot.cli.expressions import expressions_command
 
             return asyncio.run(expressions_command(config, args))
+        if args.command == "studio":
+            return asyncio.run(_studio(config, args))
     except ConfigError as exc:
         echo(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

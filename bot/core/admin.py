@@ -5,22 +5,28 @@ never reach into the store, the personas or the models themselves; they ask here
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bot.core.cast import named_in
 from bot.core.models import Models
 from bot.core.scene import Scene
-from bot.errors import BotError, InputError
+from bot.errors import BotError, ExpressionError, InputError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
-from bot.expressions.service import ExpressionImage
+from bot.expressions.packs import open_pack_bytes, write_pack
+from bot.expressions.service import ExpressionImage, ExpressionService
+from bot.expressions.sheet import contact_sheet
+from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
+from bot.files import png_bytes
 from bot.memory import MemoryView
 from bot.personas import Persona
 from bot.store import Pin, StoredMessage
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
+Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
+MAX_LISTED_CHANNELS = 500  # channels an overview shows, the most recently active first
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,22 @@ class EngineStatus:
     cached_faces: int
     messages: int
     cast: list[str]  # the names of the channel's personas, its lead first
+
+
+@dataclass(frozen=True)
+class ChannelOverview:
+    channel_id: int
+    settings: ChannelSettings
+    cast: list[str]  # display names, the lead first (a missing persona file shows its id)
+    messages: int
+    summary: str  # the lead's summary of what left its window, if any
+
+
+@dataclass(frozen=True)
+class Face:
+    label: str
+    path: Path | None
+    kind: str  # "sprite", "render", "drawn", "portrait" or "none"
 
 
 class Admin:
@@ -100,6 +122,27 @@ class Admin:
             self.scene.forget_windows(channel_id)
             self.scene.erased()
             return removed
+
+    async def channels(self) -> list[ChannelOverview]:
+        """Every channel with settings or history: its persona and cast, mode, size and summary."""
+        overview = []
+        for state, count in await self.store.channels(MAX_LISTED_CHANNELS):
+            try:
+                names = [p.name for p in await self.scene.cast(state.channel_id)]
+            except BotError as exc:  # a persona file gone or broken: the channel is still listed
+                names = [f"{state.persona or self.config.persona.default} (unusable: {exc})"]
+            lead = state.persona or self.config.persona.default
+            summary = (await self.store.summaries_of(state.channel_id)).get(lead)
+            overview.append(
+                ChannelOverview(
+                    state.channel_id,
+                    await self.channel_settings(state.channel_id),
+                    names,
+                    count,
+                    summary.text if summary is not None else "",
+                )
+            )
+        return overview
 
     async def message_count(self, channel_id: int) -> int:
         return await self.store.count_messages(channel_id)
@@ -227,6 +270,10 @@ class Admin:
             rows.append((slug, persona.name, self.models.expressions.kind_of_faces(persona)))
         return rows
 
+    def persona(self, name: str) -> Persona:
+        """The persona called `name` (validated), from its file."""
+        return self.personas.load(name)
+
     async def persona_named(self, channel_id: int, name: str | None = None) -> Persona:
         """The persona called `name`, or the channel's own when no name is given."""
         return self.personas.load(name) if name else await self.scene.lead(channel_id)
@@ -238,14 +285,24 @@ class Admin:
     async def import_card(self, raw: bytes, filename: str) -> Persona:
         return await asyncio.to_thread(self.personas.import_card, raw, filename)
 
+    async def edit_persona(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
+        """Change a persona's name, description, greeting, labels or prompt words (validated; all or
+        nothing). Channels show the change from their next turn."""
+        return await asyncio.to_thread(self.personas.update, persona, changes)
+
     def face_unknown(self, persona: Persona) -> bool:
         """Whether a just-imported persona's face should be looked for (see `needs_looking_for`)."""
         return needs_looking_for(self.personas, persona)
 
     async def face_region(
-        self, persona: Persona, box: tuple[int, int, int, int] | None = None, detect: bool = False
+        self,
+        persona: Persona,
+        box: tuple[int, int, int, int] | None = None,
+        detect: bool = False,
+        save: bool = True,
     ) -> FaceReport:
-        """Set a persona's face box (by hand, or by detection when the match is strong) and preview it."""
+        """Set a persona's face box (by hand, or by detection when the match is strong) and preview it;
+        with `save=False`, preview a box being tried, or propose the detected one, writing nothing."""
         return await asyncio.to_thread(
             locate_face,
             self.personas,
@@ -254,7 +311,12 @@ class Admin:
             self.config.persona.max_portrait_pixels,
             box=box,
             detect=detect,
+            save=save,
         )
+
+    def upload_limits(self) -> tuple[int, int]:
+        """The most bytes a card file and a sprite pack may have (the command line's limits)."""
+        return self.config.persona.max_card_bytes, MAX_PACK_BYTES
 
     async def export_card(self, persona: Persona, spec: Literal["v2", "v3"]) -> bytes:
         return await asyncio.to_thread(self.personas.export_card, persona, spec)
@@ -269,21 +331,62 @@ class Admin:
     async def face(self, persona: Persona, label: str) -> ExpressionImage:
         return await self.models.expressions.image_for(persona, label)
 
+    async def faces(self, persona: Persona) -> list[Face]:
+        """Each label's face as it would show now, and where it comes from; starts no render."""
+        service = self._service()
+        if service is None:
+            portrait = self.personas.existing_portrait(persona)
+            kind = "portrait" if portrait is not None else "none"
+            return [Face(label, portrait, kind) for label in persona.labels]
+        return [Face(label, *await service.face_source(persona, label)) for label in persona.labels]
+
+    async def import_sprites(self, persona: Persona, raw: bytes, filename: str) -> SpriteImport:
+        """Store an uploaded sprite pack (a zip of label.png pictures) for a persona."""
+        service = self._needs_service()
+        with open_pack_bytes(raw, filename) as files:
+            return await asyncio.to_thread(service.import_sprites, persona, files)
+
+    async def sprite_pack(self, persona: Persona) -> bytes:
+        """A zip of the persona's faces under SillyTavern's names (renders, overridden by sprites)."""
+        files = await self._needs_service().pack_files(persona)
+        if not files:
+            raise ExpressionError(f"{persona.slug} has no rendered or imported faces yet")
+        return await asyncio.to_thread(write_pack, files)
+
+    async def contact_sheet(self, persona: Persona) -> bytes:
+        """A PNG grid of the faces each label shows now (no render is started)."""
+        faces = [(f"{f.label} ({f.kind})", f.path) for f in await self.faces(persona) if f.path is not None]
+        if not faces:
+            raise ExpressionError(f"{persona.slug} has no portrait or faces to show")
+        return await asyncio.to_thread(lambda: png_bytes(contact_sheet(faces)))
+
+    def _service(self) -> ExpressionService | None:
+        expressions = self.models.expressions
+        return expressions if isinstance(expressions, ExpressionService) else None
+
+    def _needs_service(self) -> ExpressionService:
+        service = self._service()
+        if service is None:
+            raise BotError("faces are switched off here: set [expressions] enabled = true in config.toml")
+        return service
+
     async def render_faces(
         self,
         persona: Persona,
         variants: int = 1,
         labels: list[str] | None = None,
         on_progress: Progress = None,
+        on_step: Steps = None,
+        force: bool = False,
     ) -> list[tuple[str, Path]]:
         """Every face of a persona (sprites where present, then renders, then drawn faces), for a contact
-        sheet."""
-        from bot.expressions.service import ExpressionService
-
-        expressions = self.models.expressions
-        if not isinstance(expressions, ExpressionService):
-            raise BotError("faces are switched off here: set [expressions] enabled = true in config.toml")
-        return await expressions.render_all(persona, labels or list(persona.labels), variants, on_progress)
+        sheet; `force` renders again what is cached."""
+        unknown = [label for label in labels or [] if label not in persona.labels]
+        if unknown:
+            raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)}")
+        return await self._needs_service().render_all(
+            persona, labels or list(persona.labels), variants, on_progress, on_step, force
+        )
 
     async def status(self, channel_id: int) -> EngineStatus:
         persona = await self.scene.lead(channel_id)

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import aiohttp
 import discord
@@ -131,10 +132,14 @@ async def login_with_retry(
     return False
 
 
-async def serve(config: Config, token: str) -> None:
+Alongside = Callable[[Engine], contextlib.AbstractAsyncContextManager[object]]
+
+
+async def serve(config: Config, token: str, alongside: Alongside | None = None) -> None:
+    """Serve Discord on a new engine; `alongside` (the studio, say) runs on the same engine meanwhile."""
     from bot.core.app import open_engine
 
-    async with open_engine(config) as engine:
+    async with open_engine(config) as engine, alongside(engine) if alongside else contextlib.nullcontext():
         bot = RoleplayBot(config, engine)
         stopping: list[asyncio.Task[None]] = []
 
@@ -155,7 +160,7 @@ async def serve(config: Config, token: str) -> None:
                 await bot.connect()  # discord.py reconnects by itself once connected
 
 
-def run_bot(config: Config) -> int:
+def run_bot(config: Config, alongside: Alongside | None = None) -> int:
     token = discord_token()
     if token is None:
         print(
@@ -166,7 +171,7 @@ def run_bot(config: Config) -> int:
         )
         return 2
     try:
-        asyncio.run(serve(config, token))
+        asyncio.run(serve(config, token, alongside))
     except discord.LoginFailure:
         print(
             "Discord refused the token in DISCORD_TOKEN (LoginFailure): check it and try again",

@@ -4,6 +4,7 @@ is strong; a weak or missing one is reported with how to set the box by hand, ne
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,22 +129,27 @@ def locate_face(
     *,
     box: tuple[int, int, int, int] | None = None,
     detect: bool = False,
+    save: bool = True,
 ) -> FaceReport:
     """Set the face box by hand (`box`) or by detection (`detect`: kept only when strong), then preview
     the face region. Raises ExpressionError when the persona has no readable portrait or `box` does not
-    fit it; a detector that cannot run is reported in the finding, not raised."""
+    fit it; a detector that cannot run is reported in the finding, not raised. With `save=False` nothing
+    is written: the preview shows `box` (a region being tried), and detection only proposes."""
     where = f"persona '{persona.slug}'"
     portrait, _ = read_portrait(library, persona, max_pixels)
     finding, saved = None, None
     if box is not None:
         check_face_box(box, portrait.size, where)
-        saved = library.set_face_box(persona, box)
+        if save:
+            saved = library.set_face_box(persona, box)
+        else:
+            persona = dataclasses.replace(persona, face_box=box, face_mask="")
     elif detect:
         try:
             finding = find_face(portrait)
         except ExpressionError as exc:
             finding = FaceFinding(None, problem=str(exc))
-        if finding.strong and finding.box is not None:
+        if save and finding.strong and finding.box is not None:
             check_face_box(finding.box, portrait.size, where)
             saved = library.set_face_box(persona, finding.box)
     if saved is not None:

@@ -19,6 +19,7 @@ from bot.errors import ExpressionError
 from bot.expressions.region import composite
 
 _log = logging.getLogger(__name__)
+StepCallback = Callable[[int, int], None]  # denoising steps done, steps in all
 
 
 def pick_device(wanted: str) -> str:
@@ -169,7 +170,9 @@ class Renderer:
         prompt: str,
         seed: int,
         cancel: threading.Event | None = None,
+        on_step: StepCallback | None = None,
     ) -> Image.Image:
+        """Redraw the masked face. `on_step(done, total)` hears each denoising step (on this thread)."""
         import torch
 
         s = self.settings
@@ -178,6 +181,9 @@ class Renderer:
         def stop_when_cancelled(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():
                 p._interrupt = True  # diffusers' documented way to end the denoising loop early
+            if on_step is not None:
+                # `strength` < 1 skips the first steps: the pipeline knows how many it runs.
+                on_step(step + 1, int(getattr(p, "num_timesteps", 0) or s.steps))
             return kwargs
 
         generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -22,7 +22,7 @@ from PIL import Image
 from bot.config import Config
 from bot.errors import BusyError, ExpressionError
 from bot.expressions.drawn_cache import DrawnFaces, file_stamp
-from bot.expressions.pipeline import Renderer, render_threads
+from bot.expressions.pipeline import Renderer, StepCallback, render_threads
 from bot.expressions.region import face_mask, read_portrait
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
 from bot.files import atomic_write, png_bytes
@@ -208,6 +208,23 @@ class ExpressionService:
     def _portrait_file(self, persona: Persona) -> Path | None:
         return self.personas.existing_portrait(persona)
 
+    async def face_source(self, persona: Persona, label: str) -> tuple[Path | None, str]:
+        """The face `label` shows now and where it comes from ("sprite", "render", "drawn", "portrait", or
+        "none" without a portrait), never starting a render: for pages that list every face."""
+        sprite = self.sprite(persona, label)
+        if sprite is not None:
+            return sprite, "sprite"
+        if self.settings.model and (rendered := await self.cached(persona, label)) is not None:
+            return rendered, "render"
+        portrait = self._portrait_file(persona)
+        if (
+            self.settings.drawn
+            and (drawn := await self.drawn(persona, label)) is not None
+            and drawn != portrait
+        ):
+            return drawn, "drawn"
+        return portrait, "portrait" if portrait is not None else "none"
+
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
         """The face for an emotion now; on a cache miss, also a future for the fresh render."""
         sprite = self.sprite(persona, label)
@@ -267,11 +284,14 @@ class ExpressionService:
         labels: Sequence[str],
         variants: int = 1,
         on_progress: Callable[[int, int, str], Awaitable[None] | None] | None = None,
+        on_step: StepCallback | None = None,
+        force: bool = False,
     ) -> list[tuple[str, Path]]:
         """Every label x variant: the hand-made sprite where there is one, else a render (cached ones
         come straight back), else (no inpainting model) the drawn face, one per label. Names are
         SillyTavern's (joy, joy-1...). `on_progress(done, total, label)` is called before each face and
-        once at the end."""
+        once at the end; `on_step(done, total)` hears each denoising step, on the render thread.
+        `force` renders again what is cached (sprites still win)."""
         drawing = not self.settings.model and self.settings.drawn
         jobs = [(label, v) for label in labels for v in range(1 if drawing else variants)]
         faces: list[tuple[str, Path]] = []
@@ -283,7 +303,7 @@ class ExpressionService:
                 path = await asyncio.to_thread(self.drawn_faces.face, persona, label)
                 if path is None:
                     raise ExpressionError(f"persona '{persona.slug}' has no portrait to draw faces on")
-            path = path or await self.render(persona, label, variant)
+            path = path or await self.render(persona, label, variant, force=force, on_step=on_step)
             faces.append((sprite_name(label, variant).removesuffix(".png"), path))
         if on_progress is not None:
             await maybe_await(on_progress(len(jobs), len(jobs), "done"))
@@ -316,7 +336,15 @@ class ExpressionService:
         task.add_done_callback(lambda _: self._inflight.pop(inflight_key, None))
         return task
 
-    async def render(self, persona: Persona, label: str, variant: int = 0, *, force: bool = False) -> Path:
+    async def render(
+        self,
+        persona: Persona,
+        label: str,
+        variant: int = 0,
+        *,
+        force: bool = False,
+        on_step: StepCallback | None = None,
+    ) -> Path:
         """Render (or fetch from cache) one face. Raises ExpressionError / TimeoutError on failure."""
         if not self.settings.model:
             raise ExpressionError("no inpainting model configured: set [expressions] model in config.toml")
@@ -326,7 +354,7 @@ class ExpressionService:
             return Path(record.path)
         await self._drop_stale(persona.slug, job.source_hash)
         cancel = threading.Event()
-        future = self._worker.submit(lambda: self._render_blocking(job, portrait, mask, cancel))
+        future = self._worker.submit(lambda: self._render_blocking(job, portrait, mask, cancel, on_step))
         try:
             path = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_seconds)
         except (TimeoutError, asyncio.CancelledError):
@@ -338,12 +366,17 @@ class ExpressionService:
         return path
 
     def _render_blocking(
-        self, job: RenderJob, portrait: Image.Image, mask: Image.Image, cancel: threading.Event
+        self,
+        job: RenderJob,
+        portrait: Image.Image,
+        mask: Image.Image,
+        cancel: threading.Event,
+        on_step: StepCallback | None = None,
     ) -> Path:
         if cancel.is_set() or self._cancel.is_set():
             raise asyncio.CancelledError("render cancelled before it started")
         try:
-            image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel)
+            image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel, on_step)
         except Exception as exc:
             import torch
 

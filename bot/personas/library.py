@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from bot.personas.cards import read_card, write_card_png
 from bot.personas.persona import SLUG_RE, Persona, persona_from_toml, persona_to_toml
 
 _log = logging.getLogger(__name__)
+EDITABLE = frozenset({"name", "description", "greeting", "labels", "prompts"})
 
 
 def check_slug(name: str) -> str:
@@ -167,6 +169,31 @@ class PersonaLibrary:
                 atomic_write(path, edited.encode("utf-8"))
                 return path
         return self.save(updated)
+
+    def update(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
+        """Change some of a persona's name, description, greeting, emotion labels and their prompt words
+        (`labels`, `prompts`), validated as its file would be; all of it is written, or none."""
+        unknown = set(changes) - EDITABLE
+        if unknown:
+            raise PersonaError(f"these cannot be edited here: {', '.join(sorted(unknown))}")
+        table = persona_to_toml(persona)
+        for key in ("name", "description", "greeting"):
+            if key in changes:
+                table[key] = changes[key]
+        emotions = table["emotions"]
+        if "labels" in changes:
+            emotions["labels"] = changes["labels"]
+        if "prompts" in changes:
+            prompts = changes["prompts"]
+            if isinstance(prompts, dict):  # an emptied box hands its label back to the default words
+                prompts = {k: v for k, v in prompts.items() if not (isinstance(v, str) and not v.strip())}
+            emotions["prompts"] = prompts
+        updated = persona_from_toml(persona.slug, table, f"persona '{persona.slug}'", persona.card_extra)
+        if set(updated.emotion_prompts) - set(updated.labels):
+            stray = sorted(set(updated.emotion_prompts) - set(updated.labels))
+            raise PersonaError(f"prompt words for labels the persona does not have: {', '.join(stray)}")
+        self.save(updated)
+        return updated
 
     def export_card(self, persona: Persona, spec: Literal["v2", "v3"] = "v3") -> bytes:
         """A card PNG SillyTavern can import: the portrait with the persona embedded."""

@@ -328,6 +328,32 @@ class Store(MemoryQueries, RenderQueries, Erasure):
         enabled = None if row["enabled"] is None else bool(row["enabled"])
         return ChannelState(row["channel_id"], row["persona"], enabled, row["mode"], row["last_emotion"])
 
+    async def channels(self, limit: int) -> list[tuple[ChannelState, int]]:
+        """Channels with settings or history (the most recently active first, at most `limit`), each with
+        its message count."""
+        rows = await self._rows(
+            "SELECT c.channel_id, ch.persona, ch.enabled, ch.mode, ch.last_emotion, COALESCE(m.n, 0) AS n"
+            " FROM (SELECT channel_id FROM channels UNION SELECT DISTINCT channel_id FROM messages) AS c"
+            " LEFT JOIN channels AS ch USING (channel_id)"
+            " LEFT JOIN (SELECT channel_id, COUNT(*) AS n, MAX(id) AS newest FROM messages"
+            " GROUP BY channel_id) AS m USING (channel_id)"
+            " ORDER BY COALESCE(m.newest, 0) DESC, c.channel_id LIMIT ?",
+            (limit,),
+        )
+        return [
+            (
+                ChannelState(
+                    row["channel_id"],
+                    row["persona"],
+                    None if row["enabled"] is None else bool(row["enabled"]),
+                    row["mode"],
+                    row["last_emotion"],
+                ),
+                int(row["n"]),
+            )
+            for row in rows
+        ]
+
     async def update_channel(self, channel_id: int, **fields: object) -> None:
         """Set some of persona, enabled, mode, last_emotion for a channel (created on first use)."""
         allowed = {"persona", "enabled", "mode", "last_emotion"}
