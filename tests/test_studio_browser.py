@@ -138,12 +138,15 @@ async def test_the_studio_in_a_browser(tmp_path: Path, tiny_pipeline_dir: Path) 
         assert len([n for n in rendered if re.match(r"[a-z]+-0-[0-9a-f]{16}\.png", n)]) == 10
         await page.screenshot(out / "studio-faces.png")
 
-        # Channels: the terminal's channel after one turn.
+        # Channels: the terminal's channel after one turn, with a cast and a summary.
         await s.engine.turn(0, "Ren", "Hello Mira, any stories tonight?")
+        await s.engine.admin.cast_add(0, "tobin")
+        await s.engine.admin.edit_summary(0, "Ren sheltered from the storm; Mira told of the drowned bell.")
         await page.click("#tab-channels")
         await page.wait_for("document.querySelectorAll('#channel-rows tr').length === 1")
         cells = await page.evaluate(
             "[...document.querySelectorAll('#channel-rows td')].map(e => e.textContent)"
         )
-        assert cells[0] == "0 (terminal)" and cells[1] == "Mira" and cells[3] == "2"
+        assert cells[:4] == ["0 (terminal)", "Mira, Tobin", "always (terminal)", "2"]
+        assert cells[5] == "Ren sheltered from the storm; Mira told of the drowned bell."
         await page.screenshot(out / "studio-channels.png")

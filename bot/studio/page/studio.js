@@ -312,7 +312,7 @@ async function loadChannels() {
     const cells = [
       c.id === "0" ? "0 (terminal)" : c.id,
       c.cast.join(", "),
-      c.enabled ? (c.mode === "all" ? "every message" : "mentions") : "off",
+      c.id === "0" ? "always (terminal)" : c.enabled ? (c.mode === "all" ? "every message" : "mentions") : "off",
       String(c.messages),
       c.last_emotion || "",
       c.summary,
