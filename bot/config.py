@@ -74,6 +74,9 @@ class ModelConfig:
     timeout_seconds: float = 120.0
     queue_size: int = 8
     state_cache_mb: int = 512
+    # Thinking models (Qwen3, DeepSeek-R1 distills, QwQ, GLM): let them think before roleplay replies.
+    # Off asks the template not to (`enable_thinking`); either way the thinking is never shown or kept.
+    thinking: bool = False
 
 
 @dataclass(frozen=True)

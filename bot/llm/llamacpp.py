@@ -25,6 +25,7 @@ from bot.errors import GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.gguf import context_cache_bytes, read_metadata
 from bot.llm.llama_context import SessionStates, counting_llama_class
+from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker
 
 _log = logging.getLogger(__name__)
@@ -225,7 +226,9 @@ class LlamaBackend:
         control tokens: a member who types <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
         marked = [{**m, "content": mark_content(m["content"])} for m in messages]
-        return self._formatter(messages=marked).prompt  # type: ignore[arg-type]  # plain dicts are its input
+        # Templates that can switch thinking off read `enable_thinking` (Qwen3's); the rest ignore it.
+        response = self._formatter(messages=marked, enable_thinking=self.config.thinking)  # type: ignore[arg-type]
+        return response.prompt
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
     def _answer_tokens(self, option: str) -> tuple[int, ...]:
@@ -261,8 +264,11 @@ class LlamaBackend:
     ) -> Generation:
         """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job.
         `session` (a channel) lets the model keep that conversation's evaluated prefix across turns."""
+        inside = opens_thinking(prompt)
         generation = Generation(
-            chunks=lambda: self._stream(prompt, list(stop), max_tokens, generation.stats, session)
+            chunks=lambda: answer_only(
+                self._stream(prompt, list(stop), max_tokens, generation.stats, session), inside
+            )
         )
         return generation
 

@@ -28,6 +28,7 @@ from bot.bounded import LRUDict
 from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
+from bot.llm.thinking import answer_only
 
 _log = logging.getLogger(__name__)
 
@@ -234,7 +235,9 @@ class OpenAIBackend:
     ) -> Generation:
         """Stream a reply; leaving the iteration early closes the stream (the server stops)."""
         chat, _ = self._messages(prompt)
-        generation = Generation(chunks=lambda: self._stream(chat, list(stop), max_tokens, generation.stats))
+        generation = Generation(
+            chunks=lambda: answer_only(self._stream(chat, list(stop), max_tokens, generation.stats))
+        )
         return generation
 
     async def _slot(self) -> None:
@@ -276,6 +279,7 @@ class OpenAIBackend:
                         "top_k": config.top_k,
                         "min_p": config.min_p,
                         "repeat_penalty": config.repeat_penalty,
+                        **thinking_switch(config),
                     },
                 )
             except openai.OpenAIError as exc:
@@ -331,6 +335,7 @@ class OpenAIBackend:
                 logprobs=True,
                 top_logprobs=TOP_LOGPROBS,
                 temperature=0.0,
+                extra_body=thinking_switch(self.config, judging=True),
             )
         except openai.OpenAIError as exc:
             raise describe(exc, self.config) from None
@@ -358,6 +363,12 @@ def option_scores(top: dict[str, float], options: Sequence[str]) -> dict[str, fl
     if total <= 0:
         return {option: 1 / len(options) for option in options}
     return {option: p / total for option, p in scores.items()}
+
+
+def thinking_switch(config: ModelConfig, judging: bool = False) -> dict[str, Any]:
+    """The request field that servers with thinking models read (vLLM, llama-server, SGLang):
+    `enable_thinking` for the chat template. A one-token judgement never has room to think."""
+    return {"chat_template_kwargs": {"enable_thinking": config.thinking and not judging}}
 
 
 def _record_usage(stats: GenerationStats, usage: Any) -> None:
