@@ -129,13 +129,14 @@ class ExpressionsConfig:
     drawn: bool = True  # faces drawn over the portrait (blush, tears, marks) where no sprite or render is
     terminal_face_width: int = 32  # the face in `chat`, in terminal columns (its height follows its shape)
     model: str = ""  # hub id, diffusers folder or .safetensors file; empty: portraits only
+    model_config: str = ""  # a single file's base model configuration (folder or hub id); empty: inferred
     lora: str = ""
     lora_scale: float = 1.0
     scheduler: str = ""  # empty: the model's own
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     cpu_offload: bool = False
-    resolution: int = 512
+    resolution: int = 0  # the size the face crop is inpainted at; 0: the model's own
     steps: int = 25
     strength: float = 0.75
     guidance: float = 7.0
@@ -290,7 +291,11 @@ def _validate(config: Config, source: str) -> None:
             "must be between 8 and 160 columns",
         ),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
-        (config.expressions.resolution % 8 == 0, "expressions.resolution", "must be a multiple of 8"),
+        (
+            config.expressions.resolution % 8 == 0 and 0 <= config.expressions.resolution <= 4096,
+            "expressions.resolution",
+            "must be 0 (the model's own) or a multiple of 8 up to 4096",
+        ),
         (1 <= config.cast.max_members <= MAX_CAST, "cast.max_members", f"must be between 1 and {MAX_CAST}"),
         (1 <= config.cast.max_turns <= MAX_CAST, "cast.max_turns", f"must be between 1 and {MAX_CAST}"),
         (

@@ -296,7 +296,7 @@ def test_corrupt_checkpoints(tmp_path: Path) -> None:
         load_pipeline(dataclasses.replace(settings, model="model.ckpt"), tmp_path)
     (tmp_path / "broken-folder").mkdir()
     (tmp_path / "broken-folder" / "model_index.json").write_text("{")
-    with pytest.raises(ExpressionError, match="cannot load inpainting model"):
+    with pytest.raises(ExpressionError, match="broken-folder: not a diffusers model folder"):
         load_pipeline(dataclasses.replace(settings, model="broken-folder"), tmp_path)
 
 

@@ -4,9 +4,7 @@ running one render (on the render worker thread only)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from PIL import Image
 
 from bot.config import CPUS, Config, ExpressionsConfig, decode_threads
 from bot.errors import ExpressionError
+from bot.expressions.checkpoints import checkpoint_kind, folder_kind
 from bot.expressions.region import composite
 
 _log = logging.getLogger(__name__)
@@ -34,61 +33,35 @@ def pick_device(wanted: str) -> str:
     return "cpu"
 
 
-def checkpoint_in_channels(path: Path) -> int:
-    """UNet input channels of a single-file SD checkpoint, from its safetensors header (9 = inpainting)."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(handle.read(length))
-        shape = header["model.diffusion_model.input_blocks.0.0.weight"]["shape"]
-        return int(shape[1])
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise ExpressionError(
-            f"{path}: not a readable Stable Diffusion .safetensors checkpoint ({exc})"
-        ) from None
-
-
 def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
-    """Load the inpainting pipeline from a hub id, a diffusers folder or a single .safetensors file."""
+    """Load the inpainting pipeline from a hub id, a diffusers folder or a single .safetensors file:
+    SD 1.x, 2.x or SDXL, base or inpainting, each in its own pipeline (told apart before loading)."""
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
 
     device = pick_device(settings.device)
     dtype_name = settings.dtype if settings.dtype != "auto" else ("float32" if device == "cpu" else "float16")
     dtype = getattr(torch, dtype_name)
     name = settings.model
-    local = Path(name).expanduser()
-    if not local.is_absolute():
-        local = root / local
+    local = _resolve(name, root)
     looks_like_path = (
         name.startswith((".", "/", "~")) or name.endswith((".safetensors", ".ckpt")) or local.exists()
     )
-    common: dict[str, Any] = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     try:
         if looks_like_path and not local.exists():
             raise ExpressionError(f"inpainting model not found: {local}")
         if local.is_file():
-            if local.suffix != ".safetensors":
-                raise ExpressionError(
-                    f"{local}: only .safetensors checkpoints are loaded (pickles can run code)"
-                )
-            channels = checkpoint_in_channels(local)
-            if channels not in (4, 9):
-                raise ExpressionError(
-                    f"{local}: UNet has {channels} input channels; expected 9 (inpainting) or 4"
-                )
-            if channels == 4:
-                _log.warning("%s is not an inpainting checkpoint; faces will blend less cleanly", local.name)
-            pipe = StableDiffusionInpaintPipeline.from_single_file(
-                str(local), local_files_only=settings.local_files_only, **common
-            )
+            pipe = _from_single_file(local, settings, root, dtype)
         else:
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            if local.is_dir():
+                kind = folder_kind(local)  # a Flux or SD3 folder is refused before diffusers reads it
+                _log.info("%s: %s", local.name, kind.describe())
+            from diffusers import AutoPipelineForInpainting
+
+            pipe = AutoPipelineForInpainting.from_pretrained(
                 str(local) if local.is_dir() else name,
                 local_files_only=settings.local_files_only or local.is_dir(),
-                **common,
+                torch_dtype=dtype,
+                **_no_safety_checker(local if local.is_dir() else None),
             )
     except ExpressionError:
         raise
@@ -121,6 +94,44 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _resolve(name: str, root: Path) -> Path:
+    local = Path(name).expanduser()
+    return local if local.is_absolute() else root / local
+
+
+def _from_single_file(path: Path, settings: ExpressionsConfig, root: Path, dtype: Any) -> Any:
+    if path.suffix != ".safetensors":
+        raise ExpressionError(f"{path}: only .safetensors checkpoints are loaded (pickles can run code)")
+    kind = checkpoint_kind(path)
+    _log.info("%s: %s", path.name, kind.describe())
+    if not kind.inpainting:
+        _log.warning("%s is not an inpainting checkpoint; faces will blend less cleanly", path.name)
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    options: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": settings.local_files_only}
+    if settings.model_config:
+        # The base model's configuration (a diffusers folder or hub id): what a single file lacks, so that
+        # nothing needs the hub.
+        config = _resolve(settings.model_config, root)
+        options["config"] = str(config) if config.exists() else settings.model_config
+    if kind.family == "sdxl":
+        return StableDiffusionXLInpaintPipeline.from_single_file(str(path), **options)
+    return StableDiffusionInpaintPipeline.from_single_file(str(path), **options, **_no_safety_checker(None))
+
+
+def _no_safety_checker(folder: Path | None) -> dict[str, Any]:
+    """SD 1.x/2.x pipelines take a safety checker (none here: it blanks faces it misjudges); SDXL has none
+    to switch off."""
+    if folder is not None and folder_kind(folder).family == "sdxl":
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
+def native_resolution(pipe: Any) -> int:
+    """The size a model was trained at (512 for SD 1.x, 768 for SD 2.x at 768, 1024 for SDXL)."""
+    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
 
 
 def render_threads(config: Config) -> int:
@@ -186,14 +197,15 @@ class Renderer:
                 on_step(step + 1, int(getattr(p, "num_timesteps", 0) or s.steps))
             return kwargs
 
+        size = s.resolution or native_resolution(pipe)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         result = pipe(
             prompt=prompt,
             negative_prompt=s.negative_prompt or None,
             image=portrait.convert("RGB"),
             mask_image=mask,
-            height=s.resolution,
-            width=s.resolution,
+            height=size,
+            width=size,
             padding_mask_crop=s.crop_padding,
             num_inference_steps=s.steps,
             strength=s.strength,

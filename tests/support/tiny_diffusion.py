@@ -151,3 +151,71 @@ def save_full_size_sd15_inpainting(folder: Path, seed: int = 0) -> Path:
     """The SD 1.5 inpainting architecture with random weights, saved like a downloaded model."""
     _build(folder, SD15_UNET, SD15_VAE, SD15_TEXT, seed)
     return folder
+
+
+# SDXL's shape in miniature: two text encoders (the second with a projection, whose pooled output and the
+# size/crop ids condition the UNet through its "text_time" embedding), as in diffusers' own SDXL tests.
+TINY_SDXL_UNET: dict[str, Any] = {
+    "sample_size": 16,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,  # six size/crop ids, and the pooled text
+    "cross_attention_dim": 32 + 48,  # both encoders' hidden states side by side
+    "norm_num_groups": 8,
+}
+
+
+def save_tiny_sdxl(folder: Path, in_channels: int = 9, seed: int = 0) -> Path:
+    """A tiny random SDXL pipeline (9 channels: an inpainting model; 4: a base model) in diffusers' folder
+    layout, as `StableDiffusionXLPipeline` saves it."""
+    import tempfile
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        vocab_size = write_clip_tokenizer(Path(scratch))
+        tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
+    ids: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+    }
+    text = CLIPTextConfig(pad_token_id=vocab_size - 1, hidden_act="gelu", **ids, **TINY_TEXT)
+    # The second encoder is wider, as in SDXL (768 and 1280): a checkpoint's loader tells them apart by it.
+    text_2 = CLIPTextConfig(
+        pad_token_id=vocab_size - 1,
+        hidden_act="gelu",
+        projection_dim=32,
+        **ids,
+        **{**TINY_TEXT, "hidden_size": 48},
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(**TINY_VAE),
+        text_encoder=CLIPTextModel(text),
+        text_encoder_2=CLIPTextModelWithProjection(text_2),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=UNet2DConditionModel(in_channels=in_channels, **TINY_SDXL_UNET),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+    )
+    pipe.save_pretrained(folder)  # type: ignore[attr-defined]  # diffusers' mixin, untyped
+    return folder
