@@ -1,4 +1,4 @@
-"""Command line: run | chat | studio | persona … | expressions … (benchmarks: `./run bench`, in benchmarks/).
+"""Command line: run | chat | studio | setup | persona … | expressions … (benchmarks: `./run bench`).
 
 This module parses the arguments and hands each command to its front-end: Discord, the terminal chat, or
 the persona and expression commands beside it."""
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
     studio = sub.add_parser("studio", help="the local web page for personas, faces and channels")
     _studio_address(studio)
+
+    setup = sub.add_parser("setup", help="pick, download and configure models that fit your GPU")
+    setup.add_argument("--yes", action="store_true", help="download without asking")
+    setup.add_argument("--models", help="where to put them (default: models/ beside the config file)")
 
     chat = sub.add_parser("chat", help="roleplay in the terminal on the same engine and history")
     chat.add_argument("--persona", help="switch this channel to a persona first")
@@ -174,11 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.command == "chat" else logging.INFO,
+        level=logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.command in ("chat", "setup")
+        else logging.INFO,
         handlers=[handler],
     )
     try:
         check_numbers(args)
+        if args.command == "setup":  # before the config is loaded: it may point at models not there yet
+            from bot.cli.setup import setup_command
+
+            return setup_command(Path(args.config), args)
         config = load_config(args.config)
         if args.command == "chat":
             return asyncio.run(_chat(config, args))

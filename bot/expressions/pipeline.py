@@ -61,6 +61,7 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
                 str(local) if local.is_dir() else name,
                 local_files_only=settings.local_files_only or local.is_dir(),
                 torch_dtype=dtype,
+                variant=_variant(local) if local.is_dir() else None,
                 **_no_safety_checker(local if local.is_dir() else None),
             )
     except ExpressionError:
@@ -119,6 +120,14 @@ def _from_single_file(path: Path, settings: ExpressionsConfig, root: Path, dtype
     if kind.family == "sdxl":
         return StableDiffusionXLInpaintPipeline.from_single_file(str(path), **options)
     return StableDiffusionInpaintPipeline.from_single_file(str(path), **options, **_no_safety_checker(None))
+
+
+def _variant(folder: Path) -> str | None:
+    """ "fp16" for a folder that holds only half-precision weight files (what `./run setup` downloads)."""
+    unet = folder / "unet"
+    if any(unet.glob("*.fp16.safetensors")) and not (unet / "diffusion_pytorch_model.safetensors").exists():
+        return "fp16"
+    return None
 
 
 def _no_safety_checker(folder: Path | None) -> dict[str, Any]:

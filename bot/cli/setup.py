@@ -1,0 +1,148 @@
+"""`./run setup`: read the GPU, propose a language model and an inpainting model that fit on it together,
+download them (with progress, resuming what an earlier run left), verify them, and write `[model] path`,
+`n_gpu_layers` and `[expressions] model` into config.toml (only those lines change)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+from bot.cli.catalog import Gpu, ModelChoice, Tier, pick, read_gpu
+from bot.cli.config_lines import set_values
+from bot.errors import BotError
+from bot.files import atomic_write
+from bot.terminal.safe import echo
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MODELS_DIR = "models"
+
+
+def setup_command(config_path: Path, args: argparse.Namespace) -> int:
+    gpu = read_gpu()
+    if gpu is None:
+        echo("No NVIDIA GPU found (nvidia-smi is missing or reports none).")
+        _say_without(pick(Gpu("", 12_288)))
+        return 0
+    tier = pick(gpu)
+    echo(f"GPU: {gpu.name}, {gpu.vram_mb / 1024:.1f} GB")
+    if tier is None:
+        echo("That card has too little memory for a language model and an inpainting model together.")
+        _say_without(None)
+        return 0
+    folder = config_path.parent / (args.models or MODELS_DIR)
+    total = tier.llm.size_gb + tier.image.size_gb
+    echo(f"Proposed, about {total:.1f} GB into {folder}:")
+    for role, choice in (("language model", tier.llm), ("inpainting model", tier.image)):
+        echo(f"  {role}: {choice.title} ({choice.size_gb:.1f} GB, licence: {choice.licence}), {choice.repo}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            echo("Run `./run setup --yes` to download them and set them in config.toml.")
+            return 0
+        if input("Download them and set them in config.toml? [y/N] ").strip().lower() not in ("y", "yes"):
+            echo("Nothing downloaded; config.toml is unchanged.")
+            return 0
+    llm = fetch(tier.llm, folder)
+    image = fetch(tier.image, folder)
+    write_config(config_path, llm, image, tier)
+    echo(
+        f"config.toml: [model] path = {_shown(llm, config_path)}, n_gpu_layers = {tier.n_gpu_layers};"
+        f" [expressions] model = {_shown(image, config_path)}"
+    )
+    return 0
+
+
+def _say_without(tier: Tier | None) -> None:
+    if tier is not None:
+        echo(
+            f"With a 12 GB card it would pick {tier.llm.title} and {tier.image.title}; on the CPU those run"
+            " too slowly to chat, so nothing is downloaded."
+        )
+    echo(
+        "The bundled model and the drawn faces need no GPU: `./run chat` works as it is. To use a model of"
+        " your own, set [model] path (a GGUF) in config.toml."
+    )
+
+
+def _shown(path: Path, config_path: Path) -> str:
+    try:
+        return str(path.relative_to(config_path.parent))
+    except ValueError:
+        return str(path)
+
+
+def fetch(choice: ModelChoice, folder: Path) -> Path:
+    """Download a model (resuming a partial download) and check every file against the hub's size and
+    SHA-256; returns the GGUF file or the model's folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    target = folder / choice.repo.replace("/", "--")
+    echo(f"downloading {choice.title} from {choice.repo}")
+    try:
+        if choice.folder:
+            snapshot_download(choice.repo, local_dir=target, allow_patterns=list(choice.files))
+        else:
+            snapshot_download(choice.repo, local_dir=target, allow_patterns=[choice.files[0]])
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        why = (
+            "it is gated: accept its licence on its page and log in (hf auth login)"
+            if status in (401, 403)
+            else str(exc).splitlines()[0]
+        )
+        raise BotError(f"{choice.repo}: download refused: {why}") from None
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BotError(
+            f"{choice.repo}: download stopped ({first}); run `./run setup` again to resume it"
+        ) from None
+    verify(choice, target)
+    return target if choice.folder else target / choice.files[0]
+
+
+def verify(choice: ModelChoice, target: Path) -> None:
+    """Every downloaded file has the size and (for large files) the SHA-256 the hub gives for it; a file
+    that does not is removed, so that the next run downloads it again."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    files = sorted(
+        p for p in target.rglob("*") if p.is_file() and ".cache" not in p.relative_to(target).parts
+    )
+    if not files:
+        raise BotError(f"{choice.repo}: nothing was downloaded (do its files exist on the hub?)")
+    for path in files:
+        name = path.relative_to(target).as_posix()
+        meta = get_hf_file_metadata(hf_hub_url(choice.repo, name))
+        bad = meta.size is not None and path.stat().st_size != meta.size
+        if not bad and meta.etag and SHA256.match(meta.etag):
+            bad = _sha256(path) != meta.etag
+        if bad:
+            path.unlink()
+            raise BotError(
+                f"{choice.repo}: {name} is not what the hub holds (size or SHA-256); removed it:"
+                " run `./run setup` again to download it afresh"
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_config(config_path: Path, llm: Path, image: Path, tier: Tier) -> None:
+    text = config_path.read_text("utf-8") if config_path.is_file() else ""
+    edited = set_values(
+        text,
+        {
+            ("model", "path"): _shown(llm, config_path),
+            ("model", "n_gpu_layers"): tier.n_gpu_layers,
+            ("expressions", "model"): _shown(image, config_path),
+        },
+    )
+    atomic_write(config_path, edited.encode("utf-8"))
