@@ -352,3 +352,52 @@ def test_the_studio_address_is_checked_first(argv: list[str], message: str, tmp_
     assert main(["--config", str(config), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+async def test_run_with_studio_serves_discord_and_the_page_on_one_engine(tmp_path: Path) -> None:
+    """`run --studio`: the studio beside Discord, on one engine: a Discord turn shows on the page."""
+    import contextlib
+
+    from bot.discord.client import serve
+    from bot.studio.server import Studio
+
+    from .support.discord_server import FakeDiscord, posts_to
+    from .support.harness import bot_config, enable_channel
+
+    server = FakeDiscord()
+    await server.start()
+    started: asyncio.Queue[Studio] = asyncio.Queue()
+
+    @contextlib.asynccontextmanager
+    async def alongside(engine):
+        studio = Studio(engine, "127.0.0.1", 0)
+        await studio.start()
+        await started.put(studio)
+        try:
+            yield studio
+        finally:
+            await studio.stop()
+
+    config = bot_config(tmp_path, server, None, cooldown=0.0)
+    running = asyncio.create_task(serve(config, "local-test-token", alongside))
+    try:
+        studio = await asyncio.wait_for(started.get(), 60)
+        await asyncio.wait_for(server.identified.wait(), 60)
+        admin, member = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_001), FakeDiscord.user("Milo")
+        channel = server.channels["roleplay"]
+        await enable_channel(server, channel, admin)
+        await server.say(channel, member, "Hello Mira!")
+        await server.wait_for(posts_to(channel))
+        cookies = {"studio_token": studio.token}
+        async with (
+            aiohttp.ClientSession(cookies=cookies) as http,
+            http.get(studio.base_url + "/api/channels") as r,
+        ):
+            rows = {c["id"]: c for c in (await r.json())["channels"]}
+        assert rows[str(channel)]["messages"] == 2 and rows[str(channel)]["enabled"]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await server.drop_connections()
+        await server.stop()
