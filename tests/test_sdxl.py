@@ -177,29 +177,12 @@ async def test_an_sdxl_folder_renders_through_the_same_loader_and_keeps_every_pi
     folder: Path = request.getfixturevalue(which)
     kind = folder_kind(folder)
     assert kind.family == "sdxl" and kind.inpainting == (which == "tiny_sdxl")
-    config = load_config(write_config(tmp_path, expression_settings(folder), sprites=False))
-    store = await Store.open(config.resolve(config.store.path))
-    library = PersonaLibrary.from_config(config)
-    service = ExpressionService(config, store, library)
-    try:
-        mira = library.load("mira")
-        path = await service.render(mira, "joy")
-        assert type(service.renderer.pipe).__name__ == "StableDiffusionXLInpaintPipeline"
-        with Image.open(library.portrait_path(mira)) as portrait:  # type: ignore[arg-type]
-            before = np.asarray(portrait.convert("RGB"))
-            size = portrait.size
-        after = np.asarray(Image.open(path).convert("RGB"))
-        mask = np.asarray(
-            face_mask(
-                mira, size, library.avatars, config.expressions.mask_dilate, config.expressions.mask_blur
-            )
-        )
-        outside = mask == 0
-        assert np.array_equal(before[outside], after[outside])
-        assert not np.array_equal(before[~outside], after[~outside])  # the face was redrawn
-    finally:
-        await service.close()
-        await store.close()
+    before, after, mask = await render_joy(
+        tmp_path, expression_settings(folder), "StableDiffusionXLInpaintPipeline"
+    )
+    outside = mask == 0
+    assert np.array_equal(before[outside], after[outside])
+    assert not np.array_equal(before[~outside], after[~outside])  # the face was redrawn
 
 
 def test_resolution_zero_is_the_models_own(tiny_sdxl: Path, tmp_path: Path, monkeypatch) -> None:
