@@ -67,6 +67,15 @@ async def test_the_studio_in_a_browser(tmp_path: Path, tiny_pipeline_dir: Path) 
         await page.wait_for("document.querySelectorAll('#faces .face').length === 10")
         await page.screenshot(out / "studio-persona.png")
 
+        # A picture that holds no card: the command line's one line, shown on the page; nothing written.
+        plain = tmp_path / "holiday.png"
+        Image.new("RGB", (64, 64), (10, 200, 30)).save(plain)
+        persona_files = sorted(p.name for p in (s.folder / "persona").iterdir())
+        await page.drop_files("#drop", [plain])
+        shown = await page.wait_for("$('message').classList.contains('error') && $('message').textContent")
+        assert shown.startswith("holiday.png: ") and "\n" not in shown
+        assert sorted(p.name for p in (s.folder / "persona").iterdir()) == persona_files
+
         # Import a card by dropping it on the page.
         card = selka_card(tmp_path)
         await page.drop_files("#drop", [card])
