@@ -367,9 +367,11 @@ async def test_run_with_studio_serves_discord_and_the_page_on_one_engine(tmp_pat
     server = FakeDiscord()
     await server.start()
     started: asyncio.Queue[Studio] = asyncio.Queue()
+    engines: list = []
 
     @contextlib.asynccontextmanager
     async def alongside(engine):
+        engines.append(engine)
         studio = Studio(engine, "127.0.0.1", 0)
         await studio.start()
         await started.put(studio)
@@ -388,6 +390,8 @@ async def test_run_with_studio_serves_discord_and_the_page_on_one_engine(tmp_pat
         await enable_channel(server, channel, admin)
         await server.say(channel, member, "Hello Mira!")
         await server.wait_for(posts_to(channel))
+        async with engines[0].scene.lock(channel):  # the turn holds it until its reply is stored
+            pass
         cookies = {"studio_token": studio.token}
         async with (
             aiohttp.ClientSession(cookies=cookies) as http,
