@@ -11,6 +11,7 @@ from bot.config import Config
 from bot.errors import ExpressionError
 from bot.expressions import ExpressionService, contact_sheet
 from bot.expressions.packs import open_pack, write_pack
+from bot.expressions.service import check_labels
 from bot.files import png_bytes, write_output
 from bot.personas import PersonaLibrary
 from bot.store import Store
@@ -43,9 +44,7 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
     service = ExpressionService(config, store, library)
     try:
         if args.action == "render":
-            unknown = [label for label in args.labels or [] if label not in persona.labels]
-            if unknown:
-                raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)}")
+            check_labels(persona, args.labels or [])
             faces = await service.render_all(
                 persona,
                 list(args.labels or persona.labels),

@@ -5,7 +5,7 @@ never reach into the store, the personas or the models themselves; they ask here
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,13 +16,13 @@ from bot.core.scene import Scene
 from bot.errors import BotError, ExpressionError, InputError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.expressions.packs import open_pack_bytes, write_pack
-from bot.expressions.service import ExpressionImage, ExpressionService
+from bot.expressions.service import ExpressionImage, ExpressionService, check_labels
 from bot.expressions.sheet import contact_sheet
 from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
 from bot.files import png_bytes
 from bot.memory import MemoryView
 from bot.personas import Persona
-from bot.store import Pin, StoredMessage
+from bot.store import ChannelState, Pin, StoredMessage
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
@@ -79,7 +79,9 @@ class Admin:
 
     async def channel_settings(self, channel_id: int) -> ChannelSettings:
         """Whether the bot answers in a channel and how, with the config's defaults filled in."""
-        state = await self.store.channel(channel_id)
+        return self._settings(await self.store.channel(channel_id))
+
+    def _settings(self, state: ChannelState) -> ChannelSettings:
         defaults = self.config.discord
         return ChannelSettings(
             enabled=state.enabled if state.enabled is not None else defaults.enable_new_channels,
@@ -127,16 +129,16 @@ class Admin:
         """Every channel with settings or history: its persona and cast, mode, size and summary."""
         overview = []
         for state, count in await self.store.channels(MAX_LISTED_CHANNELS):
+            lead = state.persona or self.config.persona.default
             try:
                 names = [p.name for p in await self.scene.cast(state.channel_id)]
             except BotError as exc:  # a persona file gone or broken: the channel is still listed
-                names = [f"{state.persona or self.config.persona.default} (unusable: {exc})"]
-            lead = state.persona or self.config.persona.default
+                names = [f"{lead} (unusable: {exc})"]
             summary = (await self.store.summaries_of(state.channel_id)).get(lead)
             overview.append(
                 ChannelOverview(
                     state.channel_id,
-                    await self.channel_settings(state.channel_id),
+                    self._settings(state),
                     names,
                     count,
                     summary.text if summary is not None else "",
@@ -331,14 +333,16 @@ class Admin:
     async def face(self, persona: Persona, label: str) -> ExpressionImage:
         return await self.models.expressions.image_for(persona, label)
 
-    async def faces(self, persona: Persona) -> list[Face]:
-        """Each label's face as it would show now, and where it comes from; starts no render."""
+    async def faces(self, persona: Persona, labels: Sequence[str] | None = None) -> list[Face]:
+        """Each label's face (all of the persona's by default) as it would show now, and where it comes
+        from; starts no render."""
+        labels = persona.labels if labels is None else labels
         service = self._service()
         if service is None:
             portrait = self.personas.existing_portrait(persona)
             kind = "portrait" if portrait is not None else "none"
-            return [Face(label, portrait, kind) for label in persona.labels]
-        return [Face(label, *await service.face_source(persona, label)) for label in persona.labels]
+            return [Face(label, portrait, kind) for label in labels]
+        return [Face(label, *await service.face_source(persona, label)) for label in labels]
 
     async def import_sprites(self, persona: Persona, raw: bytes, filename: str) -> SpriteImport:
         """Store an uploaded sprite pack (a zip of label.png pictures) for a persona."""
@@ -381,9 +385,7 @@ class Admin:
     ) -> list[tuple[str, Path]]:
         """Every face of a persona (sprites where present, then renders, then drawn faces), for a contact
         sheet; `force` renders again what is cached."""
-        unknown = [label for label in labels or [] if label not in persona.labels]
-        if unknown:
-            raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)}")
+        check_labels(persona, labels or [])
         return await self._needs_service().render_all(
             persona, labels or list(persona.labels), variants, on_progress, on_step, force
         )

@@ -65,7 +65,8 @@ def read_header(path: Path) -> dict[str, Any]:
 def checkpoint_kind(path: Path) -> ModelKind:
     """The kind of a single-file checkpoint, from its header. Raises ExpressionError with one line for
     what cannot be loaded as an inpainting model."""
-    keys = set(read_header(path)) - {"__metadata__"}
+    header = read_header(path)
+    keys = set(header) - {"__metadata__"}
     where = f"{path.name}"
     if any(mark in key for key in keys for mark in LORA_MARKS):
         raise ExpressionError(
@@ -86,7 +87,7 @@ def checkpoint_kind(path: Path) -> ModelKind:
             f"{where} holds a UNet without its text encoder (a bare UNet, or a layout the bot does not"
             f" know): {USE_INSTEAD}, as one file with its text encoder and VAE"
         )
-    channels = _in_channels(read_header(path)[UNET_IN], where)
+    channels = _in_channels(header[UNET_IN], where)
     return ModelKind(family, channels == 9)
 
 

@@ -52,9 +52,11 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
         if local.is_file():
             pipe = _from_single_file(local, settings, root, dtype)
         else:
+            family = ""  # a hub id: diffusers reads what it is
             if local.is_dir():
                 kind = folder_kind(local)  # a Flux or SD3 folder is refused before diffusers reads it
                 _log.info("%s: %s", local.name, kind.describe())
+                family = kind.family
             from diffusers import AutoPipelineForInpainting
 
             pipe = AutoPipelineForInpainting.from_pretrained(
@@ -62,7 +64,7 @@ def load_pipeline(settings: ExpressionsConfig, root: Path) -> Any:
                 local_files_only=settings.local_files_only or local.is_dir(),
                 torch_dtype=dtype,
                 variant=_variant(local) if local.is_dir() else None,
-                **_no_safety_checker(local if local.is_dir() else None),
+                **_no_safety_checker(family),
             )
     except ExpressionError:
         raise
@@ -117,9 +119,8 @@ def _from_single_file(path: Path, settings: ExpressionsConfig, root: Path, dtype
         # nothing needs the hub.
         config = _resolve(settings.model_config, root)
         options["config"] = str(config) if config.exists() else settings.model_config
-    if kind.family == "sdxl":
-        return StableDiffusionXLInpaintPipeline.from_single_file(str(path), **options)
-    return StableDiffusionInpaintPipeline.from_single_file(str(path), **options, **_no_safety_checker(None))
+    pipeline = StableDiffusionXLInpaintPipeline if kind.family == "sdxl" else StableDiffusionInpaintPipeline
+    return pipeline.from_single_file(str(path), **options, **_no_safety_checker(kind.family))
 
 
 def _variant(folder: Path) -> str | None:
@@ -130,10 +131,10 @@ def _variant(folder: Path) -> str | None:
     return None
 
 
-def _no_safety_checker(folder: Path | None) -> dict[str, Any]:
+def _no_safety_checker(family: str) -> dict[str, Any]:
     """SD 1.x/2.x pipelines take a safety checker (none here: it blanks faces it misjudges); SDXL has none
     to switch off."""
-    if folder is not None and folder_kind(folder).family == "sdxl":
+    if family == "sdxl":
         return {}
     return {"safety_checker": None, "requires_safety_checker": False}
 

@@ -63,6 +63,13 @@ def emotion_prompt(persona: Persona, label: str) -> str:
     return f"{base}, {words}, detailed face, best quality"
 
 
+def check_labels(persona: Persona, labels: Sequence[str]) -> None:
+    """Raise ExpressionError naming the labels that are not in the persona's set."""
+    unknown = [label for label in labels if label not in persona.labels]
+    if unknown:
+        raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)[:200]}")
+
+
 def seed_for(base: int, persona: str, label: str, variant: int) -> int:
     digest = hashlib.sha256(f"{base}:{persona}:{label}:{variant}".encode()).digest()
     return int.from_bytes(digest[:4], "big")

@@ -323,10 +323,7 @@ class Store(MemoryQueries, RenderQueries, Erasure):
             "SELECT channel_id, persona, enabled, mode, last_emotion FROM channels WHERE channel_id = ?",
             (channel_id,),
         )
-        if row is None:
-            return ChannelState(channel_id)
-        enabled = None if row["enabled"] is None else bool(row["enabled"])
-        return ChannelState(row["channel_id"], row["persona"], enabled, row["mode"], row["last_emotion"])
+        return ChannelState(channel_id) if row is None else _channel_state(row)
 
     async def channels(self, limit: int) -> list[tuple[ChannelState, int]]:
         """Channels with settings or history (the most recently active first, at most `limit`), each with
@@ -340,19 +337,7 @@ class Store(MemoryQueries, RenderQueries, Erasure):
             " ORDER BY COALESCE(m.newest, 0) DESC, c.channel_id LIMIT ?",
             (limit,),
         )
-        return [
-            (
-                ChannelState(
-                    row["channel_id"],
-                    row["persona"],
-                    None if row["enabled"] is None else bool(row["enabled"]),
-                    row["mode"],
-                    row["last_emotion"],
-                ),
-                int(row["n"]),
-            )
-            for row in rows
-        ]
+        return [(_channel_state(row), int(row["n"])) for row in rows]
 
     async def update_channel(self, channel_id: int, **fields: object) -> None:
         """Set some of persona, enabled, mode, last_emotion for a channel (created on first use)."""
@@ -423,3 +408,8 @@ class Store(MemoryQueries, RenderQueries, Erasure):
                 "UPDATE messages SET persona = ? WHERE channel_id = ? AND persona = ? AND role = 'user'",
                 (new, channel_id, old),
             )
+
+
+def _channel_state(row: aiosqlite.Row) -> ChannelState:
+    enabled = None if row["enabled"] is None else bool(row["enabled"])
+    return ChannelState(row["channel_id"], row["persona"], enabled, row["mode"], row["last_emotion"])

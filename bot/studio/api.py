@@ -15,7 +15,7 @@ from aiohttp import web
 from bot.core.admin import Face
 from bot.core.engine import Engine
 from bot.errors import BotError
-from bot.expressions.service import DEFAULT_EMOTION_WORDS
+from bot.expressions.service import DEFAULT_EMOTION_WORDS, check_labels
 from bot.personas import Persona
 from bot.studio.jobs import RenderJobs
 
@@ -159,7 +159,7 @@ class Api:
         label = request.match_info["label"]
         if label not in persona.labels:
             raise web.HTTPNotFound(text=f"{persona.slug} has no label {label[:40]!r}")
-        face = next(f for f in await self.admin.faces(persona) if f.label == label)
+        [face] = await self.admin.faces(persona, [label])
         if face.path is None:
             raise web.HTTPNotFound(text=f"{persona.slug} has no face for {label}")
         return web.FileResponse(face.path)
@@ -171,9 +171,7 @@ class Api:
         labels = body.get("labels") or []
         if not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
             raise BotError("labels must be a list of label names")
-        unknown = [label for label in labels if label not in persona.labels]
-        if unknown:
-            raise BotError(f"labels not in {persona.slug}'s set: {', '.join(unknown)[:200]}")
+        check_labels(persona, labels)  # before the job starts: the page hears it at once
         job = self.jobs.start(persona, labels, force=bool(body.get("force")))
         return web.json_response(job.snapshot(), status=202)
 

@@ -94,6 +94,19 @@ def write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def text_encoder_config(vocab_size: int, **fields: Any) -> Any:
+    """A CLIP text encoder's config over the vocabulary `write_clip_tokenizer` wrote (its last two ids are
+    the start and end tokens)."""
+    from transformers import CLIPTextConfig
+
+    ids: dict[str, Any] = {
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+    return CLIPTextConfig(vocab_size=vocab_size, **ids, **fields)
+
+
 def _build(
     folder: Path | None, unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any], seed: int
 ) -> Any:
@@ -101,19 +114,13 @@ def _build(
 
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         vocab_size = write_clip_tokenizer(Path(scratch))
         tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
-    text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        **text,
-    )
+    text_config = text_encoder_config(vocab_size, **text)
     pipe = StableDiffusionInpaintPipeline(
         unet=UNet2DConditionModel(**unet),
         vae=AutoencoderKL(**vae),
@@ -185,26 +192,17 @@ def save_tiny_sdxl(folder: Path, in_channels: int = 9, seed: int = 0) -> Path:
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as scratch:
         vocab_size = write_clip_tokenizer(Path(scratch))
         tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
         tokenizer_2 = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
-    ids: dict[str, Any] = {
-        "vocab_size": vocab_size,
-        "bos_token_id": vocab_size - 2,
-        "eos_token_id": vocab_size - 1,
-    }
-    text = CLIPTextConfig(pad_token_id=vocab_size - 1, hidden_act="gelu", **ids, **TINY_TEXT)
+    text = text_encoder_config(vocab_size, hidden_act="gelu", **TINY_TEXT)
     # The second encoder is wider, as in SDXL (768 and 1280): a checkpoint's loader tells them apart by it.
-    text_2 = CLIPTextConfig(
-        pad_token_id=vocab_size - 1,
-        hidden_act="gelu",
-        projection_dim=32,
-        **ids,
-        **{**TINY_TEXT, "hidden_size": 48},
+    text_2 = text_encoder_config(
+        vocab_size, hidden_act="gelu", projection_dim=32, **{**TINY_TEXT, "hidden_size": 48}
     )
     pipe = StableDiffusionXLPipeline(
         vae=AutoencoderKL(**TINY_VAE),
