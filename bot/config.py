@@ -36,6 +36,9 @@ CPUS = os.cpu_count() or 1
 # Personas in one cast, and replies after one message: Discord allows 15 webhooks per channel, and a
 # select menu lists at most 25 options; 10 keeps every list of the cast readable.
 MAX_CAST = 10
+MAX_IMAGE_REQUESTS = 16  # renders at once on an image server: more only queue on its GPU
+# Where each image server listens when started with its defaults.
+DEFAULT_IMAGE_SERVERS = {"comfyui": "http://127.0.0.1:8188", "a1111": "http://127.0.0.1:7860"}
 
 
 def decode_threads(config: ModelConfig) -> int:
@@ -126,6 +129,12 @@ class PersonaConfig:
 @dataclass(frozen=True)
 class ExpressionsConfig:
     enabled: bool = True
+    # Where faces are inpainted: diffusers in this process, or the user's own ComfyUI or AUTOMATIC1111 /
+    # Forge server (which keeps its checkpoint loaded, so the bot does not hold a second copy in VRAM).
+    backend: Literal["diffusers", "comfyui", "a1111"] = "diffusers"
+    base_url: str = ""  # comfyui / a1111: the server's address; empty: its default on this machine
+    auth_env: str = "IMAGE_SERVER_AUTH"  # the variable holding user:password (basic auth) or a key
+    max_concurrent: int = 1  # comfyui / a1111: renders sent at once
     drawn: bool = True  # faces drawn over the portrait (blush, tears, marks) where no sprite or render is
     terminal_face_width: int = 32  # the face in `chat`, in terminal columns (its height follows its shape)
     model: str = ""  # hub id, diffusers folder or .safetensors file; empty: portraits only
@@ -149,6 +158,21 @@ class ExpressionsConfig:
     timeout_seconds: float = 300.0
     local_files_only: bool = False
     cpu_threads: int = 0  # torch threads for CPU renders; 0: the cores the LLM's decode threads leave
+
+    @property
+    def on_server(self) -> bool:
+        return self.backend != "diffusers"
+
+    @property
+    def renders(self) -> bool:
+        """Whether faces are inpainted at all: a model for diffusers, or an image server (which has its
+        own checkpoint loaded when `model` names none)."""
+        return bool(self.model) or self.on_server
+
+    @property
+    def server_url(self) -> str:
+        default = DEFAULT_IMAGE_SERVERS.get(self.backend, "")
+        return (self.base_url or default).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -291,6 +315,18 @@ def _validate(config: Config, source: str) -> None:
             "must be between 8 and 160 columns",
         ),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
+        (
+            not config.expressions.on_server
+            or config.expressions.server_url.startswith(("http://", "https://")),
+            "expressions.base_url",
+            "must be the image server's http:// or https:// address",
+        ),
+        (
+            1 <= config.expressions.max_concurrent <= MAX_IMAGE_REQUESTS,
+            "expressions.max_concurrent",
+            f"must be between 1 and {MAX_IMAGE_REQUESTS}",
+        ),
+        (config.expressions.timeout_seconds > 0, "expressions.timeout_seconds", "must be positive"),
         (
             config.expressions.resolution % 8 == 0 and 0 <= config.expressions.resolution <= 4096,
             "expressions.resolution",

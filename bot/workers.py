@@ -15,10 +15,11 @@ T = TypeVar("T")
 
 
 class ModelWorker:
-    """One thread, one job at a time, at most `limit` jobs waiting."""
+    """`threads` jobs at a time (one for an in-process model), at most `limit` jobs waiting."""
 
-    def __init__(self, limit: int, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    def __init__(self, limit: int, name: str, threads: int = 1) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._threads = threads
         self._limit = limit
         self._pending = 0
         self._lock = threading.Lock()
@@ -30,8 +31,8 @@ class ModelWorker:
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         with self._lock:
-            # One running job plus `limit` waiting.
-            if self._pending > self._limit:
+            # The running jobs plus `limit` waiting.
+            if self._pending >= self._limit + self._threads:
                 raise BusyError(
                     f"the {self._name} is busy ({self._pending} requests waiting); try again shortly"
                 )

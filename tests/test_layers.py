@@ -152,18 +152,17 @@ def test_the_readme_code_map_lists_every_module() -> None:
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- code map:", 1)[1].split("```", 2)[1]
     listed: set[str] = set()
-    folder = ""
+    folders: list[str] = []  # the folders the current line sits in, by its indent (two spaces a level)
     for line in block.splitlines()[2:]:  # after "bot/"
         if not line.strip():
             continue
         name = line.split()[0]
-        if line.startswith("    "):
-            listed.add(folder + name)
-        elif name.endswith("/"):
-            folder = name
+        depth = (len(line) - len(line.lstrip(" "))) // 2 - 1
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
         else:
-            folder = ""
-            listed.add(name)
+            listed.add("".join(folders) + name)
     actual = {
         str(p.relative_to(PACKAGE))
         for p in PACKAGE.rglob("*.py")

@@ -16,8 +16,8 @@ from PIL import Image
 from bot.config import load_config
 from bot.errors import ExpressionError
 from bot.expressions import ExpressionService
+from bot.expressions.backends.diffusers import load_pipeline, native_resolution
 from bot.expressions.checkpoints import checkpoint_kind, folder_kind
-from bot.expressions.pipeline import load_pipeline, native_resolution
 from bot.expressions.region import face_mask
 from bot.personas import PersonaLibrary
 from bot.store import Store
@@ -188,7 +188,7 @@ async def test_an_sdxl_folder_renders_through_the_same_loader_and_keeps_every_pi
 def test_resolution_zero_is_the_models_own(tiny_sdxl: Path, tmp_path: Path, monkeypatch) -> None:
     import dataclasses
 
-    from bot.expressions.pipeline import Renderer
+    from bot.expressions.backends.diffusers import Renderer
 
     config = load_config(write_config(tmp_path))
     assert config.expressions.resolution == 0  # the default

@@ -165,7 +165,7 @@ def test_setup_picks_downloads_verifies_and_configures_both_models(
     import asyncio
 
     from bot.config import load_config
-    from bot.expressions.pipeline import load_pipeline
+    from bot.expressions.backends.diffusers import load_pipeline
     from bot.llm import LlamaBackend
 
     loaded = load_config(config)

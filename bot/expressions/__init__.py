@@ -7,12 +7,13 @@ render is identical to the portrait (the pipeline's output is composited back th
 outside its marks so is a drawn face.
 
 Modules: `detect` (finding the face box), `region` (face box and mask, compositing), `drawn` and
-`drawn_cache` (faces with no model), `pipeline` (loading diffusers, one render), `service` (what the
-engine calls: caches, render worker), `sprites` (packs, SillyTavern names), `sheet` (contact sheets).
+`drawn_cache` (faces with no model), `backends` (where a face is inpainted: diffusers in this process,
+or the user's ComfyUI or AUTOMATIC1111/Forge server), `service` (what the engine calls: caches, render
+worker), `sprites` (packs, SillyTavern names), `sheet` (contact sheets).
 Torch and diffusers are imported only when a render needs them; OpenCV only when a face is looked for.
 """
 
-from bot.expressions.pipeline import Renderer, load_pipeline, render_threads
+from bot.expressions.backends.diffusers import Renderer, load_pipeline, render_threads
 from bot.expressions.region import check_face_box, composite, dilate_mask, face_mask, face_preview
 from bot.expressions.service import ExpressionImage, ExpressionService, emotion_prompt
 from bot.expressions.sheet import contact_sheet

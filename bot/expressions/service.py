@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,8 +22,8 @@ from PIL import Image
 
 from bot.config import Config
 from bot.errors import BusyError, ExpressionError
+from bot.expressions.backends import RenderBackend, StepCallback, make_backend
 from bot.expressions.drawn_cache import DrawnFaces, file_stamp
-from bot.expressions.pipeline import Renderer, StepCallback, render_threads
 from bot.expressions.region import face_mask, read_portrait
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
 from bot.files import atomic_write, png_bytes
@@ -97,7 +98,7 @@ class ExpressionService:
     """Sprite packs, the render cache and the render worker behind one `image_for` call."""
 
     def __init__(
-        self, config: Config, store: Store, personas: PersonaLibrary, renderer: Renderer | None = None
+        self, config: Config, store: Store, personas: PersonaLibrary, renderer: RenderBackend | None = None
     ) -> None:
         self.config = config
         self.settings = config.expressions
@@ -105,8 +106,10 @@ class ExpressionService:
         self.personas = personas
         self.cache_dir = config.resolve(self.settings.cache_dir)
         self.sprites_dir = personas.avatars / "sprites"
-        self.renderer = renderer or Renderer(self.settings, config.root, cpu_threads=render_threads(config))
-        self._worker = ModelWorker(limit=64, name="render worker")
+        self.renderer = renderer or make_backend(config)
+        # In this process, one render at a time; a server gets up to its configured number at once.
+        threads = self.settings.max_concurrent if self.settings.on_server else 1
+        self._worker = ModelWorker(limit=64, name="render worker", threads=threads)
         self._inflight: dict[str, asyncio.Future[Path | None]] = {}
         self._cancel = threading.Event()
         # Decoded portraits and masks of recent personas (a 4000x4000 portrait is ~110 MB decoded).
@@ -175,6 +178,9 @@ class ExpressionService:
             "padding": s.crop_padding,
             "dtype": s.dtype,
         }
+        if s.on_server:
+            # Another server or checkpoint draws another face (diffusers' keys stay what they were).
+            recipe |= {"backend": s.backend, "server": s.server_url}
         key = _digest(json.dumps(recipe, sort_keys=True).encode())
         return RenderJob(persona, label, variant, prompt, seed, key, _digest(source.encode())), portrait, mask
 
@@ -190,7 +196,7 @@ class ExpressionService:
             kinds.append(f"hand-made ({len(made)} of {len(persona.labels)})")
         if self.personas.existing_portrait(persona) is None:
             return f"{kinds[0]} faces" if kinds else "no portrait"
-        if self.settings.model:
+        if self.settings.renders:
             kinds.append("rendered")
         if self.settings.drawn:
             kinds.append("drawn")
@@ -221,7 +227,7 @@ class ExpressionService:
         sprite = self.sprite(persona, label)
         if sprite is not None:
             return sprite, "sprite"
-        if self.settings.model and (rendered := await self.cached(persona, label)) is not None:
+        if self.settings.renders and (rendered := await self.cached(persona, label)) is not None:
             return rendered, "render"
         portrait = self._portrait_file(persona)
         if (
@@ -237,7 +243,7 @@ class ExpressionService:
         sprite = self.sprite(persona, label)
         if sprite is not None:
             return ExpressionImage(sprite, label)
-        if not (self.settings.enabled and self.settings.model):
+        if not (self.settings.enabled and self.settings.renders):
             return ExpressionImage(await self._stand_in(persona, label), label)
         try:
             job, _, _ = await asyncio.to_thread(self.job, persona, label)
@@ -299,7 +305,7 @@ class ExpressionService:
         SillyTavern's (joy, joy-1...). `on_progress(done, total, label)` is called before each face and
         once at the end; `on_step(done, total)` hears each denoising step, on the render thread.
         `force` renders again what is cached (sprites still win)."""
-        drawing = not self.settings.model and self.settings.drawn
+        drawing = not self.settings.renders and self.settings.drawn
         jobs = [(label, v) for label in labels for v in range(1 if drawing else variants)]
         faces: list[tuple[str, Path]] = []
         for i, (label, variant) in enumerate(jobs):
@@ -353,8 +359,11 @@ class ExpressionService:
         on_step: StepCallback | None = None,
     ) -> Path:
         """Render (or fetch from cache) one face. Raises ExpressionError / TimeoutError on failure."""
-        if not self.settings.model:
-            raise ExpressionError("no inpainting model configured: set [expressions] model in config.toml")
+        if not self.settings.renders:
+            raise ExpressionError(
+                "no inpainting model configured: set [expressions] model (or an image server's backend)"
+                " in config.toml"
+            )
         job, portrait, mask = await asyncio.to_thread(self.job, persona, label, variant)
         record = await self.store.render(job.key)
         if record is not None and Path(record.path).is_file() and not force:
@@ -385,9 +394,8 @@ class ExpressionService:
         try:
             image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel, on_step)
         except Exception as exc:
-            import torch
-
-            if isinstance(exc, torch.OutOfMemoryError):
+            torch = sys.modules.get("torch")  # only an in-process render can run torch out of memory
+            if torch is not None and isinstance(exc, torch.OutOfMemoryError):
                 raise ExpressionError(
                     "the GPU ran out of memory while rendering; try cpu_offload = true"
                 ) from None

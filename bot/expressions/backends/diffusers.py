@@ -171,6 +171,7 @@ class Renderer:
         self._cpu_threads = cpu_threads  # 0: torch's own default
         self._pipe: Any = None
         self.loads = 0  # how many times the pipeline was loaded (a cache hit must never load it)
+        self.requests = 0  # renders asked for
 
     @property
     def pipe(self) -> Any:
@@ -197,6 +198,7 @@ class Renderer:
         import torch
 
         s = self.settings
+        self.requests += 1
         pipe = self.pipe
 
         def stop_when_cancelled(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
