@@ -363,9 +363,9 @@ async def test_comfyui_renders_the_face_and_keeps_the_rest(
 async def test_comfyui_failures_are_one_line_each(
     tmp_path: Path, comfyui: ComfyServer, open_service: list[ExpressionService]
 ) -> None:
-    async def failure(model: str, url: str = comfyui.url) -> str:
+    async def failure(model: str, url: str = comfyui.url, extra: str = "") -> str:
         folder = tmp_path / str(len(open_service))
-        config = server_config(folder, "comfyui", url, f'model = "{model}"\n')
+        config = server_config(folder, "comfyui", url, f'model = "{model}"\n{extra}')
         service = await make_service(config, open_service)
         with pytest.raises(ExpressionError) as caught:
             await service.render(service.personas.load("mira"), "joy")
@@ -377,6 +377,13 @@ async def test_comfyui_failures_are_one_line_each(
     assert missing.startswith(f"checkpoint 'nope' is not on the ComfyUI server at {comfyui.url} (it has: ")
     assert CHECKPOINT in missing and "set [expressions] model to one of them" in missing
     assert (await failure("")).startswith("set [expressions] model to the ComfyUI checkpoint to inpaint with")
+    # A workflow the server refuses, in its own words (a guidance over KSampler's bound).
+    stem = CHECKPOINT.removesuffix(".safetensors")
+    refused = await failure(stem, extra="guidance = 150.0\n")
+    assert (
+        refused
+        == "the ComfyUI server refused the render (400): KSampler: Value 150.0 bigger than max of 100.0 (cfg)"
+    )
     # A checkpoint the server lists but cannot load: the server's own error, named by its node.
     broken = await failure(BROKEN_CHECKPOINT)
     assert broken.startswith("the ComfyUI server failed at CheckpointLoaderSimple: "), broken

@@ -202,6 +202,16 @@ def _read_error(exc: urllib.error.HTTPError) -> str:
 
 
 def error_text(body: object) -> str:
+    if isinstance(body, dict) and isinstance(body.get("node_errors"), dict) and body["node_errors"]:
+        # ComfyUI's refusal of a workflow: the general "failed validation" is in "error", what failed in
+        # each node's errors.
+        return "; ".join(
+            f"{node.get('class_type', name)}: {error.get('message', '')} ({error.get('details', '')})"
+            for name, node in body["node_errors"].items()
+            if isinstance(node, dict)
+            for error in node.get("errors", [])
+            if isinstance(error, dict)
+        )
     if isinstance(body, dict):
         for key in ("errors", "detail", "message", "error"):
             value = body.get(key)
