@@ -177,6 +177,32 @@ def test_setup_picks_downloads_verifies_and_configures_both_models(
         asyncio.run(backend.close())
 
 
+def test_with_an_image_server_only_the_language_model_is_fetched(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    shipped = (REPO / "config.toml").read_text()
+    config.write_text(shipped.replace('backend = "diffusers"', 'backend = "comfyui"'))
+    before = config.read_text()
+    env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA GeForce RTX 3060, 12288")
+    with local_hub() as hub:
+        hub.add(LLAMA_8B.repo, {GGUF: bundled_gguf()})  # the hub holds no image model: none is asked for
+        env["HF_ENDPOINT"] = hub.url
+        done = run_setup(tmp_path, env, "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not any(SD15_INPAINT.repo in path for _, path, _ in hub.requests)
+    assert (
+        "inpainting: your ComfyUI server (config.toml's [expressions] backend), nothing to download"
+        in done.stdout
+    )
+    assert "Stable Diffusion" not in done.stdout and "[expressions] model" not in done.stdout
+    changed = [
+        (a, b) for a, b in zip(before.splitlines(), config.read_text().splitlines(), strict=True) if a != b
+    ]
+    assert changed == [
+        ('path = ""', f'path = "models/bartowski--Meta-Llama-3.1-8B-Instruct-GGUF/{GGUF}"'),
+        ("n_gpu_layers = 0", "n_gpu_layers = 999"),
+    ]
+
+
 @pytest.mark.slow
 def test_a_download_that_is_not_what_the_hub_holds_is_removed_with_one_line(
     tmp_path: Path, fp16_pipeline: Path

@@ -1,6 +1,8 @@
 """`./run setup`: read the GPU, propose a language model and an inpainting model that fit on it together,
 download them (with progress, resuming what an earlier run left), verify them, and write `[model] path`,
-`n_gpu_layers` and `[expressions] model` into config.toml (only those lines change)."""
+`n_gpu_layers` and `[expressions] model` into config.toml (only those lines change). Where config.toml
+already sends faces to an image server (`[expressions] backend`), that server's checkpoint is the image
+model: only the language model is fetched, and `[expressions] model` is left as it is."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import argparse
 import hashlib
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 from bot.cli.catalog import Gpu, ModelChoice, Tier, pick, read_gpu
@@ -33,10 +36,15 @@ def setup_command(config_path: Path, args: argparse.Namespace) -> int:
         _say_without(None)
         return 0
     folder = config_path.parent / (args.models or MODELS_DIR)
-    total = tier.llm.size_gb + tier.image.size_gb
+    server = _image_server(config_path)
+    # The language model is picked for the card either way: a server's checkpoint takes the image share.
+    wanted = [("language model", tier.llm)] + ([] if server else [("inpainting model", tier.image)])
+    total = sum(choice.size_gb for _, choice in wanted)
     echo(f"Proposed, about {total:.1f} GB into {folder}:")
-    for role, choice in (("language model", tier.llm), ("inpainting model", tier.image)):
+    for role, choice in wanted:
         echo(f"  {role}: {choice.title} ({choice.size_gb:.1f} GB, licence: {choice.licence}), {choice.repo}")
+    if server:
+        echo(f"  inpainting: your {server} server (config.toml's [expressions] backend), nothing to download")
     if not args.yes:
         if not sys.stdin.isatty():
             echo("Run `./run setup --yes` to download them and set them in config.toml.")
@@ -45,13 +53,21 @@ def setup_command(config_path: Path, args: argparse.Namespace) -> int:
             echo("Nothing downloaded; config.toml is unchanged.")
             return 0
     llm = fetch(tier.llm, folder)
-    image = fetch(tier.image, folder)
+    image = None if server else fetch(tier.image, folder)
     write_config(config_path, llm, image, tier)
-    echo(
-        f"config.toml: [model] path = {_shown(llm, config_path)}, n_gpu_layers = {tier.n_gpu_layers};"
-        f" [expressions] model = {_shown(image, config_path)}"
-    )
+    faces = f"; [expressions] model = {_shown(image, config_path)}" if image is not None else ""
+    echo(f"config.toml: [model] path = {_shown(llm, config_path)}, n_gpu_layers = {tier.n_gpu_layers}{faces}")
     return 0
+
+
+def _image_server(config_path: Path) -> str:
+    """The image server config.toml sends faces to ("ComfyUI", "AUTOMATIC1111"), or "" for diffusers
+    (also for a file that cannot be read: setup then proposes both models, as for a new config)."""
+    try:
+        backend = tomllib.loads(config_path.read_text("utf-8")).get("expressions", {}).get("backend")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return ""
+    return {"comfyui": "ComfyUI", "a1111": "AUTOMATIC1111"}.get(str(backend), "")
 
 
 def _say_without(tier: Tier | None) -> None:
@@ -135,14 +151,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_config(config_path: Path, llm: Path, image: Path, tier: Tier) -> None:
+def write_config(config_path: Path, llm: Path, image: Path | None, tier: Tier) -> None:
     text = config_path.read_text("utf-8") if config_path.is_file() else ""
-    edited = set_values(
-        text,
-        {
-            ("model", "path"): _shown(llm, config_path),
-            ("model", "n_gpu_layers"): tier.n_gpu_layers,
-            ("expressions", "model"): _shown(image, config_path),
-        },
-    )
+    values: dict[tuple[str, str], object] = {
+        ("model", "path"): _shown(llm, config_path),
+        ("model", "n_gpu_layers"): tier.n_gpu_layers,
+    }
+    if image is not None:
+        values[("expressions", "model")] = _shown(image, config_path)
+    edited = set_values(text, values)
     atomic_write(config_path, edited.encode("utf-8"))
