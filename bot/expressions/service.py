@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -391,15 +390,8 @@ class ExpressionService:
     ) -> Path:
         if cancel.is_set() or self._cancel.is_set():
             raise asyncio.CancelledError("render cancelled before it started")
-        try:
-            image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel, on_step)
-        except Exception as exc:
-            torch = sys.modules.get("torch")  # only an in-process render can run torch out of memory
-            if torch is not None and isinstance(exc, torch.OutOfMemoryError):
-                raise ExpressionError(
-                    "the GPU ran out of memory while rendering; try cpu_offload = true"
-                ) from None
-            raise
+        # Each backend says in its own line what ran out of memory and what to change.
+        image = self.renderer.render(portrait, mask, job.prompt, job.seed, cancel, on_step)
         folder = self.cache_dir / job.persona.slug
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{job.label}-{job.variant}-{job.key[:16]}.png"

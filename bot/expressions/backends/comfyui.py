@@ -9,6 +9,7 @@ import hashlib
 import logging
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -18,7 +19,7 @@ from bot.config import ExpressionsConfig
 from bot.errors import ExpressionError
 from bot.expressions.backends.crop import face_crop, paste_back, server_resolution
 from bot.expressions.backends.diffusers import StepCallback
-from bot.expressions.backends.http import ImageServer, looks_out_of_memory, query, read_picture, server_words
+from bot.expressions.backends.http import ImageServer, looks_out_of_memory, read_picture, server_words
 from bot.files import png_bytes
 
 _log = logging.getLogger(__name__)
@@ -198,10 +199,12 @@ class ComfyUIBackend:
                 raise self.server.timed_out()
 
     def _fetch(self, image: dict[str, Any]) -> Image.Image:
-        where = query(
-            filename=str(image.get("filename", "")),
-            subfolder=str(image.get("subfolder", "")),
-            type=str(image.get("type", "temp")),
+        where = urllib.parse.urlencode(
+            {
+                "filename": str(image.get("filename", "")),
+                "subfolder": str(image.get("subfolder", "")),
+                "type": str(image.get("type", "temp")),
+            }
         )
         return read_picture(self.server.request("GET", f"/view?{where}"), f"the {NAME} server")
 

@@ -197,9 +197,27 @@ class Renderer:
         """Redraw the masked face. `on_step(done, total)` hears each denoising step (on this thread)."""
         import torch
 
-        s = self.settings
         self.requests += 1
-        pipe = self.pipe
+        try:
+            return self._render(portrait, mask, prompt, seed, cancel, on_step)
+        except torch.OutOfMemoryError:
+            raise ExpressionError(
+                "the GPU ran out of memory while rendering; try cpu_offload = true"
+            ) from None
+
+    def _render(
+        self,
+        portrait: Image.Image,
+        mask: Image.Image,
+        prompt: str,
+        seed: int,
+        cancel: threading.Event | None,
+        on_step: StepCallback | None,
+    ) -> Image.Image:
+        import torch
+
+        s = self.settings
+        pipe = self.pipe  # loading can run out of memory too
 
         def stop_when_cancelled(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if cancel is not None and cancel.is_set():

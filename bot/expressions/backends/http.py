@@ -12,7 +12,6 @@ import re
 import socket
 import threading
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -243,8 +242,4 @@ def b64_picture(text: object, who: str) -> Image.Image:
     return read_picture(raw, who)
 
 
-def query(**params: str) -> str:
-    return urllib.parse.urlencode(params)
-
-
-__all__ = ["ImageServer", "b64_picture", "png_base64", "query", "read_picture", "server_words"]
+__all__ = ["ImageServer", "b64_picture", "png_base64", "read_picture", "server_words"]
