@@ -644,7 +644,7 @@ async def test_an_unreachable_discord_is_one_line_per_try_until_it_answers(
     from bot.core.app import open_engine
     from bot.discord.client import RoleplayBot, login_with_retry
 
-    from .support.model_server import free_port
+    from .support.local_http import free_port
 
     port = free_port()
     down = FakeDiscord()

@@ -28,6 +28,7 @@ from bot.store import Store
 from .support.a1111 import A1111, a1111_server, diffusers_inpainter, img2img_problems
 from .support.comfyui import BROKEN_CHECKPOINT, CHECKPOINT, ComfyServer, comfyui_server
 from .support.configs import write_config
+from .support.local_http import free_port
 
 SERVER_SETTINGS = "resolution = 64\nsteps = 2\nmask_dilate = 2\nmask_blur = 3\ncrop_padding = 8\n"
 CHECKPOINTS = [
@@ -230,12 +231,7 @@ async def test_a1111_failures_are_one_line_each(
 async def test_a1111_unreachable_and_timed_out(
     tmp_path: Path, a1111: A1111, open_service: list[ExpressionService]
 ) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    config = server_config(tmp_path / "gone", "a1111", f"http://127.0.0.1:{closed}")
+    config = server_config(tmp_path / "gone", "a1111", f"http://127.0.0.1:{free_port()}")
     service = await make_service(config, open_service)
     with pytest.raises(
         ExpressionError, match=r"is not reachable .*: start it, or set \[expressions\] base_url"
@@ -387,12 +383,7 @@ async def test_comfyui_failures_are_one_line_each(
     # A checkpoint the server lists but cannot load: the server's own error, named by its node.
     broken = await failure(BROKEN_CHECKPOINT)
     assert broken.startswith("the ComfyUI server failed at CheckpointLoaderSimple: "), broken
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    gone = await failure("x", f"http://127.0.0.1:{closed}")
+    gone = await failure("x", f"http://127.0.0.1:{free_port()}")
     assert "is not reachable" in gone and "set [expressions] base_url" in gone
 
 

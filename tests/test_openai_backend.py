@@ -17,7 +17,8 @@ from bot.llm import Generation, load_backend
 from bot.llm.openai import WORD_JOINER, OpenAIBackend, defuse, option_scores
 
 from .support.configs import write_config
-from .support.model_server import free_port, model_server
+from .support.local_http import free_port
+from .support.model_server import model_server
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from PIL import Image
+
+from .local_http import serving
 
 INT, FLOAT, BOOL, STR, LIST, DICT, ANY = "int", "float", "bool", "str", "list", "dict", "any"
 
@@ -231,18 +233,12 @@ def _handler(state: A1111) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def a1111_server(state: A1111) -> Iterator[A1111]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        if state.hold is not None:
-            state.hold.set()
-        server.shutdown()
-        server.server_close()
+    with serving(_handler(state)) as state.url:
+        try:
+            yield state
+        finally:
+            if state.hold is not None:
+                state.hold.set()  # let held requests answer before the server goes
 
 
 def diffusers_inpainter(pipe: Any) -> Inpainter:

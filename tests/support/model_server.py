@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 
 from bot.llm import bundled_model_path
 
+from .local_http import free_port, stop_process
+
 READY_WITHIN = 120.0  # seconds for the server to load the model and answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -67,11 +62,6 @@ def model_server(n_ctx: int = 2048, log: Path | None = None, api_key: str = "") 
                 time.sleep(0.2)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=15)
         if log is not None:
             out.close()  # type: ignore[union-attr]
