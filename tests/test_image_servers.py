@@ -449,3 +449,11 @@ def test_comfyui_abandoned_render_is_taken_off_the_server(tmp_path: Path, comfyu
         m[0] for entry in server("/history").values() for m in entry.get("status", {}).get("messages", [])
     ]
     assert "execution_interrupted" in kinds
+
+
+def test_out_of_memory_is_told_by_its_words_only() -> None:
+    from bot.expressions.backends.http import looks_out_of_memory
+
+    assert looks_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert looks_out_of_memory("torch.OutOfMemoryError: HIP out of memory")
+    assert not looks_out_of_memory("no room for the zoom lens in bloom_xl.safetensors")
