@@ -7,10 +7,12 @@ without reading code. The Discord token never lives in the file: it comes from D
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,7 @@ CPUS = os.cpu_count() or 1
 # select menu lists at most 25 options; 10 keeps every list of the cast readable.
 MAX_CAST = 10
 MAX_IMAGE_REQUESTS = 16  # renders at once on an image server: more only queue on its GPU
+MAX_TIMEOUT = 86_400.0  # seconds: a day; past that a "limit" is no limit, and timers overflow
 # Where each image server listens when started with its defaults.
 DEFAULT_IMAGE_SERVERS = {"comfyui": "http://127.0.0.1:8188", "a1111": "http://127.0.0.1:7860"}
 
@@ -246,6 +249,8 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         raise ConfigError(
             f"{where} must be {_TYPE_NAMES.get(hint, hint.__name__)}, got {type(value).__name__} {value!r}"
         )
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if hint in (int, float) and value < 0 and not where.endswith(".seed'"):  # -1 seed = random
         raise ConfigError(f"{where} must not be negative, got {value!r}")
     return float(value) if hint is float else value
@@ -267,6 +272,24 @@ def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
         else:
             values[key] = _check_value(value, hint, where)
     return cls(**values)
+
+
+def _web_address(url: str) -> bool:
+    """An http(s) address a request can go to: a host, a valid port, no credentials, no query."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port != 0
+        and "@" not in parts.netloc
+        and not parts.query
+        and not parts.fragment
+        and not any(c.isspace() or ord(c) < 32 for c in url)
+    )
 
 
 def _validate(config: Config, source: str) -> None:
@@ -294,11 +317,16 @@ def _validate(config: Config, source: str) -> None:
         (config.model.queue_size >= 1, "model.queue_size", "must be at least 1"),
         (1 <= config.model.max_concurrent <= 64, "model.max_concurrent", "must be between 1 and 64"),
         (
-            config.model.backend != "openai" or config.model.base_url.startswith(("http://", "https://")),
+            config.model.backend != "openai" or _web_address(config.model.base_url),
             "model.base_url",
-            'must be the server\'s http:// or https:// address when backend = "openai"',
+            "must be the server's http:// or https:// address (host and port, no user:password) when"
+            ' backend = "openai"',
         ),
-        (config.model.timeout_seconds > 0, "model.timeout_seconds", "must be positive"),
+        (
+            0 < config.model.timeout_seconds <= MAX_TIMEOUT,
+            "model.timeout_seconds",
+            f"must be positive and at most {MAX_TIMEOUT:g} (a day)",
+        ),
         (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),
@@ -316,17 +344,21 @@ def _validate(config: Config, source: str) -> None:
         ),
         (config.expressions.steps >= 1, "expressions.steps", "must be at least 1"),
         (
-            not config.expressions.on_server
-            or config.expressions.server_url.startswith(("http://", "https://")),
+            not config.expressions.on_server or _web_address(config.expressions.server_url),
             "expressions.base_url",
-            "must be the image server's http:// or https:// address",
+            "must be the image server's http:// or https:// address (host and port; credentials go in"
+            " the variable auth_env names)",
         ),
         (
             1 <= config.expressions.max_concurrent <= MAX_IMAGE_REQUESTS,
             "expressions.max_concurrent",
             f"must be between 1 and {MAX_IMAGE_REQUESTS}",
         ),
-        (config.expressions.timeout_seconds > 0, "expressions.timeout_seconds", "must be positive"),
+        (
+            0 < config.expressions.timeout_seconds <= MAX_TIMEOUT,
+            "expressions.timeout_seconds",
+            f"must be positive and at most {MAX_TIMEOUT:g} (a day)",
+        ),
         (
             config.expressions.resolution % 8 == 0 and 0 <= config.expressions.resolution <= 4096,
             "expressions.resolution",

@@ -41,3 +41,15 @@ class GenerationTimeout(BotError):
 
 class ExpressionError(BotError):
     """A face region, portrait or inpainting model is unusable."""
+
+
+MAX_DIGITS = 9  # a whole number typed by a person: a line number, a pixel; more is a mistake
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number written with the digits 0-9, or None. str.isdigit() alone also accepts
+    "²" and other digits int() refuses."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
+        return None
+    return int(text)

@@ -248,7 +248,7 @@ async def test_a1111_unreachable_and_timed_out(
     with pytest.raises(ExpressionError, match=r"took longer than 1 s: raise \[expressions\] timeout_seconds"):
         backend.render(portrait, mask, "smile", 1)
     service = await make_service(config, open_service)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(ExpressionError, match=r"took longer than 1 s: raise \[expressions\] timeout_seconds"):
         await service.render(mira, "joy")
     assert await asyncio.to_thread(a1111.interrupted.wait, 10)
 

@@ -92,6 +92,9 @@ TIERS = (
 )
 
 
+MAX_VRAM_MB = 16 * 1024 * 1024  # 16 TB: far beyond any card; a larger reading is garbage
+
+
 def read_gpu() -> Gpu | None:
     """The first NVIDIA GPU as nvidia-smi reports it, or None (no driver, no card, or it failed)."""
     command = shutil.which("nvidia-smi")
@@ -106,9 +109,12 @@ def read_gpu() -> Gpu | None:
             check=True,
         )
         name, memory = done.stdout.strip().splitlines()[0].rsplit(",", 1)
-        return Gpu(name.strip(), int(float(memory.strip())))
+        vram = float(memory.strip())
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+    if not 0 < vram <= MAX_VRAM_MB:  # inf, nan, 1e400 or a negative: a reading to ignore, not a card
+        return None
+    return Gpu(name.strip(), int(vram))
 
 
 def pick(gpu: Gpu) -> Tier | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import re
 import sys
 import tomllib
@@ -17,7 +18,7 @@ from bot.cli.catalog import Gpu, ModelChoice, Tier, pick, read_gpu
 from bot.cli.config_lines import set_values
 from bot.errors import BotError
 from bot.files import atomic_write
-from bot.terminal.safe import echo
+from bot.terminal.safe import echo, safe_text
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MODELS_DIR = "models"
@@ -110,13 +111,31 @@ def fetch(choice: ModelChoice, folder: Path) -> Path:
             else str(exc).splitlines()[0]
         )
         raise BotError(f"{choice.repo}: download refused: {why}") from None
-    except (OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BotError(
-            f"{choice.repo}: download stopped ({first}); run `./run setup` again to resume it"
-        ) from None
-    verify(choice, target)
+    except _transfer_errors() as exc:
+        raise _stopped(choice, exc) from None
+    try:
+        verify(choice, target)
+    except _transfer_errors() as exc:
+        raise _stopped(choice, exc) from None
     return target if choice.folder else target / choice.files[0]
+
+
+def _transfer_errors() -> tuple[type[Exception], ...]:
+    """What a download can fail with: the line dropping (at the same byte every try, too), a protocol
+    error, a malformed answer. The hub's client is built on httpx (httpx2 in its newer releases), whose
+    errors are not OSErrors; requests' are."""
+    errors: list[type[Exception]] = [OSError, ValueError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def _stopped(choice: ModelChoice, exc: Exception) -> BotError:
+    text = safe_text(str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return BotError(f"{choice.repo}: download stopped ({text}); run `./run setup` again to resume it")
 
 
 def verify(choice: ModelChoice, target: Path) -> None:

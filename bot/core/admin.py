@@ -5,6 +5,7 @@ never reach into the store, the personas or the models themselves; they ask here
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ class Admin:
         self.store = scene.store
         self.personas = scene.personas
         self.models = models
+        # One change of a persona's file at a time (the studio's page may send two at once): each reads
+        # the file as the one before left it, so no edit silently undoes another. Held locks stay.
+        self._file_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- a channel: whether and how it answers, its persona, its history ------------------------------
 
@@ -290,7 +294,16 @@ class Admin:
     async def edit_persona(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
         """Change a persona's name, description, greeting, labels or prompt words (validated; all or
         nothing). Channels show the change from their next turn."""
-        return await asyncio.to_thread(self.personas.update, persona, changes)
+        async with self._file_lock(persona.slug):
+            # The file as the last change left it: this edit's fields on top of every earlier one's.
+            current = await asyncio.to_thread(self.personas.load, persona.slug)
+            return await asyncio.to_thread(self.personas.update, current, changes)
+
+    def _file_lock(self, slug: str) -> asyncio.Lock:
+        lock = self._file_locks.get(slug)
+        if lock is None:
+            lock = self._file_locks[slug] = asyncio.Lock()
+        return lock
 
     def face_unknown(self, persona: Persona) -> bool:
         """Whether a just-imported persona's face should be looked for (see `needs_looking_for`)."""
@@ -305,16 +318,24 @@ class Admin:
     ) -> FaceReport:
         """Set a persona's face box (by hand, or by detection when the match is strong) and preview it;
         with `save=False`, preview a box being tried, or propose the detected one, writing nothing."""
-        return await asyncio.to_thread(
-            locate_face,
-            self.personas,
-            persona,
-            self.config.expressions,
-            self.config.persona.max_portrait_pixels,
-            box=box,
-            detect=detect,
-            save=save,
-        )
+
+        def locate(current: Persona) -> FaceReport:
+            return locate_face(
+                self.personas,
+                current,
+                self.config.expressions,
+                self.config.persona.max_portrait_pixels,
+                box=box,
+                detect=detect,
+                save=save,
+            )
+
+        if not save:
+            return await asyncio.to_thread(locate, persona)
+        async with self._file_lock(persona.slug):
+            if self.personas.path_of(persona.slug).is_file():
+                persona = await asyncio.to_thread(self.personas.load, persona.slug)
+            return await asyncio.to_thread(locate, persona)
 
     def upload_limits(self) -> tuple[int, int]:
         """The most bytes a card file and a sprite pack may have (the command line's limits)."""

@@ -103,12 +103,15 @@ class Engine:
         deliver: Deliver | None = None,
         addressed: str | None = None,
         on_start: SpeakerCallback | None = None,
+        store_first: bool = False,
     ) -> TurnResult:
         """Run one turn: the member's message, then the cast's replies to it (one persona's reply when the
         channel has one; `followed_by` holds the rest). The message is committed before any model work;
         each reply once `deliver` (the front-end's send, returning the sent message's id) has succeeded.
         `addressed` is the persona the message answers (a reply to its message); otherwise one the text
-        names speaks, or the model (or turn order) chooses. `on_start` hears who speaks, before each reply."""
+        names speaks, or the model (or turn order) chooses. `on_start` hears who speaks, before each reply.
+        `store_first`: each reply is stored before `deliver` shows it, for a front-end whose showing cannot
+        fail (the terminal): what a person saw is then in the history whatever happens next."""
         scene, composer = self.scene, self.composer
         async with scene.lock(channel_id):
             started = time.perf_counter()
@@ -138,7 +141,10 @@ class Engine:
                     await maybe_await(on_start(speaker))
                 result = await composer.compose(channel_id, speaker, cast, history, author_name, on_text)
                 result.user_message_id = user_row
-                await self._deliver_and_save(channel_id, result, deliver)
+                if store_first:
+                    await self._save_and_deliver(channel_id, result, deliver)
+                else:
+                    await self._deliver_and_save(channel_id, result, deliver)
                 results.append(result)
                 if len(results) >= self.config.cast.max_turns or len(cast) == 1:
                     break
@@ -162,6 +168,17 @@ class Engine:
             except asyncio.CancelledError:
                 await saving  # the reply was sent: record it before giving in to the cancellation
                 raise
+
+    async def _save_and_deliver(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
+        async with self.scene.delivering(channel_id):
+            saving = asyncio.ensure_future(self._save_reply(channel_id, result, None))
+            try:
+                result.reply_message_id = await asyncio.shield(saving)
+            except asyncio.CancelledError:
+                await saving  # its text was already streamed to the screen: keep it whole
+                raise
+            if deliver is not None:
+                await deliver(result)
 
     async def _save_reply(self, channel_id: int, result: TurnResult, discord_id: int | None) -> int:
         row = await self.store.add_message(

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -357,7 +358,7 @@ class ExpressionService:
         force: bool = False,
         on_step: StepCallback | None = None,
     ) -> Path:
-        """Render (or fetch from cache) one face. Raises ExpressionError / TimeoutError on failure."""
+        """Render (or fetch from cache) one face. Raises ExpressionError on failure (a timeout too)."""
         if not self.settings.renders:
             raise ExpressionError(
                 "no inpainting model configured: set [expressions] model (or an image server's backend)"
@@ -369,11 +370,32 @@ class ExpressionService:
             return Path(record.path)
         await self._drop_stale(persona.slug, job.source_hash)
         cancel = threading.Event()
-        future = self._worker.submit(lambda: self._render_blocking(job, portrait, mask, cancel, on_step))
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def run() -> Path:
+            loop.call_soon_threadsafe(started.set)
+            return self._render_blocking(job, portrait, mask, cancel, on_step)
+
+        rendered = asyncio.wrap_future(self._worker.submit(run))
         try:
-            path = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_seconds)
-        except (TimeoutError, asyncio.CancelledError):
-            cancel.set()  # the worker stops at the next denoising step
+            # The time limit counts from the render's start: renders queued in front of it (each bound by
+            # its own limit) must not make it fail as slow before it ran.
+            waiting = asyncio.ensure_future(started.wait())
+            either: list[asyncio.Future[Any]] = [rendered, waiting]
+            try:
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+            path = await asyncio.wait_for(rendered, self.settings.timeout_seconds)
+        except TimeoutError:
+            cancel.set()  # the worker stops at the next denoising step, a server request at once
+            raise ExpressionError(
+                f"the render of {persona.slug}/{label} took longer than {self.settings.timeout_seconds:g} s:"
+                " raise [expressions] timeout_seconds, or lower steps or resolution"
+            ) from None
+        except asyncio.CancelledError:
+            cancel.set()
             raise
         await self.store.put_render(
             RenderRecord(job.key, persona.slug, label, variant, str(path), job.source_hash)

@@ -60,7 +60,7 @@ class Erasure(StoreBase):
             if free == 0:
                 break
             async with self._write_lock:
-                self._check_file()
+                await self._check_file()
                 try:
                     # Stepped to its end: a half-stepped pragma would keep its write transaction open.
                     await self._rows(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
@@ -71,7 +71,23 @@ class Erasure(StoreBase):
                 else:
                     freed += min(free, VACUUM_PAGES)
             await asyncio.sleep(0 if not busy else VACUUM_WAIT)
-        if freed:
-            async with self._write_lock:
-                await self._rows("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self.checkpoint()
         return freed
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database and empty it. secure_delete zeroes an erased
+        line's bytes in the database's pages, but the log keeps the older images of those pages until a
+        checkpoint: without one, words a member erased stay readable in the -wal file (by a backup, a
+        disk image, after a crash) until the bot happens to checkpoint or stops cleanly."""
+        async with self._write_lock:
+            await self._check_file()
+            for _ in range(VACUUM_TRIES):
+                row = await self._row("PRAGMA wal_checkpoint(TRUNCATE)")
+                if row is None or not row[0]:  # not busy: the log is empty
+                    return
+                await asyncio.sleep(VACUUM_WAIT)  # another program reading the file: let it finish
+            _log.warning(
+                "%s: another program keeps reading the database; erased words stay in its write-ahead log"
+                " until it lets go (the next erase or a restart empties it)",
+                self.path,
+            )

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiosqlite
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 
         _db: aiosqlite.Connection
         _write_lock: asyncio.Lock
+        path: Path
 
-        def _check_file(self) -> None: ...
+        async def _check_file(self) -> None: ...
 
         async def _write(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Cursor: ...
 

@@ -87,13 +87,15 @@ class Store(MemoryQueries, RenderQueries, Erasure):
             return (-1, -1)
         return (stat.st_dev, stat.st_ino)
 
-    def _check_file(self) -> None:
-        """Refuse to write once the database file is gone or is another file: the writes would go to a
-        deleted file, and the whole history would vanish at the next start with no word."""
+    async def _check_file(self) -> None:
+        """Before a write: the database file must still be the one opened. Deleted under the bot, it is
+        written back from the copy the bot still has open (nothing it held is lost); replaced by another
+        file, writes stop with one line: they would go to a file nobody sees, and the next start would
+        find the other file."""
         if self._lost is None and self._identity is not None:
             now = self._file_identity()
             if now == (-1, -1):
-                self._lost = "was deleted while the bot ran"
+                await self._write_back()
             elif now != self._identity:
                 self._lost = "was replaced by another file while the bot ran"
         if self._lost is not None:
@@ -101,6 +103,34 @@ class Store(MemoryQueries, RenderQueries, Erasure):
                 f"{self.path}: the database file {self._lost}; nothing more is saved: restart the bot"
                 " (it starts a new history there), or put the file back first"
             )
+
+    async def _write_back(self) -> None:
+        """The file was deleted, but the open connection still reads the whole database: copy it to a
+        new file beside, then give it the old name, and go on on it. The old connection is closed before
+        the rename, since closing it removes the write-ahead log by the database's name."""
+        restoring = self.path.with_name(self.path.name + ".restoring")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in (restoring, Path(f"{restoring}-journal")):
+                leftover.unlink(missing_ok=True)
+            copy = await aiosqlite.connect(restoring)
+            try:
+                await self._db.backup(copy)
+            finally:
+                await copy.close()
+            await self._db.close()
+            os.replace(restoring, self.path)
+            self._db = await connect(self.path)
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            restoring.unlink(missing_ok=True)
+            self._lost = f"was deleted while the bot ran and could not be written back ({exc})"
+            return
+        self._identity = self._file_identity()
+        _log.warning(
+            "%s: the database file was deleted while the bot ran; written back from the copy the bot had"
+            " open, with everything it held",
+            self.path,
+        )
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
@@ -114,7 +144,7 @@ class Store(MemoryQueries, RenderQueries, Erasure):
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._write_lock:
-            self._check_file()
+            await self._check_file()
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db

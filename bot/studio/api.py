@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bot.core.admin import Face
 from bot.core.engine import Engine
-from bot.errors import BotError
+from bot.errors import BotError, whole_number
 from bot.expressions.service import DEFAULT_EMOTION_WORDS, check_labels
 from bot.personas import Persona
 from bot.studio.jobs import RenderJobs
@@ -277,10 +277,10 @@ def _filename(request: web.Request) -> str:
 
 
 def _box(text: str) -> tuple[int, int, int, int]:
-    parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+    numbers = [whole_number(p) for p in text.split(",")]
+    if len(numbers) != 4 or None in numbers:
         raise BotError("box must be four whole numbers: x,y,width,height")
-    x, y, w, h = (int(p) for p in parts)
+    x, y, w, h = (n for n in numbers if n is not None)
     return (x, y, w, h)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot.core import Engine, TurnResult
-from bot.errors import BotError
+from bot.errors import BotError, whole_number
 from bot.terminal.faces import FACE_CELLS, TerminalFaces
 from bot.terminal.safe import safe_text
 
@@ -134,6 +134,7 @@ class Console:
                     on_text=lambda t: self.say(t, end=""),
                     on_start=lambda speaker: self.say(f"{speaker.name}: ", end=""),
                     deliver=show,
+                    store_first=True,
                 )
             )
             try:
@@ -201,8 +202,8 @@ class Console:
         elif action == "pin":
             pins = await admin.pin(channel, text)
             self.say(f"[pinned; {len(pins)} facts pinned here]")
-        elif action == "unpin" and text.strip().isdigit():
-            pins = await admin.unpin(channel, int(text))
+        elif action == "unpin" and (number := whole_number(text)) is not None:
+            pins = await admin.unpin(channel, number)
             self.say(f"[unpinned; {len(pins)} facts pinned here]")
         elif action:
             self.say(f"[{HELP}]")

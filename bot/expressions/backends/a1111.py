@@ -117,11 +117,12 @@ class A1111Backend:
         crop = face_crop(portrait, mask, self.settings.crop_padding, server_resolution(self.settings))
         body = img2img_request(self.settings, crop, prompt, seed, checkpoint)
         with self.server.interrupting(cancel, self._interrupt):
-            answer = self.server.post_json("/sdapi/v1/img2img", body)
+            answer = self.server.post_json("/sdapi/v1/img2img", body, cancel=cancel)
         if cancel is not None and cancel.is_set():
             raise asyncio.CancelledError("render cancelled")
         images = answer.get("images") if isinstance(answer, dict) else None
-        picture = b64_picture(images[0] if images else None, f"the {NAME} server")
+        first = images[0] if isinstance(images, list) and images else None
+        picture = b64_picture(first, f"the {NAME} server")
         return paste_back(portrait, mask, crop, picture)
 
     def _interrupt(self) -> None:

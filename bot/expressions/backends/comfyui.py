@@ -117,7 +117,8 @@ class ComfyUIBackend:
                     names = info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
                 except (KeyError, IndexError, TypeError):
                     names = []
-                self._checkpoints = [str(name) for name in names if isinstance(name, str)]
+                listed = names if isinstance(names, list) else []
+                self._checkpoints = [name for name in listed if isinstance(name, str)]
             return self._checkpoints
 
     def checkpoint(self) -> str:
@@ -171,23 +172,27 @@ class ComfyUIBackend:
         name = answer.get("name") if isinstance(answer, dict) else None
         if not isinstance(name, str):
             raise ExpressionError(f"the {NAME} server did not take the face upload: {server_words(answer)}")
-        sub = answer.get("subfolder") or ""
+        sub = answer.get("subfolder")
+        sub = sub if isinstance(sub, str) else ""
         return f"{sub}/{name}" if sub else name
 
     def _follow(self, prompt_id: str, cancel: threading.Event | None) -> Image.Image:
         """Wait for the queued workflow to finish (or fail, or be cancelled) and fetch its picture."""
         deadline = time.monotonic() + self.settings.timeout_seconds
         while True:
-            history = self.server.get_json(f"/history/{prompt_id}")
-            entry = history.get(prompt_id) if isinstance(history, dict) else None
-            if isinstance(entry, dict):
-                status = entry.get("status") or {}
+            # Each look bounded by the time left: a slow answer cannot stretch the render's limit.
+            left = max(deadline - time.monotonic(), POLL_SECONDS)
+            history = self.server.get_json(f"/history/{prompt_id}", timeout=left, cancel=cancel)
+            entry = _dict(_dict(history).get(prompt_id))
+            if entry:
+                status = _dict(entry.get("status"))
                 if status.get("status_str") == "error":
                     raise self._failed(status)
-                images = (entry.get("outputs") or {}).get("result", {}).get("images") or []
-                if images and isinstance(images[0], dict):
-                    return self._fetch(images[0])
-                if status.get("completed"):
+                images = _dict(_dict(entry.get("outputs")).get("result")).get("images")
+                if isinstance(images, list) and images and isinstance(images[0], dict):
+                    left = max(deadline - time.monotonic(), POLL_SECONDS)
+                    return self._fetch(images[0], left, cancel)
+                if status.get("completed") is True:
                     raise ExpressionError(f"the {NAME} workflow finished without a picture")
             if cancel is not None and cancel.wait(POLL_SECONDS):
                 self._abandon(prompt_id)
@@ -198,7 +203,7 @@ class ComfyUIBackend:
                 self._abandon(prompt_id)
                 raise self.server.timed_out()
 
-    def _fetch(self, image: dict[str, Any]) -> Image.Image:
+    def _fetch(self, image: dict[str, Any], timeout: float, cancel: threading.Event | None) -> Image.Image:
         where = urllib.parse.urlencode(
             {
                 "filename": str(image.get("filename", "")),
@@ -206,10 +211,12 @@ class ComfyUIBackend:
                 "type": str(image.get("type", "temp")),
             }
         )
-        return read_picture(self.server.request("GET", f"/view?{where}"), f"the {NAME} server")
+        answer = self.server.request("GET", f"/view?{where}", timeout=timeout, cancel=cancel)
+        return read_picture(answer, f"the {NAME} server")
 
     def _failed(self, status: dict[str, Any]) -> ExpressionError:
-        for message in status.get("messages") or []:
+        messages = status.get("messages")
+        for message in messages if isinstance(messages, list) else []:
             if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
                 detail = message[1] if isinstance(message[1], dict) else {}
                 words = f"{detail.get('exception_type', '')}: {detail.get('exception_message', '')}"
@@ -231,6 +238,11 @@ class ComfyUIBackend:
                 self.server.post_json("/interrupt", {}, timeout=5)
         except ExpressionError as exc:
             _log.info("could not take the abandoned render off %s: %s", NAME, exc)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    """A part of the server's answer that should be an object, or {} when it is anything else."""
+    return value if isinstance(value, dict) else {}
 
 
 def _match(wanted: str, names: list[str]) -> str | None:
