@@ -310,3 +310,59 @@ def test_terminal_memory_shows_pins_and_takes_corrections(tmp_path: Path) -> Non
     chat.expect("[unpinned; 0 facts pinned here]")
     chat.type("/quit")
     assert chat.close() == 0
+
+
+def _stored_replies(database: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(database) as raw:
+        return [r[0] for r in raw.execute("SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")]
+
+
+def _shown_reply(output: str) -> str:
+    """The last reply the chat printed: what follows the last "Mira: " up to its emotion line."""
+    return output.rsplit("Mira: ", 1)[1].split("\n[emotion: ", 1)[0].strip()
+
+
+def test_a_reply_shown_is_stored_whenever_the_chat_is_killed(tmp_path: Path) -> None:
+    """kill -9 the moment a reply's emotion line is on screen: after a restart the reply is in the
+    history. The database's write lock is held from outside while the reply ends, so the kill lands
+    exactly in the gap a show-then-store order leaves (there the emotion line appears while the reply
+    cannot be stored yet); storing first, nothing is shown until the reply is in."""
+    import sqlite3
+
+    config = write_config(tmp_path)
+    database = tmp_path / "data" / "test.sqlite3"
+    lines = ["Hello Mira, it is raining.", "What is in the kettle?", "Shall we go out later?"]
+    for turn, line in enumerate(lines):
+        chat = Chat(config)
+        chat.expect("stored messages]")
+        chat.type(line)
+        holder = None
+        if turn == 0:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the member's line is committed: the model is writing
+                with sqlite3.connect(database) as raw:
+                    if raw.execute("SELECT 1 FROM messages WHERE content = ?", (line,)).fetchone():
+                        break
+            holder = sqlite3.connect(database, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # no write gets through until it lets go
+            try:
+                chat.expect("\n[emotion: ", limit=2.0)  # shown while it cannot be stored?
+                chat.proc.kill()
+            except AssertionError:
+                pass  # nothing shown yet: the reply waits to be stored first
+            holder.execute("ROLLBACK")
+            holder.close()
+        if chat.proc.poll() is None:
+            chat.expect("\n[emotion: ")
+            chat.proc.kill()  # SIGKILL, at once: no clean shutdown
+        chat.proc.wait(timeout=30)
+        shown = _shown_reply(chat.output)
+        assert shown, chat.output
+        stored = _stored_replies(database)
+        assert len(stored) == turn + 1 and stored[-1] == shown, (stored, shown)
+    again = Chat(config)
+    again.expect(f"[Mira in channel 0; {2 * len(lines)} stored messages]")
+    again.type("/quit")
+    assert again.close() == 0

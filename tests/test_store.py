@@ -188,3 +188,31 @@ async def test_every_multi_statement_write_is_one_transaction(store: Store) -> N
     assert await store.count_messages(2) == 700
     _no_failures(store.path)
     assert await store.delete_messages(frozenset(range(1, 701))) == 700
+
+
+def _on_disk(path: Path) -> bytes:
+    """The database file and its write-ahead log, as a backup or a disk image would copy them."""
+    wal = Path(f"{path}-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+@pytest.mark.parametrize("how", ["forget", "delete", "reset"])
+async def test_erased_words_leave_the_file_and_its_log_at_once(store: Store, how: str) -> None:
+    """Two lines erased (far too few to fill the log and set off a checkpoint): neither the database
+    nor its write-ahead log holds them afterwards, while the bot still runs."""
+    secrets = ["My bank PIN is 4417-Quillfeather.", "I live at 9 Marrowgate Lane."]
+    for n, text in enumerate(secrets):
+        await store.add_message(
+            1, role="user", author_name="Zed", content=text, persona="mira", author_id=42, discord_id=900 + n
+        )
+    await store.add_message(1, role="user", author_name="Sam", content="Sam stays.", persona="mira")
+    assert all(s.encode() in _on_disk(store.path) for s in secrets)  # written: the check can see them
+    if how == "forget":
+        assert await store.forget_author(42, [1]) == 2
+    elif how == "delete":
+        assert await store.delete_messages({900, 901}) == 2
+    else:
+        assert await store.clear_channel(1) == 3
+    raw = _on_disk(store.path)
+    assert not any(s.encode() in raw for s in secrets)
+    assert [m.content for m in await store.history(1, "mira")] == ([] if how == "reset" else ["Sam stays."])
