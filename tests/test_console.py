@@ -316,7 +316,9 @@ def _stored_replies(database: Path) -> list[str]:
     import sqlite3
 
     with sqlite3.connect(database) as raw:
-        return [r[0] for r in raw.execute("SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")]
+        return [
+            r[0] for r in raw.execute("SELECT content FROM messages WHERE role = 'assistant' ORDER BY id")
+        ]
 
 
 def _shown_reply(output: str) -> str:

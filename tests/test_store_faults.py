@@ -94,7 +94,7 @@ async def test_a_database_file_replaced_under_the_bot_stops_writes_with_one_line
         with sqlite3.connect(path) as other:  # another file now has the name: it is not overwritten
             other.execute("CREATE TABLE t (x)")
         for _ in range(2):  # and every write after, not only the first
-            with pytest.raises(StoreError, match="the database file was replaced .*nothing more is saved"):
+            with pytest.raises(StoreError, match=r"the database file was replaced .*nothing more is saved"):
                 await store.add_message(1, role="user", author_name="Ann", content="lost?", persona="mira")
         assert await _contents(store) == ["kept"]  # what it had is still readable
     finally:

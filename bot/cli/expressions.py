@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from bot.config import Config
-from bot.errors import ExpressionError
+from bot.errors import BotError, ExpressionError
 from bot.expressions import ExpressionService, contact_sheet
 from bot.expressions.packs import open_pack, write_pack
 from bot.expressions.service import check_labels
@@ -45,12 +45,16 @@ async def expressions_command(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.action == "render":
             check_labels(persona, args.labels or [])
-            faces = await service.render_all(
-                persona,
-                list(args.labels or persona.labels),
-                args.variants,
-                progress_bar(time.perf_counter()),
-            )
+            try:
+                faces = await service.render_all(
+                    persona,
+                    list(args.labels or persona.labels),
+                    args.variants,
+                    progress_bar(time.perf_counter()),
+                )
+            except BotError:
+                sys.stderr.write("\n")  # the error's line starts after the progress bar, not on it
+                raise
             sheet_path = args.sheet or service.cache_dir / persona.slug / "contact-sheet.png"
             if args.sheet is None:
                 sheet_path.parent.mkdir(parents=True, exist_ok=True)
