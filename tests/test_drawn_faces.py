@@ -251,6 +251,19 @@ def test_seraphinas_face_is_found_not_her_hand() -> None:
 
 
 @needs_cards
+def test_a_face_found_on_a_large_portrait_is_placed_on_the_portrait() -> None:
+    """Large portraits are searched at a reduced size: the box found there comes back in the portrait's
+    own pixels, on the face (not on a shrunken copy's coordinates)."""
+    with Image.open(CARDS / "st_seraphina.png") as card:
+        large = card.convert("RGB").resize((card.width * 3, card.height * 3), Image.Resampling.LANCZOS)
+    assert max(large.size) > 1024
+    finding = find_face(large)
+    face, hand = (155 * 3, 90 * 3, 95 * 3, 95 * 3), (270 * 3, 429 * 3, 98 * 3, 98 * 3)
+    assert finding.strong and finding.box is not None
+    assert overlap(finding.box, face) > 0.4 and overlap(finding.box, hand) == 0
+
+
+@needs_cards
 def test_a_hooded_face_a_logo_and_a_plain_circle_find_nothing() -> None:
     for card in ("aicharlib_melina.png", "choral_default_chan.png", "ossirytk_skynet.png"):
         with Image.open(CARDS / card) as image:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import tomllib
 import zipfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from bot.errors import BotError
 from bot.personas import PersonaLibrary
 
 from .support.cardfiles import V2_CARD, b64json, plain_png, with_text_chunks
-from .support.configs import folder_snapshot, write_config
+from .support.configs import REPO, folder_snapshot, write_config
 from .support.studio import Served, served, studio_config
 
 pytestmark = pytest.mark.slow  # the real bundled model backs the engine
@@ -98,6 +99,30 @@ async def test_a_foreign_host_header_is_refused(studio: Served) -> None:
         for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
             async with http.get(studio.base + "/api/personas", headers={"Host": host}) as r:
                 assert r.status == 200, host
+
+
+async def test_a_malformed_request_is_refused_in_one_log_line(studio: Served, caplog) -> None:
+    """Two Host headers (one of them foreign): refused before any route runs, and the studio's terminal
+    gets one line, not a traceback."""
+    port = studio.studio.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET /api/personas HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n"
+        f"Cookie: studio_token={studio.studio.token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await reader.read(4096)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 400") and b"Duplicate 'Host' header" in answer
+    assert b"mira" not in answer
+    refused = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(refused) == 1 and "Duplicate 'Host' header" in refused[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    async with (
+        aiohttp.ClientSession(cookies=studio.cookies) as http,
+        http.get(studio.base + "/api/personas") as r,
+    ):
+        assert r.status == 200  # and the studio goes on
 
 
 async def test_cross_site_requests_change_nothing(studio: Served) -> None:
@@ -213,6 +238,12 @@ async def test_bad_input_gets_the_command_lines_one_line_error_and_writes_nothin
         ("get", "/api/personas/..%2F..%2Fetc", {}, 400, "is not a valid persona name"),
         ("get", "/api/personas/mira/faces/smug", {}, 404, "mira has no label 'smug'"),
         ("get", "/api/personas/mira/card.png?spec=v9", {}, 400, "spec must be v2 or v3"),
+        # Digits that str.isdigit() takes and int() refuses, and numbers no portrait has.
+        ("get", "/api/personas/mira/face/preview?box=²,0,10,10", {}, 400, "four whole numbers"),
+        ("get", "/api/personas/mira/face/preview?box=٣,0,10,10", {}, 400, "four whole numbers"),
+        ("get", "/api/personas/mira/face/preview?box=1,2,3", {}, 400, "four whole numbers"),
+        ("get", "/api/personas/mira/face/preview?box=1,2,3,-4", {}, 400, "four whole numbers"),
+        ("get", "/api/personas/mira/face/preview?box=1,2,3,99999999999", {}, 400, "four whole numbers"),
     ]
     async with aiohttp.ClientSession(cookies=studio.cookies) as http:
         for method, path, kwargs, status, message in cases:
@@ -270,6 +301,59 @@ async def test_edits_exports_and_sprite_packs(studio: Served) -> None:
         assert faces == {"neutral": "sprite", "joy": "sprite", "smug": "drawn"}
         async with http.get(studio.base + "/api/personas/mira/sheet.png") as r:
             assert r.status == 200 and (await r.read()).startswith(b"\x89PNG")
+
+
+async def test_edits_sent_at_once_all_land(studio: Served) -> None:
+    """The page sends two edits of one persona at once (two fields, two tabs): each is applied on top of
+    the other, none silently undone by a write made from a stale copy."""
+    mira = studio.folder / "persona" / "mira.toml"
+    async with aiohttp.ClientSession(cookies=studio.cookies, headers=studio.origin) as http:
+
+        async def put(changes: dict[str, str]) -> int:
+            async with http.put(studio.base + "/api/personas/mira", json=changes) as r:
+                return r.status
+
+        for round_ in range(5):
+            edits = [
+                {"name": f"Mira {round_}"},
+                {"description": f"Keeper, year {round_}."},
+                {"greeting": f"Tea, round {round_}?"},
+            ]
+            assert await asyncio.gather(*(put(e) for e in edits)) == [200, 200, 200]
+            saved = tomllib.loads(mira.read_text())
+            assert (saved["name"], saved["description"], saved["greeting"]) == (
+                f"Mira {round_}",
+                f"Keeper, year {round_}.",
+                f"Tea, round {round_}?",
+            )
+
+
+async def test_detect_only_proposes_and_each_persona_has_its_own_render_job(studio: Served) -> None:
+    cards = REPO.parent / "shared" / "cards"
+    if cards.is_dir():  # a portrait with a face the detector is sure of, in place of Tobin's
+        shutil.copyfile(cards / "st_seraphina.png", studio.folder / "avatars" / "tobin.png")
+    before = on_disk(studio)
+    async with aiohttp.ClientSession(cookies=studio.cookies, headers=studio.origin) as http:
+        async with http.get(studio.base + "/api/personas/tobin/face/detect") as r:
+            proposed = await r.json()
+        assert r.status == 200 and "box" in proposed
+        if cards.is_dir():
+            assert proposed["strong"] and proposed["box"] != [*studio.engine.personas.load("tobin").face_box]
+        assert on_disk(studio) == before  # proposed only: the persona file is as it was
+        # Tobin's faces are drawn (no model here); a job of Mira's running does not take Tobin's click.
+        jobs = studio.studio.jobs
+        mira, tobin = studio.engine.personas.load("mira"), studio.engine.personas.load("tobin")
+        first = jobs.start(mira, ["joy"], force=False)
+        second = jobs.start(tobin, ["joy"], force=False)
+        again = jobs.start(mira, ["joy"], force=False)
+        assert first.state == second.state == "running"
+        assert (second.persona, first.persona) == ("tobin", "mira") and second.id != first.id
+        assert again.id == first.id  # the same persona's second click joins its job
+        for job in (first, second):
+            async with http.get(f"{studio.base}/api/jobs/{job.id}/events") as r:
+                async for _line in r.content:
+                    pass
+            assert job.state == "done", job.error
 
 
 async def test_a_render_reports_each_face_and_step_and_the_chat_goes_on(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.core.engine import Engine
 from bot.errors import BotError
@@ -68,6 +69,25 @@ async def answer_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return web.json_response({"error": "the studio hit an internal error; see its log"}, status=500)
 
 
+class _OneLineRefusals(logging.Filter):
+    """A request aiohttp's parser refuses (two Host headers, a malformed line) is answered 400 by
+    aiohttp itself; its log record would carry a whole traceback into the studio's terminal for what is
+    someone else's bad input. Such records become one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            words = " ".join(str(error.message).split())[:200]
+            record.msg, record.args = "studio: refused a malformed request (%s %s)", (error.code, words)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_requests_log = logging.getLogger("bot.studio.requests")
+_requests_log.addFilter(_OneLineRefusals())
+
+
 class Studio:
     """The page and its API for one engine, on one local address."""
 
@@ -103,7 +123,7 @@ class Studio:
             with socket.socket() as probe:
                 probe.bind((self.host, 0))
                 port = probe.getsockname()[1]
-        runner = web.AppRunner(self.app(port), access_log=None)
+        runner = web.AppRunner(self.app(port), access_log=None, logger=_requests_log)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, port).start()
