@@ -410,3 +410,93 @@ async def test_a_summary_gives_way_to_a_reply_and_is_written_again_after(
     # The first summary was abandoned at its first chunk (a reply waited); the second was kept.
     assert len(scripted.prompts) == 2
     assert summary is not None and summary.text == "Ann watched the fog all night."
+
+
+# -- rules around memory that users rely on ------------------------------------------------------------
+
+
+async def test_a_summary_whose_base_an_erasure_dropped_is_not_kept(engine: Engine) -> None:
+    """The model extends summary S while a member erases a line S had read (which drops S): the new
+    summary, built on S's words, is refused, though every line it read itself is still there."""
+    store = engine.store
+    await say(store, "Zed", "My sister is called Orlaith.", author_id=42)
+    await say(store, "Sam", "We reached the pass.")
+    first = await store.history(CHANNEL, ["mira"], 10)
+    assert await store.put_summary(CHANNEL, "mira", "Zed's sister is Orlaith.", first[:1], None)
+    base = await store.summary(CHANNEL, "mira")
+    await say(store, "Sam", "Then the valley.")
+    newer = (await store.history(CHANNEL, ["mira"], 10))[1:]  # Sam's lines only: none is erased
+    await engine.admin.forget_member(42, [CHANNEL])
+    assert await store.summary(CHANNEL, "mira") is None  # the erasure dropped the base
+    assert not await store.put_summary(CHANNEL, "mira", "Orlaith's brother crossed the pass.", newer, base)
+    assert await store.summary(CHANNEL, "mira") is None
+
+
+async def test_erasing_exactly_the_last_line_a_summary_read_drops_it(engine: Engine) -> None:
+    store = engine.store
+    await say(store, "Sam", "The pass was cold.")
+    last = await say(store, "Zed", "I hid the key under the third stone.", author_id=42)
+    await say(store, "Sam", "And then?")
+    read = [m for m in await store.history(CHANNEL, ["mira"], 10) if m.id <= last]  # through Zed's line
+    assert await store.put_summary(CHANNEL, "mira", "Zed hid a key under the third stone.", read, None)
+    assert (await store.summary(CHANNEL, "mira")).through_id == last  # type: ignore[union-attr]
+    await engine.admin.forget_member(42, [CHANNEL])
+    assert await store.summary(CHANNEL, "mira") is None
+
+
+def test_a_long_message_is_searched_by_its_rarest_words() -> None:
+    """A long message keeps MAX_TERMS words: the longer (rarer) ones, names among them, not the first
+    or shortest ones."""
+    text = (
+        "ok so the crimson lantern flickered beside quiet harbour stones while seven gulls circled grimly"
+        " overhead; ask Quillfeather about Marrowgate tomorrow, bye"
+    )
+    query = match_query(text)
+    assert query.count(" OR ") == 11  # MAX_TERMS words of the 17 it has
+    assert '"quillfeather"' in query and '"marrowgate"' in query and '"tomorrow"' in query
+    assert not any(f'"{short}"' in query for short in ("ask", "bye", "gulls", "quiet"))
+
+
+async def test_an_admins_corrected_summary_is_in_the_very_next_prompt(
+    engine: Engine, model: LlamaBackend
+) -> None:
+    sized(engine, model, 2048)
+    store = engine.store
+    await seed(store, 600, long=True)
+    mira = engine.personas.load("mira")
+    history = await engine.scene.history(CHANNEL, [mira])
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    window = engine.scene.windows[(CHANNEL, "mira")]
+    await engine.models.memory.summariser.idle.wait()
+    await engine.admin.edit_summary(CHANNEL, "The harbour town is called Westreach.")
+    built = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    assert engine.scene.windows[(CHANNEL, "mira")].first_id == window.first_id  # the window did not move
+    assert "Story so far:\nThe harbour town is called Westreach." in built.messages[0]["content"]
+
+
+@pytest.mark.parametrize("number", [0, -1, -20])
+async def test_unpin_refuses_numbers_no_pin_has(engine: Engine, number: int) -> None:
+    await engine.admin.pin(CHANNEL, "The first fact.")
+    await engine.admin.pin(CHANNEL, "The last fact.")
+    with pytest.raises(InputError, match=f"no pinned fact {number}"):
+        await engine.admin.unpin(CHANNEL, number)
+    assert [p.text for p in (await engine.admin.memory(CHANNEL)).pins] == [
+        "The first fact.",
+        "The last fact.",
+    ]
+
+
+async def test_pinned_facts_take_at_most_an_eighth_of_the_prompt(engine: Engine, model: LlamaBackend) -> None:
+    """Whatever memory.pinned_tokens says, the pins' slot is capped at 1/8 of the prompt budget."""
+    generous = dataclasses.replace(engine.config.memory, pinned_tokens=8192, max_pins=200)
+    sized(engine, model, 2048, generous)
+    cap = engine.models.prompts.budget // 8
+    assert engine.models.prompts.pinned_tokens == cap
+    for n in range(60):
+        await engine.admin.pin(CHANNEL, f"Fact {n}: the lighthouse keeper's ledger lists ship number {n}.")
+    await say(engine.store, "Sam", "Hello.")
+    mira = engine.personas.load("mira")
+    history = await engine.scene.history(CHANNEL, [mira])
+    built = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Sam")
+    shown = built.messages[0]["content"].split("Facts to remember:\n")[1].split("\n\n")[0]
+    assert 0 < len(model.tokenize(shown)) <= cap
