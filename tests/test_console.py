@@ -304,8 +304,13 @@ def test_terminal_memory_shows_pins_and_takes_corrections(tmp_path: Path) -> Non
     chat.type("/memory")
     chat.expect("[Mira's summary, corrected by hand: Sam hid the key at the lighthouse.]")
     chat.expect("[pinned 1: The vault code is 7741.]")
+    chat.type("/memory unpin ²")  # a digit to str.isdigit(), not to int(): the help, not a traceback
+    chat.expect("/memory [edit TEXT|pin TEXT|unpin N]", limit=10)
+    chat.type("/memory unpin 0")
+    chat.expect("[error: there is no pinned fact 0 (the channel has 1)]")
     chat.type("/memory unpin 4")
     chat.expect("[error: there is no pinned fact 4 (the channel has 1)]")
+    assert "Traceback" not in chat.output and chat.proc.poll() is None
     chat.type("/memory unpin 1")
     chat.expect("[unpinned; 0 facts pinned here]")
     chat.type("/quit")

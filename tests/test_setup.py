@@ -228,7 +228,83 @@ def test_a_download_that_is_not_what_the_hub_holds_is_removed_with_one_line(
     assert config.read_text() == before
 
 
-@pytest.mark.parametrize(("smi", "status"), [(None, 0), ("", 9), ("garbled output", 0)])
+@pytest.mark.slow
+def test_a_download_cut_at_the_same_byte_every_time_is_one_line(tmp_path: Path) -> None:
+    from .support.configs import write_config
+
+    config = write_config(tmp_path)
+    before = config.read_text()
+    env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA GeForce RTX 4060, 8188")
+    with local_hub() as hub:
+        hub.add(LLAMA_3B.repo, {LLAMA_3B.files[0]: bundled_gguf()})
+        hub.cut_at[f"{LLAMA_3B.repo}/{LLAMA_3B.files[0]}"] = 1_000_000
+        env["HF_ENDPOINT"] = hub.url
+        done = run_setup(tmp_path, env, "--yes")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    # The hub's client says each try it makes; what ends the command is one line of ours.
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == done.stderr.strip().splitlines()[-1], done.stderr
+    assert "download stopped (" in errors[0] and "run `./run setup` again to resume it" in errors[0]
+    assert config.read_text() == before
+
+
+@pytest.mark.parametrize("answer", ["", "maybe", "n", "no", "yes please"])
+def test_only_yes_at_the_question_downloads(tmp_path: Path, answer: str) -> None:
+    """[y/N]: Enter, or anything but y or yes, downloads nothing and leaves config.toml alone."""
+    import pty
+
+    from .support.configs import write_config
+
+    config = write_config(tmp_path)
+    before = config.read_text()
+    env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA GeForce RTX 4060, 8188")
+    master, terminal = pty.openpty()  # a terminal for standard input: setup asks only a person
+    os.write(master, f"{answer}\n".encode())  # typed ahead: the terminal holds it until it is read
+    try:
+        with local_hub() as hub:
+            env["HF_ENDPOINT"] = hub.url
+            done = subprocess.run(
+                [sys.executable, "-m", "bot", "--config", str(config), "setup"],
+                cwd=REPO,
+                env={**os.environ, "HF_HOME": str(tmp_path / "hf-home"), **env},
+                stdin=terminal,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert not any(method == "GET" and "/resolve/" in path for method, path, _ in hub.requests)
+    finally:
+        os.close(master)
+        os.close(terminal)
+    assert done.returncode == 0, done.stderr
+    assert "Nothing downloaded; config.toml is unchanged." in done.stdout
+    assert config.read_text() == before and not (tmp_path / "models").exists()
+
+
+def test_setting_model_leaves_model_config_alone() -> None:
+    text = '[expressions]\nmodel_config = "configs/sd15"\nmodel = ""\nmodels_dir = "x"\n'
+    edited = set_values(text, {("expressions", "model"): "models/sd"})
+    assert edited.splitlines() == [
+        "[expressions]",
+        'model_config = "configs/sd15"',
+        'model = "models/sd"',
+        'models_dir = "x"',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("smi", "status"),
+    [
+        (None, 0),
+        ("", 9),
+        ("garbled output", 0),
+        ("NVIDIA GeForce RTX 4090, inf", 0),
+        ("NVIDIA GeForce RTX 4090, 1e400", 0),
+        ("NVIDIA GeForce RTX 4090, nan", 0),
+        ("NVIDIA GeForce RTX 4090, -24564", 0),
+    ],
+)
 def test_without_a_usable_gpu_it_says_what_it_would_pick_and_downloads_nothing(
     tmp_path: Path, smi: str | None, status: int
 ) -> None:

@@ -1,7 +1,8 @@
 """A local Hugging Face hub for tests (HF_ENDPOINT): repositories of local files served in the hub's
 layout, as huggingface_hub fetches them: file metadata on HEAD (commit, ETag = SHA-256, size), bytes on
 GET with Range for resumed downloads, and a repository's file list. It can break a download halfway
-once, or serve other bytes than the ETag says, to test resuming and verification."""
+once, or at the same byte every time, or serve other bytes than the ETag says, to test resuming and
+verification."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Hub:
         self.repos: dict[str, dict[str, Path]] = {}
         self.requests: list[tuple[str, str, str]] = []  # method, path, Range header
         self.cut_once: set[str] = set()  # files whose next GET stops halfway
+        self.cut_at: dict[str, int] = {}  # files whose every GET stops at this byte (resumed or not)
         self.corrupt: set[str] = set()  # files served with other bytes than their ETag's
         self.url = ""
 
@@ -115,6 +117,12 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if key in hub.cut_at:
+                self.wfile.write(body[: max(0, hub.cut_at[key] - start)])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)  # the line drops at the same byte every time
+                return
             if key in hub.cut_once:
                 hub.cut_once.discard(key)
                 self.wfile.write(body[: len(body) // 2])
