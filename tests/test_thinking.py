@@ -183,6 +183,7 @@ class ThinkingServer:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.logprobs = False  # whether it answers with log-probabilities (the LLM judge's need)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -192,6 +193,25 @@ class ThinkingServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if not body.get("stream") and self.logprobs and body.get("logprobs"):
+            # A judgement (or the start-up probe): the first token's log-probabilities.
+            top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in (("yes", -0.1), ("no", -2.4))]
+            return web.json_response(
+                {
+                    "id": "c0",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "thinker",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "yes"},
+                            "finish_reason": "length",
+                            "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
+                        }
+                    ],
+                }
+            )
         if not body.get("stream"):  # the start-up probe: no log-probabilities here
             return web.json_response(
                 {
@@ -261,3 +281,28 @@ async def test_the_server_backend_shows_and_stores_only_the_answer(
     assert all(r["chat_template_kwargs"] == {"enable_thinking": thinking} for r in replies)
     later = json.dumps(replies[-1]["messages"])  # the second turn's prompt holds the first answer only
     assert ANSWER in later and "plotting" not in later and "suspicious" not in later
+
+
+async def test_one_token_judgements_never_think_even_when_replies_may(
+    tmp_path: Path, thinking_server
+) -> None:
+    """With [model] thinking = true, replies may think; the emotion judge's and the next speaker's
+    one-token questions (and the start-up probe) ask the server not to: one token leaves no room."""
+    from bot.core.app import open_engine
+
+    server, url = thinking_server
+    server.logprobs = True
+    model = f'backend = "openai"\nbase_url = "{url}"\nthinking = true\n'
+    config = load_config(write_config(tmp_path, model=model, extra=""))
+    config = dataclasses.replace(config, emotion=dataclasses.replace(config.emotion, judge="both"))
+    async with open_engine(config) as engine:
+        await engine.admin.cast_add(3, "tobin")  # two personas: the model is asked who speaks
+        result = await engine.turn(3, "Ren", "Hello, you two!")
+        assert result.text == ANSWER and result.emotion.judge != "classifier"
+    replies = [r for r in server.requests if r.get("stream")]
+    judgements = [r for r in server.requests if not r.get("stream")]
+    assert replies and all(r["chat_template_kwargs"] == {"enable_thinking": True} for r in replies)
+    assert len(judgements) >= 3 and all(
+        r.get("max_tokens") == 1 for r in judgements
+    )  # probe, speaker, emotion
+    assert all(r["chat_template_kwargs"] == {"enable_thinking": False} for r in judgements)

@@ -164,6 +164,7 @@ class OpenAIBackend:
                 logprobs=True,
                 top_logprobs=2,
                 temperature=0.0,
+                extra_body=thinking_switch(self.config, judging=True),
             )
         except openai.BadRequestError:
             return False  # a server that does not take the parameter at all
