@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from discord import app_commands
 
 from bot.core import Engine
 
@@ -389,9 +390,27 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
     """Top-level commands that only change things carry Manage Server as their default permission, so
     Discord hides them from other members (the check in code stays too)."""
     config = bot_config(tmp_path, server, None)
-    async with running_bot(config, server):
+    async with running_bot(config, server) as run:
         await server.wait_for(lambda r: r.method == "PUT" and "/commands" in r.path)
         synced = {command["name"]: command for command in server.commands}
+        # Every command under a hidden one checks Manage Server in code too: a server admin can open a
+        # command to everyone in Discord's settings, and that must not open the change itself.
+        from bot.discord.cogs.admin import require_manager
+
+        unchecked = []
+        for top in run.bot.tree.get_commands():
+            hidden = top.default_permissions is not None and top.default_permissions.manage_guild
+            leaves = [top] if isinstance(top, app_commands.Command) else list(top.walk_commands())
+            for leaf in leaves:
+                if isinstance(leaf, app_commands.Command) and hidden and require_manager not in leaf.checks:
+                    unchecked.append(leaf.qualified_name)
+        assert unchecked == ["cast list"]  # it only reads: open to whoever the server opens /cast to
+        assert "manage memory edit" in {
+            c.qualified_name
+            for top in run.bot.tree.get_commands()
+            if isinstance(top, app_commands.Group)
+            for c in top.walk_commands()
+        }
         # Everything that changes state sits in a command Discord hides from members without Manage
         # Server; what stays visible to everyone only reads.
         for name in ("channel", "reset", "manage"):
