@@ -178,6 +178,32 @@ async def test_a_deleted_webhook_is_made_again(server: FakeDiscord, config: Conf
         assert [p.slug for p in await run.engine.admin.cast(channel)] == ["mira"]
 
 
+async def test_the_cast_posts_only_through_the_bots_own_webhook(server: FakeDiscord, config: Config) -> None:
+    """The channel already has another integration's webhook (its token visible to a Manage Webhooks
+    holder): the cast makes and uses its own, and never posts through the other."""
+    channel = server.channels["roleplay"]
+    other = server.new_id()
+    server.webhooks[other] = {
+        "id": str(other),
+        "type": 1,
+        "guild_id": str(server.guild_id),
+        "channel_id": str(channel),
+        "user": FakeDiscord.user("Ada"),  # an admin made it for their RSS feed
+        "name": "News feed",
+        "avatar": None,
+        "token": f"webhook-token-{other}",
+        "application_id": None,
+    }
+    server.webhook_channels[str(other)] = str(channel)
+    async with running_bot(config, server, scripted(["Aye."])):
+        await cast_of_two(server, channel)
+        await server.say(channel, MEMBER, "Rook, are you there?")
+        [post] = await server.wait_for(server.webhook_posts(channel))
+    assert not post.path.startswith(f"/webhooks/{other}/")
+    assert len(server.sent(lambda r: r.method == "POST" and r.path.endswith("/webhooks"))) == 1
+    assert server.webhooks[other]["name"] == "News feed"  # left as it was
+
+
 async def test_regenerate_browse_and_face_work_for_the_asker_and_after_a_restart(
     server: FakeDiscord, config: Config
 ) -> None:
