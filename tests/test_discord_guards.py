@@ -129,8 +129,10 @@ async def test_a_purge_stops_the_answers_to_what_it_removed(server: FakeDiscord,
 async def test_a_database_failure_is_told_to_the_channel_once_in_a_while(
     server: FakeDiscord, tmp_path
 ) -> None:
-    """The database file deleted under the running bot: the member hears why their message was not
-    answered, in one line; further messages get the busy reaction, not a flood of the same notice."""
+    """The database file replaced under the running bot (a deleted one is written back): the member
+    hears why their message was not answered, in one line; further messages get the busy reaction, not
+    a flood of the same notice."""
+    import sqlite3
     from pathlib import Path
 
     config = bot_config(tmp_path, server, None, cooldown=0.0)
@@ -146,10 +148,13 @@ async def test_a_database_failure_is_told_to_the_channel_once_in_a_while(
         database = config.resolve(config.store.path)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
+        with sqlite3.connect(database) as other:  # another program's file now has the name
+            other.execute("CREATE TABLE notes (x)")
         await server.say(channel, MEMBER, "Still there?")
         [notice] = await server.wait_for(could_not_save)
-        assert "the database file was deleted" in notice.json["content"]
+        assert "the database file was replaced" in notice.json["content"]
         await server.say(channel, MEMBER, "Hello?")
         await server.wait_for(lambda r: r.method == "PUT" and "/reactions/" in r.path)
         assert len(server.sent(could_not_save)) == 1
-        assert not database.exists()
+    with sqlite3.connect(database) as other:  # the other file was left alone
+        assert [r[0] for r in other.execute("SELECT name FROM sqlite_master")] == ["notes"]
