@@ -48,6 +48,26 @@ class ModelWorker:
     async def run(self, fn: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self.submit(fn))
 
+    async def run_limited(self, fn: Callable[[], T], seconds: float) -> T:
+        """`run`, with TimeoutError once `fn` has run for `seconds`. The limit counts from the job's
+        start: time queued behind other jobs (each bound by its own limit) does not make it fail as slow
+        before it ran."""
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def job() -> T:
+            loop.call_soon_threadsafe(started.set)
+            return fn()
+
+        done = asyncio.wrap_future(self.submit(job))
+        waiting = asyncio.ensure_future(started.wait())
+        either: list[asyncio.Future[Any]] = [done, waiting]
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        return await asyncio.wait_for(done, seconds)
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -216,3 +216,28 @@ async def test_erased_words_leave_the_file_and_its_log_at_once(store: Store, how
     raw = _on_disk(store.path)
     assert not any(s.encode() in raw for s in secrets)
     assert [m.content for m in await store.history(1, "mira")] == ([] if how == "reset" else ["Sam stays."])
+
+
+async def test_the_outbox_files_a_posted_reply_in_one_step_and_drops_the_rest(store: Store) -> None:
+    asked = await store.add_message(1, role="user", author_name="Ann", content="Hi", persona="mira")
+    note = dict(persona="mira", author_name="Mira", emotion="joy", prompt_id=asked, answers=77)
+    posted = await store.expect_reply(1, content="Hello, Ann.", **note)  # type: ignore[arg-type]
+    lost = await store.expect_reply(1, content="Never posted.", **note)  # type: ignore[arg-type]
+    assert [r.content for r in await store.unsent_replies()] == ["Hello, Ann.", "Never posted."]
+    row = await store.file_reply(posted, 9001)
+    assert row is not None and await store.file_reply(posted, 9001) is None  # filed once
+    await store.drop_unsent(lost)
+    assert await store.unsent_replies() == []
+    filed = await store.message(row)
+    assert filed is not None
+    assert (filed.role, filed.content, filed.emotion, filed.discord_id) == (
+        "assistant",
+        "Hello, Ann.",
+        "joy",
+        9001,
+    )
+    assert (filed.persona, filed.author_name, filed.prompt_id) == ("mira", "Mira", asked)
+    # A /reset takes what waits in the outbox with the history.
+    await store.expect_reply(1, content="Mid-post when the channel was reset.", **note)  # type: ignore[arg-type]
+    await store.clear_channel(1)
+    assert await store.unsent_replies() == []

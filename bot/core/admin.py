@@ -23,7 +23,7 @@ from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
 from bot.files import png_bytes
 from bot.memory import MemoryView
 from bot.personas import Persona
-from bot.store import ChannelState, Pin, StoredMessage
+from bot.store import ChannelState, Pin, StoredMessage, UnsentReply
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
@@ -152,6 +152,23 @@ class Admin:
 
     async def message_count(self, channel_id: int) -> int:
         return await self.store.count_messages(channel_id)
+
+    async def unsent_replies(self) -> list[UnsentReply]:
+        """Replies that were about to be posted when the bot last stopped, never filed in the history."""
+        return await self.store.unsent_replies()
+
+    async def reply_was_posted(self, reply: UnsentReply, discord_id: int) -> None:
+        """A reply from before a crash was found in its channel: it joins the history with that id."""
+        if await self.store.file_reply(reply.id, discord_id) is None or not reply.emotion:
+            return
+        try:
+            persona = self.personas.load(reply.persona)
+        except BotError:
+            return  # its file is gone: the line is filed, the face it showed is not remembered
+        await self.scene.remember_emotion(reply.channel_id, persona, reply.emotion)
+
+    async def reply_was_not_posted(self, reply: UnsentReply) -> None:
+        await self.store.drop_unsent(reply.id)
 
     async def recent_messages(self, channel_id: int, limit: int) -> list[StoredMessage]:
         """The last messages of the channel's conversation (its persona's, or its cast's), oldest first."""

@@ -50,6 +50,7 @@ class TurnResult:
     emotion_seconds: float
     reply_seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    answers: int | None = None  # the front-end's id of the member's message (Discord's), if any
     cast_size: int = 1  # personas in the channel: with several, each posts under its own name
     followed_by: list[TurnResult] = field(default_factory=list)  # the cast's further replies
     version: int = 0  # a regenerated reply: its version number, and how many there are

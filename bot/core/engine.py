@@ -140,7 +140,7 @@ class Engine:
                 if on_start is not None:
                     await maybe_await(on_start(speaker))
                 result = await composer.compose(channel_id, speaker, cast, history, author_name, on_text)
-                result.user_message_id = user_row
+                result.user_message_id, result.answers = user_row, discord_id
                 if store_first:
                     await self._save_and_deliver(channel_id, result, deliver)
                 else:
@@ -159,10 +159,29 @@ class Engine:
             return first
 
     async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
-        # The reply enters the history only once it was delivered (a failed send stores nothing).
+        # The reply enters the history only once it was delivered (a failed send stores nothing). Until
+        # then it waits in the outbox: a crash between the post and the save leaves it there, and the
+        # front-end files it at its next start if the post went out (see Admin.unsent_replies).
         async with self.scene.delivering(channel_id):
-            delivered_id = await deliver(result) if deliver is not None else None
-            saving = asyncio.ensure_future(self._save_reply(channel_id, result, delivered_id))
+            outbox = None
+            if deliver is not None:
+                outbox = await self.store.expect_reply(
+                    channel_id,
+                    persona=result.persona.slug,
+                    author_name=result.persona.name,
+                    content=result.text,
+                    emotion=result.emotion.label,
+                    prompt_id=result.user_message_id or None,
+                    answers=result.answers,
+                )
+                try:
+                    delivered_id = await deliver(result)
+                except BaseException:
+                    await asyncio.shield(self.store.drop_unsent(outbox))  # not posted: nothing to find
+                    raise
+            else:
+                delivered_id = None
+            saving = asyncio.ensure_future(self._save_reply(channel_id, result, delivered_id, outbox))
             try:
                 result.reply_message_id = await asyncio.shield(saving)
             except asyncio.CancelledError:
@@ -180,16 +199,20 @@ class Engine:
             if deliver is not None:
                 await deliver(result)
 
-    async def _save_reply(self, channel_id: int, result: TurnResult, discord_id: int | None) -> int:
-        row = await self.store.add_message(
-            channel_id,
-            role="assistant",
-            author_name=result.persona.name,
-            content=result.text,
-            persona=result.persona.slug,
-            emotion=result.emotion.label,
-            discord_id=discord_id,
-            prompt_id=result.user_message_id or None,
-        )
+    async def _save_reply(
+        self, channel_id: int, result: TurnResult, discord_id: int | None, outbox: int | None = None
+    ) -> int:
+        row = await self.store.file_reply(outbox, discord_id) if outbox is not None else None
+        if row is None:  # no outbox row (the terminal), or a /reset took it meanwhile
+            row = await self.store.add_message(
+                channel_id,
+                role="assistant",
+                author_name=result.persona.name,
+                content=result.text,
+                persona=result.persona.slug,
+                emotion=result.emotion.label,
+                discord_id=discord_id,
+                prompt_id=result.user_message_id or None,
+            )
         await self.scene.remember_emotion(channel_id, result.persona, result.emotion.label)
         return row

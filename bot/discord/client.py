@@ -18,6 +18,8 @@ from discord.ext import commands
 
 from bot.config import Config, discord_token
 from bot.core import Engine
+from bot.discord.outbox import file_unsent_replies
+from bot.errors import BotError
 from bot.files import atomic_write
 
 _log = logging.getLogger(__name__)
@@ -62,6 +64,11 @@ class RoleplayBot(commands.Bot):
         point_at(config.discord.api_base, config.discord.gateway_url)
 
     async def setup_hook(self) -> None:
+        # Before any message is handled: replies posted just before a crash join the history first.
+        try:
+            await file_unsent_replies(self)
+        except BotError as exc:  # the database: the chat says so itself; the start goes on
+            _log.warning("could not file the replies posted before the last stop: %s", exc)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.config.discord.sync_commands:

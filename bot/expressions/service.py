@@ -16,7 +16,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -370,24 +369,11 @@ class ExpressionService:
             return Path(record.path)
         await self._drop_stale(persona.slug, job.source_hash)
         cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-
-        def run() -> Path:
-            loop.call_soon_threadsafe(started.set)
-            return self._render_blocking(job, portrait, mask, cancel, on_step)
-
-        rendered = asyncio.wrap_future(self._worker.submit(run))
         try:
-            # The time limit counts from the render's start: renders queued in front of it (each bound by
-            # its own limit) must not make it fail as slow before it ran.
-            waiting = asyncio.ensure_future(started.wait())
-            either: list[asyncio.Future[Any]] = [rendered, waiting]
-            try:
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiting.cancel()
-            path = await asyncio.wait_for(rendered, self.settings.timeout_seconds)
+            path = await self._worker.run_limited(
+                lambda: self._render_blocking(job, portrait, mask, cancel, on_step),
+                self.settings.timeout_seconds,
+            )
         except TimeoutError:
             cancel.set()  # the worker stops at the next denoising step, a server request at once
             raise ExpressionError(

@@ -12,6 +12,7 @@ from bot.store.records import (
     Role,
     StoredMessage,
     Summary,
+    UnsentReply,
 )
 from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.store.store import Store
@@ -28,4 +29,5 @@ __all__ = [
     "Store",
     "StoredMessage",
     "Summary",
+    "UnsentReply",
 ]

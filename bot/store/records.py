@@ -75,3 +75,19 @@ class Summary:
 class Pin:
     id: int
     text: str
+
+
+@dataclass(frozen=True)
+class UnsentReply:
+    """A reply written to the outbox before it was posted, and not yet filed in the history: after a
+    crash, it may or may not be in the channel."""
+
+    id: int
+    channel_id: int
+    persona: str
+    author_name: str
+    content: str
+    emotion: str | None
+    prompt_id: int | None
+    answers: int | None  # the Discord id of the member's message it answers: it was posted after that
+    created_at: float

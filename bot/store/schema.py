@@ -116,6 +116,22 @@ MIGRATIONS: tuple[str, ...] = (
             AND old.content IS NOT new.content;
     END;
     """,
+    # The outbox: a Discord reply is written here before it is posted, and moved into the history (with
+    # the posted message's id) in one transaction after. A row left at a start was posted or not when the
+    # bot stopped: the front-end looks for it in the channel and files it, or drops it.
+    """
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,
+        channel_id  INTEGER NOT NULL,
+        persona     TEXT NOT NULL,
+        author_name TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        emotion     TEXT,
+        prompt_id   INTEGER,
+        answers     INTEGER,
+        created_at  REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -185,6 +201,7 @@ TABLES_AT = {
     1: {"messages", "channels", "renders"},
     2: {"cast_members", "reply_versions"},
     3: {"messages_fts", "memory_summaries", "memory_pins"},
+    4: {"outbox"},
 }
 
 

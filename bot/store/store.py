@@ -23,6 +23,7 @@ import aiosqlite
 from bot.errors import StoreError
 from bot.store.erasure import Erasure
 from bot.store.memory import MemoryQueries
+from bot.store.outbox import OutboxQueries
 from bot.store.records import (
     MESSAGE_COLUMNS,
     CastMember,
@@ -66,7 +67,7 @@ def _faults_are_store_errors(cls: C) -> C:
 
 
 @_faults_are_store_errors
-class Store(MemoryQueries, RenderQueries, Erasure):
+class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
     """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
@@ -337,6 +338,7 @@ class Store(MemoryQueries, RenderQueries, Erasure):
 
     async def clear_channel(self, channel_id: int) -> int:
         """Forget a channel's whole history; returns how many messages went."""
+        await self._write("DELETE FROM outbox WHERE channel_id = ?", (channel_id,))
         return await self._erase("channel_id = ?", (channel_id,))
 
     async def count_messages(self, channel_id: int | None = None) -> int:

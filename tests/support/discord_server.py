@@ -594,7 +594,9 @@ class FakeDiscord:
             if invalid is not None:
                 self.violations.append(invalid[0])
                 return _json(invalid[1], status=400 if invalid[1].get("code") == 50035 else 404)
-            response = await self._route(request.method, path.split("/")[1:], body, files)
+            response = await self._route(
+                request.method, path.split("/")[1:], body, files, dict(request.query)
+            )
             record.status = response.status
         finally:
             async with self._changed:
@@ -668,9 +670,15 @@ class FakeDiscord:
         return {"mentions": users, "mention_roles": roles, "mention_everyone": everyone}
 
     async def _route(
-        self, method: str, parts: list[str], body: Any, files: dict[str, bytes]
+        self,
+        method: str,
+        parts: list[str],
+        body: Any,
+        files: dict[str, bytes],
+        query: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         ok = _json
+        query = query or {}
         match (method, parts):
             case ("GET", ["users", "@me"]):
                 return ok(self.bot_user)
@@ -719,6 +727,14 @@ class FakeDiscord:
                 return ok(self.commands)
             case ("POST", ["channels", _, "typing"]):
                 return web.Response(status=204)
+            case ("GET", ["channels", channel, "messages"]):
+                # As Discord: the `limit` messages right after `after` (or the newest), newest first.
+                after, limit = int(query.get("after", 0)), int(query.get("limit", 50))
+                mine = sorted(
+                    m for m, msg in self.messages.items() if msg["channel_id"] == channel and m > after
+                )
+                chosen = mine[:limit] if "after" in query else mine[-limit:]
+                return ok([self.messages[m] for m in reversed(chosen)])
             case ("POST", ["channels", channel, "messages"]):
                 message = self._bot_message(int(channel), body or {}, files)
                 await self.dispatch("MESSAGE_CREATE", message)
