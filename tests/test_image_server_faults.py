@@ -188,6 +188,23 @@ def test_a_trickling_answer_costs_at_most_the_timeout(tmp_path: Path, released: 
         assert time.monotonic() - started < 20
 
 
+def test_a_cancelled_render_lets_go_of_the_server_at_once(tmp_path: Path, released: threading.Event) -> None:
+    """Shutdown, or the service's own limit, cancels a render: the request waiting on the server ends
+    then, not when the server finally answers (here: minutes away, with a limit of an hour)."""
+    body = json.dumps({"images": [picture_b64()]}).encode()
+    answers = {"/sdapi/v1/img2img": trickle(body, 0.5, released), "/sdapi/v1/interrupt": json_answer({})}
+    with server(answers) as (url, asked):
+        config = config_for(tmp_path, "a1111", url, "timeout_seconds = 3600\n")
+        portrait, mask = mira_inputs(config)
+        cancel = threading.Event()
+        threading.Timer(0.5, cancel.set).start()
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            A1111Backend(config.expressions).render(portrait, mask, "smile", 1, cancel)
+        assert time.monotonic() - started < 20
+    assert ("POST", "/sdapi/v1/interrupt") in [(m, p) for m, p, _ in asked.requests]  # the GPU told to stop
+
+
 async def test_a_slow_render_never_holds_the_next_one(tmp_path: Path, released: threading.Event) -> None:
     """One render at a time (max_concurrent = 1): the first hangs on a trickling server and fails at its
     limit; the one queued behind it is answered at once and succeeds, not "took longer" as well."""
