@@ -156,3 +156,28 @@ def test_the_terminal_chat_goes_on_after_its_database_is_deleted(tmp_path: Path)
     with sqlite3.connect(database) as raw:  # written back, with the turns before and after
         said = [r[0] for r in raw.execute("SELECT content FROM messages WHERE role = 'user' ORDER BY id")]
     assert said == ["Hello Mira.", "Are you still there?"]
+
+
+async def test_reads_go_on_while_a_deleted_database_is_written_back(tmp_path: Path) -> None:
+    """Other channels keep reading while one write puts the deleted file back: no read meets a closed
+    connection, and every read sees the whole history."""
+    import asyncio
+
+    path = tmp_path / "bot.sqlite3"
+    store = await _seeded(path)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        write = asyncio.ensure_future(
+            store.add_message(1, role="user", author_name="Ann", content="after", persona="mira")
+        )
+        seen = []
+        while not write.done():
+            seen.append(await _contents(store))
+        await write
+        assert seen and all(s in (["kept"], ["kept", "after"]) for s in seen)
+        assert await _contents(store) == ["kept", "after"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert [r[0] for r in raw.execute("SELECT content FROM messages ORDER BY id")] == ["kept", "after"]

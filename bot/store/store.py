@@ -78,6 +78,8 @@ class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
         # The file opened: a write checks it is still there, not deleted or replaced under the bot.
         self._identity = self._file_identity()
         self._lost: str | None = None  # why writes stopped, once the file went
+        self._reads_open = asyncio.Event()  # cleared only while a deleted file is written back
+        self._reads_open.set()
 
     def _file_identity(self) -> tuple[int, int] | None:
         if str(self.path) == ":memory:":
@@ -107,9 +109,12 @@ class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
 
     async def _write_back(self) -> None:
         """The file was deleted, but the open connection still reads the whole database: copy it to a
-        new file beside, then give it the old name, and go on on it. The old connection is closed before
-        the rename, since closing it removes the write-ahead log by the database's name."""
+        new file beside, close the old connection (closing removes the write-ahead log by the database's
+        name, so it must go before a file has that name again), give the copy the old name and go on
+        there. Reads wait at the gate meanwhile: none meets a closed connection."""
         restoring = self.path.with_name(self.path.name + ".restoring")
+        closed = False
+        self._reads_open.clear()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for leftover in (restoring, Path(f"{restoring}-journal")):
@@ -120,12 +125,21 @@ class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
             finally:
                 await copy.close()
             await self._db.close()
+            closed = True
             os.replace(restoring, self.path)
             self._db = await connect(self.path)
         except (OSError, sqlite3.Error, StoreError) as exc:
-            restoring.unlink(missing_ok=True)
             self._lost = f"was deleted while the bot ran and could not be written back ({exc})"
+            if not closed:
+                restoring.unlink(missing_ok=True)
+                return
+            # The old connection is gone: read on from the copy, and say where it is.
+            self._lost += f"; everything it held is in {restoring if restoring.exists() else self.path}"
+            with contextlib.suppress(StoreError):
+                self._db = await connect(restoring if restoring.exists() else self.path)
             return
+        finally:
+            self._reads_open.set()
         self._identity = self._file_identity()
         _log.warning(
             "%s: the database file was deleted while the bot ran; written back from the copy the bot had"
@@ -159,6 +173,8 @@ class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
     # Reads run and fetch in one call on the connection's thread: a statement left open between two
     # calls would hold its pages, and the space given back after deletes would wait behind it.
     async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[aiosqlite.Row]:
+        if not self._reads_open.is_set():
+            await self._reads_open.wait()
         return list(await self._db.execute_fetchall(sql, params))
 
     async def _row(self, sql: str, params: Sequence[object] = ()) -> aiosqlite.Row | None:
