@@ -18,7 +18,7 @@ import pytest
 from bot.cli.main import main
 
 from .support.cardfiles import V2_CARD
-from .support.configs import REPO, folder_snapshot, write_config
+from .support.configs import REPO, folder_snapshot, shipped, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -251,7 +251,7 @@ def test_sprite_pack_that_unpacks_too_large(tmp_path: Path, capsys) -> None:
 def test_sprite_pack_with_a_broken_picture_writes_nothing(tmp_path: Path, capsys) -> None:
     folder = setup(tmp_path)
     pack = tmp_path / "pack.zip"
-    good = (REPO / "avatars" / "sprites" / "mira" / "joy.png").read_bytes()
+    good = (shipped() / "avatars" / "sprites" / "mira" / "joy.png").read_bytes()
     with zipfile.ZipFile(pack, "w") as archive:
         archive.writestr("joy.png", good)
         archive.writestr("sadness.png", b"\x89PNG\r\n\x1a\n broken")

@@ -9,16 +9,16 @@ import pytest
 from bot.config import Config, discord_token, load_config
 from bot.errors import ConfigError
 
-from .support.configs import REPO
+from .support.configs import REPO, shipped
 
 
 def test_repository_config_is_valid_and_documented() -> None:
-    config = load_config(REPO / "config.toml")
+    config = load_config(shipped() / "config.toml")
     assert config.model.n_ctx == 4096
     assert config.persona.default == "mira"
-    assert config.root == REPO
+    assert config.root == shipped()
     # Every setting has a comment above it: a reader never meets an unexplained key.
-    lines = (REPO / "config.toml").read_text().splitlines()
+    lines = (shipped() / "config.toml").read_text().splitlines()
     for i, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
             above = lines[i - 1].strip()
@@ -26,7 +26,7 @@ def test_repository_config_is_valid_and_documented() -> None:
 
 
 def test_defaults_match_the_shipped_file() -> None:
-    assert load_config(REPO / "config.toml").model == Config().model
+    assert load_config(shipped() / "config.toml").model == Config().model
 
 
 @pytest.mark.parametrize(

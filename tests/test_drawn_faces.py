@@ -21,7 +21,7 @@ from bot.expressions.drawn import LOOKS, draw_face, looks_for
 from bot.personas import PersonaLibrary
 from bot.store import Store
 
-from .support.configs import write_config
+from .support.configs import shipped, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 CARDS = REPO.parent / "shared" / "cards"
@@ -32,7 +32,7 @@ needs_cards = pytest.mark.skipif(not CARDS.is_dir(), reason="../shared/cards is 
 
 
 def mira() -> Image.Image:
-    with Image.open(REPO / "avatars" / "mira.png") as image:
+    with Image.open(shipped() / "avatars" / "mira.png") as image:
         return image.convert("RGB")
 
 

@@ -18,9 +18,9 @@ from bot.personas import PersonaLibrary
 from bot.store import Store
 from bot.terminal.faces import TerminalFaces, face_crop
 
-from .support.configs import REPO
+from .support.configs import shipped
 
-SPRITES = REPO / "avatars" / "sprites" / "mira"
+SPRITES = shipped() / "avatars" / "sprites" / "mira"
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -33,10 +33,12 @@ def test_shipped_set_changes_only_the_face_and_every_face_differs(slug: str) -> 
     mira = persona_library_for_repo().load(slug)
     assert mira.face_box is not None
     x, y, w, h = mira.face_box
-    portrait = pixels(REPO / "avatars" / f"{slug}.png")
+    portrait = pixels(shipped() / "avatars" / f"{slug}.png")
     inside = np.zeros(portrait.shape[:2], bool)
     inside[y : y + h, x : x + w] = True
-    faces = {label: pixels(REPO / "avatars" / "sprites" / slug / f"{label}.png") for label in mira.labels}
+    faces = {
+        label: pixels(shipped() / "avatars" / "sprites" / slug / f"{label}.png") for label in mira.labels
+    }
     assert set(mira.labels) == set(DEFAULT_LABELS)
     for label, face in faces.items():
         assert face.shape == portrait.shape, label
@@ -49,7 +51,9 @@ def test_shipped_set_changes_only_the_face_and_every_face_differs(slug: str) -> 
 def persona_library_for_repo():
     from bot.personas import PersonaLibrary
 
-    return PersonaLibrary(REPO / "persona", REPO / "avatars", max_card_bytes=10**7, max_pixels=10**8)
+    return PersonaLibrary(
+        shipped() / "persona", shipped() / "avatars", max_card_bytes=10**7, max_pixels=10**8
+    )
 
 
 async def test_each_label_shows_its_own_face_without_a_model(config: Config) -> None:

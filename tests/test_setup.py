@@ -17,7 +17,7 @@ from bot.cli.catalog import LLAMA_3B, LLAMA_8B, NEMO_12B, NEMO_12B_Q6, SD15_INPA
 from bot.cli.config_lines import set_values
 from bot.errors import ConfigError
 
-from .support.configs import REPO
+from .support.configs import REPO, shipped
 from .support.hub import local_hub
 from .support.tiny_diffusion import TINY_TEXT, TINY_UNET, TINY_VAE, _build
 
@@ -115,7 +115,7 @@ def test_setup_picks_downloads_verifies_and_configures_both_models(
     tmp_path: Path, fp16_pipeline: Path
 ) -> None:
     config = tmp_path / "config.toml"
-    config.write_text((REPO / "config.toml").read_text())  # the shipped file, comments and all
+    config.write_text((shipped() / "config.toml").read_text())  # the shipped file, comments and all
     before = config.read_text()
     env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA GeForce RTX 3060, 12288")
     with local_hub() as hub:
@@ -179,8 +179,8 @@ def test_setup_picks_downloads_verifies_and_configures_both_models(
 
 def test_with_an_image_server_only_the_language_model_is_fetched(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    shipped = (REPO / "config.toml").read_text()
-    config.write_text(shipped.replace('backend = "diffusers"', 'backend = "comfyui"'))
+    text = (shipped() / "config.toml").read_text()
+    config.write_text(text.replace('backend = "diffusers"', 'backend = "comfyui"'))
     before = config.read_text()
     env = fake_nvidia_smi(tmp_path / "bin", "NVIDIA GeForce RTX 3060, 12288")
     with local_hub() as hub:

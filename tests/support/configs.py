@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import shutil
+import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+SHIPPED_PATHS = ("persona", "avatars", "config.toml")
+
+
+@functools.cache
+def shipped() -> Path:
+    """The shipped persona/, avatars/ and config.toml as the checkout's last commit holds them, copied
+    once per test run: the personas a user imported, the settings they changed and the faces the bot
+    rendered in the working tree never reach a test. Outside a git checkout (an unpacked release), the
+    working tree's, less the render cache."""
+    target = Path(tempfile.mkdtemp(prefix="rp-bot-shipped-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", "HEAD", *SHIPPED_PATHS],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+    except (OSError, subprocess.SubprocessError, tarfile.TarError):
+        for name in SHIPPED_PATHS:
+            source = REPO / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("cache"))
+            else:
+                shutil.copyfile(source, target / name)
+    return target
 
 
 def write_config(folder: Path, extra: str = "", *, sprites: bool = True, model: str = "") -> Path:
     """A config.toml in `folder` with its own database, personas and avatars (copied from the repo).
     `sprites=False` leaves out the shipped expression sets, so that faces are rendered; `model` adds
     lines to the [model] table (a server backend, say)."""
-    shutil.copytree(REPO / "persona", folder / "persona", dirs_exist_ok=True)
+    shutil.copytree(shipped() / "persona", folder / "persona", dirs_exist_ok=True)
     skip = ("cache",) if sprites else ("cache", "sprites")
     shutil.copytree(
-        REPO / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip)
+        shipped() / "avatars", folder / "avatars", dirs_exist_ok=True, ignore=shutil.ignore_patterns(*skip)
     )
     path = folder / "config.toml"
     path.write_text(
@@ -48,11 +80,11 @@ def add_persona(
     V3 icon asset."""
     from PIL import Image, ImageOps
 
-    text = (REPO / "persona" / "mira.toml").read_text().replace("Mira", name)
+    text = (shipped() / "persona" / "mira.toml").read_text().replace("Mira", name)
     image = ""
     if portrait:
         image = f"{slug}.png"
-        with Image.open(REPO / "avatars" / "mira.png") as mira:
+        with Image.open(shipped() / "avatars" / "mira.png") as mira:
             ImageOps.invert(mira.convert("RGB")).save(folder / "avatars" / image)
     text = text.replace('image = "mira.png"', f'image = "{image}"')
     if icon_url is not None:
