@@ -251,6 +251,49 @@ async def _incremental_vacuum_on(db: aiosqlite.Connection, path: Path) -> None:
         _log.info("%s: set up to give space back after deletes (incremental vacuum)", path)
 
 
+class WriteBackFailed(Exception):
+    """`write_back` could not put the file back: why, and the connection reads go on through, if the old
+    one had to be closed already."""
+
+    def __init__(self, why: str, reading: aiosqlite.Connection | None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.reading = reading
+
+
+async def write_back(db: aiosqlite.Connection, path: Path) -> aiosqlite.Connection:
+    """The database file was deleted while `db` still has it open (and reads all of it): copy it to a
+    file beside, close `db` (closing removes the write-ahead log by the database's name, so it must go
+    before a file has that name again), give the copy the name and open it. Returns the new connection;
+    raises WriteBackFailed."""
+    restoring = path.with_name(path.name + ".restoring")
+    closed = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in (restoring, Path(f"{restoring}-journal")):
+            leftover.unlink(missing_ok=True)
+        copy = await aiosqlite.connect(restoring)
+        try:
+            await db.backup(copy)
+        finally:
+            await copy.close()
+        await db.close()
+        closed = True
+        os.replace(restoring, path)
+        return await connect(path)
+    except (OSError, sqlite3.Error, StoreError) as exc:
+        if not closed:
+            restoring.unlink(missing_ok=True)
+            raise WriteBackFailed(str(exc), None) from None
+        # The old connection is gone: read on from the copy, and say where it is.
+        kept = restoring if restoring.exists() else path
+        try:
+            reading = await connect(kept)
+        except StoreError:
+            reading = None
+        raise WriteBackFailed(f"{exc}; everything it held is in {kept}", reading) from None
+
+
 def fault(exc: sqlite3.Error, path: Path) -> StoreError:
     """What a failed database call means for the person running the bot, in one line."""
     code = getattr(exc, "sqlite_errorcode", None)

@@ -33,7 +33,7 @@ from bot.store.records import (
     StoredMessage,
 )
 from bot.store.renders import RenderQueries
-from bot.store.schema import connect, fault
+from bot.store.schema import WriteBackFailed, connect, fault, write_back
 
 C = TypeVar("C", bound=type)
 _log = logging.getLogger(__name__)
@@ -108,35 +108,15 @@ class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
             )
 
     async def _write_back(self) -> None:
-        """The file was deleted, but the open connection still reads the whole database: copy it to a
-        new file beside, close the old connection (closing removes the write-ahead log by the database's
-        name, so it must go before a file has that name again), give the copy the old name and go on
-        there. Reads wait at the gate meanwhile: none meets a closed connection."""
-        restoring = self.path.with_name(self.path.name + ".restoring")
-        closed = False
+        """The file was deleted: put it back from the open connection (see `write_back`), reads waiting
+        at the gate meanwhile, so that none meets a closed connection."""
         self._reads_open.clear()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            for leftover in (restoring, Path(f"{restoring}-journal")):
-                leftover.unlink(missing_ok=True)
-            copy = await aiosqlite.connect(restoring)
-            try:
-                await self._db.backup(copy)
-            finally:
-                await copy.close()
-            await self._db.close()
-            closed = True
-            os.replace(restoring, self.path)
-            self._db = await connect(self.path)
-        except (OSError, sqlite3.Error, StoreError) as exc:
-            self._lost = f"was deleted while the bot ran and could not be written back ({exc})"
-            if not closed:
-                restoring.unlink(missing_ok=True)
-                return
-            # The old connection is gone: read on from the copy, and say where it is.
-            self._lost += f"; everything it held is in {restoring if restoring.exists() else self.path}"
-            with contextlib.suppress(StoreError):
-                self._db = await connect(restoring if restoring.exists() else self.path)
+            self._db = await write_back(self._db, self.path)
+        except WriteBackFailed as exc:
+            self._lost = f"was deleted while the bot ran and could not be written back ({exc.why})"
+            if exc.reading is not None:
+                self._db = exc.reading
             return
         finally:
             self._reads_open.set()
