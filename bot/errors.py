@@ -19,6 +19,15 @@ class CardError(PersonaError):
     """An uploaded or imported character card is malformed."""
 
 
+class AlreadyImported(PersonaError):
+    """A card that is already a persona (the same name, or the same character), imported again without
+    saying whether to replace it or keep both. `slug` is the persona it already is."""
+
+    def __init__(self, filename: str, slug: str, how: str) -> None:
+        super().__init__(f"{filename}: already imported as '{slug}'; {how}")
+        self.slug = slug
+
+
 class InputError(BotError):
     """A chat message cannot be used as a turn (empty, or longer than the context)."""
 

@@ -11,7 +11,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from bot.errors import CardError, PersonaError
+from bot.errors import AlreadyImported, CardError, PersonaError
 from bot.personas import CARD_EXTENSION, PersonaLibrary
 from bot.personas.cards import read_card
 
@@ -114,10 +114,29 @@ def test_v1_json_card(library: PersonaLibrary) -> None:
     assert persona.portrait == ""
 
 
-def test_name_collisions_get_a_free_slug(library: PersonaLibrary) -> None:
+def test_a_card_imported_again_asks_instead_of_making_a_copy(library: PersonaLibrary) -> None:
+    """The same card twice (or the same character renamed since): never a silent captain-rook-2; the
+    error names the persona it already is and how to replace it or keep both."""
     raw = json.dumps(V2_CARD).encode()
     assert library.import_card(raw, "a.json").slug == "captain-rook"
-    assert library.import_card(raw, "b.json").slug == "captain-rook-2"
+    before = sorted(p.name for p in library.dir.iterdir())
+    with pytest.raises(
+        AlreadyImported, match=r"b\.json: already imported as 'captain-rook'; --force"
+    ) as again:
+        library.import_card(raw, "b.json")
+    assert again.value.slug == "captain-rook"
+    assert sorted(p.name for p in library.dir.iterdir()) == before  # nothing written
+    library.update(library.load("captain-rook"), {"name": "Rook"})  # renamed since: still the same one
+    with pytest.raises(AlreadyImported, match="already imported as 'captain-rook'"):
+        library.import_card(raw, "c.json")
+    assert library.import_card(raw, "d.json", force=True).slug == "captain-rook"  # replaced
+    assert library.load("captain-rook").name == "Captain Rook"
+    assert library.import_card(raw, "e.json", slug="rook-two").slug == "rook-two"  # both kept
+    other = json.loads(json.dumps(V2_CARD))
+    other["data"].update(description="Someone else entirely.", first_mes="Hello.")
+    other["data"]["name"] = "Captain Rook!"  # another character whose name makes the same id
+    with pytest.raises(AlreadyImported, match="already imported as 'captain-rook'"):
+        library.import_card(json.dumps(other).encode(), "f.json")
 
 
 def test_path_like_names_never_become_paths(library: PersonaLibrary) -> None:
@@ -249,7 +268,8 @@ def test_cards_from_the_wild_round_trip(library: PersonaLibrary, name: str, spec
         if spec == "v2" and key in V3_ONLY:
             continue
         assert kept(value, first.data[key]), key
-    again = library.import_card(library.export_card(persona, spec), name)  # type: ignore[arg-type]
+    exported = library.export_card(persona, spec)  # type: ignore[arg-type]
+    again = library.import_card(exported, name, slug=f"{persona.slug}-again")
     second = load(library.export_card(again, spec), "second.png")  # type: ignore[arg-type]
     second.data["extensions"].pop(CARD_EXTENSION)
     assert second.data == first.data  # import, export, import again: equal

@@ -73,10 +73,13 @@ async def set_persona(server: FakeDiscord, channel: int, user: dict[str, Any], n
     return await server.slash(channel, user, "manage", [option], admin=admin)
 
 
-async def import_card(server: FakeDiscord, channel: int, name: str, data: bytes) -> str:
-    """An admin runs /persona import with `data` attached as `name`."""
+async def import_card(
+    server: FakeDiscord, channel: int, name: str, data: bytes, extra: list[dict[str, Any]] | None = None
+) -> str:
+    """An admin runs /persona import with `data` attached as `name` (and `extra` options)."""
     upload = server.upload(name, data)
-    option = {"name": "import", "type": 1, "options": [{"name": "card", "type": 11, "value": upload["id"]}]}
+    options = [{"name": "card", "type": 11, "value": upload["id"]}, *(extra or [])]
+    option = {"name": "import", "type": 1, "options": options}
     return await server.slash(
         channel, ADMIN, "manage", [option], admin=True, resolved={"attachments": {upload["id"]: upload}}
     )
@@ -179,6 +182,15 @@ async def test_persona_admin_commands(server: FakeDiscord, config) -> None:
         await server.wait_for(posts_to(channel), count=2)
         history = await stored(run.engine, channel, "captain-rook", 2)
         assert [m.author_name for m in history] == ["Milo", "Captain Rook"]
+        # The same card again: asked, never a silent copy; then kept beside it under another id.
+        token = await import_card(server, channel, "rook.png", card)
+        await server.wait_for(lambda r: callbacks(token)(r) and "already imported" in str(r.json), limit=30)
+        assert "already imported as `captain-rook`: `replace:True`" in callback_text(server, token)[0]
+        token = await import_card(
+            server, channel, "rook.png", card, [{"name": "name", "type": 3, "value": "rook-too"}]
+        )
+        await server.wait_for(lambda r: callbacks(token)(r) and "Imported" in str(r.json), limit=30)
+        assert "as `rook-too`" in callback_text(server, token)[0]
         # A corrupt card is refused with a message that says what is wrong.
         token = await import_card(server, channel, "broken.png", b"GIF89a nope")
         await server.wait_for(lambda r: callbacks(token)(r) and "not a PNG" in str(r.json), limit=30)

@@ -281,10 +281,15 @@ async def test_edits_exports_and_sprite_packs(studio: Served) -> None:
             async with http.get(studio.base + f"/api/personas/mira/card.png?spec={spec}") as r:
                 assert r.headers["Content-Disposition"] == f'attachment; filename="mira-{spec}.png"'
                 card = await r.read()
+            # Mira's own card: already imported as 'mira'. The page is asked; nothing is written.
+            headers = {"X-Filename": f"mira-{spec}.png"}
+            async with http.post(studio.base + "/api/personas", data=card, headers=headers) as r:
+                assert r.status == 409 and (await r.json())["existing"] == "mira"
             async with http.post(
-                studio.base + "/api/personas", data=card, headers={"X-Filename": f"mira-{spec}.png"}
+                studio.base + f"/api/personas?id=mira-{spec}", data=card, headers=headers
             ) as r:
                 imported = (await r.json())["persona"]
+            assert imported["slug"] == f"mira-{spec}"
             assert imported["name"] == "Mira Vale" and imported["labels"] == ["neutral", "joy", "smug"]
 
         # Tobin's shipped faces as a pack, exported and imported for Mira.

@@ -5,12 +5,13 @@ never reach into the store, the personas or the models themselves; they ask here
 from __future__ import annotations
 
 import asyncio
-import weakref
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.bounded import KeyedLocks
 from bot.core.cast import named_in
 from bot.core.models import Models
 from bot.core.scene import Scene
@@ -28,6 +29,8 @@ from bot.store import ChannelState, Pin, StoredMessage, UnsentReply
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
 MAX_LISTED_CHANNELS = 500  # channels an overview shows, the most recently active first
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ class Admin:
         self.personas = scene.personas
         self.models = models
         # One change of a persona's file at a time (the studio's page may send two at once): each reads
-        # the file as the one before left it, so no edit silently undoes another. Held locks stay.
-        self._file_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # the file as the one before left it, so no edit silently undoes another.
+        self._file_locks: KeyedLocks[str] = KeyedLocks()
 
     # -- a channel: whether and how it answers, its persona, its history ------------------------------
 
@@ -154,7 +157,7 @@ class Admin:
         return await self.store.count_messages(channel_id)
 
     async def unsent_replies(self) -> list[UnsentReply]:
-        """Replies that were about to be posted when the bot last stopped, never filed in the history."""
+        """Replies about to be posted when the bot last stopped, never filed in the history."""
         return await self.store.unsent_replies()
 
     async def reply_was_posted(self, reply: UnsentReply, discord_id: int) -> None:
@@ -305,22 +308,24 @@ class Admin:
         """The persona's portrait file, if it exists."""
         return self.personas.existing_portrait(persona)
 
-    async def import_card(self, raw: bytes, filename: str) -> Persona:
-        return await asyncio.to_thread(self.personas.import_card, raw, filename)
+    async def import_card(
+        self, raw: bytes, filename: str, *, slug: str | None = None, replace: bool = False
+    ) -> Persona:
+        """A card as a persona. One already imported (same name, or the same character) raises
+        AlreadyImported unless `replace` (it is replaced) or `slug` (kept beside it under that id)."""
+        persona = await asyncio.to_thread(
+            self.personas.import_card, raw, filename, slug=slug or None, force=replace
+        )
+        _log.info("imported card %s as persona %s", filename, persona.slug)
+        return persona
 
     async def edit_persona(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
         """Change a persona's name, description, greeting, labels or prompt words (validated; all or
         nothing). Channels show the change from their next turn."""
-        async with self._file_lock(persona.slug):
+        async with self._file_locks.hold(persona.slug):
             # The file as the last change left it: this edit's fields on top of every earlier one's.
             current = await asyncio.to_thread(self.personas.load, persona.slug)
             return await asyncio.to_thread(self.personas.update, current, changes)
-
-    def _file_lock(self, slug: str) -> asyncio.Lock:
-        lock = self._file_locks.get(slug)
-        if lock is None:
-            lock = self._file_locks[slug] = asyncio.Lock()
-        return lock
 
     def face_unknown(self, persona: Persona) -> bool:
         """Whether a just-imported persona's face should be looked for (see `needs_looking_for`)."""
@@ -349,7 +354,7 @@ class Admin:
 
         if not save:
             return await asyncio.to_thread(locate, persona)
-        async with self._file_lock(persona.slug):
+        async with self._file_locks.hold(persona.slug):
             if self.personas.path_of(persona.slug).is_file():
                 persona = await asyncio.to_thread(self.personas.load, persona.slug)
             return await asyncio.to_thread(locate, persona)

@@ -19,7 +19,7 @@ import tomli_w
 from PIL import Image
 
 from bot.config import Config
-from bot.errors import CardError, PersonaError
+from bot.errors import AlreadyImported, CardError, PersonaError
 from bot.files import atomic_write, png_bytes, write_all
 from bot.images import decode_image
 from bot.personas.card_data import persona_card_data, persona_from_card
@@ -40,9 +40,17 @@ def check_slug(name: str) -> str:
     return slug
 
 
+def _words(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def slugify(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
     return slug or "persona"
+
+
+# How to say which, where the card came in from the command line (the other front-ends word their own).
+REIMPORT_HOW = "--force replaces it, --name NEW keeps both"
 
 
 class PersonaLibrary:
@@ -115,24 +123,41 @@ class PersonaLibrary:
             raise PersonaError(
                 f"persona '{check_slug(slug)}' already exists; import with --force to replace it"
             )
-        slug = check_slug(slug) if slug else self._free_slug(slugify(card.data["name"]))
+        if not slug:
+            same = self._imported_as(card.data)
+            if same is not None and not force:
+                raise AlreadyImported(filename, same, REIMPORT_HOW)
+            slug = same or slugify(card.data["name"])
+        slug = check_slug(slug)
         portrait_file = f"{slug}.png" if card.portrait is not None else ""
         try:
             persona = persona_from_card(card, slug, portrait_file)
         except PersonaError as exc:
             raise CardError(f"{filename}: {exc}") from None
         self.save(persona, card.portrait)
-        _log.info("imported %s card %r as persona %s", card.spec, persona.name, slug)
+        # Debug: each front-end tells the person itself (the command line would say it twice).
+        _log.debug("imported %s card %r as persona %s", card.spec, persona.name, slug)
         return persona
 
-    def _free_slug(self, base: str) -> str:
-        taken = set(self.names())
-        if base not in taken:
+    def _imported_as(self, data: Mapping[str, Any]) -> str | None:
+        """The persona a card already is: the one its name makes, or one with the same character (its
+        description and greeting, whatever it was renamed to since), so a card is never silently
+        imported twice."""
+        base = slugify(str(data.get("name", "")))
+        names = self.names()
+        if base in names:
             return base
-        n = 2
-        while f"{base}-{n}" in taken:
-            n += 1
-        return f"{base}-{n}"
+        wanted = (_words(data.get("description", "")), _words(data.get("first_mes", "")))
+        if not any(wanted):
+            return None
+        for slug in names:
+            try:
+                persona = self.load(slug)
+            except PersonaError:
+                continue
+            if (_words(persona.description), _words(persona.greeting)) == wanted:
+                return slug
+        return None
 
     def save(self, persona: Persona, portrait: Image.Image | None = None) -> Path:
         """Write a persona (and its portrait): all of it or, if anything fails, none of it. Every file's

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bot.core.admin import Face
 from bot.core.engine import Engine
-from bot.errors import BotError, whole_number
+from bot.errors import AlreadyImported, BotError, whole_number
 from bot.expressions.service import DEFAULT_EMOTION_WORDS, check_labels
 from bot.personas import Persona
 from bot.studio.jobs import RenderJobs
@@ -72,9 +72,16 @@ class Api:
         return web.json_response(self._persona_json(persona))
 
     async def import_card(self, request: web.Request) -> web.Response:
+        """A card file; one already imported answers 409 with the persona it is, until the page says
+        `?replace=1` (replace it) or `?id=NEW` (keep both)."""
         name = _filename(request)
         raw = await _body(request, self.max_card_bytes, f"{name}: card file")
-        persona = await self.admin.import_card(raw, name)
+        replace = request.query.get("replace") == "1"
+        try:
+            persona = await self.admin.import_card(raw, name, slug=request.query.get("id"), replace=replace)
+        except AlreadyImported as exc:
+            error = f"{name} is already imported as '{exc.slug}': replace it, or keep both under a new id"
+            return web.json_response({"error": error, "existing": exc.slug}, status=409)
         found = ""
         if self.admin.face_unknown(persona):
             try:

@@ -15,7 +15,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.cogs.memory import describe_pins
-from bot.errors import BotError
+from bot.discord.confirm import Confirm
+from bot.errors import AlreadyImported, BotError
 from bot.expressions.detect import FaceReport
 from bot.personas import Persona
 
@@ -64,35 +65,6 @@ def _face_answer(report: FaceReport, before: str) -> tuple[str, list[discord.Fil
         lines.append(f"{persona.name}'s face box: `{list(persona.face_box or ())}` (dimmed outside it).")
     files = [discord.File(io.BytesIO(report.preview), filename="face.png")] if report.preview else []
     return "\n".join(lines)[:2000], files
-
-
-class Confirm(discord.ui.View):
-    """A yes/no question that only the member who ran the command may answer."""
-
-    def __init__(self, owner: int, command: str, who: str, yes: str, no: str) -> None:
-        super().__init__(timeout=60)
-        self.owner = owner
-        self.refusal = f"Only the {who} who ran /{command} can answer this."
-        self.confirmed: bool | None = None
-        self.yes.label, self.no.label = yes, no
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id == self.owner:
-            return True
-        await interaction.response.send_message(self.refusal, ephemeral=True)
-        return False
-
-    @discord.ui.button(style=discord.ButtonStyle.danger)
-    async def yes(self, interaction: discord.Interaction, _: discord.ui.Button[Confirm]) -> None:
-        self.confirmed = True
-        await interaction.response.defer()
-        self.stop()
-
-    @discord.ui.button(style=discord.ButtonStyle.secondary)
-    async def no(self, interaction: discord.Interaction, _: discord.ui.Button[Confirm]) -> None:
-        self.confirmed = False
-        await interaction.response.defer()
-        self.stop()
 
 
 class Admin(commands.Cog):
@@ -199,8 +171,19 @@ class Admin(commands.Cog):
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @manage.command(name="import", description="Import a character card (PNG or JSON, V1/V2/V3)")
+    @app_commands.describe(
+        card="the card file",
+        replace="a card already imported: replace that persona with it",
+        name="a card already imported: keep both, this one under this id",
+    )
     @manager_only
-    async def persona_import(self, interaction: discord.Interaction, card: discord.Attachment) -> None:
+    async def persona_import(
+        self,
+        interaction: discord.Interaction,
+        card: discord.Attachment,
+        replace: bool = False,
+        name: str | None = None,
+    ) -> None:
         limit = self.config.discord.max_attachment_bytes
         if card.size > limit:  # refused before anything is downloaded
             raise BotError(
@@ -210,7 +193,15 @@ class Admin(commands.Cog):
             raise BotError(f"`{card.filename}` is not a card: upload a .png or .json character card.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         raw = await card.read()
-        persona = await self.engine.admin.import_card(raw[: limit + 1], card.filename)
+        try:
+            persona = await self.engine.admin.import_card(
+                raw[: limit + 1], card.filename, slug=name, replace=replace
+            )
+        except AlreadyImported as exc:
+            raise BotError(
+                f"`{card.filename}` is already imported as `{exc.slug}`: `replace:True` replaces it,"
+                " `name:` another id keeps both."
+            ) from None
         said = f"Imported **{persona.name}** as `{persona.slug}`."
         said += f" Use `/manage persona {persona.slug}` to play it."
         files: list[discord.File] = []

@@ -96,13 +96,26 @@ function showPersona(persona) {
   }
 }
 
-async function importCard(file) {
+async function importCard(file, query = "") {
   say(`importing ${file.name}…`);
-  const result = await api("/api/personas", {
+  const response = await fetch(`/api/personas${query}`, {
     method: "POST",
+    credentials: "same-origin",
     headers: { "X-Filename": file.name, "Content-Type": "application/octet-stream" },
     body: file,
   });
+  const result = await response.json();
+  if (response.status === 409 && result.existing) {
+    // Already a persona: replace it, or keep both under an id the person picks. Never a silent copy.
+    if (window.confirm(`${result.error}.\n\nOK: replace '${result.existing}'. Cancel: keep both.`)) {
+      return importCard(file, "?replace=1");
+    }
+    const id = window.prompt("An id for the new persona (lowercase letters, digits, - and _):", `${result.existing}-2`);
+    if (id) return importCard(file, `?id=${encodeURIComponent(id)}`);
+    say("not imported");
+    return;
+  }
+  if (!response.ok) throw new Error(result.error || `${response.status} ${response.statusText}`);
   await loadPersonas(result.persona.slug);
   say(result.message);
 }
