@@ -7,6 +7,7 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -333,3 +334,36 @@ def test_a_charx_card_is_refused_by_name(library: PersonaLibrary) -> None:
         pack.writestr("card.json", json.dumps({"spec": "chara_card_v3", "data": {"name": "X"}}))
     with pytest.raises(CardError, match="CHARX"):
         library.import_card(out.getvalue(), "x.charx")
+
+
+def test_the_command_line_lists_long_ids_in_columns_and_hints_at_a_shorter_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli.main import main
+
+    from .support.configs import write_config
+
+    config = write_config(tmp_path)
+    card = json.loads(json.dumps(V2_CARD))
+    card["data"]["name"] = "Amanda || Blunt, Depressed Rogue"
+    path = tmp_path / "amanda.json"
+    path.write_text(json.dumps(card))
+    assert main(["--config", str(config), "persona", "import", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out.count("imported 'Amanda || Blunt, Depressed Rogue' as persona 'amanda-blunt-depressed-rogue'")
+        == 1
+    )
+    assert "reads like a title" in out and "such as 'Amanda'" in out and "./run studio" in out
+    assert main(["--config", str(config), "persona", "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows == [
+        "amanda-blunt-depressed-rogue  Amanda || Blunt, Depressed Rogue",
+        "mira                          Mira",
+        "tobin                         Tobin",
+    ]
+    plain = json.loads(json.dumps(V2_CARD))
+    plain["data"].update(description="A sky pirate.", first_mes="Ahoy.")  # another character
+    path.write_text(json.dumps(plain))
+    assert main(["--config", str(config), "persona", "import", str(path)]) == 0
+    assert "reads like a title" not in capsys.readouterr().out  # "Captain Rook" is a name

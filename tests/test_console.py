@@ -298,7 +298,7 @@ def test_terminal_memory_shows_pins_and_takes_corrections(tmp_path: Path) -> Non
     chat.type("/memory")
     chat.expect("[no summary yet: one is written once older lines leave the prompt]")
     chat.type("/memory pin The vault code is 7741.")
-    chat.expect("[pinned; 1 facts pinned here]")
+    chat.expect("[pinned; 1 fact pinned here]")
     chat.type("/memory edit Sam hid the key at the lighthouse.")
     chat.expect("[Mira's summary is kept as written]")
     chat.type("/memory")

@@ -64,7 +64,8 @@ async def test_imported_cards_get_their_faces_found_shown_and_set(
         token = await import_card(server, channel, CARDS / "aicharlib_melina.png")
         text, files = await answer(server, token, "Imported")
         assert "no face found in the portrait; faces show as a badge" in text
-        assert "use `/manage face` with x, y, width and height" in text and not files
+        assert "drag the box over it in the studio" in text and not files
+        assert "use `/manage face` with x, y, width and height" in text
         assert "face_box" not in (personas / "melina.toml").read_text()
         # Members are not offered the command; half a box is refused; a whole one is saved and shown.
         assert await server.slash(channel, MEMBER, "manage", face_command(name="melina")) == ""

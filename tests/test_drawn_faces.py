@@ -308,7 +308,11 @@ def test_importing_cards_keeps_found_faces_and_says_how_to_mark_the_rest(
     for slug, name in (("melina", "Melina"), ("skynet", "Skynet")):
         assert library.load(slug).face_box is None
         assert f"{name}: no face found in the portrait; faces show as a badge." in out
-        assert f"./run persona face {slug} --box X Y WIDTH HEIGHT" in out
+        # The studio's drag box first (no guessing numbers), the command second.
+        assert (
+            "To mark the face, drag the box over it in the studio (./run studio), or run"
+            f" `./run persona face {slug} --box X Y WIDTH HEIGHT`" in out
+        )
 
 
 def test_persona_face_detect_keeps_a_box_it_is_not_sure_of(

@@ -22,7 +22,10 @@ def test_bundled_model_is_found_without_importing_its_package() -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(None, "model file not found"), (b"not a model at all", "is not a GGUF model file")],
+    [
+        (None, r"model file not found: .*: set \[model\] path to a GGUF file, or run `\./run setup`"),
+        (b"not a model at all", "is not a GGUF model file"),
+    ],
 )
 async def test_bad_model_paths(tmp_path: Path, content: bytes | None, message: str) -> None:
     path = tmp_path / "model.gguf"

@@ -22,6 +22,13 @@ def test_bad_persona_names(library: PersonaLibrary, name: str) -> None:
 def test_unknown_persona_lists_the_known_ones(library: PersonaLibrary) -> None:
     with pytest.raises(PersonaError, match=r"no persona named 'nobody' \(available: mira, tobin\)"):
         library.load("nobody")
+    # A near miss is named first.
+    with pytest.raises(
+        PersonaError, match=r"no persona named 'mria' \(did you mean 'mira'\? available: mira"
+    ):
+        library.load("mria")
+    with pytest.raises(PersonaError, match=r"no persona named 'tobn' \(did you mean 'tobin'\?"):
+        library.load("tobn")
 
 
 def test_check_slug_normalises_case() -> None:

@@ -9,18 +9,20 @@ from bot.config import Config
 from bot.errors import BotError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.files import check_input, check_output, write_output
-from bot.personas import PersonaLibrary
+from bot.personas import PersonaLibrary, shorter_name
 from bot.terminal.safe import echo
 
 
 def persona_command(config: Config, args: argparse.Namespace) -> int:
     library = PersonaLibrary.from_config(config)
     if args.action == "list":
-        for slug in library.names():
+        slugs = library.names()
+        width = max((len(slug) for slug in slugs), default=0) + 2  # columns that hold the longest id
+        for slug in slugs:
             try:
-                echo(f"{slug:20} {library.load(slug).name}")
+                echo(f"{slug:{width}}{library.load(slug).name}")
             except BotError as exc:
-                echo(f"{slug:20} (broken: {exc})")
+                echo(f"{slug:{width}}(broken: {exc})")
     elif args.action == "show":
         persona = library.load(args.name)
         echo(f"{persona.name} ({persona.slug})\n\n{persona.description}\n\nGreeting: {persona.greeting}")
@@ -30,6 +32,12 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
         raw = _read_limited(args.file, config.persona.max_card_bytes)
         persona = library.import_card(raw, args.file.name, slug=args.name, force=args.force)
         echo(f"imported {persona.name!r} as persona '{persona.slug}' ({library.path_of(persona.slug)})")
+        if (short := shorter_name(persona.name)) is not None:
+            echo(
+                f"{persona.name!r} reads like a title: the persona says it and Discord shows it as its"
+                f" nickname. A shorter name, such as {short!r}: edit `name` in the studio (./run studio)"
+                f" or in {library.path_of(persona.slug)}"
+            )
         if needs_looking_for(library, persona):
             try:
                 found = locate_face(
@@ -48,7 +56,9 @@ def persona_command(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-HOW_TO_SET = "run `./run persona face {slug} --box {{box}}`"
+HOW_TO_SET = (
+    "drag the box over it in the studio (./run studio), or run `./run persona face {slug} --box {{box}}`"
+)
 
 
 def _face_command(config: Config, args: argparse.Namespace) -> int:

@@ -99,7 +99,10 @@ def model_identity(path: Path) -> str:
 def check_gguf(path: Path) -> dict[str, Any]:
     """Refuse a missing file or one that is not GGUF before llama.cpp sees it; its metadata."""
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(
+            f"model file not found: {path}: set [model] path to a GGUF file, or run `./run setup` to download"
+            " one that fits this machine"
+        )
     return read_metadata(path)
 
 

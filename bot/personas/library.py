@@ -7,6 +7,7 @@ cards are free text and never touch the filesystem.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import re
@@ -38,6 +39,22 @@ def check_slug(name: str) -> str:
             f"{name!r} is not a valid persona name (use lowercase letters, digits, '-' and '_', up to 48)"
         )
     return slug
+
+
+# What card sites put between a character's name and its tagline: "Amanda || Blunt, Depressed Rogue".
+TITLE_SEPARATORS = re.compile(r"\s*\|\|?\s*|\s+[~•—–-]\s+")
+MAX_NAME_CHARS = 32  # longer, a card's "name" is usually a title
+
+
+def shorter_name(name: str) -> str | None:
+    """The name a card's title-like display name holds ("Amanda" in "Amanda || Blunt, Depressed Rogue"),
+    or None when the name reads as a name."""
+    head = TITLE_SEPARATORS.split(name.strip(), maxsplit=1)[0].strip()
+    if head and head != name.strip():
+        return head
+    if len(name.strip()) > MAX_NAME_CHARS:
+        return " ".join(name.split()[:2])
+    return None
 
 
 def _words(text: object) -> str:
@@ -84,8 +101,10 @@ class PersonaLibrary:
         slug = check_slug(name)
         path = self.dir / f"{slug}.toml"
         if not path.is_file():
-            known = ", ".join(self.names()) or "none"
-            raise PersonaError(f"no persona named {slug!r} (available: {known})")
+            names = self.names()
+            close = difflib.get_close_matches(slug, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PersonaError(f"no persona named {slug!r} ({hint}available: {', '.join(names) or 'none'})")
         try:
             table = tomllib.loads(path.read_text("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -16,7 +16,7 @@ from bot.core.admin import Face
 from bot.core.engine import Engine
 from bot.errors import AlreadyImported, BotError, whole_number
 from bot.expressions.service import DEFAULT_EMOTION_WORDS, check_labels
-from bot.personas import Persona
+from bot.personas import Persona, shorter_name
 from bot.studio.jobs import RenderJobs
 
 MAX_JSON_BYTES = 256 * 1024  # an edited persona's text; cards and packs have their own limits
@@ -93,6 +93,10 @@ class Api:
                 if report.finding is not None:
                     found = report.finding.describe("drag the box over the face and save it")
         message = f"imported {persona.name} as '{persona.slug}'" + (f"; {found}" if found else "")
+        if (short := shorter_name(persona.name)) is not None:
+            message += (
+                f"; its name reads like a title: a shorter one, like '{short}', in the card's Name box?"
+            )
         return web.json_response({"persona": self._persona_json(persona), "message": message})
 
     async def edit(self, request: web.Request) -> web.Response:

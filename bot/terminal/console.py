@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from bot.core import Engine, TurnResult
 from bot.errors import BotError, whole_number
 from bot.terminal.faces import FACE_CELLS, TerminalFaces
-from bot.terminal.safe import safe_text
+from bot.terminal.safe import counted, safe_text
 
 HELP = (
     "commands: /persona [NAME] (show, or switch), /personas (list), /cast [add|remove NAME] (several"
@@ -201,10 +201,10 @@ class Console:
             self.say(f"[{whose.name}'s summary is {'kept as written' if text.strip() else 'cleared'}]")
         elif action == "pin":
             pins = await admin.pin(channel, text)
-            self.say(f"[pinned; {len(pins)} facts pinned here]")
+            self.say(f"[pinned; {counted(len(pins), 'fact')} pinned here]")
         elif action == "unpin" and (number := whole_number(text)) is not None:
             pins = await admin.unpin(channel, number)
-            self.say(f"[unpinned; {len(pins)} facts pinned here]")
+            self.say(f"[unpinned; {counted(len(pins), 'fact')} pinned here]")
         elif action:
             self.say(f"[{HELP}]")
             return

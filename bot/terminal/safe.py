@@ -45,3 +45,8 @@ class SafeFormatter(logging.Formatter):
 def echo(text: str, file: TextIO | None = None) -> None:
     """print() for the command line, with `text` made safe."""
     print(safe_text(text), file=file or sys.stdout)
+
+
+def counted(n: int, thing: str) -> str:
+    """ "1 fact", "2 facts", "0 facts": a count as a person writes it."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"

@@ -18,7 +18,7 @@ from bot.discord.cogs.memory import describe_pins
 from bot.discord.confirm import Confirm
 from bot.errors import AlreadyImported, BotError
 from bot.expressions.detect import FaceReport
-from bot.personas import Persona
+from bot.personas import Persona, shorter_name
 
 if TYPE_CHECKING:
     from bot.discord.client import RoleplayBot
@@ -44,7 +44,10 @@ def require_manager(interaction: discord.Interaction) -> bool:
 manager_only = app_commands.check(require_manager)
 
 
-SET_BY_HAND = "use `/manage face` with x, y, width and height ({box})"
+SET_BY_HAND = (
+    "drag the box over it in the studio (`./run studio` on the bot's machine), or use `/manage face`"
+    " with x, y, width and height ({box})"
+)
 
 
 def _face_answer(report: FaceReport, before: str) -> tuple[str, list[discord.File]]:
@@ -204,6 +207,8 @@ class Admin(commands.Cog):
             ) from None
         said = f"Imported **{persona.name}** as `{persona.slug}`."
         said += f" Use `/manage persona {persona.slug}` to play it."
+        if (short := shorter_name(persona.name)) is not None:
+            said += f" Its name reads like a title (it becomes my nickname): a shorter one, like **{short}**?"
         files: list[discord.File] = []
         if self.engine.admin.face_unknown(persona):
             try:
