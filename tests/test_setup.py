@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli.catalog import LLAMA_3B, LLAMA_8B, NEMO_12B, NEMO_12B_Q6, SD15_INPAINT, SDXL_INPAINT, Gpu, pick
+from bot.cli.catalog import (
+    LLAMA_3B,
+    LLAMA_8B,
+    NEMO_12B,
+    NEMO_12B_Q6,
+    QWEN_1_5B,
+    SD15_INPAINT,
+    SDXL_INPAINT,
+    Gpu,
+    pick,
+    pick_cpu,
+)
 from bot.cli.config_lines import set_values
 from bot.errors import ConfigError
 
@@ -305,18 +316,41 @@ def test_setting_model_leaves_model_config_alone() -> None:
         ("NVIDIA GeForce RTX 4090, -24564", 0),
     ],
 )
-def test_without_a_usable_gpu_it_says_what_it_would_pick_and_downloads_nothing(
+def test_without_a_usable_gpu_it_proposes_a_model_for_the_cpu(
     tmp_path: Path, smi: str | None, status: int
 ) -> None:
+    """No card (or no sane reading of one): a small language model for this machine's cores, downloaded,
+    verified and set with every layer on the CPU; no inpainting model (faces are drawn)."""
     from .support.configs import write_config
 
     config = write_config(tmp_path)
     before = config.read_text()
     env = {"PATH": str(tmp_path)} if smi is None else fake_nvidia_smi(tmp_path / "bin", smi, status)
+    cpu = pick_cpu(os.cpu_count() or 1)
     with local_hub() as hub:
+        hub.add(cpu.llm.repo, {cpu.llm.files[0]: bundled_gguf()})
         env["HF_ENDPOINT"] = hub.url
+        asked = run_setup(tmp_path, env)  # not a terminal, no --yes: it only proposes
+        assert asked.returncode == 0, asked.stderr
+        assert "No NVIDIA GPU found" in asked.stdout and f"language model: {cpu.llm.title}" in asked.stdout
+        assert f"licence: {cpu.llm.licence}" in asked.stdout and cpu.speed in asked.stdout
+        assert "inpainting model" not in asked.stdout and config.read_text() == before
+        assert not any(method == "GET" and "/resolve/" in path for method, path, _ in hub.requests)
         done = run_setup(tmp_path, env, "--yes")
-        assert not hub.requests
-    assert done.returncode == 0
-    assert "No NVIDIA GPU found" in done.stdout and "nothing is downloaded" in done.stdout
-    assert config.read_text() == before and not (tmp_path / "models").exists()
+    assert done.returncode == 0, done.stderr
+    folder = cpu.llm.repo.replace("/", "--")
+    gguf = tmp_path / "models" / folder / cpu.llm.files[0]
+    assert gguf.read_bytes() == bundled_gguf().read_bytes()
+    settings = tomllib.loads(config.read_text())
+    assert settings["model"]["path"] == f"models/{folder}/{cpu.llm.files[0]}"
+    assert settings["model"]["n_gpu_layers"] == 0
+    added = set(config.read_text().splitlines()) - set(before.splitlines())
+    assert added == {f'path = "models/{folder}/{cpu.llm.files[0]}"', "n_gpu_layers = 0"}  # nothing else
+
+
+def test_the_cpu_tier_follows_the_cores() -> None:
+    assert pick_cpu(2).llm == QWEN_1_5B and pick_cpu(4).llm == QWEN_1_5B
+    assert pick_cpu(8).llm == LLAMA_3B and pick_cpu(32).llm == LLAMA_3B
+    for cores in (1, 2, 8):
+        tier = pick_cpu(cores)
+        assert tier.llm.size_gb < 2.5 and tier.llm.licence in ("Apache-2.0", "Llama 3.2 Community License")

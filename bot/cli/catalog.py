@@ -117,6 +117,38 @@ def read_gpu() -> Gpu | None:
     return Gpu(name.strip(), int(vram))
 
 
+@dataclass(frozen=True)
+class CpuTier:
+    """A language model for a machine without an NVIDIA GPU (faces are drawn there: an inpainting model
+    on the CPU takes minutes a face). `speed` is what to expect, said to the user."""
+
+    min_cores: int
+    llm: ModelChoice
+    speed: str
+
+
+QWEN_1_5B = ModelChoice(
+    "Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+    ("qwen2.5-1.5b-instruct-q4_k_m.gguf",),
+    "Qwen2.5 1.5B Instruct, Q4_K_M",
+    1.1,
+    "Apache-2.0",
+)
+# Decoding reads the whole model once per token, so its speed follows memory bandwidth more than cores:
+# on a desktop's dual-channel DDR4/DDR5 (25-60 GB/s in practice) a 1.1 GB model writes roughly 15-30
+# tokens a second and a 2 GB one 8-15, with one core left free (decode_threads). Estimates from the
+# model sizes, not measured here (this project's machine has no such models); the bundled 135M model is.
+CPU_TIERS = (
+    CpuTier(8, LLAMA_3B, "about 8-15 tokens a second on 8 or more cores: replies in a few seconds"),
+    CpuTier(1, QWEN_1_5B, "about 15-30 tokens a second on 4-8 cores (fewer on 2): replies in seconds"),
+)
+
+
+def pick_cpu(cores: int) -> CpuTier:
+    """The largest language model that chats at a usable speed on this many cores."""
+    return next(tier for tier in CPU_TIERS if cores >= tier.min_cores)
+
+
 def pick(gpu: Gpu) -> Tier | None:
     """The largest pair that fits the card, or None when even the smallest does not."""
     return next((tier for tier in TIERS if gpu.vram_mb >= tier.min_vram_mb), None)

@@ -2,19 +2,21 @@
 download them (with progress, resuming what an earlier run left), verify them, and write `[model] path`,
 `n_gpu_layers` and `[expressions] model` into config.toml (only those lines change). Where config.toml
 already sends faces to an image server (`[expressions] backend`), that server's checkpoint is the image
-model: only the language model is fetched, and `[expressions] model` is left as it is."""
+model: only the language model is fetched, and `[expressions] model` is left as it is. Without an NVIDIA
+GPU it proposes a small language model for the CPU (faces are drawn there) and sets `n_gpu_layers = 0`."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import importlib
+import os
 import re
 import sys
 import tomllib
 from pathlib import Path
 
-from bot.cli.catalog import Gpu, ModelChoice, Tier, pick, read_gpu
+from bot.cli.catalog import ModelChoice, pick, pick_cpu, read_gpu
 from bot.cli.config_lines import set_values
 from bot.errors import BotError
 from bot.files import atomic_write
@@ -26,25 +28,29 @@ MODELS_DIR = "models"
 
 def setup_command(config_path: Path, args: argparse.Namespace) -> int:
     gpu = read_gpu()
-    if gpu is None:
-        echo("No NVIDIA GPU found (nvidia-smi is missing or reports none).")
-        _say_without(pick(Gpu("", 12_288)))
-        return 0
-    tier = pick(gpu)
-    echo(f"GPU: {gpu.name}, {gpu.vram_mb / 1024:.1f} GB")
-    if tier is None:
-        echo("That card has too little memory for a language model and an inpainting model together.")
-        _say_without(None)
-        return 0
-    folder = config_path.parent / (args.models or MODELS_DIR)
     server = _image_server(config_path)
-    # The language model is picked for the card either way: a server's checkpoint takes the image share.
-    wanted = [("language model", tier.llm)] + ([] if server else [("inpainting model", tier.image)])
+    if gpu is None:
+        cores = os.cpu_count() or 1
+        cpu = pick_cpu(cores)
+        echo(f"No NVIDIA GPU found (nvidia-smi is missing or reports none): a model for {cores} CPU cores.")
+        echo(f"  expect {cpu.speed}; faces are drawn (inpainting on a CPU takes minutes a face)")
+        wanted, n_gpu_layers = [("language model", cpu.llm)], 0
+    else:
+        tier = pick(gpu)
+        echo(f"GPU: {gpu.name}, {gpu.vram_mb / 1024:.1f} GB")
+        if tier is None:
+            echo("That card has too little memory for a language model and an inpainting model together.")
+            _say_without()
+            return 0
+        # The language model is picked for the card either way: a server's checkpoint takes the image share.
+        wanted = [("language model", tier.llm)] + ([] if server else [("inpainting model", tier.image)])
+        n_gpu_layers = tier.n_gpu_layers
+    folder = config_path.parent / (args.models or MODELS_DIR)
     total = sum(choice.size_gb for _, choice in wanted)
     echo(f"Proposed, about {total:.1f} GB into {folder}:")
     for role, choice in wanted:
         echo(f"  {role}: {choice.title} ({choice.size_gb:.1f} GB, licence: {choice.licence}), {choice.repo}")
-    if server:
+    if server and gpu is not None:
         echo(f"  inpainting: your {server} server (config.toml's [expressions] backend), nothing to download")
     if not args.yes:
         if not sys.stdin.isatty():
@@ -53,11 +59,11 @@ def setup_command(config_path: Path, args: argparse.Namespace) -> int:
         if input("Download them and set them in config.toml? [y/N] ").strip().lower() not in ("y", "yes"):
             echo("Nothing downloaded; config.toml is unchanged.")
             return 0
-    llm = fetch(tier.llm, folder)
-    image = None if server else fetch(tier.image, folder)
-    write_config(config_path, llm, image, tier)
+    paths = {role: fetch(choice, folder) for role, choice in wanted}
+    llm, image = paths["language model"], paths.get("inpainting model")
+    write_config(config_path, llm, image, n_gpu_layers)
     faces = f"; [expressions] model = {_shown(image, config_path)}" if image is not None else ""
-    echo(f"config.toml: [model] path = {_shown(llm, config_path)}, n_gpu_layers = {tier.n_gpu_layers}{faces}")
+    echo(f"config.toml: [model] path = {_shown(llm, config_path)}, n_gpu_layers = {n_gpu_layers}{faces}")
     return 0
 
 
@@ -71,15 +77,11 @@ def _image_server(config_path: Path) -> str:
     return {"comfyui": "ComfyUI", "a1111": "AUTOMATIC1111"}.get(str(backend), "")
 
 
-def _say_without(tier: Tier | None) -> None:
-    if tier is not None:
-        echo(
-            f"With a 12 GB card it would pick {tier.llm.title} and {tier.image.title}; on the CPU those run"
-            " too slowly to chat, so nothing is downloaded."
-        )
+def _say_without() -> None:
     echo(
-        "The bundled model and the drawn faces need no GPU: `./run chat` works as it is. To use a model of"
-        " your own, set [model] path (a GGUF) in config.toml."
+        "The bundled model and the drawn faces need no GPU: `./run chat` works as it is, and"
+        " `./run setup` on a machine without an NVIDIA card proposes a model for its CPU. To use a model"
+        " of your own, set [model] path (a GGUF) in config.toml."
     )
 
 
@@ -170,11 +172,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_config(config_path: Path, llm: Path, image: Path | None, tier: Tier) -> None:
+def write_config(config_path: Path, llm: Path, image: Path | None, n_gpu_layers: int) -> None:
     text = config_path.read_text("utf-8") if config_path.is_file() else ""
     values: dict[tuple[str, str], object] = {
         ("model", "path"): _shown(llm, config_path),
-        ("model", "n_gpu_layers"): tier.n_gpu_layers,
+        ("model", "n_gpu_layers"): n_gpu_layers,
     }
     if image is not None:
         values[("expressions", "model")] = _shown(image, config_path)
