@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 
@@ -35,5 +36,7 @@ def decode_image(raw: bytes, what: str, *, max_pixels: int, error: type[BotError
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise error(f"{what} is too large to decode (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise error(f"{what} is not a readable image: {exc}") from None
+        # Pillow names the buffer it read ("cannot identify image file <_io.BytesIO object at 0x…>").
+        why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)) or type(exc).__name__
+        raise error(f"{what} is not a readable image: {why}") from None
     return image.convert("RGBA" if "A" in image.getbands() else "RGB")

@@ -146,5 +146,5 @@ async def test_a_reply_discord_refused_leaves_nothing_behind(tmp_path: Path) -> 
     async with open_engine(config) as engine:
         with pytest.raises(RuntimeError, match="Discord said no"):
             await engine.turn(5, "Milo", "Hello?", discord_id=1234, deliver=refused)
-        assert await engine.admin.unsent_replies() == []
+        assert await engine.replies.unsent() == []
         assert [m.role for m in await engine.admin.recent_messages(5, 10)] == ["user"]

@@ -333,6 +333,58 @@ async def test_edits_sent_at_once_all_land(studio: Served) -> None:
             )
 
 
+async def test_a_portrait_is_added_or_replaced_within_the_card_bounds(studio: Served) -> None:
+    """PUT a picture as a persona's portrait: bounded like a card upload (bytes, then pixels), decoded
+    and re-encoded, the old face box dropped with the old picture, the new face looked for at once."""
+    from bot.personas import PersonaLibrary
+
+    from .support.configs import add_persona
+
+    add_persona(studio.folder, "ada", "Ada", portrait=False)
+    cards = REPO.parent / "shared" / "cards"
+    face = plain_png()
+    if cards.is_dir():  # a JPEG of a card's picture, with a face the detector is sure of
+        from PIL import Image
+
+        out = io.BytesIO()
+        with Image.open(cards / "st_seraphina.png") as card:
+            card.convert("RGB").save(out, "JPEG", quality=85)
+        face = out.getvalue()
+    path = "/api/personas/ada/portrait"
+    async with aiohttp.ClientSession(cookies=studio.cookies, headers=studio.origin) as http:
+        before = on_disk(studio)
+        for body, status, words in (
+            (b"GIF89a not a picture", 400, "ada.gif: the portrait is not a readable image: cannot identify"),
+            (
+                b"\x89PNG" + b"\0" * 300_000,
+                413,
+                "ada.gif: portrait is 300004 bytes, more than the 200000 allowed",
+            ),
+        ):
+            async with http.put(studio.base + path, data=body, headers={"X-Filename": "ada.gif"}) as r:
+                answer = await r.json()
+                assert r.status == status and answer["error"].startswith(words), answer
+        assert on_disk(studio) == before  # nothing written
+        async with http.put(studio.base + path, data=face, headers={"X-Filename": "ada.jpg"}) as r:
+            answer = await r.json()
+        assert r.status == 200, answer
+        assert answer["message"].startswith("Ada's portrait saved") and answer["persona"]["portrait"]
+        ada = PersonaLibrary.from_config(studio.config).load("ada")
+        assert ada.portrait == "ada.png" and (studio.folder / "avatars" / "ada.png").is_file()
+        if cards.is_dir():
+            assert "face found by the anime detector" in answer["message"] and ada.face_box is not None
+        # Replaced: Mira's box belonged to her old picture, and goes with it.
+        async with http.put(
+            studio.base + "/api/personas/mira/portrait", data=face, headers={"X-Filename": "new.jpg"}
+        ) as r:
+            assert r.status == 200
+        mira = PersonaLibrary.from_config(studio.config).load("mira")
+        assert mira.face_box != (166, 200, 180, 190)
+        async with http.get(studio.base + "/api/personas") as r:
+            rows = {p["slug"]: p for p in (await r.json())["personas"]}
+        assert rows["ada"]["portrait"]
+
+
 async def test_detect_only_proposes_and_each_persona_has_its_own_render_job(studio: Served) -> None:
     cards = REPO.parent / "shared" / "cards"
     if cards.is_dir():  # a portrait with a face the detector is sure of, in place of Tobin's
@@ -354,6 +406,7 @@ async def test_detect_only_proposes_and_each_persona_has_its_own_render_job(stud
         assert first.state == second.state == "running"
         assert (second.persona, first.persona) == ("tobin", "mira") and second.id != first.id
         assert again.id == first.id  # the same persona's second click joins its job
+        assert first.snapshot()["drawn"]  # no inpainting model here: the page says the faces are drawn
         for job in (first, second):
             async with http.get(f"{studio.base}/api/jobs/{job.id}/events") as r:
                 async for _line in r.content:

@@ -16,6 +16,7 @@ from PIL import Image
 from bot.personas.cards import write_card_png
 
 from .support.browser import browser, require_chromium
+from .support.configs import add_persona, shipped
 from .support.studio import served, studio_config
 
 pytestmark = pytest.mark.slow  # the real bundled model backs the engine
@@ -29,7 +30,7 @@ def shots(tmp_path: Path) -> Path:
 
 def selka_card(folder: Path) -> Path:
     """A V2 card PNG as SillyTavern writes one, with a portrait of its own."""
-    with Image.open(Path(__file__).parent.parent / "avatars" / "tobin.png") as tobin:
+    with Image.open(shipped() / "avatars" / "tobin.png") as tobin:
         portrait = tobin.convert("RGB").rotate(0)
     data = {
         "name": "Selka",
@@ -159,3 +160,64 @@ async def test_the_studio_in_a_browser(tmp_path: Path, tiny_pipeline_dir: Path) 
         assert cells[:4] == ["0 (terminal)", "Mira, Tobin", "always (terminal)", "2"]
         assert cells[5] == "Ren sheltered from the storm; Mira told of the drowned bell."
         await page.screenshot(out / "studio-channels.png")
+
+
+async def test_a_persona_without_a_portrait_shows_nothing_of_another_and_takes_one(tmp_path: Path) -> None:
+    """Ada has no portrait and is the first persona listed (so the page opens on her): no picture, no box,
+    no broken image and no other persona's render progress is shown for her, after Mira's either; a
+    picture chosen on the page becomes her portrait and her face is looked for."""
+    from bot.config import load_config
+
+    from .support.configs import write_config
+
+    require_chromium()
+    config = load_config(write_config(tmp_path / "bot"))
+    add_persona(config.root, "ada", "Ada", portrait=False)
+
+    def nothing_shown() -> str:
+        return (
+            "studio.persona && studio.persona.slug === 'ada'"
+            " && getComputedStyle($('portrait')).display === 'none' && !$('portrait').getAttribute('src')"
+            " && $('box').hidden && !$('no-portrait').hidden && $('render-status').textContent === ''"
+            " && document.querySelectorAll('#faces .face').length === 10"
+            " && document.querySelectorAll('#faces img').length === 0"
+            " && document.querySelectorAll('#faces .no-face').length === 10"
+        )
+
+    async with served(config) as s, browser(tmp_path / "profile") as chrome:
+        page = await chrome.new_page()
+        await page.goto(s.link)
+        await page.wait_for("document.querySelectorAll('#persona-list li').length === 3")
+        await page.wait_for(nothing_shown())  # opened first
+        await page.click("#persona-list li[data-slug='mira']")
+        await page.wait_for(
+            "studio.persona.slug === 'mira' && !$('box').hidden && $('portrait').naturalWidth > 0"
+        )
+        await page.click("#render-all")  # drawn faces: the job ends at once, and says so
+        await page.wait_for("$('render-status').dataset.state === 'done'")
+        said = await page.wait_for(
+            "/drew 10 faces/.test($('message').textContent) && $('message').textContent"
+        )
+        assert "no inpainting model is set" in said and "./run setup" in said
+        await page.click("#persona-list li[data-slug='ada']")
+        await page.wait_for(nothing_shown())  # nothing of Mira's stays
+        await page.evaluate("window.dispatchEvent(new Event('resize'))")  # redraws, with nothing to draw on
+        await page.wait_for(nothing_shown() + " && $('box-numbers').textContent === 'none (no portrait yet)'")
+        await page.screenshot(shots(tmp_path) / "studio-no-portrait.png")
+        picture = tmp_path / "ada.png"
+        with Image.open(shipped() / "avatars" / "tobin.png") as tobin:
+            tobin.convert("RGB").save(picture)
+        await page.choose_files("#portrait-file", [picture])
+        said = await page.wait_for(
+            "/portrait saved/.test($('message').textContent) && $('message').textContent"
+        )
+        assert said.startswith("Ada's portrait saved")
+        await page.wait_for(
+            "studio.persona.slug === 'ada' && getComputedStyle($('portrait')).display !== 'none'"
+            " && $('portrait').complete && $('portrait').naturalWidth > 0 && $('no-portrait').hidden"
+        )
+        await page.wait_for(
+            "document.querySelectorAll('#faces img').length === 10"
+            " && [...document.querySelectorAll('#faces img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+    assert (config.root / "avatars" / "ada.png").is_file()

@@ -15,16 +15,17 @@ from bot.bounded import KeyedLocks
 from bot.core.cast import named_in
 from bot.core.models import Models
 from bot.core.scene import Scene
-from bot.errors import BotError, ExpressionError, InputError
+from bot.errors import BotError, ExpressionError, InputError, PersonaError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.expressions.packs import open_pack_bytes, write_pack
 from bot.expressions.service import ExpressionImage, ExpressionService, check_labels
 from bot.expressions.sheet import contact_sheet
 from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
 from bot.files import png_bytes
+from bot.images import decode_image
 from bot.memory import MemoryView
 from bot.personas import Persona
-from bot.store import ChannelState, Pin, StoredMessage, UnsentReply
+from bot.store import ChannelState, Pin, StoredMessage
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
@@ -155,23 +156,6 @@ class Admin:
 
     async def message_count(self, channel_id: int) -> int:
         return await self.store.count_messages(channel_id)
-
-    async def unsent_replies(self) -> list[UnsentReply]:
-        """Replies about to be posted when the bot last stopped, never filed in the history."""
-        return await self.store.unsent_replies()
-
-    async def reply_was_posted(self, reply: UnsentReply, discord_id: int) -> None:
-        """A reply from before a crash was found in its channel: it joins the history with that id."""
-        if await self.store.file_reply(reply.id, discord_id) is None or not reply.emotion:
-            return
-        try:
-            persona = self.personas.load(reply.persona)
-        except BotError:
-            return  # its file is gone: the line is filed, the face it showed is not remembered
-        await self.scene.remember_emotion(reply.channel_id, persona, reply.emotion)
-
-    async def reply_was_not_posted(self, reply: UnsentReply) -> None:
-        await self.store.drop_unsent(reply.id)
 
     async def recent_messages(self, channel_id: int, limit: int) -> list[StoredMessage]:
         """The last messages of the channel's conversation (its persona's, or its cast's), oldest first."""
@@ -318,6 +302,17 @@ class Admin:
         )
         _log.info("imported card %s as persona %s", filename, persona.slug)
         return persona
+
+    async def set_portrait(self, persona: Persona, raw: bytes, filename: str) -> FaceReport:
+        """A new portrait for a persona (bounded as a card's picture is); its face is looked for at once
+        (kept when the match is strong). The report says what was found."""
+        limit = self.config.persona.max_portrait_pixels
+        what = f"{filename}: the portrait"
+        picture = await asyncio.to_thread(decode_image, raw, what, max_pixels=limit, error=PersonaError)
+        async with self._file_locks.hold(persona.slug):
+            current = await asyncio.to_thread(self.personas.load, persona.slug)
+            updated = await asyncio.to_thread(self.personas.set_portrait, current, picture)
+        return await self.face_region(updated, detect=True)
 
     async def edit_persona(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
         """Change a persona's name, description, greeting, labels or prompt words (validated; all or

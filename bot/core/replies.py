@@ -1,4 +1,5 @@
-"""A sent reply's controls: regenerate it, browse its versions, pick its face by hand.
+"""A sent reply's controls: regenerate it, browse its versions, pick its face by hand; and the replies a
+crash left posted but unfiled.
 
 As in SillyTavern, only the conversation's latest reply can be regenerated or browsed; every version is
 kept for browsing, and only the one shown is ever in a prompt.
@@ -13,7 +14,7 @@ from bot.core.compose import Composer, TextCallback, TurnResult
 from bot.core.scene import Scene
 from bot.errors import BotError, InputError
 from bot.personas import Persona
-from bot.store import StoredMessage
+from bot.store import StoredMessage, UnsentReply
 
 Deliver = Callable[[TurnResult], Awaitable[int | None]]
 
@@ -41,6 +42,27 @@ class ReplyVersions:
         self.scene = scene
         self.store = scene.store
         self.composer = composer
+
+    # -- replies a crash left unfiled (the outbox; see Engine._deliver_and_save) ------------------------
+
+    async def unsent(self) -> list[UnsentReply]:
+        """Replies about to be posted when the bot last stopped, never filed in the history."""
+        return await self.store.unsent_replies()
+
+    async def was_posted(self, reply: UnsentReply, discord_id: int) -> None:
+        """A reply from before a crash was found in its channel: it joins the history with that id."""
+        if await self.store.file_reply(reply.id, discord_id) is None or not reply.emotion:
+            return
+        try:
+            persona = self.scene.personas.load(reply.persona)
+        except BotError:
+            return  # its file is gone: the line is filed, the face it showed is not remembered
+        await self.scene.remember_emotion(reply.channel_id, persona, reply.emotion)
+
+    async def was_not_posted(self, reply: UnsentReply) -> None:
+        await self.store.drop_unsent(reply.id)
+
+    # -- a sent reply's controls --------------------------------------------------------------------------
 
     async def state(self, discord_id: int, channel_id: int | None = None) -> ReplyState | None:
         """What the controls of a sent reply need: its persona, who prompted it, its versions, whether

@@ -39,14 +39,14 @@ def posted_as(message: discord.Message, reply: UnsentReply, bot_id: int) -> bool
 
 async def file_unsent_replies(bot: RoleplayBot) -> None:
     """Find each reply left in the outbox in its channel; file it, or drop it if it was never posted."""
-    admin = bot.engine.admin
-    replies = await admin.unsent_replies()
+    outbox = bot.engine.replies
+    replies = await outbox.unsent()
     if not replies or bot.user is None:
         return
     taken: set[int] = set()  # a message is one reply's, in a cast's two replies to one message
     for reply in replies:
         if reply.answers is None:
-            await admin.reply_was_not_posted(reply)  # not a Discord reply: nothing to look for
+            await outbox.was_not_posted(reply)  # not a Discord reply: nothing to look for
             continue
         channel = bot.get_partial_messageable(reply.channel_id)
         try:
@@ -65,10 +65,10 @@ async def file_unsent_replies(bot: RoleplayBot) -> None:
             )
             continue
         if found is None:
-            await admin.reply_was_not_posted(reply)
+            await outbox.was_not_posted(reply)
             continue
         taken.add(found.id)
-        await admin.reply_was_posted(reply, found.id)
+        await outbox.was_posted(reply, found.id)
         _log.info(
             "filed %s's reply in channel %s, posted before the bot stopped",
             reply.author_name,

@@ -214,6 +214,15 @@ class PersonaLibrary:
                 return path
         return self.save(updated)
 
+    def set_portrait(self, persona: Persona, portrait: Image.Image) -> Persona:
+        """Give a persona a new portrait (saved as `<slug>.png`, re-encoded: nothing but its pixels
+        travels). The old face region belonged to the old picture, so it goes with it."""
+        updated = dataclasses.replace(
+            persona, portrait=f"{check_slug(persona.slug)}.png", face_box=None, face_mask=""
+        )
+        self.save(updated, portrait)
+        return self.load(persona.slug)
+
     def update(self, persona: Persona, changes: Mapping[str, Any]) -> Persona:
         """Change some of a persona's name, description, greeting, emotion labels and their prompt words
         (`labels`, `prompts`), validated as its file would be; all of it is written, or none."""

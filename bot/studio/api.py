@@ -43,6 +43,7 @@ class Api:
             web.get(r, self.persona),
             web.put(r, self.edit),
             web.get(r + "/portrait", self.portrait),
+            web.put(r + "/portrait", self.set_portrait),
             web.get(r + "/card.png", self.export_card),
             web.get(r + "/face/detect", self.detect),
             web.get(r + "/face/preview", self.preview),
@@ -113,6 +114,16 @@ class Api:
         if path is None:
             raise web.HTTPNotFound(text=f"{persona.slug} has no portrait")
         return web.FileResponse(path)
+
+    async def set_portrait(self, request: web.Request) -> web.Response:
+        """A picture as the persona's portrait (bounded as card uploads are); its face is looked for."""
+        persona = await self._persona(request)
+        name = _filename(request)
+        raw = await _body(request, self.max_card_bytes, f"{name}: portrait")
+        report = await self.admin.set_portrait(persona, raw, name)
+        found = report.finding.describe("drag the box over the face and save it") if report.finding else ""
+        message = f"{report.persona.name}'s portrait saved" + (f"; {found}" if found else "")
+        return web.json_response({"persona": self._persona_json(report.persona), "message": message})
 
     async def export_card(self, request: web.Request) -> web.Response:
         persona = await self._persona(request)

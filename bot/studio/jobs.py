@@ -35,6 +35,7 @@ class RenderJob:
     step: int = 0  # its denoising steps done, and in all (0 for a sprite or drawn face)
     steps: int = 0
     error: str = ""
+    drawn: bool = False  # no inpainting model: the faces are drawn over the portrait, not rendered
     version: int = 0  # bumped on every change, so that a follower can wait for the next one
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
@@ -57,6 +58,7 @@ class RenderJob:
             "elapsed_s": round(elapsed, 1),
             "eta_s": None if eta is None else round(eta, 1),
             "error": self.error,
+            "drawn": self.drawn,
             "version": self.version,
         }
 
@@ -79,6 +81,7 @@ class RenderJobs:
                 return job
         job = RenderJob(str(next(self._ids)), persona.slug, labels or list(persona.labels))
         job.total = len(job.labels)
+        job.drawn = not self.engine.config.expressions.renders
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS:
             oldest = next((j for j in self._jobs.values() if j.state != "running"), None)

@@ -86,14 +86,35 @@ function showPersona(persona) {
   $("pack-link").href = `${base()}/sprites.zip`;
   $("mask-preview").hidden = true;
   state.box = persona.face_box ? persona.face_box.slice() : null;
+  // Nothing of the persona shown before stays: its portrait, its box, its render's progress.
+  if (!state.job || state.job.persona !== persona.slug) {
+    $("render-progress").hidden = true;
+    $("render-status").textContent = "";
+    delete $("render-status").dataset.state;
+  }
   const portrait = $("portrait");
   portrait.hidden = !persona.portrait;
+  $("no-portrait").hidden = !!persona.portrait;
+  $("box").hidden = true;
+  $("box-numbers").textContent = persona.portrait ? "none" : "none (no portrait yet)";
   if (persona.portrait) {
     portrait.onload = () => drawBox();
     portrait.src = `${base()}/portrait?t=${Date.now()}`;
   } else {
-    $("box").hidden = true;
+    portrait.onload = null;
+    portrait.removeAttribute("src");
   }
+}
+
+async function uploadPortrait(file) {
+  say(`saving ${file.name} as the portrait…`);
+  const result = await api(`${base()}/portrait`, {
+    method: "PUT",
+    headers: { "X-Filename": file.name, "Content-Type": "application/octet-stream" },
+    body: file,
+  });
+  await loadPersonas(result.persona.slug);
+  say(result.message);
 }
 
 async function importCard(file, query = "") {
@@ -133,6 +154,11 @@ async function saveCard(event) {
 function drawBox() {
   const portrait = $("portrait");
   const box = $("box");
+  if (!state.persona || !state.persona.portrait) {  // a resize, with no picture to draw on
+    box.hidden = true;
+    $("box-numbers").textContent = "none (no portrait yet)";
+    return;
+  }
   state.scale = portrait.naturalWidth / portrait.clientWidth || 1;
   if (!state.box) {
     box.hidden = true;
@@ -225,9 +251,16 @@ async function loadFaces() {
     card.className = "face";
     card.dataset.label = face.label;
     card.dataset.kind = face.kind;
-    const img = document.createElement("img");
-    img.alt = face.label;
-    if (face.url) img.src = face.url;
+    let img;
+    if (face.url) {
+      img = document.createElement("img");
+      img.alt = face.label;
+      img.src = face.url;
+    } else {  // no portrait, no sprite: nothing to show, and no broken picture either
+      img = document.createElement("div");
+      img.className = "no-face";
+      img.textContent = "no portrait";
+    }
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = face.label;
@@ -279,8 +312,12 @@ function followJob(job) {
     if (now.state !== "running") {
       events.close();
       loadFaces().catch((error) => say(error.message, true));
+      const faces = `${now.total} face${now.total === 1 ? "" : "s"}`;
       if (now.state === "failed") say(now.error, true);
-      else say(`rendered ${now.total} face${now.total === 1 ? "" : "s"} in ${now.elapsed_s} s`);
+      else if (now.drawn) {
+        say(`drew ${faces} over the portrait (no inpainting model is set: for rendered faces, set`
+          + " [expressions] model in config.toml, or run ./run setup)");
+      } else say(`rendered ${faces} in ${now.elapsed_s} s`);
     }
   };
   events.onerror = () => {
@@ -366,6 +403,11 @@ document.addEventListener("DOMContentLoaded", () => {
     const file = e.target.files[0];
     e.target.value = "";
     if (file) await importCard(file);
+  }));
+  $("portrait-file").addEventListener("change", attempt(async (e) => {
+    const file = e.target.files[0];
+    e.target.value = "";
+    if (file) await uploadPortrait(file);
   }));
   $("pack-file").addEventListener("change", attempt(async (e) => {
     const file = e.target.files[0];
