@@ -303,6 +303,10 @@ class Admin:
         _log.info("imported card %s as persona %s", filename, persona.slug)
         return persona
 
+    def draws_faces(self) -> bool:
+        """Whether a render draws faces over the portrait (no inpainting model or image server is set)."""
+        return not self.config.expressions.renders
+
     async def set_portrait(self, persona: Persona, raw: bytes, filename: str) -> FaceReport:
         """A new portrait for a persona (bounded as a card's picture is); its face is looked for at once
         (kept when the match is strong). The report says what was found."""

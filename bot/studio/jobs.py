@@ -81,7 +81,7 @@ class RenderJobs:
                 return job
         job = RenderJob(str(next(self._ids)), persona.slug, labels or list(persona.labels))
         job.total = len(job.labels)
-        job.drawn = not self.engine.config.expressions.renders
+        job.drawn = self.engine.admin.draws_faces()
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS:
             oldest = next((j for j in self._jobs.values() if j.state != "running"), None)
