@@ -328,3 +328,54 @@ async def test_the_server_never_has_more_than_max_concurrent_requests(tmp_path: 
         assert recorder.in_flight == 0 and backend.pending == 0
     finally:
         await backend.close()
+
+
+async def test_the_api_key_never_follows_a_redirect_to_another_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model server address that redirects elsewhere: the key goes to the configured address only."""
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    from .support.local_http import serving
+
+    seen: list[tuple[str, str | None]] = []  # the other host's requests and their Authorization
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_POST = do_GET
+
+    with serving(Elsewhere) as elsewhere:
+
+        class Moved(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(307)
+                self.send_header("Location", elsewhere + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_GET
+
+        with serving(Moved) as moved:
+            monkeypatch.setenv("RP_TEST_KEY", "sk-secret-key")
+            config = ModelConfig(backend="openai", base_url=f"{moved}/v1", api_key_env="RP_TEST_KEY")
+            try:
+                backend = await load_backend(config)
+            except ModelError:
+                backend = None
+            if backend is not None:
+                await backend.close()
+    assert seen, "the client never followed the redirect: nothing here was tested"
+    assert all(auth is None for _, auth in seen), seen  # followed, but never with the key
