@@ -1,4 +1,4 @@
-"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory`: print the README's figures."""
+"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|repetition`: print the figures in docs/."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
     parser.add_argument(
         "what",
-        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory"],
+        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory", "repetition"],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
         "memory: recall of early facts, warm-turn cost, lookup time, summaries, large erasures; "
+        "repetition: replies repeating earlier ones, without and with DRY, and cast copies; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
@@ -51,6 +52,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.server import bench_backends
 
         return await bench_backends(config, args.quick)
+    if args.what == "repetition":
+        from benchmarks.repetition import bench_repetition
+
+        return await bench_repetition(config, args.quick)
     if args.what == "cast":
         from benchmarks.cast import bench_cast
 

@@ -76,6 +76,17 @@ class ModelConfig:
     top_k: int = 40
     min_p: float = 0.05
     repeat_penalty: float = 1.1
+    # Anti-repetition as roleplay users run it. DRY ("don't repeat yourself") penalises a token that would
+    # continue a sequence already in the conversation (the prompt's last `dry_range` tokens and the reply
+    # so far) past `dry_allowed_length` tokens, growing by `dry_base` per token; 0 turns it off. XTC
+    # ("exclude top choices") sometimes drops the likeliest tokens for variety; 0 turns it off. In this
+    # process both are the bot's own; llama.cpp's server is sent them (others set them themselves).
+    dry_multiplier: float = 0.8
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_range: int = 2048
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
     seed: int = -1
     timeout_seconds: float = 120.0
     queue_size: int = 8
@@ -327,6 +338,12 @@ def _validate(config: Config, source: str) -> None:
             "model.timeout_seconds",
             f"must be positive and at most {MAX_TIMEOUT:g} (a day)",
         ),
+        (config.model.dry_multiplier <= 5.0, "model.dry_multiplier", "must be at most 5 (0 = off)"),
+        (1.0 <= config.model.dry_base <= 4.0, "model.dry_base", "must be between 1 and 4"),
+        (1 <= config.model.dry_allowed_length <= 64, "model.dry_allowed_length", "must be between 1 and 64"),
+        (config.model.dry_range <= MAX_CONTEXT, "model.dry_range", f"must be at most {MAX_CONTEXT}"),
+        (config.model.xtc_probability <= 1.0, "model.xtc_probability", "must be between 0 and 1 (0 = off)"),
+        (config.model.xtc_threshold <= 0.5, "model.xtc_threshold", "must be between 0 and 0.5"),
         (config.emotion.min_lift <= 10.0, "emotion.min_lift", "must be at most 10 (times chance)"),
         (config.emotion.switch_lift <= 10.0, "emotion.switch_lift", "must be at most 10 (times chance)"),
         (0.0 <= config.prompt.window_slack < 0.9, "prompt.window_slack", "must be between 0 and 0.9"),

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 ENDS_WITHIN = 240  # seconds: loading the bundled model and seeding a history, then the first turn fails
 
 
-@pytest.mark.parametrize("what", ["cast", "llm"])
+@pytest.mark.parametrize("what", ["cast", "llm", "repetition"])
 def test_a_benchmark_whose_turn_times_out_ends_with_one_line(tmp_path: Path, what: str) -> None:
     config = write_config(tmp_path, model="timeout_seconds = 0.001\n")
     done = subprocess.run(

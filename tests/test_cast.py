@@ -249,3 +249,41 @@ async def test_a_regenerated_reply_is_never_in_its_own_prompt(config: Config, mo
         for prompt in again:
             assert "Tell me about the birds." in prompt  # what it answers is there...
             assert "the first version" not in prompt.lower() and "A second version." not in prompt
+
+
+async def test_a_persona_never_reproduces_anothers_line(config: Config, model) -> None:
+    """Rook starts to repeat Mira's line word for word: his reply stops where the copy starts (the
+    model is told to stop writing), and what is shown and stored carries none of her run of words."""
+    from bot.core.copying import SPAN_WORDS, copied_at
+
+    mira_line = "The lantern on the north cliff has burned every night for a hundred years without fail."
+    copying = (
+        "Aye, and I'll say it too: the lantern on the north cliff has burned every night for a hundred years."
+    )
+    async with scripted_engine(config, model, [mira_line, copying, "Not a copy at all, lass."]) as engine:
+        await engine.admin.cast_add(6, "rook")
+        first = await engine.turn(6, "Sam", "Mira, tell me about the light.")
+        shown: list[str] = []
+        second = await engine.turn(6, "Sam", "Rook, what do you say?", on_text=shown.append)
+        assert [first.persona.slug, second.persona.slug] == ["mira", "rook"]
+        assert second.text == "Aye, and I'll say it too:"
+        assert copied_at("".join(shown), [mira_line]) is None
+        third = await engine.turn(6, "Sam", "Rook?")
+        assert third.text == "Not a copy at all, lass."  # his own words pass untouched
+        stored = {m.content for m in await engine.admin.recent_messages(6, 10) if m.author_name == "Rook"}
+        assert all(copied_at(line, [mira_line], SPAN_WORDS) is None for line in stored)
+
+
+def test_what_counts_as_a_copy() -> None:
+    from bot.core.copying import copied_at, repeated_share
+
+    earlier = ["I'm glad you're taking care of the ship, but I'll tell you something else."]
+    assert copied_at("Well. I'm glad you're taking care of the ship, but no.", earlier) == 6
+    assert copied_at("I'm glad you're taking care of it, and of the ship.", earlier) is None  # 7 words
+    assert copied_at("Anything at all.", []) is None
+    replies = [
+        "One two three four five six seven eight.",
+        "Other words here.",
+        "one two three four five six seven eight nine",
+    ]
+    assert repeated_share(replies) == 0.5

@@ -279,6 +279,9 @@ async def test_the_server_backend_shows_and_stores_only_the_answer(
     assert stored == ["Hello!", ANSWER, "Thanks.", ANSWER]
     replies = [r for r in server.requests if r.get("stream")]
     assert all(r["chat_template_kwargs"] == {"enable_thinking": thinking} for r in replies)
+    # Anti-repetition goes to the server under the names llama.cpp's server, KoboldCpp and TabbyAPI read.
+    assert all(r["dry_multiplier"] == 0.8 and r["dry_allowed_length"] == 2 for r in replies)
+    assert all(r["dry_sequence_breakers"] == ["\n", ":", '"', "*"] for r in replies)
     later = json.dumps(replies[-1]["messages"])  # the second turn's prompt holds the first answer only
     assert ANSWER in later and "plotting" not in later and "suspicious" not in later
 

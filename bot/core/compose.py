@@ -17,6 +17,7 @@ from bot.core.cast import (
     speaker_question,
     turns_for,
 )
+from bot.core.copying import CopyGuard
 from bot.core.models import Models
 from bot.core.prompt import BuiltPrompt
 from bot.core.scene import Scene, Window
@@ -32,6 +33,7 @@ from bot.workers import maybe_await
 
 _log = logging.getLogger(__name__)
 
+COPY_LOOKBACK = 40  # lines of the history a reply may not copy another persona's words from
 MAX_STOP_NAMES = 8  # recent members whose "Name:" ends a reply (the model must not speak for them)
 EMPTY_REPLY = "…"
 
@@ -162,10 +164,20 @@ class Composer:
         generation = self.models.llm.generate(built.text, stop=stops, session=session)
         speakers = [persona.name, *others, *names, "User"]
         gate = LabelGate(speakers)
+        # In a cast, a persona never reproduces another's recent lines: the reply stops where a copy starts.
+        guard = CopyGuard(
+            m.content for m in history[-COPY_LOOKBACK:] if m.role == "assistant" and m.persona != persona.slug
+        )
         parts: list[str] = []
         reply_started = time.perf_counter()
-        async for chunk in generation.chunks():
+        chunks = generation.chunks()
+        async for chunk in chunks:
             parts.append(chunk)
+            if (copied := guard.check("".join(parts))) is not None:
+                parts = ["".join(parts)[:copied]]
+                _log.info("%s began to copy another persona's line; the reply stops there", persona.name)
+                await chunks.aclose()  # type: ignore[attr-defined]  # the model stops writing
+                break
             if on_text is not None and (visible := gate.feed(chunk)):
                 await maybe_await(on_text(visible))
         if on_text is not None and (visible := gate.flush()):

@@ -3,6 +3,7 @@ a Llama that counts the tokens it evaluates and re-reads only what changed."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -63,9 +64,21 @@ def counting_llama_class() -> type:
     from llama_cpp import Llama
 
     class CountingLlama(Llama):
-        """Llama that counts evaluated tokens (to report prefix reuse) and evaluates only new suffixes."""
+        """Llama that counts evaluated tokens (to report prefix reuse) and evaluates only new suffixes,
+        and samples with DRY and XTC (which llama-cpp-python's own sampler chain lacks)."""
 
         evaluated = 0
+        # Set by the backend before each reply: the anti-repetition settings, and the prompt's tokens
+        # (llama.cpp's sampler sees only the tokens it samples; DRY must see the conversation too).
+        repetition: Any = None
+        history: Sequence[int] = ()
+
+        def _init_sampler(self, **kwargs: Any) -> Any:  # type: ignore[override]  # keywords only, as called
+            settings = self.repetition
+            simple = kwargs.get("logits_processor") is None and not kwargs.get("mirostat_mode")
+            if settings is None or not simple or not (settings.dry_multiplier or settings.xtc_probability):
+                return super()._init_sampler(**kwargs)
+            return repetition_sampler(self, settings, self.history, **kwargs)
 
         def eval(self, tokens: Sequence[int]) -> None:
             self.evaluated += len(tokens)
@@ -83,3 +96,53 @@ def counting_llama_class() -> type:
             self.eval(tokens[common:])
 
     return CountingLlama
+
+
+# Where DRY stops looking for a repeated sequence: a new line, a speaker's colon, quotes, action markup
+# (SillyTavern's defaults), so a name or a formula line is not held against the reply.
+DRY_BREAKERS = ("\n", ":", '"', "*")
+
+
+def repetition_sampler(llama: Any, settings: Any, history: Sequence[int], **kwargs: Any) -> Any:
+    """llama-cpp-python's sampler chain (penalties, grammar, top-k, typical, top-p, min-p, temperature)
+    with DRY after the penalties, fed the conversation's last `dry_range` tokens first, and XTC before
+    the temperature, as llama.cpp's own server orders them."""
+    from llama_cpp import _internals, llama_cpp
+
+    chain = _internals.LlamaSampler()
+    chain.add_penalties(
+        n_vocab=llama._n_vocab,
+        penalty_last_n=llama.last_n_tokens_size,
+        penalty_repeat=kwargs.get("repeat_penalty", 1.0),
+        penalty_freq=kwargs.get("frequency_penalty", 0.0),
+        penalty_present=kwargs.get("presence_penalty", 0.0),
+    )
+    if kwargs.get("grammar") is not None:
+        chain.add_grammar(llama._model, kwargs["grammar"])
+    if settings.dry_multiplier > 0:
+        breakers = (ctypes.c_char_p * len(DRY_BREAKERS))(*(b.encode() for b in DRY_BREAKERS))
+        dry = llama_cpp.llama_sampler_init_dry(
+            llama._model.vocab,
+            settings.dry_multiplier,
+            settings.dry_base,
+            settings.dry_allowed_length,
+            settings.dry_range,
+            breakers,
+            len(DRY_BREAKERS),
+        )
+        for token in history[-settings.dry_range :]:
+            llama_cpp.llama_sampler_accept(dry, token)
+        llama_cpp.llama_sampler_chain_add(chain.sampler, dry)  # the chain owns it from here
+    temp = kwargs.get("temp", 0.8)
+    if temp == 0.0:
+        chain.add_greedy()
+        return chain
+    chain.add_top_k(kwargs.get("top_k", 40))
+    chain.add_typical(kwargs.get("typical_p", 1.0), 1)
+    chain.add_top_p(kwargs.get("top_p", 0.95), 1)
+    chain.add_min_p(kwargs.get("min_p", 0.05), 1)
+    if settings.xtc_probability > 0:
+        chain.add_xtc(settings.xtc_probability, settings.xtc_threshold, 1, llama._seed)
+    chain.add_temp(temp)
+    chain.add_dist(llama._seed)
+    return chain

@@ -302,6 +302,7 @@ class LlamaBackend:
                 deadline = time.monotonic() + config.timeout_seconds
                 evaluated_before = llm.evaluated
                 first: float | None = None
+                llm.repetition, llm.history = config, tokens  # DRY reads the conversation too
                 chunks = llm.create_completion(
                     tokens,
                     max_tokens=max_tokens or config.max_reply_tokens,

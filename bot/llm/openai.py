@@ -28,6 +28,7 @@ from bot.bounded import LRUDict
 from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
+from bot.llm.llama_context import DRY_BREAKERS
 from bot.llm.thinking import answer_only
 
 _log = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ class OpenAIBackend:
                         "top_k": config.top_k,
                         "min_p": config.min_p,
                         "repeat_penalty": config.repeat_penalty,
+                        **anti_repetition(config),
                         **thinking_switch(config),
                     },
                 )
@@ -364,6 +366,21 @@ def option_scores(top: dict[str, float], options: Sequence[str]) -> dict[str, fl
     if total <= 0:
         return {option: 1 / len(options) for option in options}
     return {option: p / total for option, p in scores.items()}
+
+
+def anti_repetition(config: ModelConfig) -> dict[str, Any]:
+    """DRY and XTC under the names llama.cpp's server, KoboldCpp and TabbyAPI read (each takes its own of
+    `dry_penalty_last_n` / `dry_range`); servers that know none of them ignore them, as they do top_k."""
+    return {
+        "dry_multiplier": config.dry_multiplier,
+        "dry_base": config.dry_base,
+        "dry_allowed_length": config.dry_allowed_length,
+        "dry_penalty_last_n": config.dry_range,
+        "dry_range": config.dry_range,
+        "dry_sequence_breakers": list(DRY_BREAKERS),
+        "xtc_probability": config.xtc_probability,
+        "xtc_threshold": config.xtc_threshold,
+    }
 
 
 def thinking_switch(config: ModelConfig, judging: bool = False) -> dict[str, Any]:
