@@ -247,6 +247,8 @@ async def test_a1111_unreachable_and_timed_out(
     mask = face_mask(mira, portrait.size, tmp_path / "slow" / "avatars", 2, 3)
     with pytest.raises(ExpressionError, match=r"took longer than 1 s: raise \[expressions\] timeout_seconds"):
         backend.render(portrait, mask, "smile", 1)
+    assert await asyncio.to_thread(a1111.interrupted.wait, 10)  # its own time out: stopped there too
+    a1111.interrupted.clear()
     service = await make_service(config, open_service)
     with pytest.raises(ExpressionError, match=r"took longer than 1 s: raise \[expressions\] timeout_seconds"):
         await service.render(mira, "joy")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from contextlib import suppress
 from typing import Any
 
 from PIL import Image
@@ -16,7 +17,7 @@ from bot.config import ExpressionsConfig
 from bot.errors import ExpressionError
 from bot.expressions.backends.crop import FaceCrop, face_crop, paste_back, server_resolution
 from bot.expressions.backends.diffusers import StepCallback
-from bot.expressions.backends.http import ImageServer, b64_picture, png_base64, server_words
+from bot.expressions.backends.http import ImageServer, ServerTimeout, b64_picture, png_base64, server_words
 
 _log = logging.getLogger(__name__)
 
@@ -117,7 +118,12 @@ class A1111Backend:
         crop = face_crop(portrait, mask, self.settings.crop_padding, server_resolution(self.settings))
         body = img2img_request(self.settings, crop, prompt, seed, checkpoint)
         with self.server.interrupting(cancel, self._interrupt):
-            answer = self.server.post_json("/sdapi/v1/img2img", body, cancel=cancel)
+            try:
+                answer = self.server.post_json("/sdapi/v1/img2img", body, cancel=cancel)
+            except ServerTimeout:
+                with suppress(ExpressionError):  # out of time: the server is told to stop too
+                    self._interrupt()
+                raise
         if cancel is not None and cancel.is_set():
             raise asyncio.CancelledError("render cancelled")
         images = answer.get("images") if isinstance(answer, dict) else None

@@ -19,7 +19,13 @@ from bot.config import ExpressionsConfig
 from bot.errors import ExpressionError
 from bot.expressions.backends.crop import face_crop, paste_back, server_resolution
 from bot.expressions.backends.diffusers import StepCallback
-from bot.expressions.backends.http import ImageServer, looks_out_of_memory, read_picture, server_words
+from bot.expressions.backends.http import (
+    ImageServer,
+    ServerTimeout,
+    looks_out_of_memory,
+    read_picture,
+    server_words,
+)
 from bot.files import png_bytes
 
 _log = logging.getLogger(__name__)
@@ -162,7 +168,11 @@ class ComfyUIBackend:
         prompt_id = queued.get("prompt_id") if isinstance(queued, dict) else None
         if not isinstance(prompt_id, str):
             raise ExpressionError(f"the {NAME} server did not queue the workflow: {server_words(queued)}")
-        picture = self._follow(prompt_id, cancel)
+        try:
+            picture = self._follow(prompt_id, cancel)
+        except ServerTimeout:
+            self._abandon(prompt_id)  # a look at the queue that ran out of time: the render goes too
+            raise
         return paste_back(portrait, mask, crop, picture)
 
     def _upload(self, filename: str, data: bytes) -> str:
@@ -200,8 +210,7 @@ class ComfyUIBackend:
             if cancel is None:
                 time.sleep(POLL_SECONDS)
             if time.monotonic() > deadline:
-                self._abandon(prompt_id)
-                raise self.server.timed_out()
+                raise self.server.timed_out()  # render() takes it off the server
 
     def _fetch(self, image: dict[str, Any], timeout: float, cancel: threading.Event | None) -> Image.Image:
         where = urllib.parse.urlencode(

@@ -54,6 +54,11 @@ def looks_out_of_memory(text: str) -> bool:
     return "outofmemory" in text.lower().replace(" ", "")
 
 
+class ServerTimeout(ExpressionError):
+    """A request ran past its time: the caller also takes the work off the server (its GPU would stay
+    busy with a face nobody will see)."""
+
+
 class _Expired(Exception):
     """The watchdog ended the request: its deadline passed, or the render was cancelled."""
 
@@ -272,7 +277,7 @@ class ImageServer:
         )
 
     def timed_out(self) -> ExpressionError:
-        return ExpressionError(
+        return ServerTimeout(
             f"the {self.name} server at {self.base} took longer than {self.timeout:g} s:"
             " raise [expressions] timeout_seconds, or lower steps or resolution"
         )
@@ -384,4 +389,4 @@ def b64_picture(text: object, who: str) -> Image.Image:
     return read_picture(raw, who)
 
 
-__all__ = ["ImageServer", "b64_picture", "png_base64", "read_picture", "server_words"]
+__all__ = ["ImageServer", "ServerTimeout", "b64_picture", "png_base64", "read_picture", "server_words"]
