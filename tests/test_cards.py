@@ -348,12 +348,22 @@ def test_the_command_line_lists_long_ids_in_columns_and_hints_at_a_shorter_name(
     card["data"]["name"] = "Amanda || Blunt, Depressed Rogue"
     path = tmp_path / "amanda.json"
     path.write_text(json.dumps(card))
-    assert main(["--config", str(config), "persona", "import", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert (
-        out.count("imported 'Amanda || Blunt, Depressed Rogue' as persona 'amanda-blunt-depressed-rogue'")
-        == 1
+    import subprocess
+    import sys
+
+    from .support.configs import REPO
+
+    done = subprocess.run(  # a real process: its log lines go where a person sees them
+        [sys.executable, "-m", "bot", "--config", str(config), "persona", "import", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
+    assert out.count("imported 'Amanda || Blunt, Depressed Rogue' as persona 'amanda-blunt") == 1
+    assert "imported" not in done.stderr  # said once: no log line repeating it
     assert "reads like a title" in out and "such as 'Amanda'" in out and "./run studio" in out
     assert main(["--config", str(config), "persona", "list"]) == 0
     rows = capsys.readouterr().out.splitlines()

@@ -50,3 +50,40 @@ async def test_dry_keeps_a_reply_from_repeating_the_conversation(config: Config,
     varied = await reply_after_a_loop(config, model, 0.8, monkeypatch)
     assert copied_at(varied, [LOOP]) is None, varied
     assert len(varied.split()) >= 5  # and still says something
+
+
+async def test_a_reply_the_token_limit_cuts_ends_on_a_whole_sentence(
+    config: Config, model, monkeypatch
+) -> None:
+    """No half word posted: a reply that ran into max_reply_tokens ends where its last sentence ends (or,
+    with none, at its last whole word, trailing off)."""
+    from bot.core.compose import SENTENCE_END
+
+    store = await Store.open(config.resolve(config.store.path))
+    short = dataclasses.replace(config, model=dataclasses.replace(config.model, max_reply_tokens=24))
+    engine = Engine(short, store, model, PersonaLibrary.from_config(config))
+    try:
+        for n, line in enumerate(
+            ["Tell me a long story about the sea.", "And then what happened to the ship?"]
+        ):
+            result = await engine.turn(1, "Sam", line)
+            assert result.stats.finish_reason == "length"  # the limit did cut it
+            text = result.text
+            assert text.endswith("…") or SENTENCE_END.search(text[-4:]) is not None, text
+            stored = await engine.admin.recent_messages(1, 10)
+            assert stored[2 * n + 1].content == text
+    finally:
+        await engine.close()
+        await store.close()
+
+
+def test_whole_sentences() -> None:
+    from bot.core.compose import whole_sentences
+
+    assert whole_sentences('Yes. "Come in," she says. *She opens the doo') == 'Yes. "Come in," she says.'
+    assert whole_sentences("*She waves* Hello there, how are yo") == "*She waves*"
+    assert (
+        whole_sentences("One long clause that never ends and goes on and o")
+        == "One long clause that never ends and goes on and…"
+    )
+    assert whole_sentences("Done!") == "Done!"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ _log = logging.getLogger(__name__)
 COPY_LOOKBACK = 40  # lines of the history a reply may not copy another persona's words from
 MAX_STOP_NAMES = 8  # recent members whose "Name:" ends a reply (the model must not speak for them)
 EMPTY_REPLY = "…"
+# A sentence's or an action's end: . ! ? … then any closing quotes, brackets or the asterisk of *an action*.
+SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*]*(?=\s|$)|(?<=\w)\*(?=\s|$)")
 
 TextCallback = Callable[[str], Awaitable[None] | None]
 
@@ -71,6 +74,16 @@ def audience(history: list[StoredMessage], speaker: str, group_name: str) -> str
 def clean_reply(text: str, speakers: list[str]) -> str:
     """The model's text as a chat message: no speaker labels at the start ("Mira:", "Sam:")."""
     return strip_speaker_labels(text.strip(), speakers).strip() or EMPTY_REPLY
+
+
+def whole_sentences(text: str) -> str:
+    """A reply the token limit cut, ended where its last sentence (or action) ends; with none, at its
+    last whole word, marked as trailing off."""
+    ends = list(SENTENCE_END.finditer(text))
+    if ends and ends[-1].end() >= len(text) // 3:
+        return text[: ends[-1].end()]
+    words = text.rstrip().rsplit(maxsplit=1)
+    return (words[0].rstrip(" ,;:-—") + "…") if len(words) == 2 else text
 
 
 def recent_speakers(history: list[StoredMessage]) -> list[str]:
@@ -184,6 +197,8 @@ class Composer:
             await maybe_await(on_text(visible))
         reply_seconds = time.perf_counter() - reply_started
         raw_reply = "".join(parts)
+        if generation.stats.finish_reason == "length":  # the token limit cut it: no half sentence posted
+            raw_reply = whole_sentences(raw_reply)
 
         emotion_started = time.perf_counter()
         # The judge reads the reply exactly as generated: those tokens are already evaluated.
