@@ -78,12 +78,15 @@ async def test_a_reply_the_token_limit_cuts_ends_on_a_whole_sentence(
 
 
 def test_whole_sentences() -> None:
-    from bot.core.compose import whole_sentences
+    from bot.core.compose import SentenceGate, whole_sentences
 
     assert whole_sentences('Yes. "Come in," she says. *She opens the doo') == 'Yes. "Come in," she says.'
     assert whole_sentences("*She waves* Hello there, how are yo") == "*She waves*"
-    assert (
-        whole_sentences("One long clause that never ends and goes on and o")
-        == "One long clause that never ends and goes on and…"
-    )
+    assert whole_sentences("One long clause that never ends") == "One long clause that never ends"
     assert whole_sentences("Done!") == "Done!"
+    # Streamed, the same text is shown as is stored.
+    for cut in (True, False):
+        gate = SentenceGate()
+        text = 'Yes. "Come in," she says. *She opens the doo'
+        shown = "".join(gate.feed(text[i : i + 3]) for i in range(0, len(text), 3)) + gate.finish(cut)
+        assert shown == (whole_sentences(text) if cut else text)

@@ -77,13 +77,32 @@ def clean_reply(text: str, speakers: list[str]) -> str:
 
 
 def whole_sentences(text: str) -> str:
-    """A reply the token limit cut, ended where its last sentence (or action) ends; with none, at its
-    last whole word, marked as trailing off."""
+    """A reply the token limit cut, ended where its last sentence (or action) ends; unchanged with none."""
     ends = list(SENTENCE_END.finditer(text))
-    if ends and ends[-1].end() >= len(text) // 3:
-        return text[: ends[-1].end()]
-    words = text.rstrip().rsplit(maxsplit=1)
-    return (words[0].rstrip(" ,;:-—") + "…") if len(words) == 2 else text
+    return text[: ends[-1].end()] if ends else text
+
+
+class SentenceGate:
+    """Streams a reply up to its last sentence end and holds the rest until the next one, so that a reply
+    the token limit cuts shows exactly what is stored (`whole_sentences`): nothing a person saw is lost."""
+
+    def __init__(self) -> None:
+        self._held = ""
+        self._ended = False  # a sentence end was streamed: a cut reply ends there
+
+    def feed(self, text: str) -> str:
+        self._held += text
+        ends = list(SENTENCE_END.finditer(self._held))
+        if not ends:
+            return ""
+        self._ended = True
+        shown, self._held = self._held[: ends[-1].end()], self._held[ends[-1].end() :]
+        return shown
+
+    def finish(self, cut: bool) -> str:
+        """What is left to show: nothing after the last sentence end when the reply was cut."""
+        rest, self._held = self._held, ""
+        return "" if cut and self._ended else rest
 
 
 def recent_speakers(history: list[StoredMessage]) -> list[str]:
@@ -181,9 +200,11 @@ class Composer:
         guard = CopyGuard(
             m.content for m in history[-COPY_LOOKBACK:] if m.role == "assistant" and m.persona != persona.slug
         )
+        sentences = SentenceGate()
         parts: list[str] = []
         reply_started = time.perf_counter()
         chunks = generation.chunks()
+        copied: int | None = None
         async for chunk in chunks:
             parts.append(chunk)
             if (copied := guard.check("".join(parts))) is not None:
@@ -191,13 +212,17 @@ class Composer:
                 _log.info("%s began to copy another persona's line; the reply stops there", persona.name)
                 await chunks.aclose()  # type: ignore[attr-defined]  # the model stops writing
                 break
-            if on_text is not None and (visible := gate.feed(chunk)):
+            if on_text is not None and (visible := sentences.feed(gate.feed(chunk))):
                 await maybe_await(on_text(visible))
-        if on_text is not None and (visible := gate.flush()):
-            await maybe_await(on_text(visible))
+        # Cut by the token limit (or by the copy guard): no half sentence is posted, or shown.
+        cut = copied is not None or generation.stats.finish_reason == "length"
+        if on_text is not None and copied is None:
+            visible = sentences.feed(gate.flush()) + sentences.finish(cut)
+            if visible:
+                await maybe_await(on_text(visible))
         reply_seconds = time.perf_counter() - reply_started
         raw_reply = "".join(parts)
-        if generation.stats.finish_reason == "length":  # the token limit cut it: no half sentence posted
+        if cut:
             raw_reply = whole_sentences(raw_reply)
 
         emotion_started = time.perf_counter()
