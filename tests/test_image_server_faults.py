@@ -27,7 +27,7 @@ from bot.config import Config, load_config
 from bot.errors import ConfigError, ExpressionError
 from bot.expressions import ExpressionService, face_mask
 from bot.expressions.backends.a1111 import A1111Backend
-from bot.expressions.backends.comfyui import ComfyUIBackend
+from bot.expressions.backends.comfyui import NODES, ComfyUIBackend
 from bot.personas import PersonaLibrary
 from bot.store import Store
 
@@ -277,18 +277,9 @@ def test_a1111_answers_of_the_wrong_shape_are_one_line(tmp_path: Path, answer: A
             A1111Backend(config.expressions).render(portrait, mask, "smile", 1)
 
 
-COMFY_NODES = {
-    name: {}
-    for name in (
-        "CLIPTextEncode",
-        "LoadImage",
-        "LoadImageMask",
-        "InpaintModelConditioning",
-        "KSampler",
-        "VAEDecode",
-        "PreviewImage",
-    )
-} | {"CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["face.safetensors"]]}}}}
+COMFY_NODES = {name: {} for name in NODES} | {
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["face.safetensors"]]}}}
+}
 
 
 @pytest.mark.parametrize(

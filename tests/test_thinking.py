@@ -193,40 +193,24 @@ class ThinkingServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
-        if not body.get("stream") and self.logprobs and body.get("logprobs"):
-            # A judgement (or the start-up probe): the first token's log-probabilities.
+        if not body.get("stream"):
+            # A judgement (or the start-up probe): the first token's log-probabilities where it answers
+            # with them, none otherwise.
             top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in (("yes", -0.1), ("no", -2.4))]
+            scored = self.logprobs and body.get("logprobs")
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": "yes"},
+                "finish_reason": "length" if scored else "stop",
+                "logprobs": {"content": [{**top[0], "top_logprobs": top}]} if scored else None,
+            }
             return web.json_response(
                 {
                     "id": "c0",
                     "object": "chat.completion",
                     "created": 0,
                     "model": "thinker",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "yes"},
-                            "finish_reason": "length",
-                            "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
-                        }
-                    ],
-                }
-            )
-        if not body.get("stream"):  # the start-up probe: no log-probabilities here
-            return web.json_response(
-                {
-                    "id": "c0",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": "thinker",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "yes"},
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                        }
-                    ],
+                    "choices": [choice],
                 }
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
