@@ -151,6 +151,10 @@ class ExpressionsConfig:
     max_concurrent: int = 1  # comfyui / a1111: renders sent at once
     drawn: bool = True  # faces drawn over the portrait (blush, tears, marks) where no sprite or render is
     terminal_face_width: int = 32  # the face in `chat`, in terminal columns (its height follows its shape)
+    # A face narrower than this share of the portrait's width is shown as a bust framed on it, in which
+    # the face spans `framing_face` of the width (bot/expressions/framing.py); 0: always the whole picture.
+    framing_min_face: float = 0.25
+    framing_face: float = 0.4
     model: str = ""  # hub id, diffusers folder or .safetensors file; empty: portraits only
     model_config: str = ""  # a single file's base model configuration (folder or hub id); empty: inferred
     lora: str = ""
@@ -354,6 +358,12 @@ def _validate(config: Config, source: str) -> None:
         (config.memory.recall_lines <= 32, "memory.recall_lines", "must be at most 32"),
         (1 <= config.memory.max_pins <= 200, "memory.max_pins", "must be between 1 and 200"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),
+        (config.expressions.framing_min_face <= 1.0, "expressions.framing_min_face", "must be 0 to 1"),
+        (
+            0.1 <= config.expressions.framing_face <= 0.9,
+            "expressions.framing_face",
+            "must be between 0.1 and 0.9",
+        ),
         (
             8 <= config.expressions.terminal_face_width <= 160,
             "expressions.terminal_face_width",

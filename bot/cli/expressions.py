@@ -11,7 +11,7 @@ from bot.config import Config
 from bot.errors import BotError, ExpressionError
 from bot.expressions import ExpressionService, contact_sheet
 from bot.expressions.packs import open_pack, write_pack
-from bot.expressions.service import check_labels
+from bot.expressions.recipe import check_labels
 from bot.files import png_bytes, write_output
 from bot.personas import PersonaLibrary
 from bot.store import Store

@@ -18,7 +18,8 @@ from bot.core.scene import Scene
 from bot.errors import BotError, ExpressionError, InputError, PersonaError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
 from bot.expressions.packs import open_pack_bytes, write_pack
-from bot.expressions.service import ExpressionImage, ExpressionService, check_labels
+from bot.expressions.recipe import check_labels
+from bot.expressions.service import ExpressionImage, ExpressionService
 from bot.expressions.sheet import contact_sheet
 from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
 from bot.files import png_bytes

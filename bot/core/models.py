@@ -29,7 +29,7 @@ class PortraitOnly:
         self.personas = personas
 
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
-        return ExpressionImage(self.personas.existing_portrait(persona), label)
+        return ExpressionImage(self.personas.existing_portrait(persona), label, box=persona.face_box)
 
     def kind_of_faces(self, persona: Persona) -> str:
         return "portrait only" if self.personas.existing_portrait(persona) else "no portrait"

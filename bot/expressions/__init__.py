@@ -14,8 +14,9 @@ Torch and diffusers are imported only when a render needs them; OpenCV only when
 """
 
 from bot.expressions.backends.diffusers import Renderer, load_pipeline, render_threads
+from bot.expressions.recipe import emotion_prompt
 from bot.expressions.region import check_face_box, composite, dilate_mask, face_mask, face_preview
-from bot.expressions.service import ExpressionImage, ExpressionService, emotion_prompt
+from bot.expressions.service import ExpressionImage, ExpressionService
 from bot.expressions.sheet import contact_sheet
 from bot.expressions.sprites import (
     MAX_PACK_BYTES,

@@ -8,7 +8,6 @@ A render never fails a chat: any pipeline error falls back to the best available
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import threading
@@ -22,7 +21,9 @@ from PIL import Image
 from bot.config import Config
 from bot.errors import BusyError, ExpressionError
 from bot.expressions.backends import RenderBackend, StepCallback, make_backend
+from bot.expressions.drawn import look_for
 from bot.expressions.drawn_cache import DrawnFaces, file_stamp
+from bot.expressions.recipe import RenderJob, digest, emotion_prompt, seed_for
 from bot.expressions.region import face_mask, read_portrait
 from bot.expressions.sprites import SpriteImport, sprite_name, store_sprites
 from bot.files import atomic_write, png_bytes
@@ -33,19 +34,6 @@ from bot.workers import ModelWorker, maybe_await
 _log = logging.getLogger(__name__)
 
 MAX_DECODED_PORTRAITS = 4  # personas whose decoded portrait and mask stay in memory
-# Prompt words for the default labels; a persona's [emotions.prompts] overrides any of them.
-DEFAULT_EMOTION_WORDS: dict[str, str] = {
-    "neutral": "calm neutral expression, relaxed face",
-    "joy": "happy smile, bright eyes",
-    "amusement": "amused grin, playful eyes, laughing",
-    "sadness": "sad expression, teary eyes, downturned mouth",
-    "anger": "angry expression, furrowed brows, clenched jaw",
-    "fear": "scared expression, wide eyes, trembling mouth",
-    "surprise": "surprised expression, raised eyebrows, open mouth",
-    "love": "loving gaze, soft smile, blushing cheeks",
-    "embarrassment": "embarrassed expression, deep blush, averted eyes",
-    "confusion": "confused expression, tilted head, raised eyebrow",
-}
 
 
 @dataclass(frozen=True)
@@ -55,39 +43,7 @@ class ExpressionImage:
     path: Path | None
     label: str
     fresh: asyncio.Future[Path | None] | None = None
-
-
-def emotion_prompt(persona: Persona, label: str) -> str:
-    words = persona.emotion_prompts.get(label) or DEFAULT_EMOTION_WORDS.get(label) or f"{label} expression"
-    base = persona.appearance.strip() or f"portrait of {persona.name}"
-    return f"{base}, {words}, detailed face, best quality"
-
-
-def check_labels(persona: Persona, labels: Sequence[str]) -> None:
-    """Raise ExpressionError naming the labels that are not in the persona's set."""
-    unknown = [label for label in labels if label not in persona.labels]
-    if unknown:
-        raise ExpressionError(f"labels not in {persona.slug}'s set: {', '.join(unknown)[:200]}")
-
-
-def seed_for(base: int, persona: str, label: str, variant: int) -> int:
-    digest = hashlib.sha256(f"{base}:{persona}:{label}:{variant}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class RenderJob:
-    persona: Persona
-    label: str
-    variant: int
-    prompt: str
-    seed: int
-    key: str
-    source_hash: str  # portrait + mask + persona prompts: renders made from other sources are stale
+    box: tuple[int, int, int, int] | None = None  # where the face lies in the picture shown
 
 
 # -- the diffusers pipeline --------------------------------------------------------------------------
@@ -117,7 +73,13 @@ class ExpressionService:
         )
         # Personas whose portrait or face region cannot be rendered (already logged once), by reason.
         self._unrenderable: dict[str, str] = {}
-        self.drawn_faces = DrawnFaces(self.cache_dir, personas, self._portrait, self._warn_once)
+        self.drawn_faces = DrawnFaces(
+            self.cache_dir,
+            personas,
+            self._portrait,
+            self._warn_once,
+            (self.settings.framing_min_face, self.settings.framing_face),
+        )
 
     @property
     def pending(self) -> int:
@@ -143,7 +105,7 @@ class ExpressionService:
             return cached[1]
         portrait, raw = self._portrait(persona)
         mask = face_mask(persona, portrait.size, self.personas.avatars, s.mask_dilate, s.mask_blur)
-        value = (portrait, mask, _digest(raw) + _digest(mask.tobytes()))
+        value = (portrait, mask, digest(raw) + digest(mask.tobytes()))
         self._source_memo[persona.slug] = (key, value)
         self._source_memo.move_to_end(persona.slug)
         while len(self._source_memo) > MAX_DECODED_PORTRAITS:
@@ -180,8 +142,8 @@ class ExpressionService:
         if s.on_server:
             # Another server or checkpoint draws another face (diffusers' keys stay what they were).
             recipe |= {"backend": s.backend, "server": s.server_url}
-        key = _digest(json.dumps(recipe, sort_keys=True).encode())
-        return RenderJob(persona, label, variant, prompt, seed, key, _digest(source.encode())), portrait, mask
+        key = digest(json.dumps(recipe, sort_keys=True).encode())
+        return RenderJob(persona, label, variant, prompt, seed, key, digest(source.encode())), portrait, mask
 
     # -- lookups ----------------------------------------------------------------------------------------
 
@@ -227,39 +189,60 @@ class ExpressionService:
         if sprite is not None:
             return sprite, "sprite"
         if self.settings.renders and (rendered := await self.cached(persona, label)) is not None:
-            return rendered, "render"
+            return (await self._shown(persona, label, rendered)).path, "render"
         portrait = self._portrait_file(persona)
-        if (
-            self.settings.drawn
-            and (drawn := await self.drawn(persona, label)) is not None
-            and drawn != portrait
-        ):
-            return drawn, "drawn"
-        return portrait, "portrait" if portrait is not None else "none"
+        if portrait is None:
+            return None, "none"
+        if self.settings.drawn and (drawn := await self.drawn(persona, label)) is not None:
+            look = look_for(label, persona.labels)
+            # A look that draws nothing is the portrait (framed where the persona's faces are).
+            return drawn, "drawn" if drawn != portrait and (look.marks or look.symbol) else "portrait"
+        return (await self._shown(persona, label, portrait)).path, "portrait"
 
     async def image_for(self, persona: Persona, label: str) -> ExpressionImage:
-        """The face for an emotion now; on a cache miss, also a future for the fresh render."""
+        """The face for an emotion now, in the persona's frame; on a cache miss, also a future for the
+        fresh render."""
         sprite = self.sprite(persona, label)
         if sprite is not None:
-            return ExpressionImage(sprite, label)
+            return ExpressionImage(sprite, label, box=persona.face_box)  # hand-made: shown as made
         if not (self.settings.enabled and self.settings.renders):
-            return ExpressionImage(await self._stand_in(persona, label), label)
+            return await self._shown(persona, label, await self._stand_in(persona, label))
         try:
             job, _, _ = await asyncio.to_thread(self.job, persona, label)
         except ExpressionError as exc:
             # A persona problem (no face region, unreadable portrait) fails every render the same way:
             # say so once, then keep showing the best image without retrying each turn.
             self._warn_once(persona, f"not rendering faces for {persona.slug}: {exc}")
-            return ExpressionImage(await self._stand_in(persona, label), label)
+            return await self._shown(persona, label, await self._stand_in(persona, label))
         ready = await self._cached_file(job)
         if ready is not None:
-            return ExpressionImage(ready, label)
+            return await self._shown(persona, label, ready)
         now = await self._stand_in(persona, label, rendered_neutral=True)
         try:
             fresh = self.render_in_background(persona, label)
         except BusyError:
-            return ExpressionImage(now, label)
-        return ExpressionImage(now, label, fresh)
+            return await self._shown(persona, label, now)
+        return await self._shown(persona, label, now, fresh)
+
+    async def _shown(
+        self,
+        persona: Persona,
+        label: str,
+        path: Path | None,
+        fresh: asyncio.Future[Path | None] | None = None,
+    ) -> ExpressionImage:
+        """The image as shown (a render or the portrait in the persona's frame; drawn faces are drawn
+        framed, sprites shown as made), with the face's place in it."""
+        if path is None or path == self.sprite(persona, "neutral"):
+            return ExpressionImage(path, label, fresh, persona.face_box)
+        shown, box = await asyncio.to_thread(self.drawn_faces.shown, persona, path)
+        if fresh is not None:
+            fresh = asyncio.ensure_future(self._framed_later(persona, fresh))
+        return ExpressionImage(shown, label, fresh, box)
+
+    async def _framed_later(self, persona: Persona, fresh: asyncio.Future[Path | None]) -> Path | None:
+        path = await asyncio.shield(fresh)
+        return None if path is None else (await asyncio.to_thread(self.drawn_faces.shown, persona, path))[0]
 
     async def _stand_in(self, persona: Persona, label: str, rendered_neutral: bool = False) -> Path | None:
         """The face to show where there is no sprite or render for `label`: the drawn face, or (drawn

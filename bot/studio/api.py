@@ -15,7 +15,7 @@ from aiohttp import web
 from bot.core.admin import Face
 from bot.core.engine import Engine
 from bot.errors import AlreadyImported, BotError, whole_number
-from bot.expressions.service import DEFAULT_EMOTION_WORDS, check_labels
+from bot.expressions.recipe import DEFAULT_EMOTION_WORDS, check_labels
 from bot.personas import Persona, shorter_name
 from bot.studio.jobs import RenderJobs
 

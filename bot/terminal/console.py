@@ -162,7 +162,7 @@ class Console:
         for message in history:
             self.say(f"{message.author_name}: {message.content}")
         face = await self.engine.admin.current_face(self.channel_id)
-        self._show_face(face.path, persona.face_box)
+        self._show_face(face.path, face.box)
 
     def _show_result(self, result: TurnResult) -> None:
         emotion = result.emotion
@@ -171,9 +171,9 @@ class Console:
         self.say(f"\n[emotion: {emotion.label} ({odds}; judged by {emotion.judge})]")
         if emotion.kept:
             self.say(f"[kept the {emotion.label} face: {emotion.kept}]")
-        self._show_face(result.image.path, result.persona.face_box)
+        self._show_face(result.image.path, result.image.box)
         if result.image.fresh is not None:
-            box = result.persona.face_box
+            box = result.image.box
             result.image.fresh.add_done_callback(lambda future: self._render_landed(future, box))
 
     def _show_face(self, path: Path | None, box: tuple[int, int, int, int] | None) -> None:
