@@ -99,6 +99,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class EmotionConfig:
     judge: Literal["auto", "classifier", "llm", "both"] = "auto"
+    # The text judge reads meaning with the shipped sentence encoder where it is installed and loads
+    # (bot/emotion/encoder_judge.py); off, or until it has loaded, the TF-IDF classifier reads keywords.
+    encoder: bool = True
     min_lift: float = 2.0  # multiples of chance (1 / number of labels)
     switch_lift: float = 0.5
 

@@ -19,7 +19,7 @@ from bot.llm import TURN_MARKER, answer_end_tokens
 
 from .support.configs import REPO
 
-CONFIG = EmotionConfig(judge="classifier", min_lift=2.0, switch_lift=0.5)
+CONFIG = EmotionConfig(judge="classifier", min_lift=2.0, switch_lift=0.5, encoder=False)
 DEV = REPO.parent / "shared" / "goemotions" / "dev.tsv"
 
 
@@ -221,7 +221,9 @@ async def test_judge_follows_the_text_and_explains_a_kept_face() -> None:
         previous="amusement",
     )
     assert scared.label == "fear"
-    strict = EmotionJudge(EmotionConfig(judge="classifier", min_lift=9.0), None)  # needs p >= 0.5
+    strict = EmotionJudge(
+        EmotionConfig(judge="classifier", min_lift=9.0, encoder=False), None
+    )  # needs p >= 0.5
     shrug = await strict.judge(name="Mira", labels=DEFAULT_LABELS, reply="Well.", previous="fear")
     assert shrug.label == "fear" and shrug.raw_label != "fear" and shrug.kept.startswith(shrug.raw_label)
 
@@ -277,7 +279,7 @@ async def test_auto_measures_once_and_remembers(model, tmp_path: Path, monkeypat
     few = probe_examples()[::4]  # ten lines: enough to exercise the measurement
     monkeypatch.setattr(judge_module, "probe_examples", lambda: few)
     verdicts = tmp_path / "emotion-judge.json"
-    config = EmotionConfig(judge="auto")
+    config = EmotionConfig(judge="auto", encoder=False)
     judge = EmotionJudge(config, model, model_id="smollm", verdict_file=verdicts)
     assert judge.mode == "classifier"  # until measured
     assert judge.describe() == "classifier (auto: measuring the model)"
@@ -302,7 +304,9 @@ async def test_a_failed_measurement_leaves_the_classifier_judging(
         raise RuntimeError("the model fell over")
 
     monkeypatch.setattr(model, "classify", broken)
-    judge = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=tmp_path / "v.json")
+    judge = EmotionJudge(
+        EmotionConfig(judge="auto", encoder=False), model, model_id="m", verdict_file=tmp_path / "v.json"
+    )
     await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")
     assert judge._probe is not None
     with pytest.raises(RuntimeError):
@@ -405,7 +409,9 @@ async def test_auto_yields_the_model_to_a_chat_turn(model, tmp_path: Path, monke
     monkeypatch.setattr(judge_module, "probe_examples", lambda: probe_examples()[::4])
     events: list[tuple[str, str]] = []
     ended = asyncio.Event()
-    judge = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=tmp_path / "v.json")
+    judge = EmotionJudge(
+        EmotionConfig(judge="auto", encoder=False), model, model_id="m", verdict_file=tmp_path / "v.json"
+    )
     recording(judge, monkeypatch, events, ended)
     try:
         await judge.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")  # starts measuring
@@ -434,7 +440,9 @@ async def test_auto_goes_on_where_it_stopped_after_a_restart(model, tmp_path: Pa
     events: list[tuple[str, str]] = []
     ended = asyncio.Event()
     verdicts = tmp_path / "emotion-judge.json"
-    first = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=verdicts)
+    first = EmotionJudge(
+        EmotionConfig(judge="auto", encoder=False), model, model_id="m", verdict_file=verdicts
+    )
     recording(first, monkeypatch, events, ended)
     await first.judge(name="Mira", labels=DEFAULT_LABELS, reply="Haha!")
     while events.count(("probe", "end")) < 3:
@@ -444,7 +452,9 @@ async def test_auto_goes_on_where_it_stopped_after_a_restart(model, tmp_path: Pa
     progress = json.loads(verdicts.read_text())["m"]["progress"]
     assert 1 <= progress["done"] < len(few)
     asked = progress["done"]
-    again = EmotionJudge(EmotionConfig(judge="auto"), model, model_id="m", verdict_file=verdicts)
+    again = EmotionJudge(
+        EmotionConfig(judge="auto", encoder=False), model, model_id="m", verdict_file=verdicts
+    )
     assert again._mode is None  # not decided yet: it measures on
     lines: list[str] = []
     real = again.classify_text

@@ -36,6 +36,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
                 model_id=llm.identity,
                 verdict_file=config.resolve(config.store.path).parent / JUDGE_VERDICTS,
             )
+            judge.start()  # the sentence encoder loads in the background; the classifier serves till then
             engine = Engine(config, store, llm, personas, expressions, judge)
             try:
                 # A default persona too large for the context should stop start-up, not every chat.

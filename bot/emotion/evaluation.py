@@ -17,6 +17,10 @@ from pathlib import Path
 from bot.emotion.labels import GOEMOTIONS, projection
 
 _NEGATION = re.compile(r"\b(?:not|no|never|nothing|nobody)\b|n't\b", re.IGNORECASE)
+# Emotion words that chat mostly uses as formulas: an apology for a refusal, "I'm afraid", "I need".
+_FORMULA = re.compile(
+    r"\b(?:sorry|afraid|need|thanks|thank you|please|excuse me|unfortunately|no)\b", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,9 @@ def dialogue_sets(
     """Reply-shaped sets made from labelled comments, to see how a judge reads chat rather than Reddit:
     `short` (four words or fewer), `questions`, `negations`, `long` (one comment with an emotion set
     among one to three neutral ones, labelled with its emotion) and `long neutral` (three to six neutral
-    comments in a row: a long reply that shows no emotion). Deterministic for a seed."""
+    comments in a row: a long reply that shows no emotion), `formulas` (neutral comments holding a word
+    chat uses as a formula: sorry, afraid, need, thanks, please, no...: the face must stay neutral) and
+    `surprised questions` (questions labelled surprise or confusion). Deterministic for a seed."""
     rng = random.Random(seed)
     neutral = [e for e in examples if gold(e, labels) == ("neutral",)]
     emotional = [e for e in examples if gold(e, labels) and "neutral" not in gold(e, labels)]
@@ -105,4 +111,10 @@ def dialogue_sets(
         "negations": [e for e in examples if _NEGATION.search(e.text)],
         "long": long,
         "long neutral": long_neutral,
+        "formulas": [e for e in neutral if _FORMULA.search(e.text)],
+        "surprised questions": [
+            e
+            for e in examples
+            if e.text.rstrip().endswith("?") and {"surprise", "confusion"} & set(gold(e, labels))
+        ],
     }

@@ -1,6 +1,8 @@
 """Which emotion a reply shows, from the judges the config allows.
 
-- `classifier`: the shipped text classifier (fast, model-independent);
+- `classifier`: the shipped text judge (fast, model-independent): the sentence encoder that reads meaning
+  (encoder_judge.py) once it has loaded in the background, the TF-IDF classifier before that and wherever
+  the encoder is missing, broken or switched off (`[emotion] encoder`);
 - `llm`: the reply model itself, constrained to the labels (good only on capable models);
 - `both`: the two combined (geometric mean of their probabilities);
 - `auto`: whichever of the three scores best on a small labelled probe set (bot/emotion/data/probe.tsv)
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,11 @@ from typing import Any
 
 from bot.config import EmotionConfig
 from bot.emotion.classifier import TextClassifier, shipped
+from bot.emotion.encoder_judge import EncoderJudge, load_shipped
 from bot.emotion.labels import project, unjudgeable
 from bot.emotion.llm_judge import Classifier, LLMJudge
 from bot.emotion.smoothing import smooth
-from bot.errors import BotError
+from bot.errors import BotError, ModelError
 from bot.files import atomic_write
 from bot.llm.base import Message
 
@@ -63,6 +67,27 @@ def combine(first: Mapping[str, float], second: Mapping[str, float]) -> dict[str
     return {label: p / total for label, p in mixed.items()}
 
 
+_encoder_lock = threading.Lock()
+_encoder: EncoderJudge | ModelError | None = None
+
+
+def shared_encoder() -> EncoderJudge:
+    """The shipped encoder judge, loaded once per process (every engine shares it: 100 MB of RAM);
+    ModelError, remembered, where it cannot load. Blocking: call it on a worker thread."""
+    global _encoder
+    with _encoder_lock:
+        if _encoder is None:
+            try:
+                _encoder = load_shipped()
+            except ModelError as exc:
+                _encoder = exc
+            except Exception as exc:  # torch or transformers failing in a way of their own
+                _encoder = ModelError(f"{type(exc).__name__}: {exc}")
+        if isinstance(_encoder, ModelError):
+            raise _encoder
+        return _encoder
+
+
 def probe_examples(path: Path = PROBE_FILE) -> list[tuple[str, str]]:
     """(label, roleplay line) pairs written for this project, over the 10 default labels."""
     rows = []
@@ -93,6 +118,8 @@ class EmotionJudge:
         self._mode = config.judge if config.judge != "auto" else self._known_verdict()
         self._probe: asyncio.Task[str] | None = None
         self._warned: set[tuple[str, ...]] = set()
+        self.encoder: EncoderJudge | None = None
+        self._encoder_load: asyncio.Task[None] | None = None
         if self._mode in ("llm", "both") and self.llm is None:
             raise BotError(f"emotion.judge = {self._mode!r} needs a language model")
 
@@ -102,24 +129,58 @@ class EmotionJudge:
         return self._mode or "classifier"
 
     def describe(self) -> str:
-        """The judge in use, for people: 'classifier (auto: measuring the model)' and the like."""
+        """The judge in use, for people: 'encoder (auto: measuring the model)' and the like."""
+        mode = self.text_judge if self.mode == "classifier" else self.mode
+        if self.mode == "both":
+            mode = f"both ({self.text_judge} and the model)"
         if self.config.judge != "auto":
-            return self.mode
-        return f"{self.mode} (auto{': measuring the model' if self._mode is None else ''})"
+            return mode
+        return f"{mode} (auto{': measuring the model' if self._mode is None else ''})"
+
+    # -- the encoder ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading the sentence encoder in the background (once; a no-op when it is off). Turns
+        judged meanwhile are read by the classifier: none waits for the load."""
+        if self.config.encoder and self._encoder_load is None:
+            self._encoder_load = asyncio.ensure_future(self._load_encoder())
+
+    async def _load_encoder(self) -> None:
+        try:
+            self.encoder = await asyncio.to_thread(shared_encoder)
+        except ModelError as exc:
+            _log.warning("emotion judge: the sentence encoder is not used (%s); the classifier judges", exc)
+            return
+        _log.info(
+            "emotion judge: reading meaning with the sentence encoder (%s)",
+            "int8" if self.encoder.int8 else "float32",
+        )
+
+    async def encoder_ready(self) -> bool:
+        """Wait for the encoder's load to end; whether it is in use."""
+        self.start()
+        if self._encoder_load is not None:
+            await asyncio.shield(self._encoder_load)
+        return self.encoder is not None
+
+    @property
+    def text_judge(self) -> str:
+        """Which text judge reads replies now: "encoder" or "classifier"."""
+        return "encoder" if self.encoder is not None else "classifier"
 
     # -- judging --------------------------------------------------------------------------------------
 
     def classify_text(self, text: str, labels: Sequence[str], names: Sequence[str] = ()) -> dict[str, float]:
-        """The classifier's probabilities over `labels` for a reply (roleplay markup stripped)."""
+        """The text judge's probabilities over `labels` for a reply (roleplay markup stripped): the
+        encoder's once it has loaded, the classifier's before."""
         key = tuple(labels)
         if key not in self._warned:
             self._warned.add(key)
             missing = unjudgeable(labels)
             if missing:
-                _log.warning(
-                    "the emotion classifier never picks %s (no GoEmotions label maps there)", missing
-                )
-        return project(self.classifier.read_reply(text, names), labels)
+                _log.warning("the emotion judge never picks %s (no GoEmotions label maps there)", missing)
+        reader: EncoderJudge | TextClassifier = self.encoder or self.classifier
+        return project(reader.read_reply(text, names), labels)
 
     async def judge(
         self,
@@ -135,9 +196,12 @@ class EmotionJudge:
         """The face for a reply: the judges' probabilities, then smoothing against the previous face."""
         if self._mode is None:
             self._start_probe()
+        self.start()
         mode = self.mode
         probs: dict[str, float] | None = None
         if mode in ("classifier", "both"):
+            if mode == "classifier":
+                mode = self.text_judge
             probs = await asyncio.to_thread(self.classify_text, reply, labels, [name, *speakers])
         if mode in ("llm", "both"):
             assert self.llm is not None
@@ -267,6 +331,11 @@ class EmotionJudge:
             _log.warning("emotion judge: cannot save the verdict to %s: %s", self.verdict_file, exc)
 
     async def close(self) -> None:
+        if self._encoder_load is not None and not self._encoder_load.done():
+            # The load runs on a worker thread and cannot be stopped; it finishes for the next engine.
+            self._encoder_load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._encoder_load
         if self._probe is not None and not self._probe.done():
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, BotError):

@@ -55,7 +55,9 @@ def write_config(folder: Path, extra: str = "", *, sprites: bool = True, model: 
         + model
         + '[store]\npath = "data/test.sqlite3"\n'
         # `auto` would measure the judges in the background during every test; test_emotion covers it.
-        + '[emotion]\njudge = "classifier"\n'
+        # The encoder loads in the background, so which judge read a reply would depend on timing;
+        # test_emotion_encoder covers it.
+        + '[emotion]\njudge = "classifier"\nencoder = false\n'
         + extra
     )
     return path

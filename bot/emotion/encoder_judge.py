@@ -1,0 +1,157 @@
+"""The emotion judge that reads meaning: the sentence encoder (bot/emotion/encoder.py) with its fitted
+adapter merged in, and a softmax head over GoEmotions' 28 labels, fitted by
+scripts/train_emotion_encoder.py. It reads a reply as the classifier does (roleplay markup stripped, one
+sentence and *action* at a time, pooled toward the sentences that show an emotion), all of a reply's
+sentences in one batch.
+
+`load_shipped()` builds it from the installed encoder and the shipped adapter file; both are checked
+against pinned SHA-256 digests, and any failure is a ModelError (the caller falls back to the classifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bot.emotion.encoder import SentenceEncoder, check_files, encoder_dir, merge_deltas
+from bot.emotion.labels import GOEMOTIONS
+from bot.emotion.text import segments, strip_roleplay
+from bot.errors import ModelError
+
+DATA = Path(__file__).parent / "data"
+HEAD_FILE = DATA / "emotion-encoder.npz"
+CHAT_LINES = DATA / "chat_lines.tsv"
+# The shipped adapter and head (written by scripts/train_emotion_encoder.py); checked on load like the
+# encoder's own files, so a damaged or swapped file is refused rather than judged with.
+HEAD_SHA256 = "6ddea24ff45abe4617f979374bbe24ec0f231ee65c5618e4d42aa1400f47946b"
+MAX_SEGMENTS = 8  # a longer reply is read as this many runs of sentences
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class EncoderJudge:
+    encoder: SentenceEncoder
+    weights: np.ndarray  # (28, dim) float32
+    bias: np.ndarray  # (28,) float32
+    temperature: float
+    pool_power: float = 0.0
+    labels: tuple[str, ...] = GOEMOTIONS
+    int8: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        encoder: SentenceEncoder,
+        a: Mapping[str, np.ndarray],
+        b: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+        bias: np.ndarray,
+        *,
+        temperature: float,
+        pool_power: float,
+        quantize: bool = True,
+    ) -> EncoderJudge:
+        """Merge the adapter into a plain encoder (in place), then run it in int8 where possible."""
+        merge_deltas(encoder.model, {name: b[name] @ a[name] for name in a})
+        int8 = encoder.quantize() if quantize else False
+        return cls(
+            encoder, weights.astype(np.float32), bias.astype(np.float32), temperature, pool_power, int8=int8
+        )
+
+    @classmethod
+    def load(
+        cls, head_file: Path, encoder_folder: Path, *, check: bool = True, quantize: bool = True
+    ) -> EncoderJudge:
+        if check:
+            check_files(head_file.parent, {head_file.name: HEAD_SHA256})
+        try:
+            with np.load(head_file, allow_pickle=False) as data:
+                names = bytes(data["layers"]).decode("utf-8").split("\n")
+                labels = tuple(bytes(data["labels"]).decode("utf-8").split("\n"))
+                a = {name: data[f"a{i}"].astype(np.float32) for i, name in enumerate(names)}
+                b = {name: data[f"b{i}"].astype(np.float32) for i, name in enumerate(names)}
+                weights, bias = data["weights"].astype(np.float32), data["bias"].astype(np.float32)
+                temperature, pool_power = float(data["temperature"]), float(data["pool_power"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"emotion encoder head {head_file} cannot be read: {exc}") from None
+        if labels != GOEMOTIONS or weights.shape[0] != len(GOEMOTIONS) or bias.shape != (len(GOEMOTIONS),):
+            raise ModelError(f"emotion encoder head {head_file} has inconsistent shapes or labels")
+        encoder = SentenceEncoder.load(encoder_folder, check=check)
+        return cls.build(
+            encoder, a, b, weights, bias, temperature=temperature, pool_power=pool_power, quantize=quantize
+        )
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of texts (markup stripped), in batches of similar length."""
+        cleaned = [strip_roleplay(t) for t in texts]
+        order = sorted(range(len(cleaned)), key=lambda i: len(cleaned[i]))
+        out = np.zeros((len(cleaned), self.weights.shape[1]), np.float32)
+        for start in range(0, len(order), BATCH):
+            chunk = order[start : start + BATCH]
+            out[chunk] = self.encoder.embed([cleaned[i] for i in chunk])
+        return out
+
+    def _probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        z = (embeddings @ self.weights.T + self.bias) / self.temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+
+    def read_reply(self, text: str, names: Iterable[str] = ()) -> dict[str, float]:
+        """The 28 probabilities for a whole reply (sums to 1)."""
+        names = list(names)
+        parts = [p for p in (strip_roleplay(s, names) for s in segments(text)) if p]
+        if self.pool_power <= 0 or len(parts) <= 1:
+            parts = [strip_roleplay(text, names)]
+        elif len(parts) > MAX_SEGMENTS:
+            step = -(-len(parts) // MAX_SEGMENTS)
+            parts = [" ".join(parts[i : i + step]) for i in range(0, len(parts), step)]
+        read = self._probabilities(self.encoder.embed(parts))
+        if len(parts) == 1:
+            return dict(zip(self.labels, read[0].tolist(), strict=True))
+        neutral = self.labels.index("neutral")
+        weights = (1.0 - read[:, neutral]) ** self.pool_power + 1e-6
+        pooled = (weights[:, None] * read).sum(0) / weights.sum()
+        return dict(zip(self.labels, pooled.tolist(), strict=True))
+
+    def read_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """read_reply for many texts (batched where each is read whole)."""
+        if self.pool_power > 0:
+            return [self.read_reply(t) for t in texts]
+        read = self._probabilities(self.embed_texts(texts))
+        return [dict(zip(self.labels, row.tolist(), strict=True)) for row in read]
+
+    def with_settings(self, **changes: float) -> EncoderJudge:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
+    """Write the adapter and head (float16: a few hundred kB)."""
+    names = list(a)
+    arrays: dict[str, np.ndarray] = {f"a{i}": a[n].astype(np.float16) for i, n in enumerate(names)}
+    arrays |= {f"b{i}": b[n].astype(np.float16) for i, n in enumerate(names)}
+    arrays |= {
+        "layers": np.frombuffer("\n".join(names).encode("utf-8"), np.uint8),
+        "labels": np.frombuffer("\n".join(GOEMOTIONS).encode("utf-8"), np.uint8),
+        "weights": judge.weights.astype(np.float32),
+        "bias": judge.bias.astype(np.float32),
+        "temperature": np.array(judge.temperature, np.float32),
+        "pool_power": np.array(judge.pool_power, np.float32),
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, allow_pickle=False, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+def load_shipped() -> EncoderJudge:
+    """The shipped judge; ModelError when the encoder is not installed or a file fails its check."""
+    folder = encoder_dir()
+    if folder is None:
+        raise ModelError("the sentence encoder package is not installed")
+    return EncoderJudge.load(HEAD_FILE, folder)

