@@ -1,6 +1,8 @@
 """`python -m bot bench emotion`: how well each emotion judge reads GoEmotions' dev split mapped onto the
-10 default labels, next to always-neutral and a keyword lexicon, and what each judge costs next to a
-60-token reply on the loaded model."""
+10 default labels, next to always-neutral and a keyword lexicon; the sentence encoder and the keyword
+classifier side by side on reply-shaped sets built from dev, with their time per judgement (p50/p95),
+the encoder's load time and memory; and what each judge costs next to a 60-token reply on the loaded
+model."""
 
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ from pathlib import Path
 from benchmarks.common import load_average, loaded_model, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.core.prompt import PromptBuilder, Turn
+from bot.emotion.encoder_judge import EncoderJudge, load_shipped
 from bot.emotion.evaluation import Example, Scores, dialogue_sets, gold, read_goemotions, score
 from bot.emotion.judge import EmotionJudge, combine
+from bot.emotion.labels import project
 from bot.emotion.smoothing import smooth
+from bot.errors import ModelError
 from bot.personas import PersonaLibrary
 
 REPLY_TOKENS = 60
@@ -61,6 +66,23 @@ def print_table(title: str, rows: Sequence[tuple[str, str, str, str, str, str]])
         print("| " + " | ".join(row) + " |")
 
 
+def resident_mb() -> float:
+    """This process's resident memory, in MB (Linux; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def judged(examples: list[Example], predict: Callable[[str], str]) -> tuple[list[str], float]:
     started = time.perf_counter()
     predictions = [predict(e.text) for e in examples]
@@ -97,13 +119,59 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         ("classifier (shipped)", str(len(examples)), *describe(score(by_classifier, golds, labels))),
     ]
 
-    # Reply-shaped sets built from the same rows: short replies, questions, negations, long replies.
+    # The sentence encoder, loaded as the bot loads it; its cost in time and memory.
+    rss_before, started = resident_mb(), time.perf_counter()
+    try:
+        encoder: EncoderJudge | None = load_shipped()
+    except ModelError as exc:
+        print(f"bench emotion: the sentence encoder is not measured: {exc}")
+        encoder = None
+    load_s, load_mb = time.perf_counter() - started, resident_mb() - rss_before
+    readers: dict[str, Callable[[str], dict[str, float]]] = {"classifier (keywords)": classify}
+    if encoder is not None:
+        readers["encoder (meaning)"] = lambda text: project(encoder.read_reply(text), labels)
+        by_encoder, _ = judged(examples, lambda text: best(readers["encoder (meaning)"](text)))
+        rows.append(
+            (
+                f"encoder ({'int8' if encoder.int8 else 'float32'})",
+                str(len(examples)),
+                *describe(score(by_encoder, golds, labels)),
+            )
+        )
+
+    # Reply-shaped sets built from the same rows: short replies, questions, negations, long replies,
+    # politeness formulas, surprised questions; each judge beside always-neutral.
     shaped = []
     for name, subset in dialogue_sets(examples, labels).items():
         subset_golds = [gold(e, labels) for e in subset]
-        predicted = [best(classify(e.text)) for e in subset]
         neutral = score(["neutral"] * len(subset), subset_golds, labels)
-        shaped.append((name, str(len(subset)), *describe(score(predicted, subset_golds, labels)), neutral))
+        for judge_name, read in readers.items():
+            predicted = [best(read(e.text)) for e in subset]
+            shaped.append(
+                (
+                    name,
+                    judge_name,
+                    str(len(subset)),
+                    *describe(score(predicted, subset_golds, labels)),
+                    neutral,
+                )
+            )
+
+    # Time per judgement, as the chat judges: one reply at a time, on dev rows and on long replies.
+    timing_sets = {
+        "dev rows": [e.text for e in examples[:600]],
+        "long replies": [e.text for e in dialogue_sets(examples, labels)["long"][:300]],
+    }
+    timings = []
+    for judge_name, read in readers.items():
+        for set_name, texts in timing_sets.items():
+            times = []
+            for text in texts:
+                began = time.perf_counter()
+                read(text)
+                times.append(time.perf_counter() - began)
+            times.sort()
+            timings.append((judge_name, set_name, times[len(times) // 2], times[int(len(times) * 0.95)]))
 
     # The face as the chat shows it: smoothing over consecutive replies keeps weak or marginal changes out.
     shown: list[str] = []
@@ -172,11 +240,19 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         f"machine: {machine()}; load average (1 min): {load_average()}",
         rows,
     )
-    print(f"\nthe shipped classifier on reply-shaped sets built from {Path(data).name}\n")
-    print("| set | rows | accuracy | macro-F1 | largest label share | always neutral |")
-    print("|---|---|---|---|---|---|")
-    for name, n, accuracy, macro_f1, share, _top, neutral in shaped:
-        print(f"| {name} | {n} | {accuracy} | {macro_f1} | {share} | {neutral.accuracy:.3f} |")
+    print(f"\nthe text judges on reply-shaped sets built from {Path(data).name}\n")
+    print("| set | judge | rows | accuracy | macro-F1 | largest label share | always neutral |")
+    print("|---|---|---|---|---|---|---|")
+    for name, judge_name, n, accuracy, macro_f1, share, _top, neutral in shaped:
+        print(f"| {name} | {judge_name} | {n} | {accuracy} | {macro_f1} | {share} | {neutral.accuracy:.3f} |")
+    print("\n| time per judgement | on | p50 | p95 |\n|---|---|---|---|")
+    for judge_name, set_name, p50, p95 in timings:
+        print(f"| {judge_name} | {set_name} | {p50 * 1000:.2f} ms | {p95 * 1000:.2f} ms |")
+    if encoder is not None:
+        print(
+            f"\nthe encoder loads in {load_s:.2f} s (files checked, adapter merged, int8) and adds "
+            f"{load_mb:.0f} MB resident (torch threads: {torch_threads()})"
+        )
     print(
         f"\nfaces shown with smoothing (min_lift {config.emotion.min_lift}, switch_lift "
         f"{config.emotion.switch_lift}): the face changes on {changed:.0%} of consecutive replies"
