@@ -157,7 +157,7 @@ class SentenceEncoder:
             config = BertConfig.from_dict(json.loads((folder / "config.json").read_text("utf-8")))
             tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
             state = load_file(str(folder / "model.safetensors"))
-        except (OSError, ValueError, RuntimeError, Exception) as exc:
+        except Exception as exc:  # OSError, or the libraries' own errors for a file they cannot parse
             raise ModelError(f"sentence encoder in {folder} cannot be loaded: {exc}") from None
         tokenizer.enable_truncation(MAX_TOKENS)
         tokenizer.enable_padding(pad_id=config.pad_token_id or 0)

@@ -10,7 +10,6 @@ against pinned SHA-256 digests, and any failure is a ModelError (the caller fall
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -126,9 +125,6 @@ class EncoderJudge:
             return [self.read_reply(t) for t in texts]
         read = self._probabilities(self.embed_texts(texts))
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in read]
-
-    def with_settings(self, **changes: float) -> EncoderJudge:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
