@@ -64,7 +64,10 @@ FORMULAS = (
     "Excuse me, ",
     "Please note, ",
     "I'm sorry, ",
+    "Thanks, ",
+    "Thank you, ",
 )
+CONFUSED = ("Huh? {}?", "What do you mean, {}?", "I don't get it. {}?", "Wait, so {}?")
 DISBELIEF = ("Wait, {}?", "Really? {}", "You mean {}?", "Hold on, {}?", "Seriously? {}", "{}?!")
 NEEDS = ("I need", "We need", "You'll need", "I just need", "All I need is")
 THINGS = (
@@ -104,6 +107,9 @@ def augment(train: list[Example], rng: random.Random) -> list[Example]:
     for text in plain[: AUGMENTED // 2]:
         body = text[0].lower() + text[1:] if not text.startswith("I ") else text
         lines.append(Example(rng.choice(DISBELIEF).format(body), ("surprise",)))
+    for text in plain[AUGMENTED // 2 : AUGMENTED]:
+        body = text[0].lower() + text[1:] if not text.startswith("I ") else text
+        lines.append(Example(rng.choice(CONFUSED).format(body), ("confusion",)))
     lines += [Example(f"{n} {t}.", ("neutral",)) for n in NEEDS for t in THINGS]
     return lines
 

@@ -167,6 +167,7 @@ FORMULAS = [
     "I'm afraid the last ferry has already left.",
     "I need two more eggs for the cake.",
     "No, the key is under the mat.",
+    "Thanks, I'll take the window seat.",
     "Please close the gate behind you.",
 ]
 SURPRISED = [

@@ -27,7 +27,7 @@ HEAD_FILE = DATA / "emotion-encoder.npz"
 CHAT_LINES = DATA / "chat_lines.tsv"
 # The shipped adapter and head (written by scripts/train_emotion_encoder.py); checked on load like the
 # encoder's own files, so a damaged or swapped file is refused rather than judged with.
-HEAD_SHA256 = "6ddea24ff45abe4617f979374bbe24ec0f231ee65c5618e4d42aa1400f47946b"
+HEAD_SHA256 = "be87e8812ff35dc2c01ce79f2a7ce07b8052a73412a5df66e00de63a80fc5bd4"
 MAX_SEGMENTS = 8  # a longer reply is read as this many runs of sentences
 BATCH = 64
 
