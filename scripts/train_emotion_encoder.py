@@ -26,6 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from train_emotion import (  # the classifier's fit: the same soft targets and temperature
+    fit_temperature,
+    targets,
+)
+
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion.encoder import SentenceEncoder, add_lora, encoder_dir
 from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, EncoderJudge, save
@@ -114,14 +119,6 @@ def augment(train: list[Example], rng: random.Random) -> list[Example]:
     return lines
 
 
-def targets(examples: list[Example]) -> torch.Tensor:
-    y = torch.zeros(len(examples), len(GOEMOTIONS))
-    for r, example in enumerate(examples):
-        for label in example.labels:
-            y[r, GOEMOTIONS.index(label)] += 1.0 / len(example.labels)
-    return y
-
-
 def batches(texts: list[str], rng: random.Random) -> list[list[int]]:
     """Batches of similar length (less padding), in random order."""
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), rng.random()))
@@ -193,18 +190,7 @@ def calibrate(judge: EncoderJudge, dev: list[Example], prior: np.ndarray) -> Enc
     """Temperature, prior correction and pooling, chosen on dev with the encoder as the bot runs it."""
     embeddings = torch.from_numpy(judge.embed_texts([e.text for e in dev]))
     logits = embeddings @ torch.from_numpy(judge.weights).T + torch.from_numpy(judge.bias)
-    y = targets(dev)
-    log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], max_iter=100, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = -(y * torch.log_softmax(logits / log_t.exp(), 1)).sum(1).mean()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    judge = dataclasses.replace(judge, temperature=float(log_t.exp().detach()))
+    judge = dataclasses.replace(judge, temperature=fit_temperature(logits, targets(dev)))
     best: tuple[float, EncoderJudge] | None = None
     labels = list(DEFAULT_LABELS)
     golds = [gold(e, labels) for e in dev]
