@@ -66,3 +66,19 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def expr_config(tmp_path: Path, tiny_pipeline_dir: Path) -> Config:
     return load_config(write_config(tmp_path, expression_settings(tiny_pipeline_dir), sprites=False))
+
+
+@pytest.fixture
+async def drawn_service(tmp_path: Path):
+    """A service with no inpainting model and no shipped sprites: every face is drawn."""
+    from bot.store import Store
+
+    config = load_config(write_config(tmp_path, sprites=False))
+    store = await Store.open(config.resolve(config.store.path))
+    from bot.expressions import ExpressionService
+    from bot.personas import PersonaLibrary
+
+    service = ExpressionService(config, store, PersonaLibrary.from_config(config))
+    yield service
+    await service.close()
+    await store.close()

@@ -128,17 +128,6 @@ def test_labels_with_a_known_meaning_get_its_look_once() -> None:
 # -- the drawn faces in the service --------------------------------------------------------------------
 
 
-@pytest.fixture
-async def drawn_service(tmp_path: Path):
-    """A service with no inpainting model and no shipped sprites: every face is drawn."""
-    config = load_config(write_config(tmp_path, sprites=False))
-    store = await Store.open(config.resolve(config.store.path))
-    service = ExpressionService(config, store, PersonaLibrary.from_config(config))
-    yield service
-    await service.close()
-    await store.close()
-
-
 async def test_without_a_model_each_label_shows_its_drawn_face(drawn_service: ExpressionService) -> None:
     persona = drawn_service.personas.load("mira")
     portrait = drawn_service.personas.portrait_path(persona)

@@ -91,16 +91,6 @@ def check_legible(faces: dict[str, Image.Image], size: tuple[int, int], box: tup
         assert visible_difference(shown[a], shown[b], region) >= VISIBLE_PIXELS, (a, b)
 
 
-@pytest.fixture
-async def service(tmp_path: Path):
-    config = load_config(write_config(tmp_path, sprites=False))
-    store = await Store.open(config.resolve(config.store.path))
-    service = ExpressionService(config, store, PersonaLibrary.from_config(config))
-    yield service
-    await service.close()
-    await store.close()
-
-
 def import_card(config: Config, card: Path) -> None:
     assert cli_main(["--config", str(config.root / "config.toml"), "persona", "import", str(card)]) == 0
 
@@ -137,8 +127,9 @@ def test_a_small_face_is_framed_as_a_bust_inside_the_picture() -> None:
 
 @needs_cards
 async def test_every_card_with_a_face_shows_every_label_visibly_different_at_discord_size(
-    service: ExpressionService,
+    drawn_service: ExpressionService,
 ) -> None:
+    service = drawn_service
     config = service.config
     framed = []
     for card in sorted(CARDS.glob("*.png")):
@@ -189,7 +180,8 @@ async def test_a_full_body_card_is_legible_only_because_it_is_framed(tmp_path: P
 
 
 @pytest.fixture
-async def framed_service(service: ExpressionService) -> ExpressionService:
+async def framed_service(drawn_service: ExpressionService) -> ExpressionService:
+    service = drawn_service
     """Mira with a face small enough to be framed."""
     persona = service.personas.load("mira")
     service.personas.set_face_box(persona, (220, 120, 60, 60))
