@@ -19,15 +19,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
     parser.add_argument(
         "what",
-        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory", "repetition"],
+        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory", "recall", "repetition"],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
         "memory: recall of early facts, warm-turn cost, lookup time, summaries, large erasures; "
+        "recall: recall by words and by meaning on paraphrased questions, embedding rate, lookup time; "
         "repetition: replies repeating earlier ones, without and with DRY, and cast copies; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
-        "--data", type=Path, help="emotion: GoEmotions dev.tsv (default ../shared/goemotions)"
+        "--data", type=Path, help="emotion, recall: GoEmotions dev.tsv (default ../shared/goemotions)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
@@ -60,6 +61,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.cast import bench_cast
 
         return await bench_cast(config, args.quick)
+    if args.what == "recall":
+        from benchmarks.recall import bench_recall
+
+        return await bench_recall(config, args)
     if args.what == "memory":
         from benchmarks.memory import bench_memory
 

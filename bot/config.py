@@ -122,9 +122,12 @@ class MemoryConfig:
     # What left the prompt window is summarised by the model in the background, per channel and persona.
     summaries: bool = True
     summary_tokens: int = 256  # the summary's room in the prompt
-    # Earlier lines that match the new message (SQLite FTS5, BM25), put after the history each turn.
-    recall_lines: int = 4
-    recall_tokens: int = 192
+    # Earlier lines that match the new message (SQLite FTS5, BM25), put after the history each turn...
+    recall_lines: int = 6
+    recall_tokens: int = 256
+    # ...and by meaning too: each line's sentence embedding (the shipped all-MiniLM-L6-v2), computed in the
+    # background; the two rankings are merged. Off: words alone.
+    meaning: bool = True
     pinned_tokens: int = 160  # facts an admin pinned, always in the prompt
     max_pins: int = 20  # per channel
 

@@ -38,6 +38,7 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
             )
             judge.start()  # the sentence encoder loads in the background; the classifier serves till then
             engine = Engine(config, store, llm, personas, expressions, judge)
+            engine.models.memory.start()  # recall by meaning loads and embeds in the background
             try:
                 # A default persona too large for the context should stop start-up, not every chat.
                 await engine.admin.check_default_persona()

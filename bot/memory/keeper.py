@@ -3,6 +3,7 @@ summariser should fold in, and the commands that show and correct it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,18 @@ from bot.bounded import LRUDict
 from bot.config import MemoryConfig
 from bot.errors import InputError
 from bot.llm import LLMBackend
-from bot.memory.recall import PromptMemory, RecalledLine, match_query, recalled_line
+from bot.memory.meaning import MeaningIndex
+from bot.memory.recall import (
+    WORDS_WEIGHT,
+    PromptMemory,
+    RecalledLine,
+    fuse,
+    match_query,
+    name_words,
+    paired,
+    recalled_line,
+    without_names,
+)
 from bot.memory.summaries import Job, Summariser
 from bot.store import Pin, Store, StoredMessage, Summary
 
@@ -39,6 +51,7 @@ class Memory:
         self.store = store
         self.config = config
         self.summariser = Summariser(store, llm, config, count)
+        self.meaning = MeaningIndex(store, lambda: int(getattr(llm(), "pending", 0) or 0) > 0)
         # The ids of the lines each channel's last prompt recalled (re-read from the store when shown, so
         # an erased one is never shown again).
         self._recalled: LRUDict[int, tuple[int, ...]] = LRUDict(SHOWN_CHANNELS)
@@ -52,21 +65,51 @@ class Memory:
         before_id: int,
     ) -> tuple[PromptMemory, Summary | None]:
         """The pins, the stored summary (the caller decides whether the window shows it yet) and the
-        stored lines older than `before_id` that best match the latest member's message."""
+        stored lines older than `before_id` that best match the latest member's message, best first."""
         if not self.config.enabled:
             return PromptMemory(), None
         pins = [p.text for p in await self.store.pins(channel_id)]
         summary = await self.store.summary(channel_id, persona)
         asked = next((m.content for m in reversed(history) if m.role == "user"), "")
-        found = await self.store.recall(
-            channel_id,
-            personas,
-            match_query(asked),
-            before_id,
-            self.config.recall_lines * RECALL_CANDIDATES,
-        )
-        lines = [recalled_line(m) for m in found]
+        lines = await self._recall(channel_id, personas, history, asked, before_id)
         return PromptMemory(pins, summary.text if summary else "", lines), summary
+
+    def start(self) -> None:
+        """Begin recall by meaning (the encoder loads, stored lines are embedded) in the background."""
+        if self.config.enabled and self.config.meaning:
+            self.meaning.start()
+
+    async def _recall(
+        self,
+        channel_id: int,
+        personas: Sequence[str],
+        history: Sequence[StoredMessage],
+        asked: str,
+        before_id: int,
+    ) -> list[RecalledLine]:
+        """The earlier lines found by words (FTS5) and by meaning, merged by rank; each of the best few
+        brings the lines just before and after it, ranked below it (the answer to a question is often the
+        line after the one that matches it). The builder keeps the best that fit the recall budget."""
+        names = name_words(m.author_name for m in history)
+        wanted = self.config.recall_lines * RECALL_CANDIDATES
+        words = self.store.recall(channel_id, personas, match_query(asked, names), before_id, wanted)
+        if self.config.meaning:
+            self.meaning.wake()  # the member's new line is stored: embed it soon
+            meaning = self.meaning.search(
+                channel_id, without_names(asked, names), personas, before_id, wanted
+            )
+            by_words, by_meaning = await asyncio.gather(words, meaning)
+        else:
+            by_words, by_meaning = await words, []
+        found = {m.id: m for m in [*by_words, *by_meaning]}
+        scores = fuse([([m.id for m in by_words], WORDS_WEIGHT), ([m.id for m in by_meaning], 1.0)])
+        for row_id in sorted(scores, key=scores.__getitem__, reverse=True)[: self.config.recall_lines]:
+            earlier, later = await self.store.neighbours(channel_id, personas, row_id, before_id)
+            for near, score in paired(found[row_id], earlier, later, scores[row_id]):
+                found.setdefault(near.id, near)
+                scores[near.id] = max(scores.get(near.id, 0.0), score)
+        ranked = sorted(scores, key=lambda row_id: (-scores[row_id], -row_id))
+        return [recalled_line(found[row_id]) for row_id in ranked]
 
     def recalled(self, channel_id: int, lines: Sequence[RecalledLine]) -> None:
         """The lines the built prompt kept, for /memory show."""
@@ -118,3 +161,4 @@ class Memory:
 
     async def close(self) -> None:
         await self.summariser.close()
+        await self.meaning.close()

@@ -132,6 +132,33 @@ MIGRATIONS: tuple[str, ...] = (
         created_at  REAL NOT NULL
     );
     """,
+    # Recall by meaning: each line's sentence embedding (float16, unit length), written in the background
+    # from the queue of lines not embedded yet. Triggers keep both in step with the history: an insert
+    # queues the line, an edit drops its vector and queues it again, a delete takes both in the same
+    # transaction (nothing erased can be found by meaning either). Existing lines are queued here and
+    # embedded after the upgrade.
+    """
+    CREATE TABLE message_vectors (
+        id          INTEGER PRIMARY KEY,
+        channel_id  INTEGER NOT NULL,
+        vector      BLOB NOT NULL
+    );
+    CREATE INDEX message_vectors_by_channel ON message_vectors (channel_id, id);
+    CREATE TABLE embed_queue (id INTEGER PRIMARY KEY);
+    INSERT INTO embed_queue (id) SELECT id FROM messages;
+    CREATE TRIGGER messages_embed_insert AFTER INSERT ON messages BEGIN
+        INSERT OR IGNORE INTO embed_queue (id) VALUES (new.id);
+    END;
+    CREATE TRIGGER messages_embed_delete AFTER DELETE ON messages BEGIN
+        DELETE FROM message_vectors WHERE id = old.id;
+        DELETE FROM embed_queue WHERE id = old.id;
+    END;
+    CREATE TRIGGER messages_embed_update AFTER UPDATE OF content ON messages
+        WHEN old.content IS NOT new.content BEGIN
+        DELETE FROM message_vectors WHERE id = old.id;
+        INSERT OR IGNORE INTO embed_queue (id) VALUES (new.id);
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -202,6 +229,7 @@ TABLES_AT = {
     2: {"cast_members", "reply_versions"},
     3: {"messages_fts", "memory_summaries", "memory_pins"},
     4: {"outbox"},
+    5: {"message_vectors", "embed_queue"},
 }
 
 

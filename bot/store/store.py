@@ -34,6 +34,7 @@ from bot.store.records import (
 )
 from bot.store.renders import RenderQueries
 from bot.store.schema import WriteBackFailed, connect, fault, write_back
+from bot.store.vectors import VectorQueries
 
 C = TypeVar("C", bound=type)
 _log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _faults_are_store_errors(cls: C) -> C:
 
 
 @_faults_are_store_errors
-class Store(MemoryQueries, RenderQueries, OutboxQueries, Erasure):
+class Store(MemoryQueries, VectorQueries, RenderQueries, OutboxQueries, Erasure):
     """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:

@@ -58,6 +58,9 @@ def write_config(folder: Path, extra: str = "", *, sprites: bool = True, model: 
         # The encoder loads in the background, so which judge read a reply would depend on timing;
         # test_emotion_encoder covers it.
         + '[emotion]\njudge = "classifier"\nencoder = false\n'
+        # Recall by meaning loads the encoder and embeds in the background: which lines a turn recalls
+        # would depend on timing; test_recall_meaning covers it.
+        + "[memory]\nmeaning = false\n"
         + extra
     )
     return path
