@@ -17,7 +17,7 @@ import pytest
 
 from bot.config import Config
 from bot.core.engine import Engine
-from bot.errors import ModelError
+from bot.errors import ModelError, StoreError
 from bot.llm import LlamaBackend
 from bot.memory import meaning as meaning_module
 from bot.memory.meaning import ChannelVectors, MeaningIndex, nearest, shared_sentence_encoder
@@ -335,3 +335,30 @@ async def test_an_encoder_that_cannot_load_leaves_recall_by_words_with_one_line(
         "memory: recall finds lines by their words only (the sentence encoder: the sentence encoder"
         " package is not installed)"
     ]
+
+
+async def test_a_failing_store_is_one_line_and_embedding_resumes_after(
+    engine: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full for a while: one warning, not one per step; the lines are embedded once it is back."""
+    store = engine.store
+    await say(store, "Sam", PARIS)
+    real = store.unembedded
+    failures = 0
+
+    async def failing(limit: int) -> list:  # type: ignore[type-arg]
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise StoreError(f"{store.path}: the disk is full (nothing of this turn was saved)")
+        return await real(limit)
+
+    monkeypatch.setattr(meaning_module, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(store, "unembedded", failing)
+    caplog.set_level(logging.WARNING, logger="bot.memory.meaning")
+    await embedded(engine.models.memory.meaning)
+    while await store.waiting_embeddings():  # the worker polls: the failing steps, then the real one
+        await embedded(engine.models.memory.meaning)
+    assert failures == 3
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bot.memory.meaning"]
+    assert len(warnings) == 1 and "the disk is full" in warnings[0], warnings

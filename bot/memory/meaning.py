@@ -231,13 +231,16 @@ class MeaningIndex:
         finally:
             self._loaded.set()
         _log.info("memory: recall by meaning is on (lines are embedded in the background)")
+        failing = False  # one line for a failure, however many steps it lasts
         while True:
             self._wake.clear()  # a wake from here on (a line stored during the step) is not lost
             try:
                 done = await self._step()
+                failing = False
             except BotError as exc:  # the store failing: try again later, recall by words meanwhile
-                _log.warning("memory: embedding stored lines: %s", exc)
-                done = True
+                if not failing:
+                    _log.warning("memory: embedding stored lines: %s (trying again meanwhile)", exc)
+                failing, done = True, True
             if not done or self._wake.is_set():
                 continue
             self.idle.set()
