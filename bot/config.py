@@ -122,12 +122,13 @@ class MemoryConfig:
     # What left the prompt window is summarised by the model in the background, per channel and persona.
     summaries: bool = True
     summary_tokens: int = 256  # the summary's room in the prompt
-    # Earlier lines that match the new message (SQLite FTS5, BM25), put after the history each turn...
+    # Earlier lines that match the new message by words (FTS5) and by meaning (each line's embedding).
     recall_lines: int = 6
     recall_tokens: int = 256
-    # ...and by meaning too: each line's sentence embedding (the shipped all-MiniLM-L6-v2), computed in the
-    # background; the two rankings are merged. Off: words alone.
     meaning: bool = True
+    # Notes on what each member told about themselves, per server, put in the prompt when they speak.
+    members: bool = True
+    member_tokens: int = 96
     pinned_tokens: int = 160  # facts an admin pinned, always in the prompt
     max_pins: int = 20  # per channel
 
@@ -361,6 +362,7 @@ def _validate(config: Config, source: str) -> None:
         (config.memory.summary_tokens <= 8192, "memory.summary_tokens", "must be at most 8192"),
         (config.memory.recall_tokens <= 8192, "memory.recall_tokens", "must be at most 8192"),
         (config.memory.pinned_tokens <= 8192, "memory.pinned_tokens", "must be at most 8192"),
+        (config.memory.member_tokens <= 8192, "memory.member_tokens", "must be at most 8192"),
         (config.memory.recall_lines <= 32, "memory.recall_lines", "must be at most 32"),
         (1 <= config.memory.max_pins <= 200, "memory.max_pins", "must be between 1 and 200"),
         (0.0 < config.expressions.strength <= 1.0, "expressions.strength", "must be in (0, 1]"),

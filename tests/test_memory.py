@@ -347,7 +347,12 @@ async def test_the_model_summarises_what_left_the_window_in_the_background(
 ) -> None:
     """The window moved: the lines before it are summarised by the real model, kept with the last line
     they cover, and the window's next move shows the summary in the head."""
-    sized(engine, model, 1024, MemoryConfig(summary_tokens=48, recall_tokens=64, pinned_tokens=32))
+    sized(
+        engine,
+        model,
+        1024,
+        MemoryConfig(summary_tokens=48, recall_tokens=64, pinned_tokens=32, members=False),
+    )
     await seed(engine.store, 80, long=True)
     mira = engine.personas.load("mira")
     history = await engine.scene.history(CHANNEL, [mira])
@@ -399,7 +404,12 @@ async def test_a_summary_gives_way_to_a_reply_and_is_written_again_after(
 ) -> None:
     scripted = Interrupted(model, ["Ann watched the fog for hours.", "Ann watched the fog all night."])
     engine.llm = scripted
-    sized(engine, model, 1024, MemoryConfig(summary_tokens=48, recall_tokens=64, pinned_tokens=32))
+    sized(
+        engine,
+        model,
+        1024,
+        MemoryConfig(summary_tokens=48, recall_tokens=64, pinned_tokens=32, members=False),
+    )
     await seed(engine.store, 60, long=True)
     mira = engine.personas.load("mira")
     history = await engine.scene.history(CHANNEL, [mira])

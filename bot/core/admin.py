@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from bot.bounded import KeyedLocks
 from bot.core.cast import named_in
+from bot.core.memory_admin import MemoryAdmin
 from bot.core.models import Models
 from bot.core.scene import Scene
 from bot.errors import BotError, ExpressionError, InputError, PersonaError
@@ -24,9 +25,8 @@ from bot.expressions.sheet import contact_sheet
 from bot.expressions.sprites import MAX_PACK_BYTES, SpriteImport
 from bot.files import png_bytes
 from bot.images import decode_image
-from bot.memory import MemoryView
 from bot.personas import Persona
-from bot.store import ChannelState, Pin, StoredMessage
+from bot.store import ChannelState, StoredMessage
 
 Progress = Callable[[int, int, str], Awaitable[None] | None] | None  # done, total, current label
 Steps = Callable[[int, int], None] | None  # denoising steps done and in all, heard on the render thread
@@ -71,7 +71,7 @@ class Face:
     kind: str  # "sprite", "render", "drawn", "portrait" or "none"
 
 
-class Admin:
+class Admin(MemoryAdmin):
     """`engine.admin`: the front-ends' questions and changes besides turns and reply controls."""
 
     def __init__(self, scene: Scene, models: Models) -> None:
@@ -187,37 +187,14 @@ class Admin:
         return await self.store.count_by_author(author_id, channel_ids)
 
     async def forget_member(self, author_id: int, channel_ids: list[int]) -> int:
-        """Erase a member's messages in these channels: gone from the store, the full-text index, every
-        summary that read them, and every future prompt."""
+        """Erase a member's messages in these channels: gone from the store, the indexes, every summary
+        that read them, their notes in these channels' servers, and every future prompt."""
         try:
             return await self.store.forget_author(author_id, channel_ids)
         finally:
+            await self.models.memory.forget_member(author_id, channel_ids)
             self.scene.erased()  # even a partial erase: what went must not be shown
             await self.models.llm.forget_contexts()  # nor linger in the model's kept contexts
-
-    # -- memory: summaries, pinned facts, recalled lines -----------------------------------------------
-
-    async def memory(self, channel_id: int) -> MemoryView:
-        """The channel's summaries (per persona), pinned facts and the lines its last prompt recalled."""
-        return await self.models.memory.view(channel_id)
-
-    async def edit_summary(self, channel_id: int, text: str, name: str | None = None) -> Persona:
-        """Replace a persona's summary of this channel (the lead's by default) with an admin's text, kept
-        as written; empty text lets the model summarise again. Returns whose summary it is."""
-        persona = await self.persona_named(channel_id, name)
-        window = self.scene.windows.get((channel_id, persona.slug))
-        await self.models.memory.edit_summary(
-            channel_id, persona.slug, text, window.first_id - 1 if window is not None else 0
-        )
-        self.scene.erased()  # shown from the next turn on, not at the window's next move
-        return persona
-
-    async def pin(self, channel_id: int, text: str) -> list[Pin]:
-        """A fact always in the channel's prompt (within memory.pinned_tokens); returns every pin."""
-        return await self.models.memory.pin(channel_id, text)
-
-    async def unpin(self, channel_id: int, number: int) -> list[Pin]:
-        return await self.models.memory.unpin(channel_id, number)
 
     # -- the cast: several personas in one channel ----------------------------------------------------
 

@@ -104,6 +104,7 @@ class Engine:
         addressed: str | None = None,
         on_start: SpeakerCallback | None = None,
         store_first: bool = False,
+        server_id: int | None = None,
     ) -> TurnResult:
         """Run one turn: the member's message, then the cast's replies to it (one persona's reply when the
         channel has one; `followed_by` holds the rest). The message is committed before any model work;
@@ -111,7 +112,8 @@ class Engine:
         `addressed` is the persona the message answers (a reply to its message); otherwise one the text
         names speaks, or the model (or turn order) chooses. `on_start` hears who speaks, before each reply.
         `store_first`: each reply is stored before `deliver` shows it, for a front-end whose showing cannot
-        fail (the terminal): what a person saw is then in the history whatever happens next."""
+        fail (the terminal): what a person saw is then in the history whatever happens next.
+        `server_id`: the server the channel is in (members' notes are kept per server)."""
         scene, composer = self.scene, self.composer
         async with scene.lock(channel_id):
             started = time.perf_counter()
@@ -119,6 +121,8 @@ class Engine:
             lead = cast[0]
             # A message that can never be a turn is refused before anything is stored.
             await asyncio.to_thread(self.prompts.check_message, lead, text)
+            if server_id is not None:
+                await self.models.memory.note_server(channel_id, server_id)
             user_row = await self.store.add_message(
                 channel_id,
                 role="user",
@@ -156,7 +160,10 @@ class Engine:
             first = results[0]
             first.followed_by = results[1:]
             first.timings["total"] = time.perf_counter() - started
-            return first
+        # After the replies, never before them: the member's notes are brought up to date in the background.
+        if author_id is not None:
+            await self.models.memory.heard(channel_id, author_id, author_name)
+        return first
 
     async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
         # The reply enters the history only once it was delivered (a failed send stores nothing). Until

@@ -133,6 +133,7 @@ class PromptBuilder:
         self.pinned_tokens = min(memory.pinned_tokens, cap)
         self.recall_tokens = min(memory.recall_tokens, cap)
         self.recall_lines = memory.recall_lines if memory.enabled else 0
+        self.member_tokens = min(memory.member_tokens, cap) if memory.members else 0
 
     def count(self, text: str) -> int:
         return len(self.model.tokenize(text))
@@ -217,6 +218,9 @@ class PromptBuilder:
         # Recalled lines vary every turn: the window is fitted as if they took their whole reserve, so
         # that how many were found never moves the window (and never breaks the kept prefix).
         reserve = self.recall_tokens + RECALL_WRAP if self.recall_tokens else 0
+        reserve += self.member_tokens
+        member = self._trim(memory.member, self.member_tokens) if memory.member and self.member_tokens else ""
+        member_cost = self.count(member) if member else 0
 
         def recall_at(start: int) -> tuple[list[RecalledLine], int]:
             first = ids[start] if start < len(ids) else None
@@ -233,9 +237,12 @@ class PromptBuilder:
 
         def messages_at(start: int, recalled: list[RecalledLine]) -> list[Message]:
             middle = history_messages(persona, turns[start:])
+            parts = [member] if member else []
             if recalled:
                 lines = "\n".join(line.text for line in recalled)
-                middle.append({"role": "system", "content": f"{RECALL_HEADING}\n{lines}"})
+                parts.append(f"{RECALL_HEADING}\n{lines}")
+            if parts:
+                middle.append({"role": "system", "content": "\n\n".join(parts)})
             return head + middle + tail
 
         def attempt(start: int) -> tuple[str, int]:
@@ -243,7 +250,7 @@ class PromptBuilder:
             text = self.render(messages_at(start, recalled))
             # Counted as the model evaluates it (template markers as special tokens): counted as plain
             # text, the markers cost 1.3-1.7 times as much and the window filled well short of the budget.
-            return text, self.model.count_prompt(text) - cost + reserve
+            return text, self.model.count_prompt(text) - cost - member_cost + reserve
 
         start = min(max(window_start, 0), max(len(turns) - 1, 0))
         text, n_fit = attempt(start)

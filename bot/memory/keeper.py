@@ -13,6 +13,7 @@ from bot.config import MemoryConfig
 from bot.errors import InputError
 from bot.llm import LLMBackend
 from bot.memory.meaning import MeaningIndex
+from bot.memory.members import MAX_NOTE_CHARS, NotesJob, NotesWriter, note_lines
 from bot.memory.recall import (
     WORDS_WEIGHT,
     PromptMemory,
@@ -25,7 +26,7 @@ from bot.memory.recall import (
     without_names,
 )
 from bot.memory.summaries import Job, Summariser
-from bot.store import Pin, Store, StoredMessage, Summary
+from bot.store import MemberNotes, Pin, Store, StoredMessage, Summary
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ RECALL_CANDIDATES = 3  # lines looked up per recalled line kept: some fall insid
 MAX_PIN_CHARS = 300
 MAX_SUMMARY_CHARS = 4000
 SHOWN_CHANNELS = 1024  # channels whose last recalled lines /memory show can tell
+KNOWN_CHANNELS = 65536  # channels whose server is remembered in RAM (the store has them all)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Memory:
         self.config = config
         self.summariser = Summariser(store, llm, config, count)
         self.meaning = MeaningIndex(store, lambda: int(getattr(llm(), "pending", 0) or 0) > 0)
+        self.notes = NotesWriter(store, llm)
+        self._servers: LRUDict[int, int | None] = LRUDict(KNOWN_CHANNELS)  # channel -> its server
         # The ids of the lines each channel's last prompt recalled (re-read from the store when shown, so
         # an erased one is never shown again).
         self._recalled: LRUDict[int, tuple[int, ...]] = LRUDict(SHOWN_CHANNELS)
@@ -72,7 +76,75 @@ class Memory:
         summary = await self.store.summary(channel_id, persona)
         asked = next((m.content for m in reversed(history) if m.role == "user"), "")
         lines = await self._recall(channel_id, personas, history, asked, before_id)
-        return PromptMemory(pins, summary.text if summary else "", lines), summary
+        member = await self._member_notes(channel_id, history)
+        return PromptMemory(pins, summary.text if summary else "", lines, member), summary
+
+    # -- members ---------------------------------------------------------------------------------------
+
+    async def note_server(self, channel_id: int, server_id: int) -> None:
+        """The channel is in this server (each front-end says so at every turn): members' notes are
+        kept per server."""
+        if self._servers.get(channel_id, -1) != server_id:
+            await self.store.note_server(channel_id, server_id)
+            self._servers[channel_id] = server_id
+
+    async def server_of(self, channel_id: int) -> int | None:
+        if channel_id not in self._servers:
+            self._servers[channel_id] = next(iter(await self.store.servers_of([channel_id])), None)
+        return self._servers[channel_id]
+
+    async def members_on(self, server_id: int) -> bool:
+        """Whether members' notes are kept and used in this server (its admins' choice, else the config)."""
+        chosen = await self.store.member_memory_on(server_id)
+        return self.config.enabled and self.config.members and (chosen is None or chosen)
+
+    async def set_members(self, server_id: int, on: bool) -> None:
+        await self.store.set_member_memory(server_id, on)
+
+    async def _member_notes(self, channel_id: int, history: Sequence[StoredMessage]) -> str:
+        """The notes on the member who spoke last, for the prompt."""
+        speaker = next((m for m in reversed(history) if m.role == "user"), None)
+        server = await self.server_of(channel_id)
+        if (
+            speaker is None
+            or speaker.author_id is None
+            or server is None
+            or not await self.members_on(server)
+        ):
+            return ""
+        notes = await self.store.member_notes(server, speaker.author_id)
+        if notes is None or not notes.text.strip():
+            return ""
+        return f"What {speaker.author_name} has told you about themselves (your notes):\n{notes.text}"
+
+    async def heard(self, channel_id: int, member_id: int, name: str) -> None:
+        """A member's turn is over: fold what they said into their notes, in the background."""
+        server = await self.server_of(channel_id)
+        if server is not None and await self.members_on(server):
+            self.notes.request(NotesJob(server, member_id, name))
+
+    async def member_view(self, server_id: int, member_id: int) -> MemberNotes | None:
+        return await self.store.member_notes(server_id, member_id)
+
+    async def correct_member(self, server_id: int, member_id: int, text: str) -> MemberNotes | None:
+        """The member's own notes, kept as written (bulleted, bounded); empty text erases them."""
+        lines = note_lines(text)
+        notes = "\n".join(f"- {line}" for line in lines)
+        if len(notes) > MAX_NOTE_CHARS:
+            raise InputError(f"the notes are {len(notes)} characters long; at most {MAX_NOTE_CHARS}")
+        newest = await self.store.member_lines(server_id, member_id, 0, 1)
+        await self.store.edit_member_notes(server_id, member_id, notes, newest[-1].id if newest else 0)
+        if not notes:
+            await self.store.checkpoint()  # erased notes leave the write-ahead log at once
+        return await self.store.member_notes(server_id, member_id)
+
+    async def forget_member(self, member_id: int, channel_ids: Sequence[int]) -> int:
+        """/forget-me: the member's notes in the servers of these channels, and their waiting jobs."""
+        self.notes.drop(member_id)
+        servers = await self.store.servers_of(channel_ids)
+        removed = await self.store.forget_member_notes(member_id, sorted(servers))
+        await self.store.give_back_space()
+        return removed
 
     def start(self) -> None:
         """Begin recall by meaning (the encoder loads, stored lines are embedded) in the background."""
@@ -162,3 +234,4 @@ class Memory:
     async def close(self) -> None:
         await self.summariser.close()
         await self.meaning.close()
+        await self.notes.close()

@@ -39,12 +39,13 @@ class RecalledLine:
 @dataclass(frozen=True)
 class PromptMemory:
     """Memory's part of one prompt: pinned facts and the summary in the permanent head (they change
-    only when an admin pins or the window moves), recalled lines after the history (they change every
-    turn, so a warm turn re-reads only them)."""
+    only when an admin pins or the window moves); the speaking member's notes and the recalled lines after
+    the history (they change every turn, so a warm turn re-reads only them)."""
 
     pins: list[str] = field(default_factory=list)
     summary: str = ""
     recalled: list[RecalledLine] = field(default_factory=list)
+    member: str = ""  # the notes on the member who speaks (with their heading), beside the recalled lines
 
 
 FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al., 2009): a rank's weight is 1/(K + rank)

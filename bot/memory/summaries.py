@@ -124,8 +124,6 @@ class Summariser:
     async def _ask(self, job: Job, chunk: list[StoredMessage], base: Summary | None) -> str | None:
         """The model's new summary; None when a reply started waiting for the model meanwhile."""
         llm = self._llm()
-        if llm.pending > 0:
-            return None  # a reply is being written: try again in a while
         shown = "\n".join(f"{m.author_name}: {' '.join(m.content.split())}" for m in chunk)
         old = base.text if base is not None else "(nothing yet)"
         words = self.config.summary_tokens * 3 // 5
@@ -137,24 +135,37 @@ class Summariser:
                 f"New lines:\n{shown}\n\nWrite the updated summary in at most {words} words.",
             },
         ]
-        prompt = await asyncio.to_thread(llm.render, messages)
         started = time.perf_counter()
-        generation = llm.generate(prompt, max_tokens=self.config.summary_tokens, session=SESSION)
-        parts: list[str] = []
-        chunks = generation.chunks()
-        try:
-            async for part in chunks:
-                parts.append(part)
-                if llm.pending > 1:  # a reply is waiting behind this summary: give way at once
-                    return None
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
+        text = await ask_between_replies(llm, messages, self.config.summary_tokens, SESSION)
+        if text is None:
+            return None
         self.last_seconds = time.perf_counter() - started
-        return " ".join("".join(parts).split()) or None
+        return " ".join(text.split()) or None
 
     async def close(self) -> None:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+
+
+async def ask_between_replies(
+    llm: LLMBackend, messages: list[Message], max_tokens: int, session: str
+) -> str | None:
+    """The model's answer to background work (a summary, a member's notes), written only while no reply
+    waits: None, to be asked again later, the moment one does."""
+    if llm.pending > 0:
+        return None  # a reply is being written: try again in a while
+    prompt = await asyncio.to_thread(llm.render, messages)
+    generation = llm.generate(prompt, max_tokens=max_tokens, session=session)
+    parts: list[str] = []
+    chunks = generation.chunks()
+    try:
+        async for part in chunks:
+            parts.append(part)
+            if llm.pending > 1:  # a reply is waiting behind this one: give way at once
+                return None
+    finally:
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]
+    return "".join(parts).strip() or None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from bot.store.records import (
     CastMember,
     ChannelState,
+    MemberNotes,
     Pin,
     RenderRecord,
     ReplyVersion,
@@ -22,6 +23,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CastMember",
     "ChannelState",
+    "MemberNotes",
     "Pin",
     "RenderRecord",
     "ReplyVersion",

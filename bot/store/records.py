@@ -91,3 +91,12 @@ class UnsentReply:
     prompt_id: int | None
     answers: int | None  # the Discord id of the member's message it answers: it was posted after that
     created_at: float
+
+
+@dataclass(frozen=True)
+class MemberNotes:
+    """What a persona learned about one member in one server: from their lines up to `through_id`."""
+
+    text: str
+    through_id: int
+    edited: bool  # written by the member (a correction): kept, never replaced by the model's

@@ -159,6 +159,40 @@ MIGRATIONS: tuple[str, ...] = (
         INSERT OR IGNORE INTO embed_queue (id) VALUES (new.id);
     END;
     """,
+    # Memory of each member: what the persona learned about a member from what they said about themselves,
+    # per server (a fact told in one channel is known in the server's others, never in another server's),
+    # written by the model in the background or corrected by the member. Which server a channel is in is
+    # noted at each turn, so that erasing a line can drop the notes that read it: like a summary, notes
+    # built from a line later edited or erased are dropped by the triggers (a member's own correction is
+    # their own words, and stays until /forget-me). Admins can turn member memory off per server.
+    """
+    CREATE TABLE channel_servers (
+        channel_id  INTEGER PRIMARY KEY,
+        server_id   INTEGER NOT NULL
+    );
+    CREATE TABLE member_notes (
+        server_id   INTEGER NOT NULL,
+        member_id   INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        through_id  INTEGER NOT NULL,
+        edited      INTEGER NOT NULL DEFAULT 0,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (server_id, member_id)
+    );
+    CREATE TABLE server_settings (
+        server_id      INTEGER PRIMARY KEY,
+        member_memory  INTEGER NOT NULL
+    );
+    CREATE TRIGGER messages_notes_delete AFTER DELETE ON messages WHEN old.author_id IS NOT NULL BEGIN
+        DELETE FROM member_notes WHERE member_id = old.author_id AND through_id >= old.id AND edited = 0
+            AND server_id = (SELECT server_id FROM channel_servers WHERE channel_id = old.channel_id);
+    END;
+    CREATE TRIGGER messages_notes_update AFTER UPDATE OF content ON messages
+        WHEN old.author_id IS NOT NULL AND old.content IS NOT new.content BEGIN
+        DELETE FROM member_notes WHERE member_id = old.author_id AND through_id >= old.id AND edited = 0
+            AND server_id = (SELECT server_id FROM channel_servers WHERE channel_id = old.channel_id);
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -230,6 +264,7 @@ TABLES_AT = {
     3: {"messages_fts", "memory_summaries", "memory_pins"},
     4: {"outbox"},
     5: {"message_vectors", "embed_queue"},
+    6: {"channel_servers", "member_notes", "server_settings"},
 }
 
 

@@ -24,10 +24,14 @@ from bot.terminal.safe import counted, safe_text
 
 HELP = (
     "commands: /persona [NAME] (show, or switch), /personas (list), /cast [add|remove NAME] (several"
-    " personas), /memory [edit TEXT|pin TEXT|unpin N] (what it remembers), /reset (forget this channel),"
+    " personas), /memory [edit TEXT|pin TEXT|unpin N] (what it remembers), /memory me [TEXT|forget] (its"
+    " notes on you), /memory members on|off, /reset (forget this channel),"
     " /quit"
 )
 CONFIRM_RESET = "yes"
+# The terminal is one server with one member: the notes /memory me shows are kept under these ids.
+TERMINAL_SERVER = 0
+TERMINAL_MEMBER = 0
 
 
 class Console:
@@ -131,6 +135,8 @@ class Console:
                     self.channel_id,
                     self.user,
                     line,
+                    author_id=TERMINAL_MEMBER,
+                    server_id=TERMINAL_SERVER,
                     on_text=lambda t: self.say(t, end=""),
                     on_start=lambda speaker: self.say(f"{speaker.name}: ", end=""),
                     deliver=show,
@@ -196,6 +202,9 @@ class Console:
         """/memory shows the channel's memory; edit, pin and unpin correct it (as /manage memory)."""
         admin, channel = self.engine.admin, self.channel_id
         action, _, text = arg.partition(" ")
+        if action in ("me", "members"):
+            await self._member_memory(action, text.strip())
+            return
         if action == "edit":
             whose = await admin.edit_summary(channel, text)
             self.say(f"[{whose.name}'s summary is {'kept as written' if text.strip() else 'cleared'}]")
@@ -219,6 +228,33 @@ class Console:
             self.say(f"[pinned {number}: {pin.text}]")
         for message in view.recalled:
             self.say(f"[recalled: {message.author_name}: {message.content}]")
+
+    async def _member_memory(self, action: str, text: str) -> None:
+        """/memory me [TEXT|forget]: the persona's notes on you, corrected or erased; /memory members on|off
+        (as /memory me and /manage memory members on Discord)."""
+        admin = self.engine.admin
+        if action == "members" and text in ("on", "off"):
+            await admin.keep_member_notes(TERMINAL_SERVER, text == "on")
+            self.say(f"[notes on members are {text}]")
+            return
+        if action == "me" and text:
+            await admin.correct_member_notes(
+                TERMINAL_SERVER, TERMINAL_MEMBER, "" if text == "forget" else text
+            )
+        elif action != "me":
+            self.say(f"[{HELP}]")
+            return
+        notes, kept = await admin.member_notes(TERMINAL_SERVER, TERMINAL_MEMBER)
+        if not kept:
+            self.say("[notes on members are off (/memory members on)]")
+        elif notes is None or not notes.text:
+            self.say("[no notes on you yet: they are written from what you tell about yourself]")
+        else:
+            how = ", as you wrote them" if notes.edited else ""
+            self.say(
+                f"[notes on you{how}:\n{notes.text}\n/memory me TEXT corrects them,"
+                " /memory me forget erases them]"
+            )
 
     async def _command(self, line: str) -> bool:
         """Handle a /command; False means quit."""

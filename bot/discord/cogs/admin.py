@@ -413,6 +413,14 @@ class Admin(commands.Cog):
         pins = await self.engine.admin.unpin(interaction.channel_id or 0, number)
         await interaction.response.send_message(describe_pins(pins)[:2000], ephemeral=True)
 
+    @manage_memory.command(name="members", description="Whether the bot keeps notes on members here")
+    @manager_only
+    async def memory_members(self, interaction: discord.Interaction, keep: bool) -> None:
+        server = interaction.guild_id or 0
+        await self.engine.admin.keep_member_notes(server, keep)
+        done = "keeps notes on what members tell about themselves" if keep else "keeps no notes on members"
+        await interaction.response.send_message(f"In this server the bot now {done}.", ephemeral=True)
+
     @app_commands.command(name="status", description="Model, queues and cache")
     async def status(self, interaction: discord.Interaction) -> None:
         status = await self.engine.admin.status(interaction.channel_id or 0)

@@ -177,6 +177,7 @@ class Chat(commands.Cog):
                     text,
                     author_id=message.author.id,
                     discord_id=message.id,
+                    server_id=message.guild.id if message.guild is not None else None,
                     on_text=add if self.settings.stream_edits else None,
                     deliver=deliver,
                     addressed=replied,

@@ -58,6 +58,32 @@ class Memory(commands.Cog):
         names = {p.slug: p.name for p in await self.engine.admin.cast(channel_id)}
         await interaction.response.send_message(describe_memory(view, names)[:DISCORD_LIMIT], ephemeral=True)
 
+    @memory.command(name="me", description="What the bot noted about you in this server; correct or erase it")
+    @app_commands.describe(
+        correct="your notes as you want them kept, one fact per line or separated by ';'",
+        forget="erase the notes",
+    )
+    @app_commands.guild_only()
+    async def me(
+        self, interaction: discord.Interaction, correct: str | None = None, forget: bool = False
+    ) -> None:
+        admin, server, member = self.engine.admin, interaction.guild_id or 0, interaction.user.id
+        if forget or correct is not None:
+            text = "" if forget else "\n".join(correct.split(";")) if correct else ""
+            await admin.correct_member_notes(server, member, text)
+        notes, kept = await admin.member_notes(server, member)
+        if not kept:
+            shown = "The bot keeps no notes on members in this server."
+        elif notes is None or not notes.text:
+            shown = "No notes on you here yet: they are written from what you tell about yourself."
+        else:
+            how = " (as you wrote them)" if notes.edited else ""
+            shown = (
+                f"**What the bot noted about you here{how}:**\n{notes.text}\n\n"
+                "`/memory me correct:` rewrites them, `/memory me forget:True` erases them."
+            )
+        await interaction.response.send_message(shown[:DISCORD_LIMIT], ephemeral=True)
+
 
 async def setup(bot: RoleplayBot) -> None:
     await bot.add_cog(Memory(bot))
