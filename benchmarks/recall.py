@@ -175,6 +175,9 @@ async def bench_recall(config: Config, args: argparse.Namespace) -> int:
                 llm, model.max_reply_tokens, config.prompt, memory
             )
             engine.scene.windows.clear()
+            # Sam's notes too, as a member who told a few things about themselves has them.
+            await engine.models.memory.note_server(CHANNEL, 1)
+            await engine.admin.correct_member_notes(1, 7, "- Sam grew up in Paris\n- Sam's sister is a nurse")
             history = await engine.scene.history(CHANNEL, cast)
             before = await engine.composer.prompt(CHANNEL, mira, cast, history, "Sam")
             reads = []
@@ -185,7 +188,7 @@ async def bench_recall(config: Config, args: argparse.Namespace) -> int:
                 )
                 _, question = PARAPHRASED[turn]
                 await store.add_message(
-                    CHANNEL, role="user", author_name="Sam", content=question, persona="mira"
+                    CHANNEL, role="user", author_name="Sam", content=question, persona="mira", author_id=7
                 )
                 history = await engine.scene.history(CHANNEL, cast)
                 built = await engine.composer.prompt(CHANNEL, mira, cast, history, "Sam")
@@ -193,7 +196,7 @@ async def bench_recall(config: Config, args: argparse.Namespace) -> int:
                 before = built
             rows.append(
                 (
-                    f"tokens read per warm turn, words + meaning (of a {before.n_tokens}-token prompt)",
+                    f"tokens read per warm turn, words + meaning, member's notes ({before.n_tokens}-token prompt)",
                     f"mean {statistics.mean(reads):.0f}, max {max(reads)}",
                 )
             )

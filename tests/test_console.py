@@ -317,6 +317,31 @@ def test_terminal_memory_shows_pins_and_takes_corrections(tmp_path: Path) -> Non
     assert chat.close() == 0
 
 
+def test_terminal_shows_corrects_and_erases_the_notes_on_you(tmp_path: Path) -> None:
+    """/memory me in the terminal, as on Discord: the notes on the one at the keyboard, corrected, erased;
+    /memory members off turns them off (and a correction over the bound is one error line)."""
+    config = write_config(tmp_path)
+    chat = Chat(config)
+    chat.expect("[commands: ")
+    chat.type("/memory me")
+    chat.expect("[no notes on you yet: they are written from what you tell about yourself]")
+    chat.type("/memory me My name is Sam; I use she/her")
+    chat.expect(
+        "[notes on you, as you wrote them:\n- My name is Sam; I use she/her\n/memory me TEXT corrects"
+    )
+    chat.type("/memory me " + "x" * 700)
+    chat.expect("[error: the notes are 702 characters long; at most 600]")
+    chat.type("/memory me forget")
+    chat.expect("[no notes on you yet")
+    chat.type("/memory members off")
+    chat.expect("[notes on members are off]")
+    chat.type("/memory me")
+    chat.expect("[notes on members are off (/memory members on)]")
+    assert "Traceback" not in chat.output
+    chat.type("/quit")
+    assert chat.close() == 0
+
+
 def _stored_replies(database: Path) -> list[str]:
     import sqlite3
 

@@ -132,10 +132,11 @@ async def test_lines_that_tell_nothing_about_the_member_never_reach_the_model(
 async def test_notes_built_from_a_line_later_erased_or_edited_are_dropped(
     engine: Engine, model: LlamaBackend, change: str
 ) -> None:
-    notes_written_by(engine, model, NOTES, "- Sam has a dog")
+    scripted = notes_written_by(engine, model, NOTES, "- Sam has a dog")
     store = engine.store
     row = await told(engine, A, TOLD)
-    await told(engine, OTHER, "My dog is loud.")  # the other server's notes read another line
+    await told(engine, OTHER, "My dog is loud.")  # the other server's notes read that server's lines only
+    assert "My dog is loud." in scripted.prompts[1] and TOLD not in scripted.prompts[1]
     await store._db.execute("UPDATE messages SET discord_id = 900 WHERE id = ?", (row,))
     if change == "delete":
         await store.delete_message(900)

@@ -116,6 +116,7 @@ class NotesWriter:
         self.idle = asyncio.Event()  # set while no job waits (tests, bench)
         self.idle.set()
         self.last_answer: str | None = None  # the model's last notes as it wrote them (tests, bench)
+        self.stored = asyncio.Event()  # set each time a member's notes are stored (tests wait on it)
 
     def request(self, job: NotesJob) -> None:
         """Bring these notes up to date with what the member said, soon."""
@@ -168,6 +169,7 @@ class NotesWriter:
                 self.last_answer = answer
                 text = grounded(answer, text, [m.content for m in telling], job.name)
             if await self.store.put_member_notes(job.server_id, job.member_id, text, lines, base):
+                self.stored.set()
                 return True
         return True
 
