@@ -196,7 +196,7 @@ async def bench_recall(config: Config, args: argparse.Namespace) -> int:
                 before = built
             rows.append(
                 (
-                    f"tokens read per warm turn, words + meaning, member's notes ({before.n_tokens}-token prompt)",
+                    f"tokens per warm turn, words + meaning, member's notes ({before.n_tokens}-token prompt)",
                     f"mean {statistics.mean(reads):.0f}, max {max(reads)}",
                 )
             )
