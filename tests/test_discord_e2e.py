@@ -431,10 +431,11 @@ async def test_state_changing_commands_are_hidden_by_discord_itself(
             assert synced[name].get("default_member_permissions") is None, name
         assert {o["name"] for o in synced["persona"]["options"]} == {"list", "show", "export"}
         assert {o["name"] for o in synced["expression"]["options"]} == {"show"}
-        assert {o["name"] for o in synced["memory"]["options"]} == {"show"}
+        # /memory me changes only the member's own notes (as /forget-me erases only their own words).
+        assert {o["name"] for o in synced["memory"]["options"]} == {"show", "me"}
         manage = {o["name"]: o for o in synced["manage"]["options"]}
         assert set(manage) == {"persona", "import", "render", "face", "memory"}
-        assert {o["name"] for o in manage["memory"]["options"]} == {"edit", "pin", "unpin"}
+        assert {o["name"] for o in manage["memory"]["options"]} == {"edit", "pin", "unpin", "members"}
 
 
 def subcommand(command: str, **values: str) -> list[dict[str, Any]]:

@@ -176,12 +176,19 @@ async def test_recall_stays_inside_the_channel_and_its_cast(engine: Engine) -> N
 async def test_forget_me_leaves_no_word_in_history_index_summaries_or_prompt(
     engine: Engine, model: LlamaBackend
 ) -> None:
-    """A member's /forget-me: their lines, the index entries and every summary that read them are gone;
-    the next prompt and /memory show hold none of their words, and neither does the database file."""
-    sized(engine, model, 2048)
-    store = engine.store
-    await say(store, "Zed", "My secret name is Quillfeather and I live at Marrowgate.", author_id=42)
+    """A member's /forget-me: their lines, the index entries, their lines' embeddings, their notes and every
+    summary that read them are gone; the next prompt and /memory show hold none of their words, and
+    neither does the database file (nor the embeddings' bytes)."""
+    sized(engine, model, 2048, dataclasses.replace(engine.config.memory, meaning=True))
+    store, memory = engine.store, engine.models.memory
+    memory.start()
+    await memory.note_server(CHANNEL, 1)
+    zed = await say(store, "Zed", "My secret name is Quillfeather and I live at Marrowgate.", author_id=42)
+    await engine.admin.correct_member_notes(1, 42, "- Zed's secret name is Quillfeather, of Marrowgate")
     await seed(store, 400, long=True)
+    memory.meaning.wake()
+    await memory.meaning.idle.wait()
+    [vector] = [blob for row, blob in await store.vectors_of(CHANNEL) if row == zed]
     history = await store.history(CHANNEL, ["mira"], 50)
     base = None
     assert await store.put_summary(
@@ -213,6 +220,9 @@ async def test_forget_me_leaves_no_word_in_history_index_summaries_or_prompt(
     await store.give_back_space()
     raw = Path(store.path).read_bytes() + _wal(Path(store.path))
     assert b"My secret name" not in raw and b"he is Quillfeather" not in raw
+    assert b"secret name is Quillfeather, of" not in raw and vector[:96] not in raw
+    assert await engine.admin.member_notes(1, 42) == (None, True)
+    assert await store._rows("SELECT id FROM message_vectors WHERE id = ?", (zed,)) == []
 
 
 def _wal(path: Path) -> bytes:
