@@ -175,8 +175,10 @@ class Memory:
             by_words, by_meaning = await words, []
         found = {m.id: m for m in [*by_words, *by_meaning]}
         scores = fuse([([m.id for m in by_words], WORDS_WEIGHT), ([m.id for m in by_meaning], 1.0)])
-        for row_id in sorted(scores, key=scores.__getitem__, reverse=True)[: self.config.recall_lines]:
-            earlier, later = await self.store.neighbours(channel_id, personas, row_id, before_id)
+        best = sorted(scores, key=scores.__getitem__, reverse=True)[: self.config.recall_lines]
+        around = await self.store.neighbours(channel_id, personas, best, before_id)
+        for row_id in best:
+            earlier, later = around.get(row_id, (None, None))
             for near, score in paired(found[row_id], earlier, later, scores[row_id]):
                 found.setdefault(near.id, near)
                 scores[near.id] = max(scores.get(near.id, 0.0), score)

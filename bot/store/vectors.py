@@ -80,23 +80,33 @@ class VectorQueries(StoreBase):
         return [StoredMessage(**dict(row)) for row in rows]
 
     async def neighbours(
-        self, channel_id: int, personas: Sequence[str], row_id: int, before_id: int
-    ) -> tuple[StoredMessage | None, StoredMessage | None]:
-        """The conversation's line just before `row_id` and just after it (None past either end, or at
-        `before_id`, where the prompt's window begins)."""
-        columns = MESSAGE_COLUMNS
+        self, channel_id: int, personas: Sequence[str], row_ids: Sequence[int], before_id: int
+    ) -> dict[int, tuple[StoredMessage | None, StoredMessage | None]]:
+        """For each of `row_ids`, the conversation's line just before it and just after it (None past
+        either end, or at `before_id`, where the prompt's window begins). Two queries for them all: a
+        turn's lookup is on the reply's path."""
+        if not row_ids:
+            return {}
         marks = _marks(personas)
-        before = await self._row(
-            f"SELECT {columns} FROM messages WHERE channel_id = ? AND persona IN ({marks}) AND id < ?"
-            " ORDER BY id DESC LIMIT 1",
-            (channel_id, *personas, row_id),
+        hits = ", ".join("(?)" for _ in row_ids)
+        pairs = await self._rows(
+            f"WITH hits(h) AS (VALUES {hits}) SELECT h,"
+            f" (SELECT MAX(id) FROM messages WHERE channel_id = ? AND persona IN ({marks}) AND id < h),"
+            f" (SELECT MIN(id) FROM messages WHERE channel_id = ? AND persona IN ({marks}) AND id > h"
+            " AND id < ?) FROM hits",
+            (*row_ids, channel_id, *personas, channel_id, *personas, before_id),
         )
-        after = await self._row(
-            f"SELECT {columns} FROM messages WHERE channel_id = ? AND persona IN ({marks})"
-            " AND id > ? AND id < ? ORDER BY id LIMIT 1",
-            (channel_id, *personas, row_id, before_id),
-        )
-        return (
-            StoredMessage(**dict(before)) if before else None,
-            StoredMessage(**dict(after)) if after else None,
-        )
+        wanted = sorted({int(i) for r in pairs for i in (r[1], r[2]) if i is not None})
+        lines = {}
+        if wanted:
+            rows = await self._rows(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({_marks(wanted)})", wanted
+            )
+            lines = {int(r["id"]): StoredMessage(**dict(r)) for r in rows}
+        return {
+            int(r[0]): (
+                lines.get(r[1]) if r[1] is not None else None,
+                lines.get(r[2]) if r[2] is not None else None,
+            )
+            for r in pairs
+        }
