@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-from bot.store.memory import StoreBase, _marks
+from bot.store.memory import StoreBase, _marks, sources_unchanged
 from bot.store.records import MESSAGE_COLUMNS, MemberNotes, StoredMessage
 
 NOTES_QUERY = "SELECT text, through_id, edited FROM member_notes WHERE server_id = ? AND member_id = ?"
@@ -69,12 +69,8 @@ class MemberQueries(StoreBase):
                 now = _notes(await cursor.fetchone())
             if now != base or (now is not None and now.edited):
                 return False
-            async with db.execute(
-                f"SELECT id, edited_at FROM messages WHERE id IN ({_marks(ids)})", ids
-            ) as cursor:
-                found = {r["id"]: r["edited_at"] for r in await cursor.fetchall()}
-            if found != {m.id: m.edited_at for m in sources}:
-                return False  # a line it read was edited or erased: its words must not survive here
+            if not await sources_unchanged(db, sources):
+                return False
             await db.execute(
                 "INSERT INTO member_notes (server_id, member_id, text, through_id, edited, updated_at)"
                 " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (server_id, member_id) DO UPDATE SET"

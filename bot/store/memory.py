@@ -48,6 +48,15 @@ def _marks(values: Sequence[object]) -> str:
     return ",".join("?" * len(values))
 
 
+async def sources_unchanged(db: aiosqlite.Connection, sources: Sequence[StoredMessage]) -> bool:
+    """Whether every line a background text (a summary, a member's notes) was written from is still
+    stored as it was read: one edited or erased meanwhile must not have its words survive there."""
+    ids = [m.id for m in sources]
+    async with db.execute(f"SELECT id, edited_at FROM messages WHERE id IN ({_marks(ids)})", ids) as cursor:
+        found = {r["id"]: r["edited_at"] for r in await cursor.fetchall()}
+    return found == {m.id: m.edited_at for m in sources}
+
+
 class MemoryQueries(StoreBase):
     async def recall(
         self, channel_id: int, personas: Sequence[str], match: str, before_id: int, limit: int
@@ -113,12 +122,8 @@ class MemoryQueries(StoreBase):
                 now = _summary(await cursor.fetchone())
             if now != base or (now is not None and now.edited):
                 return False  # an admin's summary is kept as written
-            async with db.execute(
-                f"SELECT id, edited_at FROM messages WHERE id IN ({_marks(ids)})", ids
-            ) as cursor:
-                found = {r["id"]: r["edited_at"] for r in await cursor.fetchall()}
-            if found != {m.id: m.edited_at for m in sources}:
-                return False  # a line it read was edited or erased: its words must not survive here
+            if not await sources_unchanged(db, sources):
+                return False
             await db.execute(
                 "INSERT INTO memory_summaries (channel_id, persona, text, through_id, edited, updated_at)"
                 " VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (channel_id, persona) DO UPDATE SET"
