@@ -14,7 +14,7 @@ import pytest
 import bot.emotion.judge as judge_module
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion.classifier import shipped
-from bot.emotion.encoder import PINNED, encoder_dir
+from bot.emotion.encoder import PINNED, LoadedOnce, encoder_dir
 from bot.emotion.encoder_judge import HEAD_FILE, EncoderJudge, load_shipped
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import project
@@ -39,7 +39,7 @@ def face(reader, text: str) -> str:
 @pytest.fixture
 def fresh_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test loads (or fails to load) the encoder itself, not the one an earlier test loaded."""
-    monkeypatch.setattr(judge_module, "_encoder", None)
+    monkeypatch.setattr(judge_module, "shared_encoder", LoadedOnce(lambda: judge_module.load_shipped()))
 
 
 # -- the shipped files -----------------------------------------------------------------------------------

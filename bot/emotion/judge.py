@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from bot.config import EmotionConfig
 from bot.emotion.classifier import TextClassifier, shipped
+from bot.emotion.encoder import LoadedOnce
 from bot.emotion.encoder_judge import EncoderJudge, load_shipped
 from bot.emotion.labels import project, unjudgeable
 from bot.emotion.llm_judge import Classifier, LLMJudge
@@ -67,25 +67,9 @@ def combine(first: Mapping[str, float], second: Mapping[str, float]) -> dict[str
     return {label: p / total for label, p in mixed.items()}
 
 
-_encoder_lock = threading.Lock()
-_encoder: EncoderJudge | ModelError | None = None
-
-
-def shared_encoder() -> EncoderJudge:
-    """The shipped encoder judge, loaded once per process (every engine shares it: 100 MB of RAM);
-    ModelError, remembered, where it cannot load. Blocking: call it on a worker thread."""
-    global _encoder
-    with _encoder_lock:
-        if _encoder is None:
-            try:
-                _encoder = load_shipped()
-            except ModelError as exc:
-                _encoder = exc
-            except Exception as exc:  # torch or transformers failing in a way of their own
-                _encoder = ModelError(f"{type(exc).__name__}: {exc}")
-        if isinstance(_encoder, ModelError):
-            raise _encoder
-        return _encoder
+# The shipped encoder judge, loaded once per process (100 MB of RAM). load_shipped is looked up at each
+# load, so that a test can put another loader in its place.
+shared_encoder = LoadedOnce(lambda: load_shipped())
 
 
 def probe_examples(path: Path = PROBE_FILE) -> list[tuple[str, str]]:

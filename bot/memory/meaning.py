@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from bot.emotion.encoder import SentenceEncoder, encoder_dir
+from bot.emotion.encoder import LoadedOnce, SentenceEncoder, encoder_dir
 from bot.errors import BotError, ModelError
 from bot.store import Store, StoredMessage
 from bot.store.vectors import Unembedded
@@ -112,29 +111,17 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), dim).astype(np.float16)
 
 
-_encoder_lock = threading.Lock()
-_encoder: SentenceEncoder | ModelError | None = None
+def load_plain_encoder() -> SentenceEncoder:
+    """The shipped encoder without the emotion judge's adapter, in int8 where torch offers it."""
+    folder = encoder_dir()
+    if folder is None:
+        raise ModelError("the sentence encoder package is not installed")
+    encoder = SentenceEncoder.load(folder)
+    encoder.quantize()
+    return encoder
 
 
-def shared_sentence_encoder() -> SentenceEncoder:
-    """The plain shipped encoder, loaded once per process; ModelError, remembered, where it cannot load.
-    Blocking: call it on a worker thread."""
-    global _encoder
-    with _encoder_lock:
-        if _encoder is None:
-            folder = encoder_dir()
-            try:
-                if folder is None:
-                    raise ModelError("the sentence encoder package is not installed")
-                _encoder = SentenceEncoder.load(folder)
-                _encoder.quantize()
-            except ModelError as exc:
-                _encoder = exc
-            except Exception as exc:  # torch or transformers failing in a way of their own
-                _encoder = ModelError(f"{type(exc).__name__}: {exc}")
-        if isinstance(_encoder, ModelError):
-            raise _encoder
-        return _encoder
+shared_sentence_encoder = LoadedOnce(load_plain_encoder)
 
 
 class MeaningIndex:
