@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.config_chat import AutonomyConfig, CastConfig, DiscordConfig, chat_rules
 from bot.errors import ConfigError
 
 DEFAULT_LABELS = (
@@ -35,9 +36,6 @@ DEFAULT_LABELS = (
 
 MAX_CONTEXT = 1 << 20  # tokens; every model's own limit is checked against its file at load
 CPUS = os.cpu_count() or 1
-# Personas in one cast, and replies after one message: Discord allows 15 webhooks per channel, and a
-# select menu lists at most 25 options; 10 keeps every list of the cast readable.
-MAX_CAST = 10
 MAX_IMAGE_REQUESTS = 16  # renders at once on an image server: more only queue on its GPU
 MAX_TIMEOUT = 86_400.0  # seconds: a day; past that a "limit" is no limit, and timers overflow
 # Where each image server listens when started with its defaults.
@@ -201,31 +199,6 @@ class ExpressionsConfig:
 
 
 @dataclass(frozen=True)
-class DiscordConfig:
-    default_mode: Literal["all", "mention"] = "mention"
-    enable_new_channels: bool = False
-    cooldown_seconds: float = 3.0
-    max_pending_per_channel: int = 2
-    max_attachment_bytes: int = 8_000_000
-    stream_edits: bool = False
-    set_nickname: bool = True
-    sync_commands: bool = True  # register slash commands when they changed since the last sync
-    command_guild: int = 0  # sync to this server only (instant); 0: globally (can take up to an hour)
-    api_base: str = ""  # empty: discord.com
-    gateway_url: str = ""
-
-
-@dataclass(frozen=True)
-class CastConfig:
-    max_members: int = 4  # personas in one channel's cast
-    # Who answers a message that names no cast member: "choice" asks the model (the emotion judge's
-    # constrained choice, over the cast's names), "order" takes the member after the last one who spoke.
-    next_speaker: Literal["choice", "order"] = "choice"
-    # Persona replies after one member's message at most, so two characters never talk forever.
-    max_turns: int = 2
-
-
-@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
@@ -236,6 +209,7 @@ class Config:
     expressions: ExpressionsConfig = field(default_factory=ExpressionsConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     cast: CastConfig = field(default_factory=CastConfig)
+    autonomy: AutonomyConfig = field(default_factory=AutonomyConfig)
     root: Path = Path(".")
 
     def resolve(self, relative: str) -> Path:
@@ -399,13 +373,7 @@ def _validate(config: Config, source: str) -> None:
             "expressions.resolution",
             "must be 0 (the model's own) or a multiple of 8 up to 4096",
         ),
-        (1 <= config.cast.max_members <= MAX_CAST, "cast.max_members", f"must be between 1 and {MAX_CAST}"),
-        (1 <= config.cast.max_turns <= MAX_CAST, "cast.max_turns", f"must be between 1 and {MAX_CAST}"),
-        (
-            config.discord.max_pending_per_channel >= 1,
-            "discord.max_pending_per_channel",
-            "must be at least 1",
-        ),
+        *chat_rules(config.discord, config.cast, config.autonomy),
     ]
     for ok, key, why in rules:
         if not ok:

@@ -48,6 +48,11 @@ class GenerationTimeout(BotError):
     """A model call ran past its timeout."""
 
 
+class GaveWay(BotError):
+    """Unprompted work (a persona speaking up on its own) stopped because a member's reply needs the
+    model: nothing was posted or stored, and nothing needs saying."""
+
+
 class ExpressionError(BotError):
     """A face region, portrait or inpainting model is unusable."""
 

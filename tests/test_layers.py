@@ -13,7 +13,7 @@ from .support.configs import REPO
 PACKAGE = REPO / "bot"
 # Lowest first. A module may import its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "native", "bounded", "files", "workers", "config", "images"),  # shared infrastructure
+    ("errors", "native", "bounded", "files", "workers", "config", "config_chat", "images"),  # shared
     ("store", "personas"),  # data
     ("llm",),  # the models that write
     ("emotion", "expressions", "memory"),  # the models that judge and draw, and memory

@@ -5,8 +5,18 @@ from a config (app). Front-ends import what they use from here."""
 from __future__ import annotations
 
 from bot.core.admin import ChannelSettings, EngineStatus
+from bot.core.autonomy import Autonomy, AutonomySettings
 from bot.core.compose import TurnResult
-from bot.core.engine import Engine
+from bot.core.engine import Engine, Overheard
 from bot.core.replies import ReplyState
 
-__all__ = ["ChannelSettings", "Engine", "EngineStatus", "ReplyState", "TurnResult"]
+__all__ = [
+    "Autonomy",
+    "AutonomySettings",
+    "ChannelSettings",
+    "Engine",
+    "EngineStatus",
+    "Overheard",
+    "ReplyState",
+    "TurnResult",
+]

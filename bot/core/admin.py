@@ -15,6 +15,7 @@ from bot.bounded import KeyedLocks
 from bot.core.cast import named_in
 from bot.core.memory_admin import MemoryAdmin
 from bot.core.models import Models
+from bot.core.presence_admin import PresenceAdmin
 from bot.core.scene import Scene
 from bot.errors import BotError, ExpressionError, InputError, PersonaError
 from bot.expressions.detect import FaceReport, locate_face, needs_looking_for
@@ -71,7 +72,7 @@ class Face:
     kind: str  # "sprite", "render", "drawn", "portrait" or "none"
 
 
-class Admin(MemoryAdmin):
+class Admin(MemoryAdmin, PresenceAdmin):
     """`engine.admin`: the front-ends' questions and changes besides turns and reply controls."""
 
     def __init__(self, scene: Scene, models: Models) -> None:

@@ -24,7 +24,7 @@ from bot.core.prompt import BuiltPrompt
 from bot.core.scene import Scene, Window
 from bot.core.speakers import LabelGate, strip_speaker_labels
 from bot.emotion import EmotionResult
-from bot.errors import BotError
+from bot.errors import BotError, GaveWay
 from bot.expressions.service import ExpressionImage
 from bot.llm import GenerationStats
 from bot.memory import PromptMemory
@@ -186,14 +186,19 @@ class Composer:
         history: list[StoredMessage],
         user: str,
         on_text: TextCallback | None,
+        give_way: bool = False,
     ) -> TurnResult:
-        """One persona's reply to the history, with its emotion and face; nothing stored."""
+        """One persona's reply to the history, with its emotion and face; nothing stored. `give_way`:
+        unprompted, so it stops (GaveWay) the moment another request waits for the model."""
+        llm = self.models.llm
+        if give_way and llm.pending > 0:
+            raise GaveWay("the model is busy")
         built = await self.prompt(channel_id, persona, cast, history, user)
         names = recent_speakers(history)
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
         stops = stop_strings(persona, [*names, *others])
-        generation = self.models.llm.generate(built.text, stop=stops, session=session)
+        generation = llm.generate(built.text, stop=stops, session=session)
         speakers = [persona.name, *others, *names, "User"]
         gate = LabelGate(speakers)
         # In a cast, a persona never reproduces another's recent lines: the reply stops where a copy starts.
@@ -206,6 +211,9 @@ class Composer:
         chunks = generation.chunks()
         copied: int | None = None
         async for chunk in chunks:
+            if give_way and llm.pending > 1:  # a reply waits behind this line: it goes first
+                await chunks.aclose()  # type: ignore[attr-defined]
+                raise GaveWay("a reply to a member needs the model")
             parts.append(chunk)
             if (copied := guard.check("".join(parts))) is not None:
                 parts = ["".join(parts)[:copied]]

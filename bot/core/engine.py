@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from bot.config import Config
 from bot.core.admin import Admin
@@ -35,6 +36,16 @@ from bot.workers import maybe_await
 _log = logging.getLogger(__name__)
 
 SpeakerCallback = Callable[[Persona], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Overheard:
+    """A member's message the persona was not asked to answer (members talking among themselves)."""
+
+    author_name: str
+    text: str
+    author_id: int | None = None
+    discord_id: int | None = None
 
 
 class Engine:
@@ -164,6 +175,60 @@ class Engine:
         if author_id is not None:
             await self.models.memory.heard(channel_id, author_id, author_name)
         return first
+
+    async def speak_up(
+        self,
+        channel_id: int,
+        deliver: Deliver,
+        *,
+        lines: int = 1,
+        overheard: Overheard | None = None,
+        on_start: SpeakerCallback | None = None,
+    ) -> list[TurnResult]:
+        """The channel's persona (or, in a cast, the one the model picks) adds a line on its own, and in a
+        cast others may answer it, `lines` in all. `overheard`: a member's message not addressed to the
+        persona, which it chimes in on (stored first, as the history's newest line). Each line is
+        delivered and stored like a reply, answers no message, and gives way (GaveWay, nothing posted) to
+        any member's reply that needs the model."""
+        scene, composer = self.scene, self.composer
+        async with scene.lock(channel_id):
+            cast = await scene.cast(channel_id)
+            if overheard is not None:
+                await asyncio.to_thread(self.prompts.check_message, cast[0], overheard.text)
+                await self.store.add_message(
+                    channel_id,
+                    role="user",
+                    author_name=overheard.author_name,
+                    content=overheard.text,
+                    persona=cast[0].slug,
+                    author_id=overheard.author_id,
+                    discord_id=overheard.discord_id,
+                )
+            history = await scene.history(channel_id, cast)
+            members = [m.author_name for m in history if m.role == "user"]
+            if not members:
+                return []  # nobody to speak to: no line out of nowhere
+            member = members[-1]
+            speaker: Persona | None = cast[0]
+            if len(cast) > 1:
+                speaker = await composer.choose_speaker(channel_id, cast, history, member, cast, None)
+            results: list[TurnResult] = []
+            while speaker is not None and len(results) < lines:
+                if on_start is not None:
+                    await maybe_await(on_start(speaker))
+                result = await composer.compose(
+                    channel_id, speaker, cast, history, member, None, give_way=True
+                )
+                await self._deliver_and_save(channel_id, result, deliver)
+                results.append(result)
+                if len(cast) == 1:
+                    break
+                history = await scene.history(channel_id, cast)
+                others = [p for p in cast if p.slug != speaker.slug]
+                speaker = named_in(result.text, others) or await composer.choose_speaker(
+                    channel_id, cast, history, member, others, member
+                )
+            return results
 
     async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
         # The reply enters the history only once it was delivered (a failed send stores nothing). Until

@@ -29,6 +29,8 @@ EXTENSIONS = (
     "bot.discord.cogs.admin",
     "bot.discord.cogs.cast",
     "bot.discord.cogs.memory",
+    "bot.discord.cogs.privacy",
+    "bot.discord.cogs.presence",
     "bot.discord.replies",
 )
 RETRY_DELAYS = (2.0, 5.0, 10.0, 30.0, 60.0)  # seconds between tries while Discord is unreachable
@@ -52,6 +54,7 @@ class RoleplayBot(commands.Bot):
         intents.guilds = True
         intents.guild_messages = True
         intents.message_content = True  # privileged: enable it in the developer portal (see README)
+        intents.dm_messages = config.discord.direct_messages  # otherwise Discord never sends the bot DMs
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,

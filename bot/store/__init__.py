@@ -3,6 +3,7 @@ queries, with memory.py's and renders.py's, over schema.py's file and migrations
 
 from __future__ import annotations
 
+from bot.store.presence import AutonomyRow
 from bot.store.records import (
     CastMember,
     ChannelState,
@@ -21,6 +22,7 @@ from bot.store.store import Store
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "AutonomyRow",
     "CastMember",
     "ChannelState",
     "MemberNotes",

@@ -193,6 +193,27 @@ MIGRATIONS: tuple[str, ...] = (
             AND server_id = (SELECT server_id FROM channel_servers WHERE channel_id = old.channel_id);
     END;
     """,
+    # A persona present in Discord: each member's direct-message channels (so /forget-me reaches them),
+    # whether a server's admins let its members DM the bot, and channels whose admins let the persona
+    # speak up on its own (NULL settings: the config's defaults).
+    """
+    CREATE TABLE direct_channels (
+        channel_id  INTEGER PRIMARY KEY,
+        member_id   INTEGER NOT NULL
+    );
+    CREATE INDEX direct_channels_by_member ON direct_channels (member_id);
+    CREATE TABLE server_direct_messages (
+        server_id   INTEGER PRIMARY KEY,
+        allowed     INTEGER NOT NULL
+    );
+    CREATE TABLE channel_autonomy (
+        channel_id    INTEGER PRIMARY KEY,
+        enabled       INTEGER NOT NULL,
+        max_per_hour  INTEGER,
+        quiet_seconds REAL,
+        chance        REAL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -265,6 +286,7 @@ TABLES_AT = {
     4: {"outbox"},
     5: {"message_vectors", "embed_queue"},
     6: {"channel_servers", "member_notes", "server_settings"},
+    7: {"direct_channels", "server_direct_messages", "channel_autonomy"},
 }
 
 

@@ -25,6 +25,7 @@ from bot.store.erasure import Erasure
 from bot.store.members import MemberQueries
 from bot.store.memory import MemoryQueries
 from bot.store.outbox import OutboxQueries
+from bot.store.presence import PresenceQueries
 from bot.store.records import (
     MESSAGE_COLUMNS,
     CastMember,
@@ -69,7 +70,9 @@ def _faults_are_store_errors(cls: C) -> C:
 
 
 @_faults_are_store_errors
-class Store(MemoryQueries, VectorQueries, MemberQueries, RenderQueries, OutboxQueries, Erasure):
+class Store(
+    MemoryQueries, VectorQueries, MemberQueries, PresenceQueries, RenderQueries, OutboxQueries, Erasure
+):
     """The bot's database. Open with `await Store.open(path)`; close with `await store.close()`."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:

@@ -29,6 +29,7 @@ MEMBER_PERMISSIONS = (
 ADMIN_PERMISSIONS = MEMBER_PERMISSIONS | MANAGE_GUILD
 ACK_WITHIN = 3.0  # seconds Discord gives a bot to acknowledge an interaction
 ADMINISTRATOR = 1 << 3
+DIRECT_MESSAGES = 1 << 12  # the gateway intent for DMs
 TOKEN_LIFE = 15 * 60.0  # seconds an interaction token can send follow-ups and edits
 
 
@@ -66,6 +67,8 @@ class FakeDiscord:
         # users do the moment a message appears.
         self.on_bot_message: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self.channels = {name: self.new_id() for name in ("general", "roleplay", "quiet", "side")}
+        self.dm_channels: dict[str, int] = {}  # user id -> their direct-message channel with the bot
+        self.outsiders: set[str] = set()  # users who share no server with the bot (others are members)
         self.requests: list[Request] = []
         # Requests Discord's API description rejects (each answered 400 / 50035 as Discord would).
         self.violations: list[str] = []
@@ -96,6 +99,7 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.identified = asyncio.Event()
+        self.identify_payload: dict[str, Any] = {}
         self._original: dict[str, Any] = {}  # the latest interaction response message
 
     def new_id(self) -> int:
@@ -334,6 +338,14 @@ class FakeDiscord:
             "permissions": str(self.permissions(admin)),
         }
 
+    def dm_channel(self, user: dict[str, Any]) -> int:
+        """The user's direct-message channel with the bot (made on first use, as Discord does)."""
+        self.known_users[int(user["id"])] = user
+        return self.dm_channels.setdefault(user["id"], self.new_id())
+
+    def is_dm(self, channel: int | str) -> bool:
+        return int(channel) in self.dm_channels.values()
+
     def _message(self, channel: int, author: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
         message: dict[str, Any] = {
             "id": str(self.new_id()),
@@ -355,6 +367,9 @@ class FakeDiscord:
             "components": [],
         }
         message.update(extra)
+        if self.is_dm(channel):  # a direct message is in no server: no guild id, no member
+            message.pop("guild_id")
+            message.pop("member", None)
         self.messages[int(message["id"])] = message
         return message
 
@@ -391,6 +406,8 @@ class FakeDiscord:
                 referenced_message=reply_to,
             )
         message = self._message(channel, user, content, **extra)
+        if self.is_dm(channel) and not int(self.identify_payload.get("intents", 0)) & DIRECT_MESSAGES:
+            return message  # Discord sends a bot DMs only when it asked for them
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
@@ -441,6 +458,7 @@ class FakeDiscord:
         kind: int = 2,
         data: dict[str, Any] | None = None,
         message: dict[str, Any] | None = None,
+        forced: bool = False,
     ) -> str:
         """A user runs a slash command (or presses a button, kind=3); returns the interaction token, or ""
         when Discord would not even offer the command to this member (its default permission)."""
@@ -448,7 +466,20 @@ class FakeDiscord:
         command = next((c for c in self.commands if c["name"] == name), None)
         granted = self.permissions(admin, channel)
         required = int((command or {}).get("default_member_permissions") or 0)
-        if kind == 2 and required and granted & required != required and name not in self.command_overrides:
+        direct = self.is_dm(channel)
+        contexts = (command or {}).get("contexts") or [0, 1]  # Discord's default: servers and bot DMs
+        if forced:  # a stale command list in the member's client: Discord's gates are not asked
+            pass
+        elif kind == 2 and direct and (1 not in contexts or (command or {}).get("dm_permission") is False):
+            self.hidden_attempts.append(name)  # not offered in DMs
+            return ""
+        elif (
+            kind == 2
+            and not direct  # Discord applies no member permissions in DMs
+            and required
+            and granted & required != required
+            and name not in self.command_overrides
+        ):
             self.hidden_attempts.append(name)
             return ""
         payload = data or {
@@ -487,6 +518,15 @@ class FakeDiscord:
             "context": 0,
             "attachment_size_limit": 25 * 1024 * 1024,
         }
+        if direct:  # as Discord sends a DM's interaction: the user, no server, no member
+            for key in ("guild_id", "member", "guild_locale"):
+                interaction.pop(key)
+            interaction.update(
+                user=user,
+                context=1,
+                channel={"id": str(channel), "type": 1, "recipients": [user]},
+                authorizing_integration_owners={"0": "0"},
+            )
         if message is not None:
             interaction["message"] = message
             self._pressed[token] = message
@@ -821,6 +861,11 @@ class FakeDiscord:
                 return web.Response(status=204)
             case ("DELETE", ["channels", _, "messages", _]):
                 return web.Response(status=204)
+            case ("GET", ["guilds", _, "members", user_id]):
+                known = self.known_users.get(int(user_id))
+                if known is None or user_id in self.outsiders:
+                    return ok({"message": "Unknown Member", "code": 10007}, status=404)
+                return ok(self.member(known))
             case ("PATCH", ["guilds", _, "members", "@me"]):
                 self.nickname = (body or {}).get("nick")
                 return ok(self.member(self.bot_user) | {"nick": self.nickname})

@@ -15,7 +15,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.cogs.memory import describe_pins
-from bot.discord.confirm import Confirm
 from bot.errors import AlreadyImported, BotError
 from bot.expressions.detect import FaceReport
 from bot.personas import Persona, shorter_name
@@ -264,27 +263,7 @@ class Admin(commands.Cog):
             file=discord.File(io.BytesIO(data), filename=f"{persona.slug}.png"),
         )
 
-    # -- /reset, /channel -------------------------------------------------------------------------------
-
-    @app_commands.command(name="reset", description="Erase this channel's chat history (asks first)")
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.guild_only()
-    @manager_only
-    async def reset(self, interaction: discord.Interaction) -> None:
-        channel_id = interaction.channel_id or 0
-        count = await self.engine.admin.message_count(channel_id)
-        view = Confirm(interaction.user.id, "reset", "admin", "Erase history", "Keep it")
-        await interaction.response.send_message(
-            f"Erase all {count} stored messages of this channel? The persona forgets this conversation.",
-            view=view,
-            ephemeral=True,
-        )
-        await view.wait()
-        if view.confirmed:
-            removed = await self.engine.admin.reset(channel_id)
-            await interaction.edit_original_response(content=f"Erased {removed} messages.", view=None)
-        else:
-            await interaction.edit_original_response(content="History kept.", view=None)
+    # -- /channel, /manage dms -------------------------------------------------------------------------
 
     @channel.command(name="enable", description="Answer in this channel")
     @manager_only
@@ -304,6 +283,50 @@ class Admin(commands.Cog):
     async def channel_mode(self, interaction: discord.Interaction, mode: Literal["all", "mention"]) -> None:
         await self.engine.admin.configure_channel(interaction.channel_id or 0, mode=mode)
         await interaction.response.send_message(f"Mode set to **{mode}**.", ephemeral=True)
+
+    @channel.command(name="autonomy", description="Let the persona speak up on its own here, within limits")
+    @app_commands.describe(
+        on="speak up after quiet spells and now and then when members talk among themselves",
+        per_hour="unprompted lines and reactions in any hour, at most (default from config)",
+        quiet_minutes="minutes of silence before the persona may add a line",
+        chance="chance (0-1) of chiming in when members talk among themselves",
+    )
+    @manager_only
+    async def channel_autonomy(
+        self,
+        interaction: discord.Interaction,
+        on: bool,
+        per_hour: app_commands.Range[int, 0, 60] | None = None,
+        quiet_minutes: app_commands.Range[float, 1, 1440] | None = None,
+        chance: app_commands.Range[float, 0, 1] | None = None,
+    ) -> None:
+        settings = await self.engine.admin.configure_autonomy(
+            interaction.channel_id or 0, on, max_per_hour=per_hour, quiet_minutes=quiet_minutes, chance=chance
+        )
+        if not settings.enabled:
+            await interaction.response.send_message(
+                "The persona speaks here only when spoken to.", ephemeral=True
+            )
+            return
+        await interaction.response.send_message(
+            f"The persona may speak up here on its own: after {settings.quiet_seconds / 60:g} quiet minutes,"
+            f" or by a {settings.chance:.0%} chance when members talk among themselves; at most"
+            f" {settings.max_per_hour} times an hour, and never once members have been silent for"
+            f" {settings.member_seconds / 60:g} minutes.",
+            ephemeral=True,
+        )
+
+    @manage.command(name="dms", description="Whether this server's members may roleplay with the bot in DMs")
+    @manager_only
+    async def manage_dms(self, interaction: discord.Interaction, allow: bool) -> None:
+        await self.engine.admin.allow_direct_messages(interaction.guild_id or 0, allow)
+        if not self.engine.admin.direct_messages_on():
+            done = "Noted; but the bot's owner has direct messages off ([discord] direct_messages)."
+        elif allow:
+            done = "Members of this server may now roleplay with the bot in direct messages."
+        else:
+            done = "Members of this server may no longer roleplay with the bot in direct messages."
+        await interaction.response.send_message(done, ephemeral=True)
 
     # -- /expression, /status ---------------------------------------------------------------------------
 
@@ -355,36 +378,6 @@ class Admin(commands.Cog):
         elif isinstance(interaction.channel, discord.abc.Messageable):
             # Past the interaction token's life the answer can no longer be edited: post it instead.
             await interaction.channel.send(f"{interaction.user.mention}: {done}", file=sheet_file)
-
-    @app_commands.command(
-        name="forget-me", description="Erase everything you wrote that the bot stored in this server"
-    )
-    @app_commands.guild_only()
-    async def forget_me(self, interaction: discord.Interaction) -> None:
-        guild = interaction.guild
-        assert guild is not None  # guild_only
-        channels = sorted(
-            {c.id for c in guild.channels} | {t.id for t in guild.threads} | {interaction.channel_id or 0}
-        )
-        count = await self.engine.admin.stored_by(interaction.user.id, channels)
-        if count == 0:
-            await interaction.response.send_message(
-                "The bot has nothing you wrote in this server.", ephemeral=True
-            )
-            return
-        view = Confirm(interaction.user.id, "forget-me", "member", "Erase my messages", "Keep them")
-        await interaction.response.send_message(
-            f"Erase the {count} messages of yours the bot stored in this server? Its characters will not"
-            " remember them.",
-            view=view,
-            ephemeral=True,
-        )
-        await view.wait()
-        if view.confirmed:
-            removed = await self.engine.admin.forget_member(interaction.user.id, channels)
-            await interaction.edit_original_response(content=f"Erased {removed} of your messages.", view=None)
-        else:
-            await interaction.edit_original_response(content="Nothing erased.", view=None)
 
     # -- /manage memory: correct the summary, pin facts --------------------------------------------------
 

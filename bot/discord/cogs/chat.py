@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot.bounded import LRUDict
 from bot.core import TurnResult
+from bot.discord.direct import DirectAccess
 from bot.discord.replies import Outgoing, compose, controls, style_of, swap_in_render
 from bot.discord.webhooks import CastWebhooks
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError, StoreError
@@ -69,6 +70,7 @@ class Chat(commands.Cog):
         self._closing = False
         self.shutdown_grace = SHUTDOWN_GRACE
         self.webhooks = CastWebhooks(bot)
+        self.direct = DirectAccess(bot)
 
     # -- deciding whether to answer ---------------------------------------------------------------------
 
@@ -77,7 +79,8 @@ class Chat(commands.Cog):
         a loop)."""
         if self.webhooks.is_own(message.webhook_id):
             return False
-        return not message.author.bot and message.guild is not None and self.bot.user is not None
+        place = message.guild is not None or isinstance(message.channel, discord.DMChannel)
+        return not message.author.bot and place and self.bot.user is not None
 
     async def _addressed(self, message: discord.Message, mode: str, text: str, replied: str | None) -> bool:
         """Whether the bot answers, by the channel's mode: everything, or mentions and replies to it."""
@@ -123,12 +126,19 @@ class Chat(commands.Cog):
     async def _handle(self, message: discord.Message) -> None:
         if not self._from_a_member(message):
             return
+        if message.guild is None and (refused := await self.direct.admit(message)) is not None:
+            await self._rate_limited_notice(message, refused)
+            return
         settings = await self.engine.admin.channel_settings(message.channel.id)
         if not settings.enabled:
             return
         text = self._text_of(message)
         replied = await self._replied_persona(message)
-        if not await self._addressed(message, settings.mode, text, replied) or not text:
+        addressed = bool(text) and await self._addressed(message, settings.mode, text, replied)
+        presence = self.bot.get_cog("Presence")
+        if presence is not None and message.guild is not None:
+            presence.heard(message, addressed)  # type: ignore[attr-defined]
+        if not addressed:
             return
         channel_id = message.channel.id
         now = time.monotonic()
@@ -147,6 +157,10 @@ class Chat(commands.Cog):
             self._pending[channel_id] -= 1
             if not self._pending[channel_id]:
                 del self._pending[channel_id]
+
+    def busy(self, channel_id: int) -> bool:
+        """Whether a member's message waits for an answer here."""
+        return channel_id in self._pending
 
     async def _answer(self, message: discord.Message, text: str, replied: str | None) -> None:
         channel = message.channel

@@ -1,0 +1,259 @@
+"""A persona that speaks up on its own, bounded: the decisions over a clock (core/autonomy.py), then end
+to end on the local Discord server with the real engine and the bundled model."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config_chat import AutonomyConfig
+from bot.core import Engine
+from bot.core.autonomy import Autonomy, settings_of
+from bot.llm import Generation
+from bot.store import AutonomyRow
+
+from .support.discord_server import FakeDiscord, callbacks, posts_to
+from .support.harness import Running, bot_config, enable_channel, running_bot
+
+ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_021)
+MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_022)
+FRIEND = FakeDiscord.user("Sam", user_id=2_000_000_000_000_000_023)
+OTHER_BOT = FakeDiscord.user("EchoBot", bot=True, user_id=2_000_000_000_000_000_024)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def on(**changes: Any) -> Any:
+    return settings_of(AutonomyRow(True), AutonomyConfig(**changes))
+
+
+def test_never_above_the_cap_in_any_hour() -> None:
+    clock = Clock()
+    autonomy = Autonomy(clock, random.Random(1))
+    settings = on(max_per_hour=3, chance=1.0, member_seconds=10_000.0)
+    acted = []
+    for _ in range(200):  # members chat every 30 s for 100 minutes
+        clock.now += 30
+        autonomy.member_spoke(7)
+        if autonomy.chime_in(7, settings) is not None:
+            autonomy.acted(7)
+            acted.append(clock.now)
+    assert len(acted) > 3
+    assert all(sum(1 for t in acted if start <= t < start + 3600) <= 3 for start in acted)
+
+
+def test_a_quiet_spell_brings_one_line_per_member_message_and_none_without_members() -> None:
+    clock = Clock()
+    autonomy = Autonomy(clock)
+    settings = on(quiet_seconds=60.0, member_seconds=600.0)
+    assert not autonomy.quiet_due(1, settings)  # nobody ever spoke here
+    autonomy.member_spoke(1)
+    clock.now += 59
+    assert not autonomy.quiet_due(1, settings)
+    clock.now += 2
+    assert autonomy.quiet_due(1, settings)
+    autonomy.acted(1, quiet_spell=True)
+    clock.now += 120
+    assert not autonomy.quiet_due(1, settings)  # one line per member message, however long the quiet
+    autonomy.member_spoke(1)
+    clock.now += 601
+    assert not autonomy.quiet_due(1, settings)  # members silent too long: the channel stays silent
+    chatty = on(quiet_seconds=60.0, member_seconds=600.0, chance=1.0)
+    assert autonomy.room(1, settings) == 0 and autonomy.chime_in(1, chatty) is None
+    assert autonomy.room(1, settings_of(AutonomyRow(False), AutonomyConfig())) == 0  # off: never
+
+
+def test_the_persona_s_own_replies_end_a_quiet_spell() -> None:
+    clock = Clock()
+    autonomy = Autonomy(clock)
+    settings = on(quiet_seconds=60.0)
+    autonomy.member_spoke(1)
+    clock.now += 50
+    autonomy.persona_spoke(1)
+    clock.now += 50
+    assert not autonomy.quiet_due(1, settings)
+    clock.now += 11
+    assert autonomy.quiet_due(1, settings)
+
+
+# -- end to end -------------------------------------------------------------------------------------------
+
+
+def autonomy_option(**values: Any) -> dict[str, Any]:
+    kinds = {"on": 5, "per_hour": 4, "quiet_minutes": 10, "chance": 10}
+    options = [{"name": k, "type": kinds[k], "value": v} for k, v in values.items()]
+    return {"name": "autonomy", "type": 1, "options": options}
+
+
+def config_for(tmp_path: Path, server: FakeDiscord, **autonomy: float) -> Any:
+    settings = {"quiet_seconds": 0.6, "member_seconds": 120.0, "chance": 0.0, "react_share": 0.0} | autonomy
+    table = "[autonomy]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return bot_config(tmp_path, server, None, extra=table, cooldown=0.0)
+
+
+async def turn_on(server: FakeDiscord, channel: int, mode: str = "all", **values: Any) -> None:
+    await enable_channel(server, channel, ADMIN, mode)
+    token = await server.slash(channel, ADMIN, "channel", [autonomy_option(on=True, **values)], admin=True)
+    [answer] = await server.wait_for(callbacks(token))
+    assert "speak up here on its own" in answer.json["data"]["content"]
+
+
+def unprompted(channel: int) -> Any:
+    """The bot's posts in `channel` that answer no message."""
+    return lambda r: posts_to(channel)(r) and not (r.json or {}).get("message_reference")
+
+
+async def looks(run: Running, count: int) -> None:
+    """Wait until the presence cog has looked at the channels (or rolled for chatter) `count` more times."""
+    presence: Any = run.bot.get_cog("Presence")  # (an extension's own copy of the Presence class)
+    async with presence.changed:
+        target = presence.looked + count
+        await asyncio.wait_for(presence.changed.wait_for(lambda: presence.looked >= target), 60)
+
+
+@pytest.mark.slow
+async def test_after_a_quiet_spell_one_line_then_silence(server: FakeDiscord, tmp_path: Path) -> None:
+    channel, untouched = server.channels["roleplay"], server.channels["side"]
+    async with running_bot(config_for(tmp_path, server), server) as run:
+        await turn_on(server, channel)
+        await turn_on(server, untouched)  # on, but no member ever speaks there
+        await server.say(channel, MEMBER, "Mira, the storm is finally over.")
+        [line] = await server.wait_for(unprompted(channel), limit=90)
+        assert line.json["content"].strip() and line.files["expression.png"].startswith(b"\x89PNG")
+        history = await run.engine.store.history(channel, "mira")
+        async with asyncio.timeout(30):
+            while len(history := await run.engine.store.history(channel, "mira")) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [m.role for m in history] == ["user", "assistant", "assistant"]
+        assert history[-1].prompt_id is None  # answers no message
+        await looks(run, 20)  # many quiet spells' worth of looks: no second line, nothing where nobody spoke
+        assert len(server.sent(unprompted(channel))) == 1
+        assert server.sent(posts_to(untouched)) == []
+
+
+@pytest.mark.slow
+async def test_chatter_never_brings_more_than_the_cap(server: FakeDiscord, tmp_path: Path) -> None:
+    channel = server.channels["roleplay"]
+    config = config_for(tmp_path, server, chance=1.0, quiet_seconds=3600.0, member_seconds=7200.0)
+    async with running_bot(config, server) as run:
+        await turn_on(server, channel, mode="mention", per_hour=2)
+        for i in range(2):
+            await server.say(channel, MEMBER, f"Sam, did you see the game last night? ({i})")
+            await server.wait_for(unprompted(channel), count=i + 1, limit=90)
+        for i in range(4):
+            await server.say(channel, FRIEND, f"Yes Milo, what a finish! ({i})")
+        await looks(run, 6)
+        assert len(server.sent(unprompted(channel))) == 2
+
+
+@pytest.mark.slow
+async def test_reactions_fit_and_count_toward_the_cap(server: FakeDiscord, tmp_path: Path) -> None:
+    channel = server.channels["roleplay"]
+    config = config_for(
+        tmp_path, server, chance=1.0, react_share=1.0, quiet_seconds=3600.0, member_seconds=7200.0
+    )
+    async with running_bot(config, server) as run:
+        await turn_on(server, channel, mode="mention", per_hour=1)
+        said = await server.say(channel, MEMBER, "Sam, I am so happy, I passed my exam! This is wonderful!")
+        [reaction] = await server.wait_for(
+            lambda r: r.method == "PUT" and f"/messages/{said['id']}/reactions/" in r.path
+        )
+        assert "%F0%9F%98%84" in reaction.path or "😄" in reaction.path  # joy
+        await server.say(channel, MEMBER, "Sam, and then I fell asleep on the bus.")
+        await looks(run, 4)
+        assert len(server.sent(lambda r: r.method == "PUT" and "/reactions/" in r.path)) == 1
+
+
+@pytest.mark.slow
+async def test_no_loop_with_another_bot(server: FakeDiscord, tmp_path: Path) -> None:
+    """Another bot in the channel answers every post of ours at once (the worst neighbour): neither its
+    posts nor ours wake the persona, so one member message brings one unprompted line, not a loop."""
+    channel = server.channels["roleplay"]
+    config = config_for(tmp_path, server, chance=1.0, member_seconds=120.0)
+    echoes: list[dict[str, Any]] = []
+
+    async def echo(message: dict[str, Any]) -> None:
+        if message["channel_id"] == str(channel) and len(echoes) < 50:
+            echoes.append(await server.say(channel, OTHER_BOT, "EchoBot heard that!", mention_bot=True))
+
+    async with running_bot(config, server) as run:
+        await turn_on(server, channel, mode="mention", per_hour=10)  # (the other bot mentions ours)
+        server.on_bot_message = echo
+        await server.say(channel, MEMBER, "Sam, look at the sky.")  # chatter: one line, then a quiet line
+        await server.wait_for(unprompted(channel), count=1, limit=90)
+        await looks(run, 30)
+        lines = server.sent(unprompted(channel))
+        assert 1 <= len(lines) <= 2 and len(echoes) == len(server.sent(posts_to(channel)))
+        assert not any(r.json.get("message_reference") for r in server.sent(posts_to(channel)))
+
+
+class Timed:
+    """The real model; each generated chunk's time is kept per session, and each request's start."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.model = engine.llm
+        self.chunks: dict[object, list[float]] = {}
+        self.started: dict[object, float] = {}
+        engine.llm = self  # type: ignore[assignment]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def generate(
+        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
+    ) -> Generation:
+        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
+        times = self.chunks.setdefault(session, [])
+
+        async def chunks() -> AsyncIterator[str]:
+            self.started.setdefault(session, time.monotonic())
+            stream = inner.chunks()
+            try:
+                async for chunk in stream:
+                    times.append(time.monotonic())
+                    yield chunk
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+        return Generation(chunks=chunks, stats=inner.stats)
+
+
+@pytest.mark.slow
+async def test_a_reply_to_a_member_never_waits_for_an_unprompted_line(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    channel, other = server.channels["roleplay"], server.channels["general"]
+    config = config_for(tmp_path, server, quiet_seconds=0.3)
+    timed: list[Timed] = []
+    async with running_bot(config, server, lambda engine: timed.append(Timed(engine))) as run:
+        await turn_on(server, channel)
+        await enable_channel(server, other, ADMIN)
+        await server.say(channel, MEMBER, "Mira, tell me a long story about the sea.")
+        await server.wait_for(posts_to(channel))
+        # The quiet spell starts a line: the moment its first tokens are out, a member speaks elsewhere.
+        session = (channel, "mira")
+        timed[0].chunks.pop(session)  # the reply's own tokens
+        async with asyncio.timeout(60):
+            while len(timed[0].chunks.get(session, [])) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await server.say(other, FRIEND, "Mira, quick question: are you there?")
+        [reply] = await server.wait_for(posts_to(other), limit=90)
+        presence: Any = run.bot.get_cog("Presence")
+        assert presence.gave_way >= 1
+        asked = timed[0].started[(other, "mira")]
+        after = [t for t in timed[0].chunks[session] if t > asked]
+        assert len(after) <= 1  # gave way within one token
+        # Nothing half-written was posted: a line comes (the quiet spell tries again) only after the reply.
+        assert all(line.at > reply.at for line in server.sent(unprompted(channel)))
