@@ -18,8 +18,10 @@ from bot.core.autonomy import Autonomy, settings_of
 from bot.llm import Generation
 from bot.store import AutonomyRow
 
+from .support.configs import add_persona
 from .support.discord_server import FakeDiscord, callbacks, posts_to
 from .support.harness import Running, bot_config, enable_channel, running_bot
+from .support.scripted import Scripted
 
 ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_021)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_022)
@@ -257,3 +259,34 @@ async def test_a_reply_to_a_member_never_waits_for_an_unprompted_line(
         assert len(after) <= 1  # gave way within one token
         # Nothing half-written was posted: a line comes (the quiet spell tries again) only after the reply.
         assert all(line.at > reply.at for line in server.sent(unprompted(channel)))
+
+
+@pytest.mark.slow
+async def test_in_a_cast_personas_answer_each_other_a_bounded_number_of_lines(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    channel = server.channels["roleplay"]
+    config = config_for(tmp_path, server, cast_turns=2)
+    add_persona(tmp_path, "rook", "Rook")
+    lines = ["Welcome aboard, Milo.", "The sea is calm tonight.", "Calm? Rook, you never trust calm seas."]
+
+    def wrap(engine: Engine) -> None:
+        engine.llm = Scripted(engine.llm, lines)  # type: ignore[assignment]
+
+    async with running_bot(config, server, wrap) as run:
+        await turn_on(server, channel)
+        token = await server.slash(
+            channel,
+            ADMIN,
+            "cast",
+            [{"name": "add", "type": 1, "options": [{"name": "name", "type": 3, "value": "rook"}]}],
+            admin=True,
+        )
+        await server.wait_for(callbacks(token))
+        await server.say(channel, MEMBER, "Hello, Mira!")
+        posts = await server.wait_for(server.webhook_posts(channel), count=3, limit=90)
+        unprompted_posts = posts[1:]
+        assert [p.json["username"] for p in unprompted_posts] in (["Mira", "Rook"], ["Rook", "Mira"])
+        assert [p.json["content"] for p in unprompted_posts] == lines[1:]
+        await looks(run, 20)  # cast_turns bounds the exchange, and the quiet spell brings it once
+        assert len(server.sent(server.webhook_posts(channel))) == 3

@@ -398,3 +398,21 @@ def test_a_reply_shown_is_stored_whenever_the_chat_is_killed(tmp_path: Path) -> 
     again.expect(f"[Mira in channel 0; {2 * len(lines)} stored messages]")
     again.type("/quit")
     assert again.close() == 0
+
+
+def test_terminal_autonomy_speaks_up_once_after_a_quiet_spell_and_stops_when_off(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[autonomy]\nquiet_seconds = 2.0\nmember_seconds = 600.0\n")
+    chat = Chat(config)
+    chat.expect("[commands: ")
+    chat.type("/autonomy sometimes")
+    chat.expect("[/autonomy on [QUIET_MINUTES] or /autonomy off]")
+    chat.type("/autonomy on")
+    chat.expect("the persona may speak up on its own, at most 3 times an hour")
+    chat.type("Mira, the lighthouse lamp just went out.")
+    chat.expect("[emotion: ")
+    chat.expect_match(r"Mira \(on their own\): \S.*?\[emotion: ")  # its line, then its face
+    chat.type("/autonomy off")
+    chat.expect("[the persona speaks only when spoken to]")
+    chat.type("/quit")
+    assert chat.close() == 0
+    assert chat.output.count("(on their own)") == 1 and "Traceback" not in chat.output

@@ -5,7 +5,7 @@ from a config (app). Front-ends import what they use from here."""
 from __future__ import annotations
 
 from bot.core.admin import ChannelSettings, EngineStatus
-from bot.core.autonomy import Autonomy, AutonomySettings
+from bot.core.autonomy import Autonomy, AutonomySettings, spell
 from bot.core.compose import TurnResult
 from bot.core.engine import Engine, Overheard
 from bot.core.replies import ReplyState
@@ -19,4 +19,5 @@ __all__ = [
     "Overheard",
     "ReplyState",
     "TurnResult",
+    "spell",
 ]

@@ -53,6 +53,11 @@ def settings_of(row: AutonomyRow, defaults: AutonomyConfig) -> AutonomySettings:
     )
 
 
+def spell(seconds: float) -> str:
+    """A quiet spell's length in words: "15 minutes", "2 seconds"."""
+    return f"{seconds / 60:g} minutes" if seconds >= 60 else f"{seconds:g} seconds"
+
+
 @dataclass
 class Pulse:
     """What happened lately in one channel (monotonic seconds)."""

@@ -225,8 +225,9 @@ class Engine:
                     break
                 history = await scene.history(channel_id, cast)
                 others = [p for p in cast if p.slug != speaker.slug]
+                # Another persona answers (none may hand the word back to the member: they did not speak).
                 speaker = named_in(result.text, others) or await composer.choose_speaker(
-                    channel_id, cast, history, member, others, member
+                    channel_id, cast, history, member, others, None
                 )
             return results
 

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.core import Engine, TurnResult
-from bot.errors import BotError, whole_number
+from bot.core import Autonomy, Engine, TurnResult, spell
+from bot.errors import BotError, GaveWay, whole_number
 from bot.terminal.faces import FACE_CELLS, TerminalFaces
 from bot.terminal.safe import counted, safe_text
 
 HELP = (
     "commands: /persona [NAME] (show, or switch), /personas (list), /cast [add|remove NAME] (several"
     " personas), /memory [edit TEXT|pin TEXT|unpin N] (what it remembers), /memory me [TEXT|forget] (its"
-    " notes on you), /memory members on|off, /reset (forget this channel),"
-    " /quit"
+    " notes on you), /memory members on|off, /autonomy on [QUIET_MINUTES]|off (the persona speaks up after"
+    " a quiet spell), /reset (forget this channel), /quit"
 )
+QUIET_TICK = 1.0  # seconds between looks for a quiet spell
 CONFIRM_RESET = "yes"
 # The terminal is one server with one member: the notes /memory me shows are kept under these ids.
 TERMINAL_SERVER = 0
@@ -55,6 +58,9 @@ class Console:
         self._shown: Path | None = None  # the face last drawn, so an unchanged face is not drawn again
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._turn: asyncio.Task[TurnResult] | None = None
+        self._editor: Any = None
+        self._speaking: asyncio.Task[list[TurnResult]] | None = None
+        self.autonomy = Autonomy()
 
     def say(self, text: str = "", end: str = "\n") -> None:
         """Write a line (or a streamed piece of one): every name, message and reply passes here, made
@@ -112,8 +118,18 @@ class Console:
         # Not possible off the main thread or on Windows: Ctrl-C then simply ends the program.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, self._interrupt)
+        self._editor = editor
         await self._show_opening()
         self.say(f"[{HELP}]")
+        watcher = asyncio.create_task(self._speak_up_when_quiet())
+        try:
+            await self._chat(editor)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _chat(self, editor: Any) -> None:
         while True:
             line = await self._next_line(editor)
             if line is None:
@@ -126,6 +142,9 @@ class Console:
                 if not await self._command(line):
                     break
                 continue
+            self.autonomy.member_spoke(self.channel_id)
+            if self._speaking is not None:
+                self._speaking.cancel()  # you go first: a line the persona was writing on its own is dropped
 
             async def show(result: TurnResult) -> None:
                 self._show_result(result)  # each reply of a cast with its own face, as it is done
@@ -155,6 +174,53 @@ class Console:
                 continue
             finally:
                 self._turn = None
+                self.autonomy.persona_spoke(self.channel_id)
+
+    async def _speak_up_when_quiet(self) -> None:
+        """With /autonomy on: after a quiet spell the persona adds a line on its own, once per line of
+        yours, within the hourly cap, only while the model is idle (bot/core/autonomy.py's bounds)."""
+        admin = self.engine.admin
+        while True:
+            await asyncio.sleep(QUIET_TICK)
+            settings = await admin.autonomy(self.channel_id)
+            if self._turn is not None or not admin.model_idle():
+                continue
+            if not self.autonomy.quiet_due(self.channel_id, settings):
+                continue
+
+            async def show(result: TurnResult) -> int:
+                self.autonomy.acted(self.channel_id, quiet_spell=True)
+                await self._aside(lambda: self._show_unprompted(result))
+                return 0
+
+            lines = min(settings.cast_turns, self.autonomy.room(self.channel_id, settings))
+            self._speaking = asyncio.create_task(self.engine.speak_up(self.channel_id, show, lines=lines))
+            try:
+                await self._speaking
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # the chat is ending
+                # else you typed a line: it goes first, and the half-written one is dropped
+            except GaveWay:
+                pass
+            except BotError as exc:
+                await self._aside(functools.partial(self.say, f"[could not speak up: {exc}]"))
+                self.autonomy.acted(self.channel_id, quiet_spell=True)  # not again until you speak
+            finally:
+                self._speaking = None
+
+    async def _aside(self, show: Callable[[], None]) -> None:
+        """Print between the lines you type: above the prompt in a terminal, as is in a pipe."""
+        if self._editor is None:
+            show()
+            return
+        from prompt_toolkit.application import run_in_terminal
+
+        await run_in_terminal(show)
+
+    def _show_unprompted(self, result: TurnResult) -> None:
+        self.say(f"\n{result.persona.name} (on their own): {result.text}")
+        self._show_result(result)
 
     async def _show_opening(self) -> None:
         cast = await self.engine.admin.cast(self.channel_id)
@@ -256,6 +322,25 @@ class Console:
                 " /memory me forget erases them]"
             )
 
+    async def _autonomy(self, arg: str) -> None:
+        """/autonomy on [QUIET_MINUTES] | off: whether the persona speaks up after a quiet spell here."""
+        switch, _, minutes = arg.partition(" ")
+        quiet = whole_number(minutes.strip()) if minutes.strip() else None
+        if switch not in ("on", "off") or (minutes.strip() and quiet is None):
+            self.say("[/autonomy on [QUIET_MINUTES] or /autonomy off]")
+            return
+        settings = await self.engine.admin.configure_autonomy(
+            self.channel_id, switch == "on", quiet_minutes=quiet
+        )
+        if settings.enabled:
+            self.autonomy.member_spoke(self.channel_id)  # the quiet spell counts from now
+            self.say(
+                f"[after {spell(settings.quiet_seconds)} of quiet the persona may speak up on its own,"
+                f" at most {settings.max_per_hour} times an hour; /autonomy off stops it]"
+            )
+        else:
+            self.say("[the persona speaks only when spoken to]")
+
     async def _command(self, line: str) -> bool:
         """Handle a /command; False means quit."""
         name, _, arg = line.partition(" ")
@@ -295,6 +380,8 @@ class Console:
                 self.say("[cast: " + ", ".join(p.name for p in cast) + "; name one to speak to it]")
             elif name == "/memory":
                 await self._memory(arg.strip())
+            elif name == "/autonomy":
+                await self._autonomy(arg.strip())
             elif name == "/personas":
                 listed = [
                     f"{slug} ({shown}{': ' + faces if faces else ''})"

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core import spell
 from bot.discord.cogs.memory import describe_pins
 from bot.errors import AlreadyImported, BotError
 from bot.expressions.detect import FaceReport
@@ -309,10 +310,10 @@ class Admin(commands.Cog):
             )
             return
         await interaction.response.send_message(
-            f"The persona may speak up here on its own: after {settings.quiet_seconds / 60:g} quiet minutes,"
+            f"The persona may speak up here on its own: after {spell(settings.quiet_seconds)} of quiet,"
             f" or by a {settings.chance:.0%} chance when members talk among themselves; at most"
             f" {settings.max_per_hour} times an hour, and never once members have been silent for"
-            f" {settings.member_seconds / 60:g} minutes.",
+            f" {spell(settings.member_seconds)}.",
             ephemeral=True,
         )
 
