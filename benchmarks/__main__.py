@@ -1,4 +1,5 @@
-"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|repetition`: print the figures in docs/."""
+"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|recall|repetition|autonomy`: the figures
+in docs/."""
 
 from __future__ import annotations
 
@@ -19,12 +20,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="config.toml", help="settings file (default: config.toml)")
     parser.add_argument(
         "what",
-        choices=["llm", "emotion", "expressions", "discord", "gpu", "cast", "memory", "recall", "repetition"],
+        choices=[
+            "llm",
+            "emotion",
+            "expressions",
+            "discord",
+            "gpu",
+            "cast",
+            "memory",
+            "recall",
+            "repetition",
+            "autonomy",
+        ],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
         "memory: recall of early facts, warm-turn cost, lookup time, summaries, large erasures; "
         "recall: recall by words and by meaning on paraphrased questions, embedding rate, lookup time; "
         "repetition: replies repeating earlier ones, without and with DRY, and cast copies; "
+        "autonomy: the model time of a persona speaking up on its own, and a reply's wait behind it; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
@@ -57,6 +70,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.repetition import bench_repetition
 
         return await bench_repetition(config, args.quick)
+    if args.what == "autonomy":
+        from benchmarks.autonomy import bench_autonomy
+
+        return await bench_autonomy(config, args.quick)
     if args.what == "cast":
         from benchmarks.cast import bench_cast
 

@@ -44,6 +44,11 @@ def require_manager(interaction: discord.Interaction) -> bool:
 manager_only = app_commands.check(require_manager)
 
 
+def require_manager_in_servers(interaction: discord.Interaction) -> bool:
+    """Manage Server in a server; in a direct message the command itself checks the DM is the member's."""
+    return interaction.guild is None or require_manager(interaction)
+
+
 SET_BY_HAND = (
     "drag the box over it in the studio (`./run studio` on the bot's machine), or use `/manage face`"
     " with x, y, width and height ({box})"

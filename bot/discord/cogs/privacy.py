@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord.cogs.admin import require_manager
+from bot.discord.cogs.admin import require_manager_in_servers
 from bot.discord.confirm import Confirm
 
 if TYPE_CHECKING:
@@ -24,17 +24,17 @@ class Privacy(commands.Cog):
     @app_commands.command(name="reset", description="Erase this conversation's chat history (asks first)")
     @app_commands.default_permissions(manage_guild=True)  # in servers; Discord applies none in DMs
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=False)
+    @app_commands.check(require_manager_in_servers)
     async def reset(self, interaction: discord.Interaction) -> None:
         channel_id = interaction.channel_id or 0
-        if interaction.guild is None:
-            # A direct message: only its own member's (the bot's DMs are one member each).
-            if channel_id not in await self.engine.admin.direct_channels(interaction.user.id):
-                await interaction.response.send_message(
-                    "Nothing is stored for this conversation.", ephemeral=True
-                )
-                return
-        else:
-            require_manager(interaction)
+        # A direct message: only its own member's (the bot's DMs are one member each).
+        if interaction.guild is None and channel_id not in await self.engine.admin.direct_channels(
+            interaction.user.id
+        ):
+            await interaction.response.send_message(
+                "Nothing is stored for this conversation.", ephemeral=True
+            )
+            return
         count = await self.engine.admin.message_count(channel_id)
         who = "admin" if interaction.guild is not None else "member"
         view = Confirm(interaction.user.id, "reset", who, "Erase history", "Keep it")

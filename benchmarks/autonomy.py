@@ -1,0 +1,151 @@
+"""`./run bench autonomy`: what a persona that speaks up on its own costs. The model time of one unprompted
+line in a warm channel, hence of an hour at the defaults' cap (every channel with autonomy on, at most);
+a fitting reaction's cost (the text judge only); and how long a member's reply waits when it arrives
+while an unprompted line is being written, against the same reply on an idle model, in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from benchmarks.common import loaded_model, scratch_store, table
+from benchmarks.llm import STORY_LINES
+from bot.config import Config
+from bot.llm import Generation
+
+HISTORY_TOKENS = 800
+HOUR = 3600.0
+
+
+class FirstTokens:
+    """The model, noting when each session's generation was asked for and when its tokens came."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.asked: dict[object, float] = {}
+        self.tokens: dict[object, list[float]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def generate(
+        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
+    ) -> Generation:
+        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
+
+        async def chunks() -> AsyncIterator[str]:
+            self.asked[session] = time.perf_counter()
+            self.tokens[session] = []
+            stream = inner.chunks()
+            try:
+                async for chunk in stream:
+                    self.tokens[session].append(time.perf_counter())
+                    yield chunk
+            finally:
+                await stream.aclose()
+
+        return Generation(chunks=chunks, stats=inner.stats)
+
+    def first_token_wait(self, session: object) -> float:
+        return self.tokens[session][0] - self.asked[session]
+
+
+async def bench_autonomy(config: Config, quick: bool) -> int:
+    from bot.core import Engine
+    from bot.errors import GaveWay
+    from bot.personas import PersonaLibrary
+
+    model = dataclasses.replace(config.model, n_ctx=4096, temperature=0.7, seed=3)
+    config = dataclasses.replace(config, model=model)
+    personas = PersonaLibrary.from_config(config)
+    lead = personas.load(config.persona.default)
+    rounds = 3 if quick else 8
+    async with scratch_store() as store, loaded_model(model, config.root) as real:
+        llm = FirstTokens(real)
+        engine = Engine(config, store, llm, personas)
+
+        async def seeded(channel: int) -> None:
+            tokens, i = 0, 0
+            while tokens < HISTORY_TOKENS:
+                role, text = STORY_LINES[i % len(STORY_LINES)]
+                name = "Sam" if role == "user" else lead.name
+                await store.add_message(channel, role=role, author_name=name, content=text, persona=lead.slug)
+                tokens += len(real.tokenize(text)) + 6
+                i += 1
+
+        async def posted(_: object) -> int:
+            return 0
+
+        # One unprompted line after each member turn (warm channel, as after a quiet spell).
+        await seeded(1)
+        line_seconds, line_tokens = [], []
+        for n in range(rounds):
+            await engine.turn(1, "Sam", f"Mira, the lamp flickers again. ({n})")
+            started = time.perf_counter()
+            [line] = await engine.speak_up(1, posted)
+            line_seconds.append(time.perf_counter() - started)
+            line_tokens.append(line.stats.generated_tokens)
+
+        judged = []
+        for _, text in STORY_LINES[:20]:
+            started = time.perf_counter()
+            await engine.admin.emotion_of(lead, text)
+            judged.append(time.perf_counter() - started)
+
+        # A reply in channel 2 on an idle model, then while channel 1's unprompted line is being written.
+        await seeded(2)
+        await engine.turn(2, "Ada", "Mira, are you awake?")  # warm both channels first
+        idle, waiting, gave_way = [], [], 0
+        for n in range(rounds):
+            await engine.turn(2, "Ada", f"Mira, one more question. ({n})")
+            idle.append(llm.first_token_wait((2, lead.slug)))
+            await engine.turn(1, "Sam", f"Mira, what do you see out there? ({n})")
+            speaking = asyncio.create_task(engine.speak_up(1, posted))
+            while len(llm.tokens.get((1, lead.slug), [])) < 4 or (1, lead.slug) not in llm.asked:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            await engine.turn(2, "Ada", f"Mira, quick: are you there? ({n})")
+            waiting.append(llm.first_token_wait((2, lead.slug)))
+            try:
+                await speaking
+            except GaveWay:
+                gave_way += 1
+
+    autonomy = config.autonomy
+    per_line = statistics.mean(line_seconds)
+    decode = statistics.median(line_seconds) / max(1.0, statistics.median(line_tokens))
+    worst = autonomy.max_per_hour * per_line
+    wait_ms, slower = statistics.median(waiting) * 1000, statistics.median(waiting) / statistics.median(idle)
+    rows = [
+        (
+            "one unprompted line: model time (mean)",
+            f"{per_line:.2f} s ({statistics.mean(line_tokens):.0f} tokens)",
+        ),
+        (
+            f"an hour at the cap ({autonomy.max_per_hour} lines), per channel with autonomy on",
+            f"{worst:.1f} s of model time ({worst / HOUR:.2%} of the hour)",
+        ),
+        (
+            "a reaction: the text judge on a member's line (median)",
+            f"{statistics.median(judged) * 1000:.1f} ms",
+        ),
+        (
+            "a reply's wait for its first token, model idle (median)",
+            f"{statistics.median(idle) * 1000:.0f} ms",
+        ),
+        (
+            "the same reply arriving mid unprompted line (median)",
+            f"{wait_ms:.0f} ms ({slower:.2f}x idle; a token ~{decode * 1000:.0f} ms)",
+        ),
+        ("unprompted lines that gave way to the reply", f"{gave_way} of {rounds}"),
+    ]
+    table(
+        f"bench autonomy: {real.name}, {HISTORY_TOKENS}-token history, {rounds} rounds",
+        rows,
+        f"defaults: {autonomy.max_per_hour}/hour, quiet {autonomy.quiet_seconds:g} s,"
+        f" chance {autonomy.chance:g}",
+    )
+    return 0
