@@ -86,7 +86,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
         for n in range(rounds):
             await engine.turn(1, "Sam", f"Mira, the lamp flickers again. ({n})")
             started = time.perf_counter()
-            [line] = await engine.speak_up(1, posted)
+            [line] = await engine.speak_up(1, posted, store_first=True)
             line_seconds.append(time.perf_counter() - started)
             line_tokens.append(line.stats.generated_tokens)
 
@@ -104,7 +104,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
             await engine.turn(2, "Ada", f"Mira, one more question. ({n})")
             idle.append(llm.first_token_wait((2, lead.slug)))
             await engine.turn(1, "Sam", f"Mira, what do you see out there? ({n})")
-            speaking = asyncio.create_task(engine.speak_up(1, posted))
+            speaking = asyncio.create_task(engine.speak_up(1, posted, store_first=True))
             while len(llm.tokens.get((1, lead.slug), [])) < 4 or (1, lead.slug) not in llm.asked:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             await engine.turn(2, "Ada", f"Mira, quick: are you there? ({n})")

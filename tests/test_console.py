@@ -411,8 +411,11 @@ def test_terminal_autonomy_speaks_up_once_after_a_quiet_spell_and_stops_when_off
     chat.type("Mira, the lighthouse lamp just went out.")
     chat.expect("[emotion: ")
     chat.expect_match(r"Mira \(on their own\): \S.*?\[emotion: ")  # its line, then its face
+    chat.type("Do you hear the bell?")  # a second line of yours: a second quiet spell, a second line
+    chat.expect_match(r"(on their own\): .*){2}\[emotion: ")
     chat.type("/autonomy off")
     chat.expect("[the persona speaks only when spoken to]")
     chat.type("/quit")
     assert chat.close() == 0
-    assert chat.output.count("(on their own)") == 1 and "Traceback" not in chat.output
+    assert chat.output.count("(on their own)") == 2 and "Traceback" not in chat.output
+    assert "could not speak up" not in chat.output

@@ -184,12 +184,13 @@ class Engine:
         lines: int = 1,
         overheard: Overheard | None = None,
         on_start: SpeakerCallback | None = None,
+        store_first: bool = False,
     ) -> list[TurnResult]:
         """The channel's persona (or, in a cast, the one the model picks) adds a line on its own, and in a
         cast others may answer it, `lines` in all. `overheard`: a member's message not addressed to the
         persona, which it chimes in on (stored first, as the history's newest line). Each line is
         delivered and stored like a reply, answers no message, and gives way (GaveWay, nothing posted) to
-        any member's reply that needs the model."""
+        any member's reply that needs the model. `store_first` as in `turn`."""
         scene, composer = self.scene, self.composer
         async with scene.lock(channel_id):
             cast = await scene.cast(channel_id)
@@ -219,7 +220,10 @@ class Engine:
                 result = await composer.compose(
                     channel_id, speaker, cast, history, member, None, give_way=True
                 )
-                await self._deliver_and_save(channel_id, result, deliver)
+                if store_first:
+                    await self._save_and_deliver(channel_id, result, deliver)
+                else:
+                    await self._deliver_and_save(channel_id, result, deliver)
                 results.append(result)
                 if len(cast) == 1:
                     break

@@ -194,7 +194,9 @@ class Console:
                 return 0
 
             lines = min(settings.cast_turns, self.autonomy.room(self.channel_id, settings))
-            self._speaking = asyncio.create_task(self.engine.speak_up(self.channel_id, show, lines=lines))
+            self._speaking = asyncio.create_task(
+                self.engine.speak_up(self.channel_id, show, lines=lines, store_first=True)
+            )
             try:
                 await self._speaking
             except asyncio.CancelledError:
