@@ -80,32 +80,25 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
         async def posted(_: object) -> int:
             return 0
 
-        # One unprompted line after each member turn (warm channel, as after a quiet spell).
         await seeded(1)
-        line_seconds, line_tokens = [], []
+        await seeded(2)
+        await engine.turn(2, "Ada", "Mira, are you awake?")  # both channels warm
+        line_seconds, line_tokens, idle, waiting, gave_way = [], [], [], [], 0
         for n in range(rounds):
+            # An unprompted line after a member's turn (a warm channel, as after a quiet spell), written
+            # whole; then a reply in channel 2 on the idle model (which switches channels to write it).
             await engine.turn(1, "Sam", f"Mira, the lamp flickers again. ({n})")
             started = time.perf_counter()
             [line] = await engine.speak_up(1, posted, store_first=True)
             line_seconds.append(time.perf_counter() - started)
             line_tokens.append(line.stats.generated_tokens)
-
-        judged = []
-        for _, text in STORY_LINES[:20]:
-            started = time.perf_counter()
-            await engine.admin.emotion_of(lead, text)
-            judged.append(time.perf_counter() - started)
-
-        # A reply in channel 2 on an idle model, then while channel 1's unprompted line is being written.
-        await seeded(2)
-        await engine.turn(2, "Ada", "Mira, are you awake?")  # warm both channels first
-        idle, waiting, gave_way = [], [], 0
-        for n in range(rounds):
             await engine.turn(2, "Ada", f"Mira, one more question. ({n})")
             idle.append(llm.first_token_wait((2, lead.slug)))
+            # The same, but the reply comes while channel 1's line is being written.
             await engine.turn(1, "Sam", f"Mira, what do you see out there? ({n})")
+            llm.tokens.pop((1, lead.slug), None)  # the turn's own tokens: wait for the line's
             speaking = asyncio.create_task(engine.speak_up(1, posted, store_first=True))
-            while len(llm.tokens.get((1, lead.slug), [])) < 4 or (1, lead.slug) not in llm.asked:  # noqa: ASYNC110
+            while len(llm.tokens.get((1, lead.slug), [])) < 4 and not speaking.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             await engine.turn(2, "Ada", f"Mira, quick: are you there? ({n})")
             waiting.append(llm.first_token_wait((2, lead.slug)))
@@ -113,6 +106,12 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
                 await speaking
             except GaveWay:
                 gave_way += 1
+
+        judged = []
+        for _, text in STORY_LINES[:20]:
+            started = time.perf_counter()
+            await engine.admin.emotion_of(lead, text)
+            judged.append(time.perf_counter() - started)
 
     autonomy = config.autonomy
     per_line = statistics.mean(line_seconds)
@@ -133,7 +132,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
             f"{statistics.median(judged) * 1000:.1f} ms",
         ),
         (
-            "a reply's wait for its first token, model idle (median)",
+            "a reply's first token, the model idle after a line (median)",
             f"{statistics.median(idle) * 1000:.0f} ms",
         ),
         (
