@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,13 +202,19 @@ async def test_no_loop_with_another_bot(server: FakeDiscord, tmp_path: Path) -> 
         assert not any(r.json.get("message_reference") for r in server.sent(posts_to(channel)))
 
 
+@dataclass
+class Call:
+    session: object
+    asked: float = 0.0  # when the model was asked (the request joined its queue)
+    tokens: list[float] = field(default_factory=list)  # when each piece of text came
+
+
 class Timed:
-    """The real model; each generated chunk's time is kept per session, and each request's start."""
+    """The real model; each generation's request time and token times are kept."""
 
     def __init__(self, engine: Engine) -> None:
         self.model = engine.llm
-        self.chunks: dict[object, list[float]] = {}
-        self.started: dict[object, float] = {}
+        self.calls: list[Call] = []
         engine.llm = self  # type: ignore[assignment]
 
     def __getattr__(self, name: str) -> Any:
@@ -217,19 +224,37 @@ class Timed:
         self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
     ) -> Generation:
         inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
-        times = self.chunks.setdefault(session, [])
+        call = Call(session)
+        self.calls.append(call)
 
         async def chunks() -> AsyncIterator[str]:
-            self.started.setdefault(session, time.monotonic())
+            call.asked = time.monotonic()
             stream = inner.chunks()
             try:
                 async for chunk in stream:
-                    times.append(time.monotonic())
+                    call.tokens.append(time.monotonic())
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
 
         return Generation(chunks=chunks, stats=inner.stats)
+
+    async def writing(self, session: object, after: int, tokens: int = 3) -> Call:
+        """The first generation for `session` after the first `after` calls, once it has `tokens` tokens."""
+        async with asyncio.timeout(60):
+            while not (found := self._under_way(session, after, tokens)):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # (the model's thread: no event to wait on)
+        return found[0]
+
+    def _under_way(self, session: object, after: int, tokens: int) -> list[Call]:
+        return [c for c in self.calls[after:] if c.session == session and len(c.tokens) >= tokens]
+
+
+async def quiet_line_being_written(server: FakeDiscord, timed: Timed, channel: int) -> Call:
+    """A member's message is answered; then the quiet spell starts an unprompted line: it, once under way."""
+    await server.say(channel, MEMBER, "Mira, tell me a long story about the sea.")
+    await server.wait_for(posts_to(channel))
+    return await timed.writing((channel, "mira"), len(timed.calls))
 
 
 @pytest.mark.slow
@@ -242,23 +267,39 @@ async def test_a_reply_to_a_member_never_waits_for_an_unprompted_line(
     async with running_bot(config, server, lambda engine: timed.append(Timed(engine))) as run:
         await turn_on(server, channel)
         await enable_channel(server, other, ADMIN)
-        await server.say(channel, MEMBER, "Mira, tell me a long story about the sea.")
-        await server.wait_for(posts_to(channel))
-        # The quiet spell starts a line: the moment its first tokens are out, a member speaks elsewhere.
-        session = (channel, "mira")
-        timed[0].chunks.pop(session)  # the reply's own tokens
-        async with asyncio.timeout(60):
-            while len(timed[0].chunks.get(session, [])) < 3:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # A member speaks in another channel while the line is being written: the model gives way.
+        line = await quiet_line_being_written(server, timed[0], channel)
         await server.say(other, FRIEND, "Mira, quick question: are you there?")
         [reply] = await server.wait_for(posts_to(other), limit=90)
         presence: Any = run.bot.get_cog("Presence")
         assert presence.gave_way >= 1
-        asked = timed[0].started[(other, "mira")]
-        after = [t for t in timed[0].chunks[session] if t > asked]
-        assert len(after) <= 1  # gave way within one token
+        asked = next(c for c in timed[0].calls if c.session == (other, "mira")).asked
+        assert len([t for t in line.tokens if t > asked]) <= 1  # gave way within one token
         # Nothing half-written was posted: a line comes (the quiet spell tries again) only after the reply.
-        assert all(line.at > reply.at for line in server.sent(unprompted(channel)))
+        assert all(post.at > reply.at for post in server.sent(unprompted(channel)))
+
+
+@pytest.mark.slow
+async def test_a_member_speaking_where_a_line_is_written_goes_first(
+    server: FakeDiscord, tmp_path: Path
+) -> None:
+    channel = server.channels["roleplay"]
+    config = config_for(tmp_path, server, quiet_seconds=0.3)
+    timed: list[Timed] = []
+    async with running_bot(config, server, lambda engine: timed.append(Timed(engine))):
+        await turn_on(server, channel)
+        line = await quiet_line_being_written(server, timed[0], channel)
+        calls = len(timed[0].calls)
+        said = await server.say(channel, FRIEND, "Mira, wait, I have a question!")
+        [reply] = await server.wait_for(
+            lambda r: (
+                posts_to(channel)(r)
+                and str((r.json.get("message_reference") or {}).get("message_id")) == said["id"]
+            )
+        )
+        answer = next(c for c in timed[0].calls[calls:] if c.session == (channel, "mira"))
+        assert not [t for t in line.tokens if t > answer.asked]  # the line was dropped before it
+        assert all(post.at > reply.at for post in server.sent(unprompted(channel)))
 
 
 @pytest.mark.slow

@@ -188,17 +188,17 @@ async def test_dms_refused_unless_the_owner_and_the_members_server_allow_them(
         [notice] = await server.wait_for(posts_to(dm))
         assert REFUSED in notice.json["content"]
         assert await run.engine.store.history(dm, "mira") == []
-        # A stranger (no server shared with the bot) is refused too.
-        server.outsiders.add(STRANGER["id"])
-        stranger_dm = server.dm_channel(STRANGER)
-        await server.say(stranger_dm, STRANGER, "Hi!")
-        [notice] = await server.wait_for(posts_to(stranger_dm))
-        assert REFUSED in notice.json["content"]
         # Turned back on: answered.
         token = await server.slash(general, ADMIN, "manage", [dms(True)], admin=True)
         await server.wait_for(callbacks(token))
         await server.say(dm, MEMBER, "Hello again?")
         await stored(run.engine, dm, 2)
+        # A stranger (no server shared with the bot) is refused even so.
+        server.outsiders.add(STRANGER["id"])
+        stranger_dm = server.dm_channel(STRANGER)
+        await server.say(stranger_dm, STRANGER, "Hi!")
+        [notice] = await server.wait_for(posts_to(stranger_dm))
+        assert REFUSED in notice.json["content"]
 
 
 def dms(allow: bool) -> dict[str, Any]:
