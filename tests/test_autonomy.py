@@ -20,7 +20,7 @@ from bot.llm import Generation
 from bot.store import AutonomyRow
 
 from .support.configs import add_persona
-from .support.discord_server import FakeDiscord, callbacks, posts_to
+from .support.discord_server import SEND_MESSAGES, FakeDiscord, callbacks, posts_to
 from .support.harness import Running, bot_config, enable_channel, running_bot
 from .support.scripted import Scripted
 
@@ -100,10 +100,10 @@ def autonomy_option(**values: Any) -> dict[str, Any]:
     return {"name": "autonomy", "type": 1, "options": options}
 
 
-def config_for(tmp_path: Path, server: FakeDiscord, **autonomy: float) -> Any:
+def config_for(tmp_path: Path, server: FakeDiscord, extra: str = "", **autonomy: float) -> Any:
     settings = {"quiet_seconds": 0.6, "member_seconds": 120.0, "chance": 0.0, "react_share": 0.0} | autonomy
     table = "[autonomy]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
-    return bot_config(tmp_path, server, None, extra=table, cooldown=0.0)
+    return bot_config(tmp_path, server, None, extra=table + extra, cooldown=0.0)
 
 
 async def turn_on(server: FakeDiscord, channel: int, mode: str = "all", **values: Any) -> None:
@@ -128,10 +128,18 @@ async def looks(run: Running, count: int) -> None:
 
 @pytest.mark.slow
 async def test_after_a_quiet_spell_one_line_then_silence(server: FakeDiscord, tmp_path: Path) -> None:
-    channel, untouched = server.channels["roleplay"], server.channels["side"]
-    async with running_bot(config_for(tmp_path, server), server) as run:
+    channel, untouched, muted = server.channels["roleplay"], server.channels["side"], server.channels["quiet"]
+    # The bot may read but not post in `muted` (its role denied Send Messages there).
+    server.channel_overwrites[muted] = [
+        {"id": str(server.bot_role), "type": 0, "allow": "0", "deny": str(SEND_MESSAGES)}
+    ]
+    async with running_bot(config_for(tmp_path, server, chance=1.0), server) as run:
         await turn_on(server, channel)
         await turn_on(server, untouched)  # on, but no member ever speaks there
+        await turn_on(server, muted, mode="mention")
+        await server.say(
+            muted, MEMBER, "Sam, have you seen the harbour today?"
+        )  # chatter: a line, if it could
         await server.say(channel, MEMBER, "Mira, the storm is finally over.")
         [line] = await server.wait_for(unprompted(channel), limit=90)
         assert line.json["content"].strip() and line.files["expression.png"].startswith(b"\x89PNG")
@@ -143,7 +151,7 @@ async def test_after_a_quiet_spell_one_line_then_silence(server: FakeDiscord, tm
         assert history[-1].prompt_id is None  # answers no message
         await looks(run, 20)  # many quiet spells' worth of looks: no second line, nothing where nobody spoke
         assert len(server.sent(unprompted(channel))) == 1
-        assert server.sent(posts_to(untouched)) == []
+        assert server.sent(posts_to(untouched)) == [] and server.sent(posts_to(muted)) == []
 
 
 @pytest.mark.slow
@@ -307,9 +315,11 @@ async def test_in_a_cast_personas_answer_each_other_a_bounded_number_of_lines(
     server: FakeDiscord, tmp_path: Path
 ) -> None:
     channel = server.channels["roleplay"]
-    config = config_for(tmp_path, server, cast_turns=2)
+    # Turn order: one reply to the member (Mira's), then Rook and Mira unprompted.
+    config = config_for(tmp_path, server, '[cast]\nnext_speaker = "order"\n', cast_turns=2)
     add_persona(tmp_path, "rook", "Rook")
     lines = ["Welcome aboard, Milo.", "The sea is calm tonight.", "Calm? Rook, you never trust calm seas."]
+    lines += ["(a line past the bound)", "(another)"]
 
     def wrap(engine: Engine) -> None:
         engine.llm = Scripted(engine.llm, lines)  # type: ignore[assignment]
@@ -327,7 +337,7 @@ async def test_in_a_cast_personas_answer_each_other_a_bounded_number_of_lines(
         await server.say(channel, MEMBER, "Hello, Mira!")
         posts = await server.wait_for(server.webhook_posts(channel), count=3, limit=90)
         unprompted_posts = posts[1:]
-        assert [p.json["username"] for p in unprompted_posts] in (["Mira", "Rook"], ["Rook", "Mira"])
-        assert [p.json["content"] for p in unprompted_posts] == lines[1:]
+        assert [p.json["username"] for p in unprompted_posts] == ["Rook", "Mira"]
+        assert [p.json["content"] for p in unprompted_posts] == lines[1:3]
         await looks(run, 20)  # cast_turns bounds the exchange, and the quiet spell brings it once
         assert len(server.sent(server.webhook_posts(channel))) == 3

@@ -23,6 +23,7 @@ from . import discord_spec
 
 MANAGE_GUILD = 1 << 5
 MANAGE_WEBHOOKS = 1 << 29
+SEND_MESSAGES = 1 << 11
 MEMBER_PERMISSIONS = (
     (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)
 )  # view, send, files, history, slash
@@ -79,6 +80,8 @@ class FakeDiscord:
         # server admin opened to everyone in the server's integration settings.
         self.overwrites: dict[int, list[dict[str, Any]]] = {}
         self.command_overrides: set[str] = set()
+        # Overwrites the bot sees on a channel (its own role's, say), sent with the server at connect.
+        self.channel_overwrites: dict[int, list[dict[str, Any]]] = {}
         self.hidden_attempts: list[str] = []  # commands a member tried that Discord hides from them
         self._interactions: dict[str, float] = {}  # token -> when the interaction was sent
         self.token_life = TOKEN_LIFE
@@ -272,7 +275,7 @@ class FakeDiscord:
                     "type": 0,
                     "name": name,
                     "position": i,
-                    "permission_overwrites": [],
+                    "permission_overwrites": self.channel_overwrites.get(cid, []),
                     "guild_id": gid,
                     "nsfw": False,
                     "parent_id": None,
