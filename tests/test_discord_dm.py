@@ -13,6 +13,7 @@ import pytest
 
 from bot.core import Engine
 from bot.discord.direct import REFUSED
+from bot.discord.direct import STRANGER as NO_SERVER_SHARED
 from bot.discord.replies import REGENERATE_ID
 from bot.llm import Generation
 
@@ -198,7 +199,7 @@ async def test_dms_refused_unless_the_owner_and_the_members_server_allow_them(
         stranger_dm = server.dm_channel(STRANGER)
         await server.say(stranger_dm, STRANGER, "Hi!")
         [notice] = await server.wait_for(posts_to(stranger_dm))
-        assert REFUSED in notice.json["content"]
+        assert NO_SERVER_SHARED in notice.json["content"]
 
 
 def dms(allow: bool) -> dict[str, Any]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 SERVERS_KEPT_FOR = 300.0  # seconds a member's shared servers are trusted before asking Discord again
 MAX_MEMBERS = 10_000
 REFUSED = "Direct messages with me are turned off in the servers we share; let's talk in a server channel."
+STRANGER = "I roleplay in direct messages only with members of a server I am in."
 
 
 class DirectAccess:
@@ -44,7 +45,10 @@ class DirectAccess:
     async def admit(self, message: discord.Message) -> str | None:
         """Open a member's DM for roleplay: None when they may, else what to tell them."""
         admin = self.bot.engine.admin
-        if not await admin.direct_messages_allowed(await self.servers_of(message.author.id)):
+        servers = await self.servers_of(message.author.id)
+        if not servers:
+            return STRANGER
+        if not await admin.direct_messages_allowed(servers):
             return REFUSED
         try:
             await admin.open_direct(message.channel.id, message.author.id)
