@@ -89,7 +89,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
             # whole; then a reply in channel 2 on the idle model (which switches channels to write it).
             await engine.turn(1, "Sam", f"Mira, the lamp flickers again. ({n})")
             started = time.perf_counter()
-            [line] = await engine.speak_up(1, posted, store_first=True)
+            [line] = await engine.speak_up(1, posted, store_first=True, quiet=True)
             line_seconds.append(time.perf_counter() - started)
             line_tokens.append(line.stats.generated_tokens)
             await engine.turn(2, "Ada", f"Mira, one more question. ({n})")
@@ -97,7 +97,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
             # The same, but the reply comes while channel 1's line is being written.
             await engine.turn(1, "Sam", f"Mira, what do you see out there? ({n})")
             llm.tokens.pop((1, lead.slug), None)  # the turn's own tokens: wait for the line's
-            speaking = asyncio.create_task(engine.speak_up(1, posted, store_first=True))
+            speaking = asyncio.create_task(engine.speak_up(1, posted, store_first=True, quiet=True))
             while len(llm.tokens.get((1, lead.slug), [])) < 4 and not speaking.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             await engine.turn(2, "Ada", f"Mira, quick: are you there? ({n})")

@@ -321,8 +321,11 @@ async def test_in_a_cast_personas_answer_each_other_a_bounded_number_of_lines(
     lines = ["Welcome aboard, Milo.", "The sea is calm tonight.", "Calm? Rook, you never trust calm seas."]
     lines += ["(a line past the bound)", "(another)"]
 
+    scripted: list[Scripted] = []
+
     def wrap(engine: Engine) -> None:
-        engine.llm = Scripted(engine.llm, lines)  # type: ignore[assignment]
+        scripted.append(Scripted(engine.llm, lines))
+        engine.llm = scripted[0]  # type: ignore[assignment]
 
     async with running_bot(config, server, wrap) as run:
         await turn_on(server, channel)
@@ -339,5 +342,11 @@ async def test_in_a_cast_personas_answer_each_other_a_bounded_number_of_lines(
         unprompted_posts = posts[1:]
         assert [p.json["username"] for p in unprompted_posts] == ["Rook", "Mira"]
         assert [p.json["content"] for p in unprompted_posts] == lines[1:3]
+        # The quiet spell is told to the first unprompted line's prompt only; it is never stored.
+        prompts = scripted[0].prompts
+        assert "A while passes in silence. Rook speaks up" in prompts[1]
+        assert "A while passes" not in prompts[0] + prompts[2]
+        history = await run.engine.store.history(channel, "mira")
+        assert not any("A while passes" in m.content for m in history)
         await looks(run, 20)  # cast_turns bounds the exchange, and the quiet spell brings it once
         assert len(server.sent(server.webhook_posts(channel))) == 3

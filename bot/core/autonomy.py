@@ -24,6 +24,9 @@ HOUR = 3600.0
 MAX_CHANNELS = 10_000  # channels whose recent activity is kept; older ones are long past any quiet spell
 
 Act = Literal["line", "react"]
+# After a quiet spell the model is told so, for that line only: without it a model simply goes on with
+# its last message, as if no time had passed.
+QUIET_CUE = "(OOC: A while passes in silence. {name} speaks up on their own: a new line in character.)"
 
 
 @dataclass(frozen=True)

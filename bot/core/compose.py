@@ -187,13 +187,18 @@ class Composer:
         user: str,
         on_text: TextCallback | None,
         give_way: bool = False,
+        cue: str = "",
     ) -> TurnResult:
         """One persona's reply to the history, with its emotion and face; nothing stored. `give_way`:
-        unprompted, so it stops (GaveWay) the moment another request waits for the model."""
+        unprompted, so it stops (GaveWay) the moment another request waits for the model. `cue`: a note
+        after the history for this reply only (a quiet spell's), outside the kept window."""
         llm = self.models.llm
         if give_way and llm.pending > 0:
             raise GaveWay("the model is busy")
         built = await self.prompt(channel_id, persona, cast, history, user)
+        if cue:
+            messages = [*built.messages, {"role": "user", "content": cue}]
+            built = replace(built, text=await asyncio.to_thread(llm.render, messages), messages=messages)
         names = recent_speakers(history)
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from bot.config import Config
 from bot.core.admin import Admin
+from bot.core.autonomy import QUIET_CUE
 from bot.core.cast import named_in
 from bot.core.compose import Composer, TextCallback, TurnResult
 from bot.core.models import ExpressionProvider, Models, PortraitOnly
@@ -185,12 +186,14 @@ class Engine:
         overheard: Overheard | None = None,
         on_start: SpeakerCallback | None = None,
         store_first: bool = False,
+        quiet: bool = False,
     ) -> list[TurnResult]:
         """The channel's persona (or, in a cast, the one the model picks) adds a line on its own, and in a
         cast others may answer it, `lines` in all. `overheard`: a member's message not addressed to the
         persona, which it chimes in on (stored first, as the history's newest line). Each line is
         delivered and stored like a reply, answers no message, and gives way (GaveWay, nothing posted) to
-        any member's reply that needs the model. `store_first` as in `turn`."""
+        any member's reply that needs the model. `store_first` as in `turn`; `quiet`: after a quiet
+        spell, which the first line's prompt says."""
         scene, composer = self.scene, self.composer
         async with scene.lock(channel_id):
             cast = await scene.cast(channel_id)
@@ -217,8 +220,9 @@ class Engine:
             while speaker is not None and len(results) < lines:
                 if on_start is not None:
                     await maybe_await(on_start(speaker))
+                cue = QUIET_CUE.format(name=speaker.name) if quiet and not results else ""
                 result = await composer.compose(
-                    channel_id, speaker, cast, history, member, None, give_way=True
+                    channel_id, speaker, cast, history, member, None, give_way=True, cue=cue
                 )
                 if store_first:
                     await self._save_and_deliver(channel_id, result, deliver)

@@ -195,7 +195,7 @@ class Console:
 
             lines = min(settings.cast_turns, self.autonomy.room(self.channel_id, settings))
             self._speaking = asyncio.create_task(
-                self.engine.speak_up(self.channel_id, show, lines=lines, store_first=True)
+                self.engine.speak_up(self.channel_id, show, lines=lines, store_first=True, quiet=True)
             )
             try:
                 await self._speaking

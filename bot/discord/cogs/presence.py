@@ -182,7 +182,7 @@ class Presence(commands.Cog):
             return
         try:
             async with channel.typing():
-                await self.engine.speak_up(channel.id, deliver, lines=lines, overheard=overheard)
+                await self.engine.speak_up(channel.id, deliver, lines=lines, overheard=overheard, quiet=quiet)
         except GaveWay:
             self.gave_way += 1
         except (BotError, discord.HTTPException) as exc:
