@@ -17,11 +17,11 @@ from discord.ext import commands
 from bot.bounded import LRUDict
 from bot.core import TurnResult
 from bot.discord.direct import DirectAccess
-from bot.discord.replies import Outgoing, compose, controls, style_of, swap_in_render
+from bot.discord.posting import Poster
+from bot.discord.replies import Outgoing, compose, controls, style_of
 from bot.discord.webhooks import CastWebhooks
 from bot.errors import BotError, BusyError, GenerationTimeout, InputError, StoreError
 from bot.personas import Persona
-from bot.workers import BackgroundTasks
 
 if TYPE_CHECKING:
     from bot.discord.client import RoleplayBot
@@ -65,11 +65,11 @@ class Chat(commands.Cog):
         # Older entries than these limits are past their cooldown or notice interval anyway.
         self._last_reply_at: LRUDict[int, float] = LRUDict(MAX_TRACKED_USERS)
         self._busy_noticed: LRUDict[int, float] = LRUDict(MAX_TRACKED_CHANNELS)
-        self._background = BackgroundTasks()  # faces still rendering for sent replies
         self._answering: dict[int, asyncio.Task[object]] = {}  # Discord message id -> its answer
         self._closing = False
         self.shutdown_grace = SHUTDOWN_GRACE
         self.webhooks = CastWebhooks(bot)
+        self.poster = Poster(self.webhooks)  # also posts the persona's unprompted lines (cogs/presence.py)
         self.direct = DirectAccess(bot)
 
     # -- deciding whether to answer ---------------------------------------------------------------------
@@ -246,12 +246,7 @@ class Chat(commands.Cog):
         if streamed is not None:
             await streamed.stop()  # no preview edit may land after the final text
         sent = await self._post(message, result, streamed)
-        if result.image.fresh is not None:
-
-            async def show_face(out: Outgoing) -> None:
-                await sent.edit(attachments=out.files(), embeds=out.embeds)
-
-            self._background.spawn(swap_in_render(result, sent, show_face))
+        self.poster.face_follows(result, sent)
         return sent.id
 
     async def _post(
@@ -261,58 +256,25 @@ class Chat(commands.Cog):
         the persona through the channel's webhook when the channel has a cast, else as the bot. A
         streamed preview becomes the reply."""
         view = controls(result.persona.labels, 0, 1, result.emotion.label)
-        name = result.persona.name
         try:
             preview = streamed.message if streamed is not None else None
-            if preview is not None:
-                style = style_of(preview, result.cast_size)
-                out = compose(name, result.text, result.image.path, style)
-                first = await preview.edit(
-                    content=out.content, attachments=out.files(), embeds=out.embeds, view=view
-                )
-            else:
-                if result.cast_size > 1:
-                    sent = await self._post_as_character(message, result, view)
-                    if sent is not None:
-                        return sent
-                style = "named" if result.cast_size > 1 else "plain"
-                out = compose(name, result.text, result.image.path, style)
-                first = await message.reply(out.content, files=out.files(), view=view, mention_author=False)
-            await self._send_rest(message, result.persona, out.rest, as_character=style == "webhook")
+            if preview is None:
+
+                async def reply(out: Outgoing, view: discord.ui.View) -> discord.Message:
+                    return await message.reply(
+                        out.content, files=out.files(), view=view, mention_author=False
+                    )
+
+                return await self.poster.line(message.channel, result, view, reply)
+            style = style_of(preview, result.cast_size)
+            out = compose(result.persona.name, result.text, result.image.path, style)
+            first = await preview.edit(
+                content=out.content, attachments=out.files(), embeds=out.embeds, view=view
+            )
+            await self.poster.rest(message.channel, result.persona, out.rest, as_character=style == "webhook")
             return first
         finally:
             view.stop()  # the registered controls answer every press; no view is kept per message
-
-    async def _post_as_character(
-        self, message: discord.Message, result: TurnResult, view: discord.ui.View
-    ) -> discord.Message | None:
-        out = compose(result.persona.name, result.text, result.image.path, "webhook")
-        sent = await self.webhooks.send(
-            message.channel,
-            result.persona.name,
-            out.content,
-            files=out.files,
-            embeds=out.embeds,
-            view=view,
-            avatar_url=result.persona.avatar_url(),
-        )
-        if sent is None:
-            return None
-        await self._send_rest(message, result.persona, out.rest, as_character=True)
-        return sent
-
-    async def _send_rest(
-        self, message: discord.Message, persona: Persona, chunks: list[str], as_character: bool
-    ) -> None:
-        """The parts of a long reply after its first message, posted the same way as the first."""
-        for chunk in chunks:
-            sent = None
-            if as_character:
-                sent = await self.webhooks.send(
-                    message.channel, persona.name, chunk, avatar_url=persona.avatar_url()
-                )
-            if sent is None:
-                await message.channel.send(chunk)
 
     async def _react(self, message: discord.Message, emoji: str) -> None:
         # Without permission to react, staying quiet is the right fallback.
@@ -390,7 +352,7 @@ class Chat(commands.Cog):
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._background.cancel_all()
+        await self.poster.background.cancel_all()
 
     async def cog_unload(self) -> None:
         await self.shutdown()

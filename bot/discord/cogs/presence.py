@@ -18,7 +18,8 @@ import discord
 from discord.ext import commands
 
 from bot.core import Autonomy, AutonomySettings, Overheard, TurnResult
-from bot.discord.replies import Outgoing, compose, controls, swap_in_render
+from bot.discord.posting import Poster
+from bot.discord.replies import Outgoing, controls
 from bot.errors import BotError, GaveWay
 from bot.workers import BackgroundTasks
 
@@ -189,41 +190,18 @@ class Presence(commands.Cog):
             _log.warning("could not speak up in channel %s: %s", channel.id, exc)
 
     async def _post(self, channel: discord.TextChannel | discord.Thread, result: TurnResult) -> int:
-        """An unprompted line: in a cast under the persona's name and face, else as the bot."""
+        """An unprompted line, posted as replies are (the chat cog's poster), but answering no message."""
+        poster: Poster = self.bot.get_cog("Chat").poster  # type: ignore[union-attr]
         view = controls(result.persona.labels, 0, 1, result.emotion.label)
-        chat = self.bot.get_cog("Chat")
+
+        async def post(out: Outgoing, view: discord.ui.View) -> discord.Message:
+            return await channel.send(out.content, files=out.files(), view=view)
+
         try:
-            sent: discord.Message | None = None
-            if result.cast_size > 1 and chat is not None:
-                out = compose(result.persona.name, result.text, result.image.path, "webhook")
-                sent = await chat.webhooks.send(  # type: ignore[attr-defined]
-                    channel,
-                    result.persona.name,
-                    out.content,
-                    files=out.files,
-                    embeds=out.embeds,
-                    view=view,
-                    avatar_url=result.persona.avatar_url(),
-                )
-            if sent is None:
-                out = compose(
-                    result.persona.name,
-                    result.text,
-                    result.image.path,
-                    "named" if result.cast_size > 1 else "plain",
-                )
-                sent = await channel.send(out.content, files=out.files(), view=view)
-            for chunk in out.rest:
-                await channel.send(chunk)
+            sent = await poster.line(channel, result, view, post)
         finally:
             view.stop()
-        if result.image.fresh is not None:
-            shown = sent
-
-            async def show_face(face: Outgoing) -> None:
-                await shown.edit(attachments=face.files(), embeds=face.embeds)
-
-            self._background.spawn(swap_in_render(result, sent, show_face))
+        poster.face_follows(result, sent)
         return sent.id
 
 
