@@ -406,6 +406,8 @@ def test_terminal_autonomy_speaks_up_once_after_a_quiet_spell_and_stops_when_off
     chat.expect("[commands: ")
     chat.type("/autonomy sometimes")
     chat.expect("[/autonomy on [QUIET_MINUTES] or /autonomy off]")
+    chat.type("/autonomy on 2000")
+    chat.expect("[error: quiet_minutes must be between 1 and 1440 (a day)]")
     chat.type("/autonomy on")
     chat.expect("the persona may speak up on its own, at most 3 times an hour")
     chat.type("Mira, the lighthouse lamp just went out.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from bot.config_chat import DAY, MAX_UNPROMPTED_PER_HOUR
 from bot.core.autonomy import AutonomySettings, settings_of
 from bot.errors import InputError
 from bot.store import AutonomyRow
@@ -74,6 +75,10 @@ class PresenceAdmin:
     async def autonomy(self, channel_id: int) -> AutonomySettings:
         return settings_of(await self.scene.store.autonomy(channel_id), self.scene.config.autonomy)
 
+    async def autonomous_channels(self) -> list[int]:
+        """The channels whose admins let the persona speak up."""
+        return await self.scene.store.autonomous_channels()
+
     async def configure_autonomy(
         self,
         channel_id: int,
@@ -87,10 +92,10 @@ class PresenceAdmin:
         keep theirs, or the config's)."""
         if await self.is_direct(channel_id):
             raise InputError("a persona does not speak up on its own in direct messages")
-        if max_per_hour is not None and not 0 <= max_per_hour <= 60:
-            raise InputError("per_hour must be between 0 and 60")
-        if quiet_minutes is not None and not 1 <= quiet_minutes <= 1440:
-            raise InputError("quiet_minutes must be between 1 and 1440 (a day)")
+        if max_per_hour is not None and not 0 <= max_per_hour <= MAX_UNPROMPTED_PER_HOUR:
+            raise InputError(f"per_hour must be between 0 and {MAX_UNPROMPTED_PER_HOUR}")
+        if quiet_minutes is not None and not 1 <= quiet_minutes <= DAY / 60:
+            raise InputError(f"quiet_minutes must be between 1 and {DAY / 60:g} (a day)")
         if chance is not None and not 0 <= chance <= 1:
             raise InputError("chance must be between 0 and 1")
         row = await self.scene.store.autonomy(channel_id)

@@ -122,13 +122,15 @@ class Presence(commands.Cog):
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            for channel_id in self.autonomy.watched():
-                try:
+            try:
+                # Only channels with autonomy on: members talk in many more, and each look reads settings.
+                turned_on = set(await self.engine.admin.autonomous_channels())
+                for channel_id in [c for c in self.autonomy.watched() if c in turned_on]:
                     settings = await self.engine.admin.autonomy(channel_id)
                     if self.autonomy.quiet_due(channel_id, settings):
                         await self._start(channel_id, settings, quiet=True)
-                except BotError as exc:
-                    _log.info("could not look at channel %s: %s", channel_id, exc)
+            except BotError as exc:
+                _log.info("could not look for quiet spells: %s", exc)
             await self._looked()
 
     # -- speaking up ------------------------------------------------------------------------------------
