@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.common import loaded_model, scratch_store, table
 from benchmarks.llm import STORY_LINES
+from benchmarks.server import seed_history
 from bot.config import Config
 from bot.llm import Generation
 
@@ -68,20 +69,11 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
         llm = FirstTokens(real)
         engine = Engine(config, store, llm, personas)
 
-        async def seeded(channel: int) -> None:
-            tokens, i = 0, 0
-            while tokens < HISTORY_TOKENS:
-                role, text = STORY_LINES[i % len(STORY_LINES)]
-                name = "Sam" if role == "user" else lead.name
-                await store.add_message(channel, role=role, author_name=name, content=text, persona=lead.slug)
-                tokens += len(real.tokenize(text)) + 6
-                i += 1
-
         async def posted(_: object) -> int:
             return 0
 
-        await seeded(1)
-        await seeded(2)
+        await seed_history(engine, 1, HISTORY_TOKENS)
+        await seed_history(engine, 2, HISTORY_TOKENS)
         await engine.turn(2, "Ada", "Mira, are you awake?")  # both channels warm
         line_seconds, line_tokens, idle, waiting, gave_way = [], [], [], [], 0
         for n in range(rounds):

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +13,13 @@ import pytest
 from bot.config_chat import AutonomyConfig
 from bot.core import Engine
 from bot.core.autonomy import Autonomy, settings_of
-from bot.llm import Generation
 from bot.store import AutonomyRow
 
 from .support.configs import add_persona
 from .support.discord_server import SEND_MESSAGES, FakeDiscord, callbacks, posts_to
 from .support.harness import Running, bot_config, enable_channel, running_bot
 from .support.scripted import Scripted
+from .support.watched import Call, Timed
 
 ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_021)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_022)
@@ -208,54 +205,6 @@ async def test_no_loop_with_another_bot(server: FakeDiscord, tmp_path: Path) -> 
         lines = server.sent(unprompted(channel))
         assert 1 <= len(lines) <= 2 and len(echoes) == len(server.sent(posts_to(channel)))
         assert not any(r.json.get("message_reference") for r in server.sent(posts_to(channel)))
-
-
-@dataclass
-class Call:
-    session: object
-    asked: float = 0.0  # when the model was asked (the request joined its queue)
-    tokens: list[float] = field(default_factory=list)  # when each piece of text came
-
-
-class Timed:
-    """The real model; each generation's request time and token times are kept."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.model = engine.llm
-        self.calls: list[Call] = []
-        engine.llm = self  # type: ignore[assignment]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
-    ) -> Generation:
-        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
-        call = Call(session)
-        self.calls.append(call)
-
-        async def chunks() -> AsyncIterator[str]:
-            call.asked = time.monotonic()
-            stream = inner.chunks()
-            try:
-                async for chunk in stream:
-                    call.tokens.append(time.monotonic())
-                    yield chunk
-            finally:
-                await stream.aclose()  # type: ignore[attr-defined]
-
-        return Generation(chunks=chunks, stats=inner.stats)
-
-    async def writing(self, session: object, after: int, tokens: int = 3) -> Call:
-        """The first generation for `session` after the first `after` calls, once it has `tokens` tokens."""
-        async with asyncio.timeout(60):
-            while not (found := self._under_way(session, after, tokens)):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)  # (the model's thread: no event to wait on)
-        return found[0]
-
-    def _under_way(self, session: object, after: int, tokens: int) -> list[Call]:
-        return [c for c in self.calls[after:] if c.session == session and len(c.tokens) >= tokens]
 
 
 async def quiet_line_being_written(server: FakeDiscord, timed: Timed, channel: int) -> Call:

@@ -15,7 +15,7 @@ from bot.core import Engine
 from bot.discord.replies import FACE_ID, NEXT_ID, NOT_YOURS, PREVIOUS_ID, REGENERATE_ID
 
 from .support.configs import add_persona
-from .support.discord_server import FakeDiscord, Request, callbacks, posts_to
+from .support.discord_server import FakeDiscord, Request, button, callbacks, posts_to
 from .support.harness import bot_config, enable_channel, running_bot
 from .support.scripted import Scripted
 
@@ -61,14 +61,6 @@ def _text(request: Request) -> str:
 async def cast_of_two(server: FakeDiscord, channel: int, mode: str = "all") -> str:
     await enable_channel(server, channel, ADMIN, mode)
     return await command(server, channel, "cast", "add", "rook")
-
-
-def button(message: dict[str, Any], custom_id: str) -> dict[str, Any]:
-    for row in message["components"]:
-        for item in row["components"]:
-            if item["custom_id"] == custom_id:
-                return item
-    raise AssertionError(f"no {custom_id} on the message: {message['components']}")
 
 
 async def test_two_personas_post_through_the_webhook_with_their_own_names_and_faces(

@@ -5,7 +5,6 @@ offers a DM only the commands allowed there, and applies no member permissions i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from bot.core import Engine
 from bot.discord.direct import REFUSED
 from bot.discord.direct import STRANGER as NO_SERVER_SHARED
 from bot.discord.replies import REGENERATE_ID
-from bot.llm import Generation
 
-from .support.discord_server import FakeDiscord, callbacks, posts_to
+from .support.discord_server import FakeDiscord, button, callbacks, posts_to
 from .support.harness import bot_config, enable_channel, running_bot
+from .support.watched import Timed
 
 pytestmark = pytest.mark.slow
 
@@ -26,32 +25,6 @@ ADMIN = FakeDiscord.user("Ada", user_id=2_000_000_000_000_000_011)
 MEMBER = FakeDiscord.user("Milo", user_id=2_000_000_000_000_000_012)
 STRANGER = FakeDiscord.user("Nobody", user_id=2_000_000_000_000_000_013)
 SECRET = "PLUM-4471"
-
-
-def button(message: dict[str, Any], custom_id: str) -> dict[str, Any]:
-    for row in message["components"]:
-        for item in row["components"]:
-            if item["custom_id"] == custom_id:
-                return item
-    raise AssertionError(f"no {custom_id} on the message: {message['components']}")
-
-
-class Recording:
-    """The real model; every prompt it is asked to continue is kept, with its session (channel)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.model = engine.llm
-        self.prompts: list[tuple[object, str]] = []
-        engine.llm = self  # type: ignore[assignment]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
-    ) -> Generation:
-        self.prompts.append((session, prompt))
-        return self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
 
 
 async def stored(engine: Engine, channel: int, count: int) -> list[Any]:
@@ -74,8 +47,8 @@ async def test_a_dm_conversation_end_to_end_and_nothing_of_a_server_reaches_it(
     config = bot_config(tmp_path, server, None, discord_extra="direct_messages = true\n", cooldown=60.0)
     general = server.channels["general"]
     dm = server.dm_channel(MEMBER)
-    recording: list[Recording] = []
-    async with running_bot(config, server, lambda engine: recording.append(Recording(engine))) as run:
+    watched: list[Timed] = []
+    async with running_bot(config, server, lambda engine: watched.append(Timed(engine))) as run:
         assert server.identify_payload["intents"] & (1 << 12)  # DMs asked for: the owner turned them on
         engine = run.engine
         # In the server: the member's secret in the history, a pinned fact and their notes.
@@ -102,12 +75,10 @@ async def test_a_dm_conversation_end_to_end_and_nothing_of_a_server_reaches_it(
         assert reply.files["expression.png"].startswith(b"\x89PNG")  # the persona's face, as in a channel
         history = await stored(engine, dm, 2)
         assert [m.role for m in history] == ["user", "assistant"]
-        dm_prompts = [prompt for session, prompt in recording[0].prompts if session == (dm, "mira")]
+        dm_prompts = [c.prompt for c in watched[0].calls if c.session == (dm, "mira")]
         assert dm_prompts and "locker code again" in dm_prompts[0]
         assert not any(SECRET in prompt for prompt in dm_prompts)  # no history, pin or note of the server
-        assert any(
-            SECRET in prompt for session, prompt in recording[0].prompts if session == (general, "mira")
-        )
+        assert any(SECRET in c.prompt for c in watched[0].calls if c.session == (general, "mira"))
 
         # The same cooldown as in channels: a second message at once gets ⏳, not an answer.
         hurried = await server.say(dm, MEMBER, "Mira? Mira!")

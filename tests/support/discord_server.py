@@ -958,3 +958,12 @@ def typing_in(channel: int) -> Callable[[Request], bool]:
 
 def callbacks(token: str) -> Callable[[Request], bool]:
     return lambda r: r.path.endswith(f"/{token}/callback") or f"/{token}" in r.path
+
+
+def button(message: dict[str, Any], custom_id: str) -> dict[str, Any]:
+    """The component of a posted message with this custom id (a reply's 🔄, ◀, ▶ or face menu)."""
+    for row in message["components"]:
+        for item in row["components"]:
+            if item["custom_id"] == custom_id:
+                return item
+    raise AssertionError(f"no {custom_id} on the message: {message['components']}")
