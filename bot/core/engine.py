@@ -157,10 +157,7 @@ class Engine:
                     await maybe_await(on_start(speaker))
                 result = await composer.compose(channel_id, speaker, cast, history, author_name, on_text)
                 result.user_message_id, result.answers = user_row, discord_id
-                if store_first:
-                    await self._save_and_deliver(channel_id, result, deliver)
-                else:
-                    await self._deliver_and_save(channel_id, result, deliver)
+                await self._hand_over(channel_id, result, deliver, store_first)
                 results.append(result)
                 if len(results) >= self.config.cast.max_turns or len(cast) == 1:
                     break
@@ -224,10 +221,7 @@ class Engine:
                 result = await composer.compose(
                     channel_id, speaker, cast, history, member, None, give_way=True, cue=cue
                 )
-                if store_first:
-                    await self._save_and_deliver(channel_id, result, deliver)
-                else:
-                    await self._deliver_and_save(channel_id, result, deliver)
+                await self._hand_over(channel_id, result, deliver, store_first)
                 results.append(result)
                 if len(cast) == 1:
                     break
@@ -238,6 +232,14 @@ class Engine:
                     channel_id, cast, history, member, others, None
                 )
             return results
+
+    async def _hand_over(
+        self, channel_id: int, result: TurnResult, deliver: Deliver | None, store_first: bool
+    ) -> None:
+        if store_first:
+            await self._save_and_deliver(channel_id, result, deliver)
+        else:
+            await self._deliver_and_save(channel_id, result, deliver)
 
     async def _deliver_and_save(self, channel_id: int, result: TurnResult, deliver: Deliver | None) -> None:
         # The reply enters the history only once it was delivered (a failed send stores nothing). Until
