@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from bot.emotion.encoder_judge import HEAD_FILE, EncoderJudge, load_shipped
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import project
 from bot.errors import ModelError
+
+from .support.configs import REPO
 
 LABELS = list(DEFAULT_LABELS)
 needs_encoder = pytest.mark.skipif(
@@ -211,3 +215,30 @@ async def test_a_chat_judges_with_the_encoder_once_it_has_loaded(tmp_path: Path)
         result = await engine.turn(1, "Sam", "Hello! How are you tonight?")
         assert result.emotion.judge == "encoder"
         assert (await engine.admin.status(1)).judge.startswith("encoder")
+
+
+RACE = """
+import sys, threading
+sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows every time
+from bot.emotion.encoder import SentenceEncoder, encoder_dir
+errors = []
+def load():
+    try:
+        SentenceEncoder.load(encoder_dir())
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=load) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors)
+"""
+
+
+@needs_encoder
+def test_two_encoders_loading_at_once_both_load() -> None:
+    """The emotion judge's encoder and recall's plain one load side by side at start, in a process that has
+    not imported transformers yet: both must load (a race in transformers' lazy import failed one)."""
+    done = subprocess.run(
+        [sys.executable, "-c", RACE], capture_output=True, text=True, cwd=REPO, timeout=300, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr

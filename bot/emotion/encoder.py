@@ -137,6 +137,9 @@ def merge_deltas(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> No
             layer.weight += torch.from_numpy(delta.astype(np.float32))
 
 
+_LOADING = threading.Lock()
+
+
 class LoadedOnce(Generic[T]):
     """A model loaded once per process, the first time it is asked for (every engine shares it); where
     it cannot load, the ModelError saying why, remembered. Blocking: call it on a worker thread."""
@@ -171,6 +174,14 @@ class SentenceEncoder:
     def load(cls, folder: Path, *, check: bool = True) -> SentenceEncoder:
         """The plain encoder from its folder (files checked against their pins unless `check` is off:
         tests build tiny encoders of their own)."""
+        # One load at a time in the process: the emotion judge's encoder and recall's plain one load in
+        # the background side by side, and transformers' lazy import raced by two threads fails in one of
+        # them ("cannot import name 'BertConfig'").
+        with _LOADING:
+            return cls._load(folder, check)
+
+    @classmethod
+    def _load(cls, folder: Path, check: bool) -> SentenceEncoder:
         # Imported here: transformers takes a second or two to import, and only the encoder needs it.
         import tokenizers
         from safetensors.torch import load_file
