@@ -240,3 +240,28 @@ class SentenceEncoder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         with torch.inference_mode():
             return self.forward(self.batch(texts)).numpy()
+
+    def embed_packed(self, texts: Sequence[str]) -> np.ndarray:
+        """embed() for the sentences of one reply, run as one sequence without padding: each text sees
+        only itself (a block-diagonal attention mask, positions restarting at each text). A padded batch
+        computes every text at the longest one's length; packed, the cost follows the tokens read, which
+        keeps a long reply's judgement inside its time budget."""
+        # One text at a time: encode_batch hands a few short texts to the tokenizer's thread pool, which
+        # then contends with torch's threads for the same cores.
+        encoded = [self.tokenizer.encode(text) for text in texts]
+        ids = [e.ids[: sum(e.attention_mask)] for e in encoded]
+        lengths = torch.tensor([len(i) for i in ids])
+        owner = torch.repeat_interleave(torch.arange(len(ids)), lengths)
+        blocked = owner[:, None] != owner[None, :]
+        # Additive mask (0 attend, a large negative elsewhere): both sdpa and eager attention take it.
+        mask = torch.zeros(blocked.shape).masked_fill(blocked, torch.finfo(torch.float32).min)
+        positions = torch.cat([torch.arange(int(n)) for n in lengths])
+        with torch.inference_mode():
+            hidden = self.model(
+                input_ids=torch.tensor([[t for i in ids for t in i]]),
+                attention_mask=mask[None, None],
+                position_ids=positions[None],
+            ).last_hidden_state[0]
+            pooled = torch.zeros(len(ids), hidden.shape[1]).index_add_(0, owner, hidden)
+            pooled /= lengths[:, None].clamp_min(1)
+            return torch.nn.functional.normalize(pooled, dim=1).numpy()
