@@ -20,7 +20,15 @@ from benchmarks.common import load_average, loaded_model, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.core.prompt import PromptBuilder, Turn
 from bot.emotion.encoder_judge import EncoderJudge, load_shipped
-from bot.emotion.evaluation import Example, Scores, dialogue_sets, gold, read_goemotions, score
+from bot.emotion.evaluation import (
+    Example,
+    Scores,
+    dialogue_sets,
+    formula_pairs,
+    gold,
+    read_goemotions,
+    score,
+)
 from bot.emotion.judge import EmotionJudge, combine
 from bot.emotion.labels import project
 from bot.emotion.smoothing import smooth
@@ -157,6 +165,14 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
                 )
             )
 
+    # A formula put before a neutral statement (formulas the encoder was not trained with): how often it
+    # flips the face by itself, counted where the judge reads the bare statement neutral.
+    flips = []
+    for judge_name, read in readers.items():
+        pairs = [(best(read(bare)), best(read(led))) for bare, led in formula_pairs(examples, labels)]
+        calm = [led for bare, led in pairs if bare == "neutral"]
+        flips.append((judge_name, len(calm), sum(led != "neutral" for led in calm)))
+
     # Time per judgement, as the chat judges: one reply at a time, on dev rows and on long replies.
     timing_sets = {
         "dev rows": [e.text for e in examples[:600]],
@@ -245,6 +261,12 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, judge_name, n, accuracy, macro_f1, share, _top, neutral in shaped:
         print(f"| {name} | {judge_name} | {n} | {accuracy} | {macro_f1} | {share} | {neutral.accuracy:.3f} |")
+    print(
+        "\n| a formula before a neutral statement | statements read neutral | face flipped by the formula |"
+    )
+    print("|---|---|---|")
+    for judge_name, calm_n, flipped in flips:
+        print(f"| {judge_name} | {calm_n} | {flipped} ({flipped / max(1, calm_n):.1%}) |")
     print("\n| time per judgement | on | p50 | p95 |\n|---|---|---|---|")
     for judge_name, set_name, p50, p95 in timings:
         print(f"| {judge_name} | {set_name} | {p50 * 1000:.2f} ms | {p95 * 1000:.2f} ms |")

@@ -91,7 +91,8 @@ def dialogue_sets(
     among one to three neutral ones, labelled with its emotion) and `long neutral` (three to six neutral
     comments in a row: a long reply that shows no emotion), `formulas` (neutral comments holding a word
     chat uses as a formula: sorry, afraid, need, thanks, please, no...: the face must stay neutral) and
-    `surprised questions` (questions labelled surprise or confusion). Deterministic for a seed."""
+    `surprised questions` (comments asking a question, labelled surprise or confusion: 93 rows of dev; the
+    40 that end with their question are too few to tell two judges apart). Deterministic for a seed."""
     rng = random.Random(seed)
     neutral = [e for e in examples if gold(e, labels) == ("neutral",)]
     emotional = [e for e in examples if gold(e, labels) and "neutral" not in gold(e, labels)]
@@ -113,8 +114,36 @@ def dialogue_sets(
         "long neutral": long_neutral,
         "formulas": [e for e in neutral if _FORMULA.search(e.text)],
         "surprised questions": [
-            e
-            for e in examples
-            if e.text.rstrip().endswith("?") and {"surprise", "confusion"} & set(gold(e, labels))
+            e for e in examples if "?" in e.text and {"surprise", "confusion"} & set(gold(e, labels))
         ],
     }
+
+
+# Formulas a judge must read past, none of them among the training script's (scripts/
+# train_emotion_encoder.py FORMULAS): what is measured is whether the judge learnt the use, not the list.
+HELD_OUT_FORMULAS = (
+    "Sorry to bother you, but ",
+    "Pardon me, ",
+    "Many thanks. ",
+    "I'm afraid that ",
+    "No thanks, ",
+    "Apologies, ",
+    "Thanks a lot, ",
+    "Please, ",
+)
+
+
+def formula_pairs(examples: Sequence[Example], labels: Sequence[str], seed: int = 0) -> list[tuple[str, str]]:
+    """(statement, the statement after a formula) for dev's short neutral statements: a judge lets a
+    formula flip the face by itself where it reads the statement neutral and the pair's second line not."""
+    rng = random.Random(seed)
+    pairs = []
+    for example in examples:
+        text = example.text.strip().rstrip(".!")
+        words = len(text.split())
+        if gold(example, labels) != ("neutral",) or not 4 <= words <= 20 or text[-1:] in ("?", ""):
+            continue
+        lead = HELD_OUT_FORMULAS[rng.randrange(len(HELD_OUT_FORMULAS))]
+        body = text if text.startswith("I ") or lead.endswith(". ") else text[0].lower() + text[1:]
+        pairs.append((f"{text}.", f"{lead}{body}."))
+    return pairs
