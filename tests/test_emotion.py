@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from pathlib import Path
@@ -9,12 +10,12 @@ import pytest
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion import EmotionJudge
 from bot.emotion.classifier import shipped
-from bot.emotion.evaluation import gold, read_goemotions, score
+from bot.emotion.evaluation import HELD_OUT_FORMULAS, Example, formula_pairs, gold, read_goemotions, score
 from bot.emotion.judge import combine, probe_examples
 from bot.emotion.labels import GOEMOTIONS, TO_DEFAULT, canonical, project, projection, unjudgeable
 from bot.emotion.llm_judge import answer_variants, calibrate, classification_messages, fold_variants
 from bot.emotion.smoothing import smooth
-from bot.emotion.text import strip_roleplay
+from bot.emotion.text import calmest, formula_free, strip_roleplay, without_formula_sentences
 from bot.llm import TURN_MARKER, answer_end_tokens
 
 from .support.configs import REPO
@@ -141,6 +142,59 @@ def test_long_replies_are_read_a_sentence_at_a_time() -> None:
     calm, mixed = sets["long neutral"], sets["long"]
     assert accuracy(pooled, calm) > accuracy(whole, calm) + 0.1
     assert accuracy(pooled, mixed) >= accuracy(whole, mixed)
+
+
+def test_politeness_formulas_are_read_past_and_meant_words_kept() -> None:
+    assert formula_free("Sorry, we don't deliver on Sundays.") == "we don't deliver on Sundays."
+    assert formula_free("Sorry to bother you, but the shop is shut.") == "the shop is shut."
+    assert formula_free("I'm afraid the ferry left.") == "the ferry left."
+    for meant in (
+        "I'm afraid of the dark.",
+        "I'm so sorry, I didn't mean it.",
+        "Thank you!",
+        "No.",
+        "Sorry.",
+    ):
+        assert formula_free(meant) is None
+    assert without_formula_sentences(["Thanks.", "The train leaves."]) == ["The train leaves."]
+    assert without_formula_sentences(["Sorry."]) == ["Sorry."]  # nothing else said: it is the reply
+
+
+def test_a_formula_can_calm_a_sentence_but_never_set_its_face() -> None:
+    """Each sentence is read with and without its formula, and the calmer reading kept."""
+    calm = {
+        "Sorry, it is closed.": 0.2,
+        "it is closed.": 0.9,
+        "Sorry, you broke it.": 0.8,
+        "you broke it.": 0.3,
+    }
+    asked: list[list[str]] = []
+
+    def read(texts: list[str]) -> list[float]:
+        asked.append(texts)
+        return [calm.get(t, 0.5) for t in texts]
+
+    parts = ["Sorry, it is closed.", "Sorry, you broke it.", "Fine."]
+    assert calmest(parts, read, lambda neutral: neutral) == [0.9, 0.8, 0.5]
+    assert asked == [[*parts, "it is closed.", "you broke it."]]  # one call for all
+
+
+def test_formula_pairs_use_formulas_the_encoder_was_not_trained_with() -> None:
+    script = (REPO / "scripts" / "train_emotion_encoder.py").read_text()
+    trained = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(ast.parse(script))
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FORMULAS"
+    )
+    assert HELD_OUT_FORMULAS and not {f.strip(" ,.").lower() for f in HELD_OUT_FORMULAS} & {
+        f.strip(" ,.").lower() for f in trained
+    }
+    rows = [Example("The bus stops by the old mill.", ("neutral",)), Example("I hate it.", ("anger",))]
+    pairs = formula_pairs(rows, DEFAULT_LABELS)
+    assert len(pairs) == 1 and pairs[0][0] == "The bus stops by the old mill."
+    led = pairs[0][1]
+    assert led.lower().endswith("the bus stops by the old mill.")
+    assert led[: -len(pairs[0][0])] in HELD_OUT_FORMULAS
 
 
 def test_action_verbs_are_known_in_every_form() -> None:

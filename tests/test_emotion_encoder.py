@@ -11,15 +11,17 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import bot.emotion.judge as judge_module
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion.classifier import shipped
-from bot.emotion.encoder import PINNED, LoadedOnce, encoder_dir
-from bot.emotion.encoder_judge import HEAD_FILE, EncoderJudge, load_shipped
+from bot.emotion.encoder import PINNED, LoadedOnce, SentenceEncoder, encoder_dir
+from bot.emotion.encoder_judge import CLASSIFIER_WEIGHT, HEAD_FILE, EncoderJudge, load_shipped
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import project
+from bot.emotion.text import formula_free, strip_roleplay
 from bot.errors import ModelError
 
 from .support.configs import REPO
@@ -36,8 +38,12 @@ def encoder() -> EncoderJudge:
 
 
 def face(reader, text: str) -> str:
-    probs = project(reader.read_reply(text), LABELS)
-    return max(probs, key=probs.__getitem__)
+    return best_of(reader.read_reply(text))
+
+
+def best_of(probs: dict[str, float]) -> str:
+    projected = project(probs, LABELS)
+    return max(projected, key=projected.__getitem__)
 
 
 @pytest.fixture
@@ -54,6 +60,28 @@ def test_the_shipped_encoder_loads_checked_and_judges(encoder: EncoderJudge) -> 
     probs = encoder.read_reply("*She hugs you tightly.* I missed you so much!")
     assert len(probs) == 28 and abs(sum(probs.values()) - 1) < 1e-4
     assert encoder.int8  # the torch the project pins quantises: twice as fast on a CPU
+
+
+@needs_encoder
+def test_a_replys_sentences_are_read_packed_each_as_if_alone() -> None:
+    """One sequence without padding for all of a reply's sentences: each embedding is what the sentence
+    gets read alone (float32, so the comparison is exact to rounding)."""
+    plain = SentenceEncoder.load(encoder_dir())
+    parts = ["Hi.", "I can't believe you did that, it's wonderful!", "She sighs and looks away.", "No."]
+    alone = np.stack([plain.embed([part])[0] for part in parts])
+    assert np.abs(plain.embed_packed(parts) - alone).max() < 1e-4
+
+
+@needs_encoder
+def test_the_classifier_is_weighed_into_the_encoders_reading(encoder: EncoderJudge) -> None:
+    assert encoder.classifier is not None
+    text = "Haha, you actually climbed the old tower? I can't believe it."
+    meaning, keywords = encoder.read_meaning(text), encoder.classifier.read_reply(text)
+    product = {k: p * (keywords[k] + 1e-9) ** CLASSIFIER_WEIGHT for k, p in meaning.items()}
+    total = sum(product.values())
+    read = encoder.read_reply(text)
+    assert all(abs(read[k] - product[k] / total) < 1e-6 for k in read)
+    assert max(abs(read[k] - meaning[k]) for k in read) > 0.01  # the weight is not nothing
 
 
 @needs_encoder
@@ -173,7 +201,19 @@ FORMULAS = [
     "No, the key is under the mat.",
     "Thanks, I'll take the window seat.",
     "Please close the gate behind you.",
+    # formulas the encoder was not trained with: read past by the judge, whichever model reads
+    "Sorry to bother you, but the shop closes at six.",
+    "Apologies, the room is taken.",
+    "Many thanks. The train leaves at noon.",
+    "No thanks, I already ate.",
 ]
+# The same words meant: they keep their face.
+MEANT = {
+    "I'm afraid of the dark.": "fear",
+    "I'm so sorry, I didn't mean to hurt you.": "sadness",
+    "Thank you so much!": "joy",
+    "Sorry!": "sadness",
+}
 SURPRISED = [
     "Wait, you're moving to Norway?",
     "He sold the whole farm?!",
@@ -184,6 +224,18 @@ SURPRISED = [
 @needs_encoder
 def test_politeness_formulas_do_not_flip_the_face(encoder: EncoderJudge) -> None:
     assert [face(encoder, line) for line in FORMULAS] == ["neutral"] * len(FORMULAS)
+    # The keyword classifier misreads some statements themselves ("we don't deliver" as anger); the
+    # formula never adds to that.
+    classifier = shipped()
+    for line in FORMULAS:
+        bare = formula_free(line)
+        assert face(classifier, line) in {"neutral", face(classifier, bare or line)}, line
+
+
+@needs_encoder
+def test_the_formulas_words_meant_keep_their_face(encoder: EncoderJudge) -> None:
+    for reader in (encoder, shipped()):
+        assert {line: face(reader, line) for line in MEANT} == MEANT
 
 
 @needs_encoder
@@ -193,10 +245,12 @@ def test_questions_of_surprise_read_as_surprise(encoder: EncoderJudge) -> None:
 
 @needs_encoder
 def test_the_keyword_classifier_misreads_these_lines(encoder: EncoderJudge) -> None:
-    """The lines above are what the keyword classifier gets wrong: an apology or "afraid" as sadness or
-    fear, a question of disbelief as neutral."""
+    """The lines above are what the keyword classifier gets wrong on its own: an apology or "afraid" as
+    sadness or fear (once the formula is read past, it no longer does), a question of disbelief as
+    neutral."""
     classifier = shipped()
-    assert [face(classifier, line) for line in FORMULAS[:2]] == ["sadness", "fear"]
+    raw = [best_of(classifier.probabilities(strip_roleplay(line))) for line in FORMULAS[:2]]
+    assert raw == ["sadness", "fear"]
     assert [face(classifier, line) for line in SURPRISED] == ["neutral"] * len(SURPRISED)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.emotion.labels import GOEMOTIONS
-from bot.emotion.text import features, segments, strip_roleplay
+from bot.emotion.text import calmest, features, segments, strip_roleplay, without_formula_sentences
 from bot.errors import ModelError
 
 MODEL_FILE = Path(__file__).parent / "data" / "goemotions-tfidf-softmax.npz"
@@ -88,9 +88,12 @@ class TextClassifier:
         read one at a time and pooled (see the module's docstring)."""
         names = list(names)
         parts = [p for p in (strip_roleplay(s, names) for s in segments(text)) if p]
+        parts = without_formula_sentences(parts)
         if self.pool_power <= 0 or len(parts) <= 1:
-            return self.probabilities(strip_roleplay(text, names))
-        read = [self.probabilities(part) for part in parts]
+            parts = [" ".join(parts) or strip_roleplay(text, names)]
+        read = calmest(parts, lambda texts: [self.probabilities(t) for t in texts], lambda p: p["neutral"])
+        if len(read) == 1:
+            return read[0]
         weights = [(1.0 - p["neutral"]) ** self.pool_power + 1e-6 for p in read]
         total = sum(weights)
         return {

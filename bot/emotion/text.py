@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from bot.emotion.lexicon import ACTION_WORDS, EMOJI
 
@@ -34,6 +35,55 @@ NEGATION_SCOPE = 3
 _CLAUSE = re.compile(r"[.,;:]+|\bbut\b", re.IGNORECASE)
 # Where a reply's sentences and *actions* end: each is read alone when a reply has several.
 _SEGMENT = re.compile(r"(?<=[.!?])\s+|\n+|\*")
+
+# Politeness formulas at the head of a sentence: "Sorry, we don't deliver on Sundays" apologises for nothing
+# and "Thanks, I'll take the window seat" is not joy. Intensified ones ("I'm so sorry", "thank you so
+# much") are meant, and are not matched.
+_FORMULA_HEAD = re.compile(
+    r"^(?:(?:i'm |i am )?sorry(?: to bother you| for the wait)?|(?:my )?apologies|pardon(?: me)?|excuse me"
+    r"|(?:many )?thanks(?: a lot)?|thank you|no thanks|no thank you|cheers|okay|ok|no|nope"
+    r"|unfortunately|i'm afraid(?: that)?|i am afraid(?: that)?|please)"
+    r"(?:[,;:]\s*(?:but\s+)?|\s+but\s+|[.!]+\s+|(?<=afraid)\s+(?!of\b|for\b|to\b)|(?<=that)\s+"
+    r"|(?<=please)\s+)(?=\S)",
+    re.IGNORECASE,
+)
+# A sentence that is nothing but a formula ("Thanks." "Sorry!"), read only when the reply says nothing else.
+_FORMULA_ALONE = re.compile(
+    r"^(?:(?:i'm )?sorry|(?:my )?apologies|pardon(?: me)?|excuse me|(?:many )?thanks(?: a lot)?|thank you"
+    r"|no thanks|cheers|okay|ok|no|nope|please|unfortunately)(?:,?\s*but)?[.!,]*$",
+    re.IGNORECASE,
+)
+T = TypeVar("T")
+
+
+def without_formula_sentences(parts: list[str]) -> list[str]:
+    """A reply's stripped sentences less those that are only a formula, unless nothing else is said."""
+    return [p for p in parts if not _FORMULA_ALONE.match(p)] or parts
+
+
+def formula_free(part: str) -> str | None:
+    """The sentence without the formula it opens with; None where it opens with none."""
+    rest = _FORMULA_HEAD.sub("", part, count=1)
+    return rest if rest != part and rest.strip() else None
+
+
+def calmest(
+    parts: Sequence[str], read: Callable[[list[str]], Sequence[T]], neutral: Callable[[T], float]
+) -> list[T]:
+    """Each sentence's reading, or its reading without its formula where that is calmer: a formula can
+    take an emotion away ("Sorry, we don't deliver on Sundays" is not the complaint "we don't deliver on
+    Sundays" reads as) but never set one by itself. All readings in one call to `read`."""
+    parts = list(parts)
+    bare = [formula_free(p) for p in parts]
+    readings = list(read(parts + [b for b in bare if b is not None]))
+    chosen, extra = readings[: len(parts)], iter(readings[len(parts) :])
+    for i, b in enumerate(bare):
+        if b is not None:
+            alternative = next(extra)
+            if neutral(alternative) > neutral(chosen[i]):
+                chosen[i] = alternative
+    return chosen
+
 
 MAX_CHARS = 2000  # a judgement reads the start of a long reply; the rest rarely changes the face
 
