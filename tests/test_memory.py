@@ -17,6 +17,7 @@ from bot.core.prompt import RECALL_HEADING, PromptBuilder
 from bot.errors import InputError
 from bot.llm import LlamaBackend
 from bot.memory import match_query
+from bot.memory.recall import match_words
 from bot.personas import PersonaLibrary
 from bot.store import Store
 
@@ -141,7 +142,7 @@ def test_the_search_reads_the_members_words_as_words_never_as_query_syntax() -> 
 async def test_a_hostile_search_is_searched_for_not_run(engine: Engine) -> None:
     await say(engine.store, "Sam", 'the "vault" code is NEAR(7, 3) and col:umn * ^')
     found = await engine.store.recall(
-        CHANNEL, ["mira"], match_query('what was "vault" NEAR(7, 3) col:umn * ^'), 1 << 62, 4
+        CHANNEL, ["mira"], match_words('what was "vault" NEAR(7, 3) col:umn * ^'), 1 << 62, 4
     )
     assert [m.content for m in found] == ['the "vault" code is NEAR(7, 3) and col:umn * ^']
 
@@ -156,12 +157,12 @@ async def test_edits_and_deletes_change_what_is_recalled(engine: Engine) -> None
         persona="mira",
         discord_id=555,
     )
-    assert [m.id for m in await store.recall(CHANNEL, ["mira"], match_query("treasure"), row + 1, 4)] == [row]
+    assert [m.id for m in await store.recall(CHANNEL, ["mira"], match_words("treasure"), row + 1, 4)] == [row]
     await engine.admin.message_edited(555, "The gold is in the cellar.")
-    assert await store.recall(CHANNEL, ["mira"], match_query("treasure"), row + 1, 4) == []
-    assert [m.id for m in await store.recall(CHANNEL, ["mira"], match_query("cellar"), row + 1, 4)] == [row]
+    assert await store.recall(CHANNEL, ["mira"], match_words("treasure"), row + 1, 4) == []
+    assert [m.id for m in await store.recall(CHANNEL, ["mira"], match_words("cellar"), row + 1, 4)] == [row]
     await engine.admin.message_deleted(555)
-    assert await store.recall(CHANNEL, ["mira"], match_query("cellar"), row + 1, 4) == []
+    assert await store.recall(CHANNEL, ["mira"], match_words("cellar"), row + 1, 4) == []
     assert await store.index_holds('"cellar" OR "treasure"') == 0
 
 
@@ -170,7 +171,7 @@ async def test_recall_stays_inside_the_channel_and_its_cast(engine: Engine) -> N
     await engine.store.add_message(
         CHANNEL, role="user", author_name="Sam", content="periwinkle, with rook", persona="rook"
     )
-    assert await engine.store.recall(CHANNEL, ["mira"], match_query("periwinkle"), 1 << 62, 4) == []
+    assert await engine.store.recall(CHANNEL, ["mira"], match_words("periwinkle"), 1 << 62, 4) == []
 
 
 async def test_forget_me_leaves_no_word_in_history_index_summaries_or_prompt(

@@ -19,7 +19,7 @@ from bot.memory.recall import (
     PromptMemory,
     RecalledLine,
     fuse,
-    match_query,
+    match_words,
     name_words,
     paired,
     recalled_line,
@@ -164,7 +164,7 @@ class Memory:
         line after the one that matches it). The builder keeps the best that fit the recall budget."""
         names = name_words(m.author_name for m in history)
         wanted = self.config.recall_lines * RECALL_CANDIDATES
-        words = self.store.recall(channel_id, personas, match_query(asked, names), before_id, wanted)
+        words = self.store.recall(channel_id, personas, match_words(asked, names), before_id, wanted)
         if self.config.meaning:
             self.meaning.wake()  # the member's new line is stored: embed it soon
             meaning = self.meaning.search(

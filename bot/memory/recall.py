@@ -68,14 +68,19 @@ def without_names(text: str, names: frozenset[str]) -> str:
     return " ".join(WORD.sub(lambda m: "" if m.group().lower() in names else m.group(), text).split())
 
 
-def match_query(text: str, names: frozenset[str] = frozenset()) -> str:
-    """An FTS5 query for the stored lines that share words with `text`: each word quoted (the member's
-    text is searched for, never parsed as query syntax), any of them matching, longer words first; the
-    speakers' `names` are left out."""
+def match_words(text: str, names: frozenset[str] = frozenset()) -> list[str]:
+    """The words of `text` that recall looks up: no stopwords, no speakers' `names`, longer words first,
+    at most MAX_TERMS."""
     unique = dict.fromkeys(WORD.findall(text.lower()))
     words = [w for w in unique if len(w) >= MIN_WORD and w not in STOPWORDS and w not in names]
     words.sort(key=len, reverse=True)
-    return " OR ".join(f'"{w}"' for w in words[:MAX_TERMS])
+    return words[:MAX_TERMS]
+
+
+def match_query(text: str, names: frozenset[str] = frozenset()) -> str:
+    """An FTS5 query for the stored lines that share words with `text`: each word quoted (the member's
+    text is searched for, never parsed as query syntax), any of them matching."""
+    return " OR ".join(f'"{w}"' for w in match_words(text, names))
 
 
 def recalled_line(message: StoredMessage) -> RecalledLine:

@@ -3,6 +3,7 @@ queries, with memory.py's and renders.py's, over schema.py's file and migrations
 
 from __future__ import annotations
 
+from bot.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from bot.store.presence import AutonomyRow
 from bot.store.records import (
     CastMember,
@@ -16,7 +17,6 @@ from bot.store.records import (
     Summary,
     UnsentReply,
 )
-from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.store.store import Store
 
 __all__ = [

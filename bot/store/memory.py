@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from bot.store.migrations import FTS_KEY_BITS
 from bot.store.records import MESSAGE_COLUMNS, Pin, StoredMessage, Summary
 
 if TYPE_CHECKING:
@@ -37,6 +39,10 @@ else:
     StoreBase = object
 
 
+# BM25's constants (Robertson et al.): term-frequency saturation and length normalisation.
+BM25_K1, BM25_B = 1.2, 0.75
+SHORTLIST, MIN_SHORTLIST = 8, 200  # lines ranked whole (length read) per line wanted: the rest rank lower
+
 SUMMARY_QUERY = "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?"
 
 
@@ -59,20 +65,60 @@ async def sources_unchanged(db: aiosqlite.Connection, sources: Sequence[StoredMe
 
 class MemoryQueries(StoreBase):
     async def recall(
-        self, channel_id: int, personas: Sequence[str], match: str, before_id: int, limit: int
+        self, channel_id: int, personas: Sequence[str], words: Sequence[str], before_id: int, limit: int
     ) -> list[StoredMessage]:
-        """The channel's stored lines (of these personas' conversation) older than `before_id` that best
-        match an FTS5 query, best first (BM25)."""
-        if not match or limit <= 0:
+        """The channel's stored lines (of these personas' conversation) older than `before_id` that hold
+        any of `words`, best first: BM25 with this channel's own statistics (a word rare here weighs
+        more), each word counted once a line. Every read stays inside the channel's range of index keys,
+        so a lookup costs what this channel holds, whatever the other channels do."""
+        if not words or limit <= 0:
             return []
-        columns = ", ".join(f"m.{c.strip()}" for c in MESSAGE_COLUMNS.split(","))
-        rows = await self._rows(
-            f"SELECT {columns} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-            f" WHERE messages_fts MATCH ? AND m.channel_id = ? AND m.persona IN ({_marks(personas)})"
-            " AND m.id < ? ORDER BY bm25(messages_fts) LIMIT ?",
-            (match, channel_id, *personas, before_id, limit),
+        row = await self._row("SELECT number FROM fts_channels WHERE channel_id = ?", (channel_id,))
+        if row is None:
+            return []
+        low = int(row[0]) << FTS_KEY_BITS
+        span = (low, low + max(0, min(before_id, 1 << FTS_KEY_BITS) - 1))
+        quoted = ['"' + word.replace('"', '""') + '"' for word in words]
+        found = await self._rows(
+            " UNION ALL ".join(
+                f"SELECT {i} AS word, rowid - ? AS id FROM messages_fts"
+                " WHERE messages_fts MATCH ? AND rowid BETWEEN ? AND ?"
+                for i in range(len(quoted))
+            ),
+            [value for q in quoted for value in (low, q, *span)],
         )
-        return [StoredMessage(**dict(row)) for row in rows]
+        if not found:
+            return []
+        count = await self._row(
+            "SELECT COUNT(*) FROM messages WHERE channel_id = ? AND id < ?", (channel_id, before_id)
+        )
+        lines = int(count[0]) if count else 0
+        holding: dict[int, list[int]] = {}
+        for hit in found:
+            holding.setdefault(int(hit["id"]), []).append(int(hit["word"]))
+        weight = [0.0] * len(quoted)
+        for word in range(len(quoted)):
+            held = sum(word in held_words for held_words in holding.values())
+            weight[word] = math.log(1.0 + (lines - held + 0.5) / (held + 0.5))
+        plain = {i: sum(weight[w] for w in ws) for i, ws in holding.items()}
+        shortlist = sorted(plain, key=lambda i: (-plain[i], i))[: max(limit * SHORTLIST, MIN_SHORTLIST)]
+        rows = await self._rows(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({_marks(shortlist)})"
+            f" AND persona IN ({_marks(personas)})",
+            (*shortlist, *personas),
+        )
+        messages = [StoredMessage(**dict(r)) for r in rows]
+        if not messages:
+            return []
+        length = {m.id: max(1, len(m.content.split())) for m in messages}
+        mean = sum(length.values()) / len(length)
+
+        def score(message: StoredMessage) -> float:
+            norm = 1.0 - BM25_B + BM25_B * length[message.id] / mean
+            return plain[message.id] * (BM25_K1 + 1.0) / (1.0 + BM25_K1 * norm)
+
+        messages.sort(key=lambda m: (-score(m), m.id))  # ties: the older first, as the index lists them
+        return messages[:limit]
 
     async def history_since(
         self, channel_id: int, personas: Sequence[str], first_id: int, limit: int
