@@ -3,8 +3,8 @@ words and by its meaning? Lines planted early in a long channel of varied chat (
 the same text the emotion bench reads), asked about at its end: recall@prompt with the window alone, with
 words alone (FTS5) and with words and meaning merged, on questions that paraphrase the line, questions
 that share its words, and answers one line after the line the question matches. Then the background
-embedding's rate, the lookup's time at 1k / 10k / 100k lines, disk and RAM per line, and the tokens a
-warm turn reads."""
+embedding's rate, the lookup's time at 1k / 10k / 100k lines, disk and RAM per line, the tokens a warm
+turn reads, and the words lookup's time in a 1k-line channel as other channels grow from 1k to 300k lines."""
 
 from __future__ import annotations
 
@@ -90,6 +90,40 @@ async def seed(
                 "INSERT INTO message_vectors (id, channel_id, vector) VALUES (?, ?, ?)",
                 [(r[0], channel, vectors[r[1]]) for r in stored],
             )
+
+
+async def words_lookup(filler: list[str], questions: list[str], quick: bool) -> list[tuple[str, str]]:
+    """Recall by words in a 1,000-line channel while the other channels hold 1k, then many more lines:
+    the lookup reads only its channel's range of the index, so its time should not follow theirs."""
+    from bot.memory.recall import match_words
+
+    rows = []
+    others = (1_000, 30_000) if quick else (1_000, 300_000)
+    async with scratch_store() as store:
+        await seed(store, CHANNEL, filler, 1_000, {})
+        held = 0
+        baseline = 0.0
+        for size in others:
+            for channel in range(2, 12):  # ten other channels share the lines
+                await seed(store, channel, filler[channel:], (size - held) // 10, {})
+            held = size
+            times = []
+            for _ in range(3):
+                for question in questions:
+                    words = match_words(question)
+                    started = time.perf_counter()
+                    await store.recall(CHANNEL, ["mira"], words, 1 << 40, 24)
+                    times.append(time.perf_counter() - started)
+            times.sort()
+            p50, p95 = statistics.median(times) * 1000, times[int(0.95 * (len(times) - 1))] * 1000
+            baseline = baseline or p50
+            rows.append(
+                (
+                    f"words lookup in a 1,000-line channel, {size:,} lines in 10 other channels",
+                    f"p50 {p50:.2f} ms, p95 {p95:.2f} ms ({p50 / baseline:.2f}x the first)",
+                )
+            )
+    return rows
 
 
 async def bench_recall(config: Config, args: argparse.Namespace) -> int:
@@ -255,6 +289,7 @@ async def bench_recall(config: Config, args: argparse.Namespace) -> int:
             rows.append(("RAM per line held for search", "768 bytes (float16); at most 400,000 lines held"))
         finally:
             await engine.close()
+    rows += await words_lookup(filler, [q for _, (_, q) in entries], quick)
     table(
         "Recall by meaning (bench recall)", rows, f"n_ctx 4096; {seeded} seeded lines of GoEmotions dev text"
     )
