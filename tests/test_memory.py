@@ -290,6 +290,33 @@ async def test_pins_are_in_every_prompt_within_their_budget(engine: Engine, mode
     assert len(model.tokenize(shown.split("\n\n")[0])) <= engine.models.prompts.pinned_tokens
 
 
+async def test_a_restart_starts_the_window_where_it_was(
+    engine: Engine, model: LlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the window starts is kept in the database: after a restart the first turn's prompt is the
+    one before it, without a search of the history for a start that fits (a render per search step)."""
+    sized(engine, model, 2048)
+    await seed(engine.store, 600, long=True)
+    mira = engine.personas.load("mira")
+    history = await engine.scene.history(CHANNEL, [mira])
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    before = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    searches = []
+    search = PromptBuilder._first_fitting
+    monkeypatch.setattr(PromptBuilder, "_first_fitting", lambda *a: searches.append(a) or search(*a))
+    restarted = Engine(engine.config, engine.store, model, engine.personas)
+    try:
+        sized(restarted, model, 2048)
+        history = await restarted.scene.history(CHANNEL, [mira])
+        after = await restarted.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+        assert after.text == before.text and searches == []
+        await restarted.admin.reset(CHANNEL)
+        kept = await engine.store._row("SELECT COUNT(*) FROM prompt_windows WHERE channel_id = ?", (CHANNEL,))
+        assert kept is not None and kept[0] == 0  # a new story: no start kept for it
+    finally:
+        await restarted.close()
+
+
 async def test_reset_takes_the_memory_with_the_history(engine: Engine) -> None:
     store = engine.store
     await say(store, "Sam", "Remember the lantern.")

@@ -250,3 +250,23 @@ async def test_the_outbox_files_a_posted_reply_in_one_step_and_drops_the_rest(st
     await store.expect_reply(1, content="Mid-post when the channel was reset.", **note)  # type: ignore[arg-type]
     await store.clear_channel(1)
     assert await store.unsent_replies() == []
+
+
+async def test_a_window_start_is_kept_while_its_line_is_stored(store: Store) -> None:
+    first = await store.add_message(
+        1, role="user", author_name="Ann", content="a", persona="mira", discord_id=5
+    )
+    second = await store.add_message(1, role="user", author_name="Ann", content="b", persona="mira")
+    await store.add_message(2, role="user", author_name="Ann", content="c", persona="mira")
+    assert await store.window_start(1, "mira") is None
+    await store.save_window(1, "mira", first)
+    await store.save_window(1, "rook", second)
+    await store.save_window(2, "mira", first)  # not a line of channel 2: no start there
+    assert await store.window_start(1, "mira") == first and await store.window_start(2, "mira") is None
+    await store.delete_messages({5})  # its first line erased: placed again
+    assert await store.window_start(1, "mira") is None
+    await store.save_window(1, "mira", second)
+    await store.forget_windows(1, "rook")
+    assert (await store.window_start(1, "mira"), await store.window_start(1, "rook")) == (second, None)
+    await store.forget_windows(1)
+    assert await store.window_start(1, "mira") is None

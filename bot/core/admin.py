@@ -131,7 +131,7 @@ class Admin(MemoryAdmin, PresenceAdmin):
             removed = await self.store.clear_channel(channel_id)
             await self.store.clear_memory(channel_id)
             await self.store.update_channel(channel_id, last_emotion=None)
-            self.scene.forget_windows(channel_id)
+            await self.scene.forget_windows(channel_id)
             self.scene.erased()
             return removed
 
@@ -233,7 +233,7 @@ class Admin(MemoryAdmin, PresenceAdmin):
                 await self.store.hand_lead(channel_id, target.slug, cast[1].slug)
             else:
                 await self.store.remove_cast_member(channel_id, target.slug)
-            self.scene.forget_windows(channel_id, target.slug)
+            await self.scene.forget_windows(channel_id, target.slug)
             return await self.scene.cast(channel_id)
 
     async def named_member(self, channel_id: int, text: str) -> Persona | None:

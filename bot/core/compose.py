@@ -165,7 +165,7 @@ class Composer:
         latest message. A window that moved asks for what left it to be summarised."""
         memory = self.models.memory
         slugs = [p.slug for p in cast]
-        window = self.scene.windows.get((channel_id, persona.slug))
+        window = await self.scene.window(channel_id, persona.slug)
         # Lines older than the window; before the window is placed, any but the newest (the builder
         # leaves out those that land inside it).
         before = window.first_id if window is not None else (history[-1].id if history else 0)
@@ -176,6 +176,7 @@ class Composer:
         placed = self.scene.windows.get((channel_id, persona.slug))
         if history and placed is not None and (window is None or placed.first_id != window.first_id):
             memory.window_moved(channel_id, persona.slug, persona.name, slugs, placed.first_id)
+            await self.scene.placed(channel_id, persona.slug, placed.first_id)
         return built
 
     async def compose(

@@ -78,7 +78,7 @@ class Scene:
         personas = [p.slug for p in cast]
         # Even one-token lines ("Sam: k") take a few tokens each: n_ctx lines always fill the context.
         limit = max(HISTORY_FETCH, self.config.model.n_ctx)
-        starts = [self.windows.get((channel_id, slug)) for slug in personas]
+        starts = [await self.window(channel_id, slug) for slug in personas]
         if all(starts):
             first = min(w.first_id for w in starts if w is not None)
             return await self.store.history_since(channel_id, personas, first, limit)
@@ -107,10 +107,25 @@ class Scene:
         """Something stored was erased or corrected: no window keeps showing a summary from before."""
         self.erasures += 1
 
-    def forget_windows(self, channel_id: int, persona: str | None = None) -> None:
-        """Drop the remembered prompt-window starts of a channel (or of one persona in it)."""
+    async def window(self, channel_id: int, persona: str) -> Window | None:
+        """Where the persona's prompt window in the channel starts: as this process placed it, else as
+        stored before a restart (then the first turn starts there instead of searching the history for
+        a start that fits; it shows the stored summary, as `erasures` -1 never matches)."""
+        key = (channel_id, persona)
+        window = self.windows.get(key)
+        if window is None and (first_id := await self.store.window_start(channel_id, persona)) is not None:
+            window = self.windows[key] = Window(first_id, "", -1)
+        return window
+
+    async def placed(self, channel_id: int, persona: str, first_id: int) -> None:
+        """A window was placed or moved: kept for after a restart."""
+        await self.store.save_window(channel_id, persona, first_id)
+
+    async def forget_windows(self, channel_id: int, persona: str | None = None) -> None:
+        """Drop the prompt-window starts of a channel (or of one persona in it), kept ones too."""
         for key in [k for k in self.windows if k[0] == channel_id and persona in (None, k[1])]:
             del self.windows[key]
+        await self.store.forget_windows(channel_id, persona)
 
     @contextlib.asynccontextmanager
     async def delivering(self, channel_id: int) -> AsyncIterator[None]:

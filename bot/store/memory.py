@@ -233,6 +233,31 @@ class MemoryQueries(StoreBase):
             await db.execute("DELETE FROM memory_summaries WHERE channel_id = ?", (channel_id,))
             await db.execute("DELETE FROM memory_pins WHERE channel_id = ?", (channel_id,))
 
+    async def window_start(self, channel_id: int, persona: str) -> int | None:
+        """Where the persona's prompt window in the channel last started, while that line is still
+        stored (an erased start is no start: the window is placed again)."""
+        row = await self._row(
+            "SELECT w.first_id FROM prompt_windows w JOIN messages m ON m.id = w.first_id"
+            " WHERE w.channel_id = ? AND w.persona = ? AND m.channel_id = w.channel_id",
+            (channel_id, persona),
+        )
+        return int(row[0]) if row else None
+
+    async def save_window(self, channel_id: int, persona: str, first_id: int) -> None:
+        await self._write(
+            "INSERT INTO prompt_windows (channel_id, persona, first_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (channel_id, persona) DO UPDATE SET first_id = excluded.first_id",
+            (channel_id, persona, first_id),
+        )
+
+    async def forget_windows(self, channel_id: int, persona: str | None = None) -> None:
+        if persona is None:
+            await self._write("DELETE FROM prompt_windows WHERE channel_id = ?", (channel_id,))
+        else:
+            await self._write(
+                "DELETE FROM prompt_windows WHERE channel_id = ? AND persona = ?", (channel_id, persona)
+            )
+
     async def index_holds(self, words: str) -> int:
         """How many stored lines the full-text index finds for these words (any channel)."""
         row = await self._row("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", (words,))

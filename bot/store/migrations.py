@@ -245,6 +245,16 @@ MIGRATIONS: tuple[str, ...] = (
             AND old.content IS NOT new.content;
     END;
     """,
+    # Where each (channel, persona)'s prompt window starts, kept across restarts: the first turn after one
+    # starts from it instead of searching the history for a start that fits.
+    """
+    CREATE TABLE prompt_windows (
+        channel_id  INTEGER NOT NULL,
+        persona     TEXT NOT NULL,
+        first_id    INTEGER NOT NULL,
+        PRIMARY KEY (channel_id, persona)
+    );
+    """,
 )
 # Bits of an index key below the channel's number: message ids stay under 2**40.
 FTS_KEY_BITS = 40
@@ -262,4 +272,5 @@ TABLES_AT = {
     6: {"channel_servers", "member_notes", "server_settings"},
     7: {"direct_channels", "server_direct_messages", "channel_autonomy"},
     8: {"fts_channels"},
+    9: {"prompt_windows"},
 }
