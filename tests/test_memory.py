@@ -290,6 +290,50 @@ async def test_pins_are_in_every_prompt_within_their_budget(engine: Engine, mode
     assert len(model.tokenize(shown.split("\n\n")[0])) <= engine.models.prompts.pinned_tokens
 
 
+async def test_a_move_that_shows_a_newer_summary_places_the_window_for_it(
+    engine: Engine, model: LlamaBackend
+) -> None:
+    """The window moved with the summary it had, then shows the newer stored one: it is placed again for
+    that summary's size, where a fresh placement with it would start (so it fills what a move fills)."""
+    sized(engine, model, 2048)
+    store = engine.store
+    await seed(store, 600, long=True)
+    mira = engine.personas.load("mira")
+    history = await engine.scene.history(CHANNEL, [mira])
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    window = engine.scene.windows[(CHANNEL, "mira")]
+    older = await store.lines_between(CHANNEL, ["mira"], 0, window.first_id, 10)
+    await engine.models.memory.summariser.idle.wait()
+    summary = " ".join(["The fog came in over the harbour while Ann and Mira watched the bells."] * 6)
+    assert await store.put_summary(CHANNEL, "mira", summary, older, None)
+    for i in range(40):  # enough new lines to move the window
+        await say(store, "Ann", f"New line {i}: the fog rolls over the harbour and the bells ring again.")
+    history = await engine.scene.history(CHANNEL, [mira])
+    moved = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    start = engine.scene.windows[(CHANNEL, "mira")].first_id
+    assert start != window.first_id and "Story so far:\nThe fog came in" in moved.messages[0]["content"]
+    await engine.scene.forget_windows(CHANNEL)
+    history = await engine.scene.history(CHANNEL, [mira])
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    assert engine.scene.windows[(CHANNEL, "mira")].first_id == start
+    # A shorter summary next, shown at the first move: the old start would fit the budget again with it,
+    # but a move fills to its mark, as a fresh placement does.
+    older = await store.lines_between(CHANNEL, ["mira"], 0, start, 10)
+    await engine.models.memory.summariser.idle.wait()
+    assert await store.put_summary(CHANNEL, "mira", "Fog.", older, await store.summary(CHANNEL, "mira"))
+    for i in range(200):
+        await say(store, "Ann", f"Newer line {i}: the fog rolls over the harbour and the bells ring again.")
+        history = await engine.scene.history(CHANNEL, [mira])
+        await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+        if engine.scene.windows[(CHANNEL, "mira")].summary == "Fog.":
+            break
+    start = engine.scene.windows[(CHANNEL, "mira")].first_id
+    await engine.scene.forget_windows(CHANNEL)
+    history = await engine.scene.history(CHANNEL, [mira])
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    assert engine.scene.windows[(CHANNEL, "mira")].first_id == start
+
+
 async def test_a_restart_starts_the_window_where_it_was(
     engine: Engine, model: LlamaBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

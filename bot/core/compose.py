@@ -151,9 +151,12 @@ class Composer:
         built = self.models.prompts.build(persona, turns, who, start, replace(memory, summary=shown), ids)
         moved = window is None or not history or history[built.window_start].id != window.first_id
         if moved and stored_summary is not None and shown != stored_summary:
-            shown = stored_summary  # the move re-reads the prompt anyway: show the newest summary with it
+            # The move re-reads the prompt anyway: show the newest summary with it, and place the window
+            # again for that summary's size (placed for the old one, it would fill the budget more or
+            # less than a move does, and the next move would come sooner).
+            shown = stored_summary
             memory = replace(memory, summary=shown)
-            built = self.models.prompts.build(persona, turns, who, built.window_start, memory, ids)
+            built = self.models.prompts.build(persona, turns, who, start, memory, ids, refit=True)
         if history:
             self.scene.windows[key] = Window(history[built.window_start].id, shown, self.scene.erasures)
         return built

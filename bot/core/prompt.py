@@ -195,10 +195,12 @@ class PromptBuilder:
         window_start: int = 0,
         memory: PromptMemory | None = None,
         ids: Sequence[int] = (),
+        refit: bool = False,
     ) -> BuiltPrompt:
-        """The prompt for the persona's next reply; keeps history from window_start when it still fits.
-        `memory` adds pinned facts and the summary to the head and recalled lines after the history
-        (those of them inside the window, by `ids`, the turns' stored ids, are left out)."""
+        """The prompt for the persona's next reply; keeps history from window_start when it still fits
+        (with `refit`, the window is placed afresh from there, as if it had not). `memory` adds pinned
+        facts and the summary to the head and recalled lines after the history (those of them inside the
+        window, by `ids`, the turns' stored ids, are left out)."""
         memory = memory or PromptMemory()
         recent = [t.content for t in turns[-self.config.lorebook_scan_depth :]]
         lore = lorebook_text(persona, recent, self.config.lorebook_token_budget, self.count)
@@ -254,7 +256,7 @@ class PromptBuilder:
 
         start = min(max(window_start, 0), max(len(turns) - 1, 0))
         text, n_fit = attempt(start)
-        if n_fit > self.budget:
+        if refit or n_fit > self.budget:
             # Refill to (1 - slack) of the budget: the new window then holds for several turns.
             target = int(self.budget * (1.0 - self.config.window_slack))
             start = self._first_fitting(attempt, start, len(turns) - 1, target)
