@@ -145,9 +145,9 @@ def test_long_replies_are_read_a_sentence_at_a_time() -> None:
 
 
 def test_politeness_formulas_are_read_past_and_meant_words_kept() -> None:
-    assert formula_free("Sorry, we don't deliver on Sundays.") == "we don't deliver on Sundays."
-    assert formula_free("Sorry to bother you, but the shop is shut.") == "the shop is shut."
-    assert formula_free("I'm afraid the ferry left.") == "the ferry left."
+    assert formula_free("Sorry, we don't deliver on Sundays.") == "We don't deliver on Sundays."
+    assert formula_free("Sorry to bother you, but the shop is shut.") == "The shop is shut."
+    assert formula_free("I'm afraid the ferry left.") == "The ferry left."
     for meant in (
         "I'm afraid of the dark.",
         "I'm so sorry, I didn't mean it.",
@@ -161,22 +161,22 @@ def test_politeness_formulas_are_read_past_and_meant_words_kept() -> None:
 
 
 def test_a_formula_can_calm_a_sentence_but_never_set_its_face() -> None:
-    """Each sentence is read with and without its formula, and the calmer reading kept."""
-    calm = {
-        "Sorry, it is closed.": 0.2,
-        "it is closed.": 0.9,
-        "Sorry, you broke it.": 0.8,
-        "you broke it.": 0.3,
-    }
+    """Each sentence is read with and without its formula: without it, unless only with it is calm."""
+    calm = {"Sorry, it is closed.": True, "It is closed.": False}  # the formula calms a terse line
+    calm |= {"Sorry, you broke it.": False, "You broke it.": True}  # the formula alone would set a face
+    calm |= {"Thanks, I hate it.": False, "I hate it.": False}  # not calm either way: read without it
     asked: list[list[str]] = []
 
-    def read(texts: list[str]) -> list[float]:
+    def read(texts: list[str]) -> list[str]:
         asked.append(texts)
-        return [calm.get(t, 0.5) for t in texts]
+        return texts
 
-    parts = ["Sorry, it is closed.", "Sorry, you broke it.", "Fine."]
-    assert calmest(parts, read, lambda neutral: neutral) == [0.9, 0.8, 0.5]
-    assert asked == [[*parts, "it is closed.", "you broke it."]]  # one call for all
+    parts = ["Sorry, it is closed.", "Sorry, you broke it.", "Thanks, I hate it.", "Fine."]
+    chosen = calmest(parts, read, lambda text: calm.get(text, True))
+    assert chosen == ["Sorry, it is closed.", "You broke it.", "I hate it.", "Fine."]
+    # the reply whole without its formulas, then as written; a reply with none is read once
+    assert asked == [["It is closed.", "You broke it.", "I hate it.", "Fine."], parts]
+    assert calmest(["Fine.", "Go."], read, lambda text: True) == ["Fine.", "Go."] and len(asked) == 3
 
 
 def test_formula_pairs_use_formulas_the_encoder_was_not_trained_with() -> None:

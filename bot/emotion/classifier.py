@@ -91,7 +91,7 @@ class TextClassifier:
         parts = without_formula_sentences(parts)
         if self.pool_power <= 0 or len(parts) <= 1:
             parts = [" ".join(parts) or strip_roleplay(text, names)]
-        read = calmest(parts, lambda texts: [self.probabilities(t) for t in texts], lambda p: p["neutral"])
+        read = calmest(parts, lambda texts: [self.probabilities(t) for t in texts], _calm)
         if len(read) == 1:
             return read[0]
         weights = [(1.0 - p["neutral"]) ** self.pool_power + 1e-6 for p in read]
@@ -100,6 +100,10 @@ class TextClassifier:
             label: sum(w * p[label] for w, p in zip(weights, read, strict=True)) / total
             for label in self.labels
         }
+
+
+def _calm(probs: Mapping[str, float]) -> bool:
+    return max(probs, key=probs.__getitem__) == "neutral"
 
 
 @functools.cache

@@ -136,7 +136,7 @@ class EncoderJudge:
         rows = calmest(
             parts,
             lambda texts: list(self._probabilities(self.encoder.embed_packed(texts))),
-            lambda r: r[neutral],
+            lambda r: int(r.argmax()) == neutral,
         )
         read = np.stack(rows)
         if len(parts) == 1:

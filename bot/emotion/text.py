@@ -64,25 +64,32 @@ def without_formula_sentences(parts: list[str]) -> list[str]:
 def formula_free(part: str) -> str | None:
     """The sentence without the formula it opens with; None where it opens with none."""
     rest = _FORMULA_HEAD.sub("", part, count=1)
-    return rest if rest != part and rest.strip() else None
+    if rest == part or not rest.strip():
+        return None
+    # Read as the sentence it now is: the encoder's tokenizer keeps case, and "go home" after "Sorry,"
+    # would read otherwise than the sentence "Go home".
+    return rest[0].upper() + rest[1:]
 
 
 def calmest(
-    parts: Sequence[str], read: Callable[[list[str]], Sequence[T]], neutral: Callable[[T], float]
+    parts: Sequence[str], read: Callable[[list[str]], Sequence[T]], calm: Callable[[T], bool]
 ) -> list[T]:
-    """Each sentence's reading, or its reading without its formula where that is calmer: a formula can
-    take an emotion away ("Sorry, we don't deliver on Sundays" is not the complaint "we don't deliver on
-    Sundays" reads as) but never set one by itself. All readings in one call to `read`."""
+    """Each sentence's reading, read past the formula it opens with: without it, unless only the sentence
+    with it reads calm. A formula can take an emotion away ("Sorry, we don't deliver on Sundays" is not
+    the complaint "we don't deliver on Sundays" reads as) but never set one by itself. The reply is read
+    whole without its formulas (one call to `read`), and with them only where it has any: an int8
+    encoder's reading of a sentence depends a little on the sentences read beside it, and a reply whose
+    formulas are all read past must read exactly as it would without them."""
     parts = list(parts)
     bare = [formula_free(p) for p in parts]
-    readings = list(read(parts + [b for b in bare if b is not None]))
-    chosen, extra = readings[: len(parts)], iter(readings[len(parts) :])
-    for i, b in enumerate(bare):
-        if b is not None:
-            alternative = next(extra)
-            if neutral(alternative) > neutral(chosen[i]):
-                chosen[i] = alternative
-    return chosen
+    without = list(read([b if b is not None else p for b, p in zip(bare, parts, strict=True)]))
+    if all(b is None for b in bare):
+        return without
+    with_them = read(parts)
+    return [
+        w if b is not None and calm(w) and not calm(o) else o
+        for b, w, o in zip(bare, with_them, without, strict=True)
+    ]
 
 
 MAX_CHARS = 2000  # a judgement reads the start of a long reply; the rest rarely changes the face
