@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bot.config import PromptConfig
@@ -141,3 +143,26 @@ async def test_the_window_counts_what_the_model_evaluates_and_fills_the_budget(
     assert built.window_start > 0
     target = builder.budget * (1.0 - config.window_slack)
     assert target - 40 <= evaluated <= builder.budget
+
+
+def test_the_window_search_from_a_guess_finds_what_halving_finds_in_fewer_renders() -> None:
+    """The earliest start that fits, whatever the guess (good, bad, out of range); from a good guess in a
+    few renders of the prompt rather than one per halving."""
+    rng = random.Random(1)
+    for _ in range(3000):
+        sizes = [rng.randint(1, 30) for _ in range(rng.randint(1, 60))]
+        low, high, target = rng.randint(0, len(sizes) - 1), len(sizes) - 1, rng.randint(0, 400)
+
+        def attempt(
+            start: int, sizes: list[int] = sizes, span: tuple[int, int] = (low, high)
+        ) -> tuple[str, int]:
+            assert span[0] <= start <= span[1]
+            return "", 40 + sum(sizes[start:])
+
+        halving = PromptBuilder._first_fitting(attempt, low, high, target)
+        for guess in (None, rng.randint(low, high), rng.randint(-3, len(sizes) + 3), halving):
+            assert PromptBuilder._first_fitting(attempt, low, high, target, guess) == halving
+    sizes = [10] * 4000
+    tried: list[int] = []
+    PromptBuilder._first_fitting(lambda s: tried.append(s) or ("", sum(sizes[s:])), 0, 3999, 5000, 3500)
+    assert len(tried) <= 3  # the guess and its neighbour; halving takes 12

@@ -111,6 +111,17 @@ def history_messages(persona: Persona, turns: Sequence[Turn]) -> list[Message]:
 
 
 MIN_MESSAGE_ROOM = 32  # tokens a persona must leave free for the conversation
+TURN_MARKUP = 5  # tokens a chat template adds around a message, about: only the window search's first guess
+
+
+def _first_under(total: int, costs: Sequence[int], target: int) -> int:
+    """How many of the leading `costs` to drop so that `total` falls to `target` or below (all of them
+    but the last at most)."""
+    dropped = 0
+    while dropped < len(costs) - 1 and total > target:
+        total -= costs[dropped]
+        dropped += 1
+    return dropped
 
 
 class PromptBuilder:
@@ -259,7 +270,9 @@ class PromptBuilder:
         if refit or n_fit > self.budget:
             # Refill to (1 - slack) of the budget: the new window then holds for several turns.
             target = int(self.budget * (1.0 - self.config.window_slack))
-            start = self._first_fitting(attempt, start, len(turns) - 1, target)
+            costs = [self.count(f"{t.name}: {t.content}") + TURN_MARKUP for t in turns[start:]]
+            guess = start + _first_under(n_fit, costs, target)
+            start = self._first_fitting(attempt, start, len(turns) - 1, target, guess)
             text, n_fit = attempt(start)
         recalled, _ = recall_at(start)
         if n_fit > self.budget and recalled:
@@ -298,9 +311,27 @@ class PromptBuilder:
         return " ".join(words[:low]) + " …" if low else ""
 
     @staticmethod
-    def _first_fitting(attempt: Callable[[int], tuple[str, int]], low: int, high: int, target: int) -> int:
-        """Earliest window start in [low, high] whose rendered prompt fits in `target` tokens (binary
-        search: fewer turns never need more tokens). `high` when even the last turn alone is too big."""
+    def _first_fitting(
+        attempt: Callable[[int], tuple[str, int]], low: int, high: int, target: int, guess: int | None = None
+    ) -> int:
+        """Earliest window start in [low, high] whose rendered prompt fits in `target` tokens (fewer turns
+        never need more tokens); `high` when even the last turn alone is too big. Each step renders and
+        counts the whole prompt, so the search starts at `guess` (from each turn's own count) and widens
+        from there, a few renders instead of one per halving; then halves what is left."""
+        if guess is not None and low < guess <= high:
+            fits = attempt(guess)[1] <= target
+            step = 1
+            while True:  # widen away from the guess until the answer is bracketed
+                probe = guess - step if fits else guess + step
+                if probe <= low or probe >= high:
+                    break
+                if (attempt(probe)[1] <= target) != fits:
+                    break
+                step *= 2
+            if fits:
+                low, high = max(low, guess - step), guess
+            else:
+                low, high = min(guess + 1, high), min(high, guess + step)
         while low < high:
             middle = (low + high) // 2
             if attempt(middle)[1] <= target:
