@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import bot.store.memory as memory_queries
 from bot.memory.recall import match_words
 from bot.store import MIGRATIONS, Store
 from bot.store.migrations import FTS_KEY_BITS
@@ -65,6 +66,29 @@ async def test_the_index_keys_put_each_channel_in_its_own_range(store: Store) ->
     raw.close()
 
 
+async def test_a_word_on_too_many_lines_is_not_listed_unless_it_is_the_rarest(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_queries, "MAX_POSTINGS", 3)
+    common = [await say(store, f"The weather again, day {n}.") for n in range(5)]
+    rare = await say(store, "The weather and the lighthouse.")
+    assert [m.id for m in await store.recall(HERE, ["mira"], ["lighthouse", "weather"], EVERYTHING, 9)] == [
+        rare
+    ]
+    found = await store.recall(HERE, ["mira"], ["weather"], EVERYTHING, 9)
+    assert sorted(m.id for m in found) == [common[3], common[4], rare]  # the rarest word's newest lines
+
+
+async def test_each_channel_counts_its_lines_for_the_weights(store: Store) -> None:
+    first = await say(store, "One.")
+    await say(store, "Two.")
+    await say(store, "Elsewhere.", channel=THERE)
+    await store._write("DELETE FROM messages WHERE id = ?", (first,))
+    raw = sqlite3.connect(store.path)
+    assert dict(raw.execute("SELECT channel_id, lines FROM fts_channels").fetchall()) == {HERE: 1, THERE: 1}
+    raw.close()
+
+
 async def test_words_with_quotes_or_query_syntax_are_searched_for_as_words(store: Store) -> None:
     line = await say(store, 'She said "NEAR" and OR twice.')
     assert [m.id for m in await store.recall(HERE, ["mira"], ['"near', "or)", "*"], EVERYTHING, 5)] == [line]
@@ -93,6 +117,12 @@ async def test_an_upgraded_database_indexes_every_channels_lines(tmp_path: Path)
         assert [m.content for m in await store.recall(THERE, ["mira"], words, EVERYTHING, 5)] == [
             "The key is in the drawer."
         ]
+        raw = sqlite3.connect(path)
+        assert dict(raw.execute("SELECT channel_id, lines FROM fts_channels").fetchall()) == {
+            HERE: 1,
+            THERE: 1,
+        }
+        raw.close()
         await store.delete_messages({1})
         assert await store.recall(HERE, ["mira"], words, EVERYTHING, 5) == []
         assert await store.index_holds('"mat"') == 0 and await store.index_holds('"drawer"') == 1

@@ -42,6 +42,7 @@ else:
 # BM25's constants (Robertson et al.): term-frequency saturation and length normalisation.
 BM25_K1, BM25_B = 1.2, 0.75
 SHORTLIST, MIN_SHORTLIST = 8, 200  # lines ranked whole (length read) per line wanted: the rest rank lower
+MAX_POSTINGS = 2000  # lines listed for one word, newest first
 
 SUMMARY_QUERY = "SELECT text, through_id, edited FROM memory_summaries WHERE channel_id = ? AND persona = ?"
 
@@ -73,33 +74,38 @@ class MemoryQueries(StoreBase):
         so a lookup costs what this channel holds, whatever the other channels do."""
         if not words or limit <= 0:
             return []
-        row = await self._row("SELECT number FROM fts_channels WHERE channel_id = ?", (channel_id,))
+        row = await self._row("SELECT number, lines FROM fts_channels WHERE channel_id = ?", (channel_id,))
         if row is None:
             return []
         low = int(row[0]) << FTS_KEY_BITS
         span = (low, low + max(0, min(before_id, 1 << FTS_KEY_BITS) - 1))
         quoted = ['"' + word.replace('"', '""') + '"' for word in words]
+        in_range = "messages_fts WHERE messages_fts MATCH ? AND rowid BETWEEN ? AND ?"
+        counted = await self._rows(
+            " UNION ALL ".join(
+                f"SELECT {i} AS word, COUNT(*) AS n FROM {in_range}" for i in range(len(words))
+            ),
+            [value for q in quoted for value in (q, *span)],
+        )
+        held = {int(r["word"]): int(r["n"]) for r in counted if r["n"]}
+        if not held:
+            return []
+        # A word on most of the channel's lines weighs next to nothing: its lines are not listed (the
+        # rarest word's always are), which keeps a long channel's lookup short.
+        looked = [w for w, n in held.items() if n <= MAX_POSTINGS] or [min(held, key=held.__getitem__)]
         found = await self._rows(
             " UNION ALL ".join(
-                f"SELECT {i} AS word, rowid - ? AS id FROM messages_fts"
-                " WHERE messages_fts MATCH ? AND rowid BETWEEN ? AND ?"
-                for i in range(len(quoted))
+                f"SELECT {w} AS word, id FROM (SELECT rowid - ? AS id FROM {in_range} ORDER BY rowid DESC"
+                " LIMIT ?)"
+                for w in looked
             ),
-            [value for q in quoted for value in (low, q, *span)],
+            [value for w in looked for value in (low, quoted[w], *span, MAX_POSTINGS)],
         )
-        if not found:
-            return []
-        count = await self._row(
-            "SELECT COUNT(*) FROM messages WHERE channel_id = ? AND id < ?", (channel_id, before_id)
-        )
-        lines = int(count[0]) if count else 0
+        total = max(int(row[1]), max(held.values()))
+        weight = {w: math.log(1.0 + (total - n + 0.5) / (n + 0.5)) for w, n in held.items()}
         holding: dict[int, list[int]] = {}
         for hit in found:
             holding.setdefault(int(hit["id"]), []).append(int(hit["word"]))
-        weight = [0.0] * len(quoted)
-        for word in range(len(quoted)):
-            held = sum(word in held_words for held_words in holding.values())
-            weight[word] = math.log(1.0 + (lines - held + 0.5) / (held + 0.5))
         plain = {i: sum(weight[w] for w in ws) for i, ws in holding.items()}
         shortlist = sorted(plain, key=lambda i: (-plain[i], i))[: max(limit * SHORTLIST, MIN_SHORTLIST)]
         rows = await self._rows(

@@ -210,9 +210,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE messages_fts;
     CREATE TABLE fts_channels (
         number      INTEGER PRIMARY KEY,
-        channel_id  INTEGER NOT NULL UNIQUE
+        channel_id  INTEGER NOT NULL UNIQUE,
+        lines       INTEGER NOT NULL DEFAULT 0  -- the channel's stored lines: what a word's weight is out of
     );
-    INSERT INTO fts_channels (channel_id) SELECT DISTINCT channel_id FROM messages ORDER BY channel_id;
+    INSERT INTO fts_channels (channel_id, lines)
+        SELECT channel_id, COUNT(*) FROM messages GROUP BY channel_id ORDER BY channel_id;
     CREATE VIRTUAL TABLE messages_fts USING fts5(
         content, content = '', tokenize = 'porter unicode61 remove_diacritics 2'
     );
@@ -220,6 +222,7 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT (f.number << 40) + m.id, m.content FROM messages m JOIN fts_channels f USING (channel_id);
     CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
         INSERT OR IGNORE INTO fts_channels (channel_id) VALUES (new.channel_id);
+        UPDATE fts_channels SET lines = lines + 1 WHERE channel_id = new.channel_id;
         INSERT INTO messages_fts (rowid, content) VALUES (
             ((SELECT number FROM fts_channels WHERE channel_id = new.channel_id) << 40) + new.id, new.content
         );
@@ -230,6 +233,7 @@ MIGRATIONS: tuple[str, ...] = (
             ((SELECT number FROM fts_channels WHERE channel_id = old.channel_id) << 40) + old.id,
             old.content
         );
+        UPDATE fts_channels SET lines = lines - 1 WHERE channel_id = old.channel_id;
         DELETE FROM memory_summaries WHERE channel_id = old.channel_id AND through_id >= old.id;
     END;
     CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
