@@ -1,7 +1,8 @@
 """`./run bench memory`: does the prompt hold what was said long ago, and at what cost? Facts planted at
 the start of a long seeded channel, asked about at its end (recall@prompt, memory on against off); the
-tokens a warm turn reads with memory on and off; the lookup's time as the channel grows; one background
-summary's model time; a large /forget-me beside another channel's turns, and the space it gives back."""
+tokens a warm turn reads with memory on and off; the lookup's time as the channel grows; the first turn's
+prompt after a restart at 32k, its window's start kept or searched for; one background summary's model
+time; a large /forget-me beside another channel's turns, and the space it gives back."""
 
 from __future__ import annotations
 
@@ -167,6 +168,30 @@ async def bench_memory(config: Config, quick: bool) -> int:
                     f"median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms",
                 )
             )
+
+        # -- the first turn after a restart at 32k: the window's start kept, or searched for -----------
+        use(config.memory, 32768)
+        big = 200
+        stored = 20_000 if quick else 100_000
+        await bulk(store, big, stored)
+        history = await engine.scene.history(big, cast)
+        await engine.composer.prompt(big, mira, cast, history, "Sam")  # placed, and kept in the store
+        first_turn = {}
+        for kept in (True, False):
+            engine.scene.windows.clear()  # what a restart forgets
+            if not kept:
+                await store.forget_windows(big)
+            started = time.perf_counter()
+            history = await engine.scene.history(big, cast)
+            await engine.composer.prompt(big, mira, cast, history, "Sam")
+            first_turn[kept] = time.perf_counter() - started
+        rows.append(
+            (
+                f"first turn's prompt after a restart, n_ctx 32768, {stored:,} stored lines",
+                f"window start kept {first_turn[True]:.2f} s; searched for {first_turn[False]:.2f} s"
+                f" ({first_turn[False] / first_turn[True]:.1f}x)",
+            )
+        )
 
         # -- one background summary of what left the window, by the real model ----------------------
         memory = dataclasses.replace(config.memory, summaries=True)
