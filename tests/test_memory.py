@@ -13,13 +13,13 @@ import pytest
 
 from bot.config import Config, MemoryConfig
 from bot.core.engine import Engine
-from bot.core.prompt import RECALL_HEADING, PromptBuilder
+from bot.core.prompt import RECALL_HEADING, BuiltPrompt, PromptBuilder
 from bot.errors import InputError
 from bot.llm import LlamaBackend
 from bot.memory import match_query
 from bot.memory.recall import match_words
-from bot.personas import PersonaLibrary
-from bot.store import Store
+from bot.personas import Persona, PersonaLibrary
+from bot.store import Store, StoredMessage
 
 from .support.contexts import SizedContext, read_tokens
 from .support.scripted import Scripted
@@ -63,6 +63,17 @@ async def say(store: Store, author: str, text: str, channel: int = CHANNEL, auth
         persona="mira",
         author_id=None if role == "assistant" else author_id,
     )
+
+
+async def placed_window(
+    engine: Engine, model: LlamaBackend
+) -> tuple[Persona, list[StoredMessage], BuiltPrompt]:
+    """Mira's window placed over 600 long lines at n_ctx 2048: she, the history and the first prompt."""
+    sized(engine, model, 2048)
+    await seed(engine.store, 600, long=True)
+    mira = engine.personas.load("mira")
+    history = await engine.scene.history(CHANNEL, [mira])
+    return mira, history, await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
 
 
 async def seed(store: Store, lines: int, long: bool) -> None:
@@ -295,12 +306,8 @@ async def test_a_move_that_shows_a_newer_summary_places_the_window_for_it(
 ) -> None:
     """The window moved with the summary it had, then shows the newer stored one: it is placed again for
     that summary's size, where a fresh placement with it would start (so it fills what a move fills)."""
-    sized(engine, model, 2048)
     store = engine.store
-    await seed(store, 600, long=True)
-    mira = engine.personas.load("mira")
-    history = await engine.scene.history(CHANNEL, [mira])
-    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    mira, history, _ = await placed_window(engine, model)
     window = engine.scene.windows[(CHANNEL, "mira")]
     older = await store.lines_between(CHANNEL, ["mira"], 0, window.first_id, 10)
     await engine.models.memory.summariser.idle.wait()
@@ -339,11 +346,7 @@ async def test_a_restart_starts_the_window_where_it_was(
 ) -> None:
     """Where the window starts is kept in the database: after a restart the first turn's prompt is the
     one before it, without a search of the history for a start that fits (a render per search step)."""
-    sized(engine, model, 2048)
-    await seed(engine.store, 600, long=True)
-    mira = engine.personas.load("mira")
-    history = await engine.scene.history(CHANNEL, [mira])
-    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    mira, history, _ = await placed_window(engine, model)
     before = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
     searches = []
     search = PromptBuilder._first_fitting
@@ -375,12 +378,8 @@ async def test_reset_takes_the_memory_with_the_history(engine: Engine) -> None:
 async def test_the_window_keeps_its_summary_until_it_moves(engine: Engine, model: LlamaBackend) -> None:
     """A summary that lands between two turns waits for the window's next move (the prefix stays); an
     erasure shows the stored one at once."""
-    sized(engine, model, 2048)
     store = engine.store
-    await seed(store, 600, long=True)
-    mira = engine.personas.load("mira")
-    history = await engine.scene.history(CHANNEL, [mira])
-    first = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    mira, history, first = await placed_window(engine, model)
     window = engine.scene.windows[(CHANNEL, "mira")]
     older = await store.lines_between(CHANNEL, ["mira"], 0, window.first_id, 10)
     await engine.models.memory.summariser.idle.wait()
@@ -552,12 +551,7 @@ def test_a_long_message_is_searched_by_its_rarest_words() -> None:
 async def test_an_admins_corrected_summary_is_in_the_very_next_prompt(
     engine: Engine, model: LlamaBackend
 ) -> None:
-    sized(engine, model, 2048)
-    store = engine.store
-    await seed(store, 600, long=True)
-    mira = engine.personas.load("mira")
-    history = await engine.scene.history(CHANNEL, [mira])
-    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    mira, history, _ = await placed_window(engine, model)
     window = engine.scene.windows[(CHANNEL, "mira")]
     await engine.models.memory.summariser.idle.wait()
     await engine.admin.edit_summary(CHANNEL, "The harbour town is called Westreach.")

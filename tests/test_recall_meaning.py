@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from bot.memory import meaning as meaning_module
 from bot.memory.meaning import ChannelVectors, MeaningIndex, nearest, shared_sentence_encoder
 from bot.memory.recall import match_query, name_words, paired
 from bot.personas import PersonaLibrary
-from bot.store import MIGRATIONS, Store
+from bot.store import Store
 
+from .support.old_database import old_database
 from .test_memory import CHANNEL, say, seed, sized
 
 pytestmark = pytest.mark.slow
@@ -198,16 +198,8 @@ async def test_a_line_edited_while_it_was_embedded_keeps_no_stale_vector(engine:
 async def test_an_upgraded_database_is_embedded_in_the_background(tmp_path: Path, engine: Engine) -> None:
     """A database from before recall by meaning (schema 4) keeps its lines; all of them are queued by the
     upgrade and embedded after it, and then found by meaning."""
-    path = tmp_path / "old.sqlite3"
-    raw = sqlite3.connect(path)
-    raw.executescript("".join(MIGRATIONS[:4]) + "\nPRAGMA user_version = 4;")
-    raw.executemany(
-        "INSERT INTO messages (channel_id, author_name, role, content, persona, created_at)"
-        " VALUES (?, ?, 'user', ?, 'mira', 0)",
-        [(CHANNEL, "Sam", PARIS), *((CHANNEL, "Sam", f"ok {i}") for i in range(40))],
-    )
-    raw.commit()
-    raw.close()
+    lines = [(CHANNEL, PARIS, None), *((CHANNEL, f"ok {i}", None) for i in range(40))]
+    path = old_database(tmp_path / "old.sqlite3", 4, lines)
     store = await Store.open(path)
     try:
         assert await store.waiting_embeddings() == 41

@@ -12,8 +12,10 @@ import pytest
 
 import bot.store.memory as memory_queries
 from bot.memory.recall import match_words
-from bot.store import MIGRATIONS, Store
+from bot.store import Store
 from bot.store.migrations import FTS_KEY_BITS
+
+from .support.old_database import old_database
 
 HERE, THERE = 7, 8
 EVERYTHING = 1 << 62  # before_id past every line
@@ -98,16 +100,8 @@ async def test_words_with_quotes_or_query_syntax_are_searched_for_as_words(store
 async def test_an_upgraded_database_indexes_every_channels_lines(tmp_path: Path) -> None:
     """A database from before the channel-keyed index (schema 7) keeps recall for every line it held;
     erasing one of them afterwards takes it out of the index."""
-    path = tmp_path / "old.sqlite3"
-    raw = sqlite3.connect(path)
-    raw.executescript("".join(MIGRATIONS[:7]) + "\nPRAGMA user_version = 7;")
-    raw.executemany(
-        "INSERT INTO messages (channel_id, author_name, role, content, persona, created_at, discord_id)"
-        " VALUES (?, 'Sam', 'user', ?, 'mira', 0, ?)",
-        [(HERE, "The key is under the mat.", 1), (THERE, "The key is in the drawer.", 2)],
-    )
-    raw.commit()
-    raw.close()
+    lines = [(HERE, "The key is under the mat.", 1), (THERE, "The key is in the drawer.", 2)]
+    path = old_database(tmp_path / "old.sqlite3", 7, lines)
     store = await Store.open(path)
     try:
         words = match_words("where is the key")
