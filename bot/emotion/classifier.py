@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.emotion.labels import GOEMOTIONS
-from bot.emotion.text import calmest, features, segments, strip_roleplay, without_formula_sentences
+from bot.emotion.text import calmest, features, reply_parts
 from bot.errors import ModelError
 
 MODEL_FILE = Path(__file__).parent / "data" / "goemotions-tfidf-softmax.npz"
@@ -86,11 +86,7 @@ class TextClassifier:
     def read_reply(self, text: str, names: Iterable[str] = ()) -> dict[str, float]:
         """The 28 probabilities for a whole reply, roleplay markup stripped: its sentences and *actions*
         read one at a time and pooled (see the module's docstring)."""
-        names = list(names)
-        parts = [p for p in (strip_roleplay(s, names) for s in segments(text)) if p]
-        parts = without_formula_sentences(parts)
-        if self.pool_power <= 0 or len(parts) <= 1:
-            parts = [" ".join(parts) or strip_roleplay(text, names)]
+        parts = reply_parts(text, names, apart=self.pool_power > 0)
         read = calmest(parts, lambda texts: [self.probabilities(t) for t in texts], _calm)
         if len(read) == 1:
             return read[0]

@@ -22,7 +22,7 @@ import numpy as np
 from bot.emotion.classifier import TextClassifier, shipped
 from bot.emotion.encoder import SentenceEncoder, check_files, encoder_dir, merge_deltas
 from bot.emotion.labels import GOEMOTIONS
-from bot.emotion.text import calmest, segments, strip_roleplay, without_formula_sentences
+from bot.emotion.text import calmest, reply_parts, strip_roleplay
 from bot.errors import ModelError
 
 DATA = Path(__file__).parent / "data"
@@ -125,13 +125,7 @@ class EncoderJudge:
 
     def read_meaning(self, text: str, names: Sequence[str] = ()) -> dict[str, float]:
         """The encoder's own 28 probabilities for a whole reply."""
-        parts = [p for p in (strip_roleplay(s, names) for s in segments(text)) if p]
-        parts = without_formula_sentences(parts)
-        if self.pool_power <= 0 or len(parts) <= 1:
-            parts = [" ".join(parts) or strip_roleplay(text, names)]
-        elif len(parts) > MAX_SEGMENTS:
-            step = -(-len(parts) // MAX_SEGMENTS)
-            parts = [" ".join(parts[i : i + step]) for i in range(0, len(parts), step)]
+        parts = reply_parts(text, names, apart=self.pool_power > 0, most=MAX_SEGMENTS)
         neutral = self.labels.index("neutral")
         rows = calmest(
             parts,

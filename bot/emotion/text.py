@@ -61,6 +61,20 @@ def without_formula_sentences(parts: list[str]) -> list[str]:
     return [p for p in parts if not _FORMULA_ALONE.match(p)] or parts
 
 
+def reply_parts(text: str, names: Iterable[str], apart: bool, most: int | None = None) -> list[str]:
+    """What a judge reads of a reply: its sentences and *actions*, stripped, less those that are only a
+    formula (while more is said); read `apart`, each alone, or as one text; at most `most` of them (runs of
+    neighbouring sentences, where there are more)."""
+    names = list(names)
+    parts = without_formula_sentences([p for p in (strip_roleplay(s, names) for s in segments(text)) if p])
+    if not apart or len(parts) <= 1:
+        return [" ".join(parts) or strip_roleplay(text, names)]
+    if most is not None and len(parts) > most:
+        step = -(-len(parts) // most)
+        return [" ".join(parts[i : i + step]) for i in range(0, len(parts), step)]
+    return parts
+
+
 def formula_free(part: str) -> str | None:
     """The sentence without the formula it opens with; None where it opens with none."""
     rest = _FORMULA_HEAD.sub("", part, count=1)
