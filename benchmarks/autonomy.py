@@ -9,50 +9,15 @@ import asyncio
 import dataclasses
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 from benchmarks.common import loaded_model, scratch_store, table
 from benchmarks.llm import STORY_LINES
 from benchmarks.server import seed_history
 from bot.config import Config
-from bot.llm import Generation
+from tests.support.watched import Timed
 
 HISTORY_TOKENS = 800
 HOUR = 3600.0
-
-
-class FirstTokens:
-    """The model, noting when each session's generation was asked for and when its tokens came."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.asked: dict[object, float] = {}
-        self.tokens: dict[object, list[float]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
-    ) -> Generation:
-        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
-
-        async def chunks() -> AsyncIterator[str]:
-            self.asked[session] = time.perf_counter()
-            self.tokens[session] = []
-            stream = inner.chunks()
-            try:
-                async for chunk in stream:
-                    self.tokens[session].append(time.perf_counter())
-                    yield chunk
-            finally:
-                await stream.aclose()
-
-        return Generation(chunks=chunks, stats=inner.stats)
-
-    def first_token_wait(self, session: object) -> float:
-        return self.tokens[session][0] - self.asked[session]
 
 
 async def bench_autonomy(config: Config, quick: bool) -> int:
@@ -66,7 +31,7 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
     lead = personas.load(config.persona.default)
     rounds = 3 if quick else 8
     async with scratch_store() as store, loaded_model(model, config.root) as real:
-        llm = FirstTokens(real)
+        llm = Timed(real)
         engine = Engine(config, store, llm, personas)
 
         async def posted(_: object) -> int:
@@ -88,9 +53,9 @@ async def bench_autonomy(config: Config, quick: bool) -> int:
             idle.append(llm.first_token_wait((2, lead.slug)))
             # The same, but the reply comes while channel 1's line is being written.
             await engine.turn(1, "Sam", f"Mira, what do you see out there? ({n})")
-            llm.tokens.pop((1, lead.slug), None)  # the turn's own tokens: wait for the line's
+            after = len(llm.calls)  # the turn's own tokens: wait for the line's
             speaking = asyncio.create_task(engine.speak_up(1, posted, store_first=True, quiet=True))
-            while len(llm.tokens.get((1, lead.slug), [])) < 4 and not speaking.done():  # noqa: ASYNC110
+            while not llm.under_way((1, lead.slug), after, 4) and not speaking.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             await engine.turn(2, "Ada", f"Mira, quick: are you there? ({n})")
             waiting.append(llm.first_token_wait((2, lead.slug)))

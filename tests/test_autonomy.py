@@ -221,7 +221,7 @@ async def test_a_reply_to_a_member_never_waits_for_an_unprompted_line(
     channel, other = server.channels["roleplay"], server.channels["general"]
     config = config_for(tmp_path, server, quiet_seconds=0.3)
     timed: list[Timed] = []
-    async with running_bot(config, server, lambda engine: timed.append(Timed(engine))) as run:
+    async with running_bot(config, server, lambda engine: timed.append(Timed.watching(engine))) as run:
         await turn_on(server, channel)
         await enable_channel(server, other, ADMIN)
         # A member speaks in another channel while the line is being written: the model gives way.
@@ -243,7 +243,7 @@ async def test_a_member_speaking_where_a_line_is_written_goes_first(
     channel = server.channels["roleplay"]
     config = config_for(tmp_path, server, quiet_seconds=0.3)
     timed: list[Timed] = []
-    async with running_bot(config, server, lambda engine: timed.append(Timed(engine))):
+    async with running_bot(config, server, lambda engine: timed.append(Timed.watching(engine))):
         await turn_on(server, channel)
         line = await quiet_line_being_written(server, timed[0], channel)
         calls = len(timed[0].calls)

@@ -48,7 +48,7 @@ async def test_a_dm_conversation_end_to_end_and_nothing_of_a_server_reaches_it(
     general = server.channels["general"]
     dm = server.dm_channel(MEMBER)
     watched: list[Timed] = []
-    async with running_bot(config, server, lambda engine: watched.append(Timed(engine))) as run:
+    async with running_bot(config, server, lambda engine: watched.append(Timed.watching(engine))) as run:
         assert server.identify_payload["intents"] & (1 << 12)  # DMs asked for: the owner turned them on
         engine = run.engine
         # In the server: the member's secret in the history, a pinned fact and their notes.

@@ -24,10 +24,16 @@ class Call:
 class Timed:
     """The real model; each generation's session, prompt, request time and token times are kept."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.model = engine.llm
+    def __init__(self, model: Any) -> None:
+        self.model = model
         self.calls: list[Call] = []
-        engine.llm = self  # type: ignore[assignment]
+
+    @classmethod
+    def watching(cls, engine: Engine) -> Timed:
+        """The engine's model, watched from now on."""
+        timed = cls(engine.llm)
+        engine.llm = timed
+        return timed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
@@ -47,16 +53,22 @@ class Timed:
                     call.tokens.append(time.monotonic())
                     yield chunk
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
 
         return Generation(chunks=chunks, stats=inner.stats)
 
     async def writing(self, session: object, after: int, tokens: int = 3) -> Call:
         """The first generation for `session` after the first `after` calls, once it has `tokens` tokens."""
         async with asyncio.timeout(60):
-            while not (found := self._under_way(session, after, tokens)):  # noqa: ASYNC110
+            while not (found := self.under_way(session, after, tokens)):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)  # (the model's thread: no event to wait on)
         return found[0]
 
-    def _under_way(self, session: object, after: int, tokens: int) -> list[Call]:
+    def under_way(self, session: object, after: int, tokens: int) -> list[Call]:
+        """The generations for `session` after the first `after` calls that have `tokens` tokens."""
         return [c for c in self.calls[after:] if c.session == session and len(c.tokens) >= tokens]
+
+    def first_token_wait(self, session: object) -> float:
+        """Seconds from the latest request for `session` to its first token."""
+        call = next(c for c in reversed(self.calls) if c.session == session)
+        return call.tokens[0] - call.asked
