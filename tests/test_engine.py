@@ -156,11 +156,11 @@ async def test_alternating_speakers_keep_the_prompt_prefix(config: Config) -> No
         await engine.turn(9, "Sam", "Good evening, Mira. The storm is coming.")  # one person: their name
         first = await engine.turn(
             9, "Ada", "Mira, is the lamp ready?"
-        )  # a second voice: the prefix moves once
+        )  # a second voice: the system prompt names them, the rest of it is shifted, not read again
         warm = []
         for n, speaker in enumerate(["Sam", "Ada", "Sam", "Ada"]):
             result = await engine.turn(9, speaker, f"Tell us more, Mira ({n}).")
             warm.append(result.stats.evaluated_tokens)
-        assert first.stats.evaluated_tokens > 100  # the system prompt was read again, once
+        assert 0 < first.stats.evaluated_tokens < first.stats.prompt_tokens // 2
         # The new user message and the previous reply (48 tokens at most), not the persona's text.
         assert all(n < 100 for n in warm), warm

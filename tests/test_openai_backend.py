@@ -379,3 +379,29 @@ async def test_the_api_key_never_follows_a_redirect_to_another_host(monkeypatch:
                 await backend.close()
     assert seen, "the client never followed the redirect: nothing here was tested"
     assert all(auth is None for _, auth in seen), seen  # followed, but never with the key
+
+
+async def test_the_server_is_asked_to_shift_its_cache_unless_something_was_erased(
+    tmp_path: Path, server: str
+) -> None:
+    """llama-server reuses kept stretches of a moved window when asked (n_cache_reuse): from a
+    channel's second reply on, and never right after an erasure (its cache saw the erased line)."""
+    from bot.llm.openai import SERVER_REUSE_CHUNK
+
+    config = server_config(tmp_path, server)
+    async with open_engine(config) as engine:
+        recorder = Recorder(engine.llm)  # type: ignore[arg-type]
+
+        async def asked() -> object:
+            await engine.turn(3, "Sam", "Is the lamp lit?")
+            replies = [r for r in recorder.requests if r.get("stream")]
+            return replies[-1]["extra_body"].get("n_cache_reuse")
+
+        assert await asked() is None  # nothing read yet
+        assert await asked() == SERVER_REUSE_CHUNK
+        await engine.store.add_message(
+            3, role="user", author_name="Sam", content="oops", persona="mira", discord_id=77
+        )
+        assert await engine.admin.message_deleted(77)
+        assert await asked() is None
+        assert await asked() == SERVER_REUSE_CHUNK

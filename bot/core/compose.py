@@ -207,7 +207,8 @@ class Composer:
         others = [p.name for p in cast if p.slug != persona.slug]
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
         stops = stop_strings(persona, [*names, *others])
-        generation = llm.generate(built.text, stop=stops, session=session)
+        shift = self.scene.reading(channel_id, persona.slug)
+        generation = llm.generate(built.text, stop=stops, session=session, shift=shift)
         speakers = [persona.name, *others, *names, "User"]
         gate = LabelGate(speakers)
         # In a cast, a persona never reproduces another's recent lines: the reply stops where a copy starts.

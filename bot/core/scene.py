@@ -45,6 +45,8 @@ class Scene:
         # Bumped by every erasure (delete, edit, /reset, /forget-me) and summary edit: a window placed
         # before it shows the stored summary again, never one that read an erased line.
         self.erasures = 0
+        # Each (channel, persona) conversation's `erasures` when the model last read its prompt.
+        self._read: LRUDict[tuple[int, str], int] = LRUDict(MAX_WINDOWS)
         # Channels delivering a reply now (one at a time per channel, under its lock): set once it is stored.
         self._delivering: dict[int, asyncio.Event] = {}
 
@@ -106,6 +108,15 @@ class Scene:
     def erased(self) -> None:
         """Something stored was erased or corrected: no window keeps showing a summary from before."""
         self.erasures += 1
+
+    def reading(self, channel_id: int, persona: str) -> bool:
+        """The model is about to read the persona's prompt in the channel: may it shift its kept context
+        over what left the prompt? Only when nothing was erased since it last read it: kept cells were
+        computed with everything before them in view, and an erased line must not stay in view."""
+        key = (channel_id, persona)
+        unerased = self._read.get(key) == self.erasures
+        self._read[key] = self.erasures
+        return unerased
 
     async def window(self, channel_id: int, persona: str) -> Window | None:
         """Where the persona's prompt window in the channel starts: as this process placed it, else as

@@ -48,7 +48,12 @@ class LLMBackend(Protocol):
         stop: Sequence[str] = (),
         max_tokens: int | None = None,
         session: Hashable = None,
-    ) -> Generation: ...
+        shift: bool = False,
+    ) -> Generation:
+        """`session` keeps a conversation's evaluated context between calls; with `shift`, nothing that
+        left its prompt since its last call was erased, so the kept context may be shifted over the gap
+        instead of read again."""
+        ...
 
     async def classify(
         self, prompt: str, options: Sequence[str], *, session: Hashable = None

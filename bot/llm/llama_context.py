@@ -9,6 +9,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from bot.llm.kv_reuse import line_up, two_sequences
+
 
 class SessionStates:
     """Evaluated contexts of recent sessions (channels), kept in RAM so that switching between channels
@@ -72,6 +74,7 @@ def counting_llama_class() -> type:
         # (llama.cpp's sampler sees only the tokens it samples; DRY must see the conversation too).
         repetition: Any = None
         history: Sequence[int] = ()
+        shift = False  # set by the backend before each reply: may kept stretches move (see kv_reuse)?
 
         def _init_sampler(self, **kwargs: Any) -> Any:  # type: ignore[override]  # keywords only, as called
             settings = self.repetition
@@ -79,6 +82,17 @@ def counting_llama_class() -> type:
             if settings is None or not simple or not (settings.dry_multiplier or settings.xtc_probability):
                 return super()._init_sampler(**kwargs)
             return repetition_sampler(self, settings, self.history, **kwargs)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            with two_sequences():
+                super().__init__(*args, **kwargs)
+
+        def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+            # Before llama-cpp-python matches the prompt's prefix, the kept stretches beyond it are moved
+            # into place, so that a moved window reads only what is new.
+            if self.shift:
+                self.evaluated += line_up(self, tokens)
+            return super().generate(tokens, *args, **kwargs)
 
         def eval(self, tokens: Sequence[int]) -> None:
             self.evaluated += len(tokens)

@@ -264,19 +264,27 @@ class LlamaBackend:
         stop: Sequence[str] = (),
         max_tokens: int | None = None,
         session: Hashable = None,
+        shift: bool = False,
     ) -> Generation:
         """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job.
-        `session` (a channel) lets the model keep that conversation's evaluated prefix across turns."""
+        `session` (a channel) lets the model keep that conversation's evaluated context across turns;
+        with `shift`, kept stretches beyond the common prefix are moved into place (see kv_reuse)."""
         inside = opens_thinking(prompt)
         generation = Generation(
             chunks=lambda: answer_only(
-                self._stream(prompt, list(stop), max_tokens, generation.stats, session), inside
+                self._stream(prompt, list(stop), max_tokens, generation.stats, session, shift), inside
             )
         )
         return generation
 
     async def _stream(
-        self, prompt: str, stop: list[str], max_tokens: int | None, stats: GenerationStats, session: Hashable
+        self,
+        prompt: str,
+        stop: list[str],
+        max_tokens: int | None,
+        stats: GenerationStats,
+        session: Hashable,
+        shift: bool,
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -303,6 +311,7 @@ class LlamaBackend:
                 evaluated_before = llm.evaluated
                 first: float | None = None
                 llm.repetition, llm.history = config, tokens  # DRY reads the conversation too
+                llm.shift = shift
                 chunks = llm.create_completion(
                     tokens,
                     max_tokens=max_tokens or config.max_reply_tokens,

@@ -39,6 +39,9 @@ MAX_TOKENIZED = 4096  # texts whose token count is remembered (history messages 
 # The start-up probes (models, tokenizer, log-probabilities) wait this long whatever [model]
 # timeout_seconds says: that setting bounds a reply, and a short one must not fail the connection.
 PROBE_TIMEOUT_SECONDS = 30.0
+# llama-server reuses stretches of its cache this long by shifting them (its `--cache-reuse` tutorial's
+# figure); other servers ignore the field.
+SERVER_REUSE_CHUNK = 256
 TOP_LOGPROBS = 20  # first-token alternatives asked for when the LLM judge scores labels
 # Text that some servers' tokenizers read as control tokens (ChatML, Llama 3, Mistral, Gemma markers).
 # A server tokenizes message contents itself, so these are broken up with a word joiner: a member who
@@ -234,11 +237,13 @@ class OpenAIBackend:
         stop: Sequence[str] = (),
         max_tokens: int | None = None,
         session: Hashable = None,
+        shift: bool = False,
     ) -> Generation:
-        """Stream a reply; leaving the iteration early closes the stream (the server stops)."""
+        """Stream a reply; leaving the iteration early closes the stream (the server stops). With `shift`,
+        llama-server is asked to reuse kept stretches of its cache by shifting them (`n_cache_reuse`)."""
         chat, _ = self._messages(prompt)
         generation = Generation(
-            chunks=lambda: answer_only(self._stream(chat, list(stop), max_tokens, generation.stats))
+            chunks=lambda: answer_only(self._stream(chat, list(stop), max_tokens, generation.stats, shift))
         )
         return generation
 
@@ -259,7 +264,12 @@ class OpenAIBackend:
         self._pending -= 1
 
     async def _stream(
-        self, chat: list[dict[str, str]], stop: list[str], max_tokens: int | None, stats: GenerationStats
+        self,
+        chat: list[dict[str, str]],
+        stop: list[str],
+        max_tokens: int | None,
+        stats: GenerationStats,
+        shift: bool = False,
     ) -> AsyncIterator[str]:
         config = self.config
         await self._slot()
@@ -283,6 +293,7 @@ class OpenAIBackend:
                         "repeat_penalty": config.repeat_penalty,
                         **anti_repetition(config),
                         **thinking_switch(config),
+                        **({"n_cache_reuse": SERVER_REUSE_CHUNK} if shift else {}),
                     },
                 )
             except openai.OpenAIError as exc:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from bot.llm import LlamaBackend
 from bot.llm.base import Message
+from bot.llm.kv_reuse import common_prefix, reusable, to_read
 
 
 @dataclasses.dataclass
@@ -26,13 +27,12 @@ class SizedContext:
         return self.model.render(messages, add_generation_prompt)
 
 
-def read_tokens(model: LlamaBackend, before: str, reply: str, after: str) -> int:
-    """Tokens the model evaluates for `after` when its context holds `before` and the reply it wrote."""
+def read_tokens(model: LlamaBackend, before: str, reply: str, after: str, shift: bool = True) -> int:
+    """Tokens the model evaluates for `after` when its context holds `before` and the reply it wrote: what
+    its kept stretches do not hold (with `shift`, as the backend moves them; else what follows the common
+    prefix)."""
     held = model._prompt_tokens(before) + model.tokenize(reply)
     new = model._prompt_tokens(after)
-    common = 0
-    for a, b in zip(held, new, strict=False):
-        if a != b:
-            break
-        common += 1
-    return len(new) - common
+    if not shift:
+        return len(new) - common_prefix(held, new)
+    return to_read(new, reusable(held, new))

@@ -41,7 +41,13 @@ class Scripted:
         return self._model.render(messages, add_generation_prompt)
 
     def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
+        self,
+        prompt: str,
+        *,
+        stop: Sequence[str] = (),
+        max_tokens: int | None = None,
+        session: object = None,
+        shift: bool = False,
     ) -> Generation:
         text = self._replies.pop(0)
         self.prompts.append(prompt)

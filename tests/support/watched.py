@@ -39,9 +39,15 @@ class Timed:
         return getattr(self.model, name)
 
     def generate(
-        self, prompt: str, *, stop: Sequence[str] = (), max_tokens: int | None = None, session: object = None
+        self,
+        prompt: str,
+        *,
+        stop: Sequence[str] = (),
+        max_tokens: int | None = None,
+        session: object = None,
+        shift: bool = False,
     ) -> Generation:
-        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session)
+        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session, shift=shift)
         call = Call(session, prompt)
         self.calls.append(call)
 
