@@ -1,5 +1,5 @@
-"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|recall|repetition|autonomy`: the figures
-in docs/."""
+"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|recall|repetition|autonomy|window`: the
+figures in docs/."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
             "recall",
             "repetition",
             "autonomy",
+            "window",
         ],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
@@ -38,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         "recall: recall by words and by meaning on paraphrased questions, embedding rate, lookup time; "
         "repetition: replies repeating earlier ones, without and with DRY, and cast copies; "
         "autonomy: the model time of a persona speaking up on its own, and a reply's wait behind it; "
+        "window: what a moved prompt window reads and costs at 4k/16k/32k, shifted or read again; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
-        "--data", type=Path, help="emotion, recall: GoEmotions dev.tsv (default ../shared/goemotions)"
+        "--data", type=Path, help="emotion, recall, window: GoEmotions dev.tsv (default ../shared/goemotions)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--gpu", action="store_true", help="expressions: full-size SD 1.5 inpainting on CUDA")
@@ -70,6 +72,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.repetition import bench_repetition
 
         return await bench_repetition(config, args.quick)
+    if args.what == "window":
+        from benchmarks.window import bench_window
+
+        return await bench_window(config, args.quick, args.data)
     if args.what == "autonomy":
         from benchmarks.autonomy import bench_autonomy
 

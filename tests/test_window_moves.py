@@ -16,20 +16,10 @@ from bot.llm import LlamaBackend
 from bot.personas import PersonaLibrary
 from bot.store import Store
 
-from .support.contexts import read_tokens
-from .test_memory import CHANNEL, say, seed, sized
+from .support.moves import until_moved
+from .test_memory import CHANNEL, seed, sized
 
 pytestmark = pytest.mark.slow
-
-NEWS = (
-    "Ann: {n}. The ferry from the north island came in late tonight, its lamps swinging in the fog, and the"
-    " harbour master counted the crates twice before he let anyone near the warehouse; two were missing,"
-    " and the ropes that had held them were cut clean, as if someone had planned it for weeks."
-)
-ANSWER = (
-    "*Mira sets the lantern down on the crate and frowns at the cut rope.* {n}. Clean cuts mean a sharp"
-    " blade and a steady hand. Whoever did this knew the night watch changes at the second bell."
-)
 
 
 @pytest.fixture
@@ -54,30 +44,16 @@ async def test_a_window_move_reads_at_most_twice_a_warm_turn(
     await seed(store, n_ctx // 24 * 3 // 2, long=True)
     mira = engine.personas.load("mira")
     history = await engine.scene.history(CHANNEL, [mira])
-    before = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
+    await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")  # the window, placed
     first = engine.scene.windows[(CHANNEL, "mira")].first_id
     older = await store.lines_between(CHANNEL, ["mira"], 0, first, 10)
     summary = "Ann and Mira watched the harbour for weeks; the bells rang and the fog never lifted. " * 8
     assert await store.put_summary(CHANNEL, "mira", summary, older, None)
-    warm: list[int] = []
-    for turn in range(200):
-        reply = ANSWER.format(n=turn)
-        await say(store, "Mira", reply)
-        await say(store, "Ann", NEWS.format(n=turn))
-        history = await engine.scene.history(CHANNEL, [mira])
-        built = await engine.composer.prompt(CHANNEL, mira, [mira], history, "Ann")
-        read = read_tokens(model, before.text, reply, built.text)
-        if engine.scene.windows[(CHANNEL, "mira")].first_id == first:
-            warm.append(read)
-            before = built
-            continue
-        assert "Story so far:\nAnn and Mira watched" in built.messages[0]["content"]
-        assert len(warm) >= 3
-        assert read <= 2 * statistics.median(warm), (read, warm)
-        # What the shift saves: a prefix match alone reads nearly the whole prompt again.
-        assert read_tokens(model, before.text, reply, built.text, shift=False) > built.n_tokens * 0.8
-        return
-    pytest.fail("the window never moved")
+    moved = await until_moved(engine, model, mira, CHANNEL)
+    assert moved is not None and moved.summary_shown and len(moved.warm) >= 3
+    assert moved.moved <= 2 * moved.warm_median, moved
+    # What the shift saves: a prefix match alone reads nearly the whole prompt again.
+    assert moved.prefix_only > moved.prompt_tokens * 0.8, moved
 
 
 async def turns(engine: Engine, count: int, start: int = 0) -> list[tuple[int, int]]:
