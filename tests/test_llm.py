@@ -163,3 +163,28 @@ def test_renders_on_the_cpu_get_the_cores_the_llm_leaves(tmp_path: Path) -> None
     gpu = config("").model.__class__(n_gpu_layers=999)
     assert render_threads(dataclasses.replace(config(""), model=gpu)) == 0  # the LLM is on the GPU
     assert render_threads(config("[expressions]\ncpu_threads = 1\n")) == 1
+
+
+def test_a_prompt_that_grows_by_a_message_tokenizes_only_that_message(
+    model: LlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each piece of a rendered prompt (a message, the template's text between messages) is tokenized
+    once: the next turn's prompt, the whole history again plus one message, tokenizes only what is new,
+    and counts exactly what tokenizing it whole counts."""
+    roles = ("user", "assistant")
+    history = [{"role": roles[i % 2], "content": f"Line {i} about the harbour bells."} for i in range(300)]
+    model.count_prompt(model.render(history))
+    read: list[bytes] = []
+    tokenize = model._llm.tokenize
+
+    def watched(text: bytes, *args: object, **kwargs: object) -> list[int]:
+        read.append(text)
+        return tokenize(text, *args, **kwargs)
+
+    monkeypatch.setattr(model._llm, "tokenize", watched)
+    longer = model.render([*history, {"role": "user", "content": "And the lamp, is it lit tonight?"}])
+    counted = model.count_prompt(longer)
+    assert read == [b"And the lamp, is it lit tonight?"]
+    monkeypatch.undo()
+    model._pieces.clear()  # counted afresh, piece by piece: the same
+    assert counted == model.count_prompt(longer) > 300 * 10

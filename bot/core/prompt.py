@@ -258,12 +258,19 @@ class PromptBuilder:
                 middle.append({"role": "system", "content": "\n\n".join(parts)})
             return head + middle + tail
 
+        counts: dict[str, int] = {}  # the chosen attempt's text is counted once, not again at the end
+
+        def counted(text: str) -> int:
+            if text not in counts:
+                counts[text] = self.model.count_prompt(text)
+            return counts[text]
+
         def attempt(start: int) -> tuple[str, int]:
             recalled, cost = recall_at(start)
             text = self.render(messages_at(start, recalled))
             # Counted as the model evaluates it (template markers as special tokens): counted as plain
             # text, the markers cost 1.3-1.7 times as much and the window filled well short of the budget.
-            return text, self.model.count_prompt(text) - cost - member_cost + reserve
+            return text, counted(text) - cost - member_cost + reserve
 
         start = min(max(window_start, 0), max(len(turns) - 1, 0))
         text, n_fit = attempt(start)
@@ -278,7 +285,7 @@ class PromptBuilder:
         if n_fit > self.budget and recalled:
             recalled = []  # the last turn alone is that long: the recalled lines give way first
             text = self.render(messages_at(start, recalled))
-        n_tokens = self.model.count_prompt(text)
+        n_tokens = counted(text)
         if n_tokens > self.budget:
             raise InputError(
                 f"the prompt needs {n_tokens} tokens but the context allows {self.budget};"

@@ -16,10 +16,12 @@ import os
 import re
 import threading
 import time
+from array import array
 from collections.abc import AsyncIterator, Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.bounded import LRUDict
 from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
@@ -40,6 +42,7 @@ _CONTENT = re.compile(f"({CONTENT_OPEN}[^{CONTENT_CLOSE}]*{CONTENT_CLOSE})")
 TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
 CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
 CLASSIFY_EXPAND = 4  # at most this many distinct first tokens are followed to the end of their option
+MAX_PIECES = 1 << 16  # prompt pieces whose tokens are remembered: a 32k window has about 1,700
 
 
 def bundled_model_path() -> Path:
@@ -166,6 +169,9 @@ class LlamaBackend:
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
+        # Tokens of recent prompt pieces; the prompt builder's thread and the model's share them.
+        self._pieces: LRUDict[tuple[str, bool], array[int]] = LRUDict(MAX_PIECES)
+        self._pieces_lock = threading.Lock()
         self._answer_ends = answer_end_tokens(
             llama, self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
         )
@@ -244,15 +250,28 @@ class LlamaBackend:
 
     def _prompt_tokens(self, prompt: str) -> list[int]:
         """A rendered prompt's tokens: the template's text may hold control tokens, marked contents
-        never do."""
+        never do. Each piece (a message's content, the template's text between them) is tokenized once
+        and remembered: a turn tokenizes only its new messages, not the whole history again."""
         llm = self._llm
         add_bos = self._add_bos and not (self._bos and prompt.startswith(self._bos))
-        tokens = [llm.token_bos()] if add_bos and llm.token_bos() >= 0 else []
+        tokens = array("i", [llm.token_bos()] if add_bos and llm.token_bos() >= 0 else [])
         for piece in _CONTENT.split(prompt):
             if piece.startswith(CONTENT_OPEN):
-                tokens += llm.tokenize(piece[1:-1].encode("utf-8"), add_bos=False, special=False)
+                tokens += self._piece_tokens(piece[1:-1], special=False)
             elif piece:
-                tokens += llm.tokenize(piece.encode("utf-8"), add_bos=False, special=True)
+                tokens += self._piece_tokens(piece, special=True)
+        return tokens.tolist()
+
+    def _piece_tokens(self, text: str, special: bool) -> array[int]:
+        key = (text, special)
+        with self._pieces_lock:
+            tokens = self._pieces.get(key)
+            if tokens is not None:
+                self._pieces.move_to_end(key)
+                return tokens
+        tokens = array("i", self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+        with self._pieces_lock:
+            self._pieces[key] = tokens
         return tokens
 
     # -- generation ---------------------------------------------------------------------------------------
