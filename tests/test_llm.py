@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bot.config import Config, ModelConfig, decode_threads, load_config, prompt_threads
-from bot.errors import BusyError, GenerationTimeout, ModelError
+from bot.errors import BusyError, GaveWay, GenerationTimeout, ModelError
 from bot.llm import CONTENT_CLOSE, CONTENT_OPEN, LlamaBackend, bundled_model_path, unmarked
 
 pytestmark = pytest.mark.slow
@@ -188,3 +189,43 @@ def test_a_prompt_that_grows_by_a_message_tokenizes_only_that_message(
     monkeypatch.undo()
     model._pieces.clear()  # counted afresh, piece by piece: the same
     assert counted == model.count_prompt(longer) > 300 * 10
+
+
+async def until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Wait, yielding to the loop, until `condition` holds (the model's worker moves on its own thread)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def test_background_work_gives_way_while_reading_its_prompt_and_resumes_there(
+    model: LlamaBackend,
+) -> None:
+    """A summary's long prompt is read in chunks: a reply arriving meanwhile stops it at the next chunk
+    (GaveWay) instead of waiting for the whole read, and the summary's next try reads only what it had
+    not read yet."""
+    from bot.llm.llamacpp import PREFILL_CHUNK
+
+    lines = " ".join(f"Line {i}: the fog rolls over the harbour and the bells ring." for i in range(90))
+    prompt = model.render([{"role": "user", "content": f"Summarise: {lines}"}])
+    size = model.count_prompt(prompt)
+    llm = model._llm
+    before = llm.evaluated
+    background = model.generate(prompt, max_tokens=4, session="summary", give_way=True)
+
+    async def summarise() -> str:
+        return "".join([chunk async for chunk in background.chunks()])
+
+    task = asyncio.create_task(summarise())
+    await until(lambda: llm.evaluated - before >= PREFILL_CHUNK)  # its first chunk is read
+    reply = model.generate(model.render([{"role": "user", "content": "Hello"}]), max_tokens=3, session="a")
+    text = "".join([chunk async for chunk in reply.chunks()])
+    with pytest.raises(GaveWay):
+        await task
+    read = llm.evaluated - before - reply.stats.evaluated_tokens - 1
+    assert text and PREFILL_CHUNK <= read <= size - PREFILL_CHUNK  # stopped well before the end
+    again = model.generate(prompt, max_tokens=4, session="summary", give_way=True)
+    assert "".join([chunk async for chunk in again.chunks()])
+    assert abs(again.stats.evaluated_tokens - (size - read)) <= 2, (again.stats, read, size)
+    await model.forget_contexts()

@@ -208,7 +208,7 @@ class Composer:
         session = (channel_id, persona.slug)  # each persona's conversation keeps its own evaluated prefix
         stops = stop_strings(persona, [*names, *others])
         shift = self.scene.reading(channel_id, persona.slug)
-        generation = llm.generate(built.text, stop=stops, session=session, shift=shift)
+        generation = llm.generate(built.text, stop=stops, session=session, shift=shift, give_way=give_way)
         speakers = [persona.name, *others, *names, "User"]
         gate = LabelGate(speakers)
         # In a cast, a persona never reproduces another's recent lines: the reply stops where a copy starts.

@@ -49,10 +49,13 @@ class LLMBackend(Protocol):
         max_tokens: int | None = None,
         session: Hashable = None,
         shift: bool = False,
+        give_way: bool = False,
     ) -> Generation:
         """`session` keeps a conversation's evaluated context between calls; with `shift`, nothing that
         left its prompt since its last call was erased, so the kept context may be shifted over the gap
-        instead of read again."""
+        instead of read again. With `give_way` (background work), the stream raises GaveWay as soon as
+        another request waits for the model, also while the prompt is being read; what was read stays in
+        the session's context for the next try."""
         ...
 
     async def classify(

@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 
 from bot.bounded import LRUDict
 from bot.config import ModelConfig, decode_threads, prompt_threads
-from bot.errors import GenerationTimeout, ModelError
+from bot.errors import GaveWay, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.gguf import context_cache_bytes, read_metadata
+from bot.llm.kv_reuse import common_prefix, line_up
 from bot.llm.llama_context import SessionStates, counting_llama_class
 from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker
@@ -42,6 +43,7 @@ _CONTENT = re.compile(f"({CONTENT_OPEN}[^{CONTENT_CLOSE}]*{CONTENT_CLOSE})")
 TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
 CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
 CLASSIFY_EXPAND = 4  # at most this many distinct first tokens are followed to the end of their option
+PREFILL_CHUNK = 128  # prompt tokens background work reads between looks for a waiting reply (0.5 s, 2 cores)
 MAX_PIECES = 1 << 16  # prompt pieces whose tokens are remembered: a 32k window has about 1,700
 
 
@@ -284,14 +286,18 @@ class LlamaBackend:
         max_tokens: int | None = None,
         session: Hashable = None,
         shift: bool = False,
+        give_way: bool = False,
     ) -> Generation:
         """Start a reply; text streams from `chunks()`. Leaving the iteration early cancels the job.
         `session` (a channel) lets the model keep that conversation's evaluated context across turns;
-        with `shift`, kept stretches beyond the common prefix are moved into place (see kv_reuse)."""
+        with `shift`, kept stretches beyond the common prefix are moved into place (see kv_reuse); with
+        `give_way`, the prompt is read in chunks and GaveWay raised between them, or between tokens, when
+        another job waits."""
         inside = opens_thinking(prompt)
         generation = Generation(
             chunks=lambda: answer_only(
-                self._stream(prompt, list(stop), max_tokens, generation.stats, session, shift), inside
+                self._stream(prompt, list(stop), max_tokens, generation.stats, session, shift, give_way),
+                inside,
             )
         )
         return generation
@@ -304,6 +310,7 @@ class LlamaBackend:
         stats: GenerationStats,
         session: Hashable,
         shift: bool,
+        give_way: bool,
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -331,6 +338,9 @@ class LlamaBackend:
                 first: float | None = None
                 llm.repetition, llm.history = config, tokens  # DRY reads the conversation too
                 llm.shift = shift
+                if give_way and not self._read_giving_way(tokens, cancel, deadline):
+                    emit("done", None)
+                    return
                 chunks = llm.create_completion(
                     tokens,
                     max_tokens=max_tokens or config.max_reply_tokens,
@@ -351,11 +361,10 @@ class LlamaBackend:
                     if cancel.is_set() or self._cancel_all.is_set():
                         stats.finish_reason = "cancelled"
                         break
+                    if give_way and self._worker.pending > 1:
+                        raise GaveWay("a reply needs the model")
                     if time.monotonic() > deadline:
-                        raise GenerationTimeout(
-                            f"the reply took longer than {config.timeout_seconds:g} s"
-                            " (raise [model] timeout_seconds in config.toml for a slower model)"
-                        )
+                        raise self._timed_out()
                 end = time.perf_counter()
                 stats.prompt_seconds = (first or end) - start
                 stats.decode_seconds = end - (first or end)
@@ -378,6 +387,35 @@ class LlamaBackend:
             if not future.done():
                 # Wait for the worker to notice, so the next job sees a consistent model state.
                 await asyncio.shield(asyncio.wrap_future(future))
+
+    def _timed_out(self) -> GenerationTimeout:
+        return GenerationTimeout(
+            f"the reply took longer than {self.config.timeout_seconds:g} s"
+            " (raise [model] timeout_seconds in config.toml for a slower model)"
+        )
+
+    def _read_giving_way(self, tokens: list[int], cancel: threading.Event, deadline: float) -> bool:
+        """Read all but the prompt's last token in chunks, stopping with GaveWay when another job waits
+        (llama.cpp reads a batch without a pause: a 3,000-token prompt held a reply for 10 s). What was
+        read stays in the context: the next try of the same prompt starts where this one stopped. False
+        when cancelled."""
+        llm = self._llm
+        if llm.shift:
+            llm.evaluated += line_up(llm, tokens)
+        held = llm.input_ids[: llm.n_tokens].tolist()
+        start = min(common_prefix(held, tokens), len(tokens) - 1)
+        llm.n_tokens = start
+        while start < len(tokens) - 1:
+            if self._worker.pending > 1:
+                raise GaveWay("a reply needs the model")
+            if cancel.is_set() or self._cancel_all.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise self._timed_out()
+            end = min(start + PREFILL_CHUNK, len(tokens) - 1)
+            llm.eval(tokens[start:end])
+            start = end
+        return True
 
     # -- classification -----------------------------------------------------------------------------------
 

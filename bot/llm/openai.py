@@ -238,9 +238,11 @@ class OpenAIBackend:
         max_tokens: int | None = None,
         session: Hashable = None,
         shift: bool = False,
+        give_way: bool = False,
     ) -> Generation:
         """Stream a reply; leaving the iteration early closes the stream (the server stops). With `shift`,
-        llama-server is asked to reuse kept stretches of its cache by shifting them (`n_cache_reuse`)."""
+        llama-server is asked to reuse kept stretches of its cache by shifting them (`n_cache_reuse`).
+        `give_way` changes nothing here: the server serves requests side by side (`max_concurrent`)."""
         chat, _ = self._messages(prompt)
         generation = Generation(
             chunks=lambda: answer_only(self._stream(chat, list(stop), max_tokens, generation.stats, shift))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bot.bounded import LRUDict
 from bot.config import MemoryConfig
-from bot.errors import BotError
+from bot.errors import BotError, GaveWay
 from bot.llm import LLMBackend
 from bot.llm.base import Message
 from bot.store import Store, StoredMessage, Summary
@@ -157,7 +157,7 @@ async def ask_between_replies(
     if llm.pending > 0:
         return None  # a reply is being written: try again in a while
     prompt = await asyncio.to_thread(llm.render, messages)
-    generation = llm.generate(prompt, max_tokens=max_tokens, session=session)
+    generation = llm.generate(prompt, max_tokens=max_tokens, session=session, give_way=True)
     parts: list[str] = []
     chunks = generation.chunks()
     try:
@@ -165,6 +165,8 @@ async def ask_between_replies(
             parts.append(part)
             if llm.pending > 1:  # a reply is waiting behind this one: give way at once
                 return None
+    except GaveWay:  # a reply came while the prompt was read; what was read is kept for the next try
+        return None
     finally:
         with contextlib.suppress(Exception):
             await chunks.aclose()  # type: ignore[attr-defined]

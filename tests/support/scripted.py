@@ -48,6 +48,7 @@ class Scripted:
         max_tokens: int | None = None,
         session: object = None,
         shift: bool = False,
+        give_way: bool = False,
     ) -> Generation:
         text = self._replies.pop(0)
         self.prompts.append(prompt)

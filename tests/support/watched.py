@@ -46,8 +46,11 @@ class Timed:
         max_tokens: int | None = None,
         session: object = None,
         shift: bool = False,
+        give_way: bool = False,
     ) -> Generation:
-        inner = self.model.generate(prompt, stop=stop, max_tokens=max_tokens, session=session, shift=shift)
+        inner = self.model.generate(
+            prompt, stop=stop, max_tokens=max_tokens, session=session, shift=shift, give_way=give_way
+        )
         call = Call(session, prompt)
         self.calls.append(call)
 
