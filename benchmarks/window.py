@@ -6,6 +6,8 @@ comments as a conversation) after the shifted cache against a fresh read."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 import math
@@ -18,8 +20,10 @@ from typing import Any, Literal
 from benchmarks.common import loaded_model, scratch_store, table
 from bot.config import Config
 from bot.emotion.evaluation import read_goemotions
+from bot.errors import GaveWay
 from bot.llm import LlamaBackend
 from bot.llm.kv_reuse import line_up
+from tests.support.watched import until
 
 CHANNEL = 1
 DROP = 0.25  # the share of the window's tokens a move drops (prompt.window_slack's default)
@@ -31,7 +35,9 @@ async def bench_window(config: Config, quick: bool, data: Path | None) -> int:
     if not data.is_file():
         print(f"bench window: {data} not found (pass --data path/to/goemotions/dev.tsv)")
         return 2
-    rows += await _real_moves(config, quick, [e.text for e in read_goemotions(data)])
+    comments = [e.text for e in read_goemotions(data)]
+    rows += await _real_moves(config, quick, comments)
+    rows += await _reply_during_summary(config, quick, comments)
     table("Window moves (bench window)", rows, "memory on, summaries stored by hand")
     return 0
 
@@ -120,10 +126,75 @@ async def _real_moves(config: Config, quick: bool, comments: Sequence[str]) -> l
         ),
         (
             "quality: log-likelihood of the next real line, nats/token (shifted - afresh)",
-            f"mean {mean:+.4f} (perplexity x{math.exp(-mean):.3f}), worst {min(delta):+.4f};"
-            f" afresh {statistics.mean(fresh):.3f}, shifted {statistics.mean(shifted):.3f}",
+            f"mean {mean:+.4f} (perplexity x{math.exp(-mean):.3f}), median {statistics.median(delta):+.4f},"
+            f" worst {min(delta):+.4f}, best {max(delta):+.4f}; afresh {statistics.mean(fresh):.3f},"
+            f" shifted {statistics.mean(shifted):.3f}",
         ),
     ]
+
+
+async def _reply_during_summary(
+    config: Config, quick: bool, comments: Sequence[str]
+) -> list[tuple[str, str]]:
+    """A member's reply (its channel's prompt already read, one new line) asked while a background
+    summary reads a 3,000-token prompt: its time to first token against the model idle, with the summary
+    giving way between chunks and, for reference, reading its prompt in one go."""
+    model = dataclasses.replace(config.model, n_ctx=4096, temperature=0.0, seed=1, max_reply_tokens=8)
+    samples = 2 if quick else 5
+    waits: dict[str, list[float]] = {"idle": [], "chunks": [], "whole": []}
+    async with loaded_model(model, config.root) as llm:
+        lines = [_line(i, text) for i, text in enumerate(comments[:400])]
+        chat = [{"role": "system", "content": SYSTEM}, *lines[:60]]
+        await _drain(llm.generate(llm.render(chat), max_tokens=1, session="reply"))  # the channel, read
+        for n in range(samples):
+            for mode in waits:
+                chat.append({"role": "user", "content": f"Sam: and then? ({mode} {n})"})
+                reply_prompt = llm.render(chat)
+                summary = _summary_prompt(llm, comments, 400 + 60 * (3 * n + len(waits[mode])))
+                background = None
+                if mode != "idle":
+                    background = llm.generate(
+                        summary, max_tokens=4, session="summary", give_way=mode == "chunks"
+                    )
+                    task = asyncio.ensure_future(_drain(background))
+                    await until(functools.partial(_reading, llm, llm._llm.evaluated))
+                started = time.perf_counter()
+                reply = llm.generate(reply_prompt, max_tokens=2, session="reply")
+                async for _ in reply.chunks():
+                    waits[mode].append(time.perf_counter() - started)
+                    break
+                if background is not None:
+                    with contextlib.suppress(GaveWay):
+                        await task
+                chat.append({"role": "assistant", "content": "Go on."})
+    idle, chunks = statistics.median(waits["idle"]), statistics.median(waits["chunks"])
+    return [
+        (
+            f"a reply's time to first token, n_ctx 4096 ({samples} replies each)",
+            f"model idle {idle:.2f} s; during a summary giving way {chunks:.2f} s (+{chunks - idle:.2f} s,"
+            f" worst +{max(waits['chunks']) - idle:.2f} s); behind a summary read in one go"
+            f" {statistics.median(waits['whole']):.2f} s",
+        )
+    ]
+
+
+def _reading(llm: LlamaBackend, before: int) -> bool:
+    """The model began a read since it had evaluated `before` tokens (each read counts as it starts)."""
+    return bool(llm._llm.evaluated > before)
+
+
+async def _drain(generation: Any) -> str:
+    return "".join([chunk async for chunk in generation.chunks()])
+
+
+def _summary_prompt(llm: LlamaBackend, comments: Sequence[str], start: int) -> str:
+    """A summary's prompt of about 3,000 tokens, over lines no other prompt read."""
+    shown: list[str] = []
+    end = start
+    while llm.count_prompt("\n".join(shown)) < 3000:
+        shown.append(f"Sam: {comments[end % len(comments)]}")
+        end += 1
+    return llm.render([{"role": "user", "content": "Summarise:\n" + "\n".join(shown)}])
 
 
 def _line(i: int, text: str) -> dict[str, str]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -191,14 +190,6 @@ def test_a_prompt_that_grows_by_a_message_tokenizes_only_that_message(
     assert counted == model.count_prompt(longer) > 300 * 10
 
 
-async def until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    """Wait, yielding to the loop, until `condition` holds (the model's worker moves on its own thread)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
-        await asyncio.sleep(0.005)
-
-
 async def test_background_work_gives_way_while_reading_its_prompt_and_resumes_there(
     model: LlamaBackend,
 ) -> None:
@@ -206,6 +197,8 @@ async def test_background_work_gives_way_while_reading_its_prompt_and_resumes_th
     (GaveWay) instead of waiting for the whole read, and the summary's next try reads only what it had
     not read yet."""
     from bot.llm.llamacpp import PREFILL_CHUNK
+
+    from .support.watched import until
 
     lines = " ".join(f"Line {i}: the fog rolls over the harbour and the bells ring." for i in range(90))
     prompt = model.render([{"role": "user", "content": f"Summarise: {lines}"}])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,3 +81,12 @@ class Timed:
         """Seconds from the latest request for `session` to its first token."""
         call = next(c for c in reversed(self.calls) if c.session == session)
         return call.tokens[0] - call.asked
+
+
+async def until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Wait, yielding to the loop, until `condition` holds (the model's worker moves on its own thread,
+    which sets no asyncio event)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
