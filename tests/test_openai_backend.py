@@ -405,3 +405,53 @@ async def test_the_server_is_asked_to_shift_its_cache_unless_something_was_erase
         assert await engine.admin.message_deleted(77)
         assert await asked() is None
         assert await asked() == SERVER_REUSE_CHUNK
+
+
+async def test_prompts_are_counted_as_the_server_counts_them(tmp_path: Path, server: str) -> None:
+    """The template's cost is measured at connect from the sizes the server reports: a real prompt (a
+    persona, sixty lines, a recall slot) counts within 1 % of the server's own `usage.prompt_tokens`,
+    where the ChatML-like text the bot renders for counting was several percent over."""
+    backend = await load_backend(server_config(tmp_path, server).model)
+    assert isinstance(backend, OpenAIBackend) and backend.template is not None
+    try:
+        lines = [
+            {"role": ("user", "assistant")[i % 2], "content": f"Sam: line {i}, the fog and the bells ({i})."}
+            for i in range(60)
+        ]
+        chat = [
+            {"role": "system", "content": "You are Mira, the lighthouse keeper. Stay in character."},
+            *lines,
+            {"role": "system", "content": "Earlier lines that may matter now:\nSam: the key is blue."},
+        ]
+        prompt = backend.render(chat)
+        response = await backend.client.chat.completions.create(
+            model=backend.name,
+            messages=backend._messages(prompt)[0],
+            max_tokens=1,  # type: ignore[arg-type]
+        )
+        reported = response.usage.prompt_tokens  # type: ignore[union-attr]
+        assert abs(backend.count_prompt(prompt) - reported) <= reported * 0.01, (backend.template, reported)
+        assert len(backend.tokenize(prompt)) > reported * 1.03  # what counting the rendered text gave
+    finally:
+        await backend.close()
+
+
+async def test_a_server_that_reports_no_sizes_is_estimated_and_says_so(
+    tmp_path: Path, server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import bot.llm.openai as module
+
+    async def no_sizes(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr(module, "measure", no_sizes)
+    with caplog.at_level("INFO", logger="bot.llm.openai"):
+        backend = await load_backend(server_config(tmp_path, server).model)
+    try:
+        assert isinstance(backend, OpenAIBackend) and backend.template is None
+        said = [r.getMessage() for r in caplog.records if "reports no prompt sizes" in r.getMessage()]
+        assert len(said) == 1 and "estimate 5-15 % over" in said[0]
+        prompt = backend.render([{"role": "user", "content": "Hello there"}])
+        assert backend.count_prompt(prompt) == len(backend.tokenize(prompt))
+    finally:
+        await backend.close()

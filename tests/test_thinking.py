@@ -276,6 +276,7 @@ async def test_one_token_judgements_never_think_even_when_replies_may(
     """With [model] thinking = true, replies may think; the emotion judge's and the next speaker's
     one-token questions (and the start-up probe) ask the server not to: one token leaves no room."""
     from bot.core.app import open_engine
+    from bot.llm.server_probe import PROBE
 
     server, url = thinking_server
     server.logprobs = True
@@ -287,7 +288,11 @@ async def test_one_token_judgements_never_think_even_when_replies_may(
         result = await engine.turn(3, "Ren", "Hello, you two!")
         assert result.text == ANSWER and result.emotion.judge != "classifier"
     replies = [r for r in server.requests if r.get("stream")]
-    judgements = [r for r in server.requests if not r.get("stream")]
+    # The template's cost is measured as replies are sent (thinking on); the rest are one-token questions.
+
+    sizing = [r for r in server.requests if r["messages"][0] == PROBE[0]]
+    judgements = [r for r in server.requests if not r.get("stream") and r not in sizing]
+    assert sizing and all(r["chat_template_kwargs"] == {"enable_thinking": True} for r in sizing)
     assert replies and all(r["chat_template_kwargs"] == {"enable_thinking": True} for r in replies)
     assert len(judgements) >= 3 and all(
         r.get("max_tokens") == 1 for r in judgements

