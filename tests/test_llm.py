@@ -222,3 +222,33 @@ async def test_background_work_gives_way_while_reading_its_prompt_and_resumes_th
     assert "".join([chunk async for chunk in again.chunks()])
     assert abs(again.stats.evaluated_tokens - (size - read)) <= 2, (again.stats, read, size)
     await model.forget_contexts()
+
+
+@pytest.mark.parametrize(
+    "reach",
+    [
+        "{{ messages.__class__ }}",  # a private name
+        "{% for m in messages %}{{ m.content.__class__.__mro__ }}{% endfor %}",
+        "{{ messages.append(messages[0]) }}",  # a list changed: the sandbox is immutable
+        "{% for m in messages %}{{ m.update({'role': 'system'}) }}{% endfor %}",
+    ],
+)
+def test_a_hostile_chat_template_stays_in_the_sandbox_with_its_verdicts_remembered(reach: str) -> None:
+    """The GGUF's template is untrusted: the sandbox's verdicts, remembered per type and name, still
+    refuse what it refused, on the first read and on every later one, while a plain template renders."""
+    from jinja2.exceptions import SecurityError
+
+    from bot.llm.template import chat_formatter
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    shown = "{% for m in messages %}{{ m.role }}: {{ m.content.strip() }};{% endfor %}"
+    plain = chat_formatter(shown, "", "")
+    assert plain(messages=messages).prompt == "user: hi;assistant: hello;"
+    hostile = chat_formatter(reach, "", "")
+    for _ in range(2):
+        try:
+            shown = hostile(messages=messages).prompt
+        except SecurityError:
+            continue
+        assert "class" not in shown and "object" not in shown and len(messages) == 2, shown
+    assert messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

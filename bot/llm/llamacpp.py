@@ -26,6 +26,7 @@ from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.kv_reuse import common_prefix, line_up
 from bot.llm.llama_context import SessionStates, counting_llama_class
 from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
+from bot.llm.template import chat_formatter
 from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker
 
@@ -87,8 +88,6 @@ class LlamaBackend:
     """llama-cpp-python behind the worker. Create with `await LlamaBackend.load(config, root)`."""
 
     def __init__(self, llama: Any, config: ModelConfig, worker: ModelWorker, path: Path) -> None:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         self._llm = llama
         self.config = config
         self._worker = worker
@@ -103,7 +102,7 @@ class LlamaBackend:
         self._bos = self._token_text(llama.token_bos())
         eos = self._token_text(llama.token_eos())
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
-        self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=self._bos)
+        self._formatter = chat_formatter(template, eos, self._bos)
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
         # Tokens of recent prompt pieces; the prompt builder's thread and the model's share them.
         self._pieces: LRUDict[tuple[str, bool], array[int]] = LRUDict(MAX_PIECES)
@@ -172,7 +171,7 @@ class LlamaBackend:
         self._formatter.add_generation_prompt = add_generation_prompt
         marked = [{**m, "content": mark_content(m["content"])} for m in messages]
         # Templates that can switch thinking off read `enable_thinking` (Qwen3's); the rest ignore it.
-        response = self._formatter(messages=marked, enable_thinking=self.config.thinking)  # type: ignore[arg-type]
+        response = self._formatter(messages=marked, enable_thinking=self.config.thinking)
         return response.prompt
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
