@@ -44,6 +44,25 @@ def model():
 
 
 @pytest.fixture
+async def engine(config: Config, model):
+    """An engine over the real model, its summaries off (tests of them turn them on); test files with
+    their own `engine` use theirs."""
+    import dataclasses
+
+    from bot.core.engine import Engine
+    from bot.personas import PersonaLibrary
+    from bot.store import Store
+
+    config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, summaries=False))
+    store = await Store.open(config.resolve(config.store.path))
+    engine = Engine(config, store, model, PersonaLibrary.from_config(config))
+    yield engine
+    await engine.close()
+    await store.close()
+    await model.forget_contexts()  # the next test's first turn reads its prompt afresh
+
+
+@pytest.fixture
 def library(config: Config):
     from bot.personas import PersonaLibrary
 

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from bot.config import Config, MemoryConfig
+from bot.config import MemoryConfig
 from bot.core.engine import Engine
 from bot.core.prompt import RECALL_HEADING, BuiltPrompt, PromptBuilder
 from bot.errors import InputError
 from bot.llm import LlamaBackend
 from bot.memory import match_query
 from bot.memory.recall import match_words
-from bot.personas import Persona, PersonaLibrary
+from bot.personas import Persona
 from bot.store import Store, StoredMessage
 
 from .support.contexts import SizedContext, read_tokens
@@ -27,17 +26,6 @@ from .support.scripted import Scripted
 pytestmark = pytest.mark.slow
 
 CHANNEL = 7
-
-
-@pytest.fixture
-async def engine(config: Config, model: LlamaBackend) -> AsyncIterator[Engine]:
-    """An engine over the real model; its summaries are off (tests of them turn them on)."""
-    config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, summaries=False))
-    store = await Store.open(config.resolve(config.store.path))
-    engine = Engine(config, store, model, PersonaLibrary.from_config(config))
-    yield engine
-    await engine.close()
-    await store.close()
 
 
 def sized(engine: Engine, model: LlamaBackend, n_ctx: int, memory: MemoryConfig | None = None) -> None:

@@ -4,33 +4,17 @@ in view."""
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.config import Config
 from bot.core.engine import Engine
 from bot.llm import LlamaBackend
-from bot.personas import PersonaLibrary
-from bot.store import Store
 
 from .support.moves import until_moved
 from .test_memory import CHANNEL, seed, sized
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def engine(config: Config, model: LlamaBackend) -> AsyncIterator[Engine]:
-    config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, summaries=False))
-    store = await Store.open(config.resolve(config.store.path))
-    engine = Engine(config, store, model, PersonaLibrary.from_config(config))
-    yield engine
-    await engine.close()
-    await store.close()
-    await model.forget_contexts()
 
 
 @pytest.mark.parametrize("n_ctx", [4096, 16384, 32768])
