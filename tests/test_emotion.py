@@ -19,6 +19,7 @@ from bot.emotion.text import calmest, formula_free, strip_roleplay, without_form
 from bot.llm import TURN_MARKER, answer_end_tokens
 
 from .support.configs import REPO
+from .support.parsing import parse
 
 CONFIG = EmotionConfig(judge="classifier", min_lift=2.0, switch_lift=0.5, encoder=False)
 DEV = REPO.parent / "shared" / "goemotions" / "dev.tsv"
@@ -183,7 +184,7 @@ def test_formula_pairs_use_formulas_the_encoder_was_not_trained_with() -> None:
     script = (REPO / "scripts" / "train_emotion_encoder.py").read_text()
     trained = next(
         ast.literal_eval(node.value)
-        for node in ast.walk(ast.parse(script))
+        for node in ast.walk(parse(script))
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FORMULAS"
     )
     assert HELD_OUT_FORMULAS and not {f.strip(" ,.").lower() for f in HELD_OUT_FORMULAS} & {

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from .support.configs import REPO
+from .support.parsing import parse
 
 PACKAGE = REPO / "bot"
 # Lowest first. A module may import its own layer or lower ones.
@@ -66,7 +67,7 @@ def test_no_module_imports_a_higher_layer() -> None:
     wrong = []
     for path in modules():
         own = top_name(path)
-        for line, target in bot_imports(ast.parse(path.read_text(), str(path))):
+        for line, target in bot_imports(parse(path.read_text(), str(path))):
             if target != own and layer_of(target) > layer_of(own):
                 wrong.append(f"{path.relative_to(REPO)}:{line} imports bot.{target}")
     assert not wrong, "lower layers must not import higher ones:\n" + "\n".join(wrong)
@@ -106,7 +107,7 @@ def test_front_ends_do_not_import_each_other() -> None:
     for path in modules():
         own = top_name(path)
         if own in FRONT_ENDS and own not in LAUNCHERS:
-            for line, target in bot_imports(ast.parse(path.read_text(), str(path))):
+            for line, target in bot_imports(parse(path.read_text(), str(path))):
                 if target in FRONT_ENDS and target != own:
                     wrong.append(f"{path.relative_to(REPO)}:{line} imports bot.{target}")
     assert not wrong, "front-ends import each other:\n" + "\n".join(wrong)
@@ -116,7 +117,7 @@ def test_front_ends_use_only_the_engines_methods() -> None:
     wrong = []
     for path in modules():
         if top_name(path) in FRONT_ENDS:
-            for line in reaches_inside_engine(ast.parse(path.read_text(), str(path))):
+            for line in reaches_inside_engine(parse(path.read_text(), str(path))):
                 wrong.append(f"{path.relative_to(REPO)}:{line}")
     assert not wrong, "front-ends reach past the engine:\n" + "\n".join(wrong)
 
@@ -130,7 +131,7 @@ def test_front_ends_use_only_the_engines_methods() -> None:
     ],
 )
 def test_the_engine_check_sees_what_it_should(source: str, caught: bool) -> None:
-    assert bool(reaches_inside_engine(ast.parse(source))) is caught
+    assert bool(reaches_inside_engine(parse(source))) is caught
 
 
 MAX_LINES = 450  # ../shared/ARCHITECTURE.md: no module over about this without a stated reason
@@ -141,7 +142,7 @@ def test_no_module_is_long_without_a_stated_reason() -> None:
     long = []
     for path in modules():
         lines = path.read_text().count("\n")
-        docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+        docstring = ast.get_docstring(parse(path.read_text())) or ""
         if lines > MAX_LINES and LONG_REASON not in " ".join(docstring.split()):
             long.append(f"{path.relative_to(REPO)}: {lines} lines")
     assert not long, f"over {MAX_LINES} lines with no '{LONG_REASON} …' in the docstring:\n" + "\n".join(long)
@@ -171,3 +172,17 @@ def test_the_readme_code_map_lists_every_module() -> None:
     assert listed == actual, (
         f"missing from the map: {sorted(actual - listed)}; gone: {sorted(listed - actual)}"
     )
+
+
+def test_a_spurious_ast_constructor_error_is_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .support import parsing
+
+    real, failures = ast.parse, iter([True, False])
+
+    def flaky(source: str, filename: str = "<unknown>") -> ast.Module:
+        if next(failures):
+            raise SystemError("AST constructor recursion depth mismatch (before=120, after=172)")
+        return real(source, filename)
+
+    monkeypatch.setattr(parsing.ast, "parse", flaky)
+    assert isinstance(parse("x = 1").body[0], ast.Assign)
