@@ -238,13 +238,17 @@ def _measure(llm: LlamaBackend, held: list[int], new: list[int], reply: list[int
     llama.reset()
     llama.eval(held)
     started = time.perf_counter()
-    read = line_up(llama, new)
-    read += _eval_rest(llama, new)
+    read = line_up(llama, new)  # what it reads between kept stretches
+    before = llama.evaluated
+    llama.eval_suffix(new)
+    read += llama.evaluated - before
     seconds_shifted = time.perf_counter() - started
     shifted = _score(llama, reply)
     llama.reset()
     started = time.perf_counter()
-    read_fresh = _eval_rest(llama, new)
+    before = llama.evaluated
+    llama.eval_suffix(new)
+    read_fresh = llama.evaluated - before
     seconds_fresh = time.perf_counter() - started
     fresh = _score(llama, reply)
     llama.reset()
@@ -256,20 +260,6 @@ def _measure(llm: LlamaBackend, held: list[int], new: list[int], reply: list[int
         "shifted": shifted,
         "fresh": fresh,
     }
-
-
-def _eval_rest(llama: Any, tokens: list[int]) -> int:
-    """Evaluate what the context does not hold yet of `tokens` (its common prefix kept); tokens read."""
-    held = llama.input_ids[: llama.n_tokens].tolist()
-    common = 0
-    for a, b in zip(held, tokens, strict=False):
-        if a != b:
-            break
-        common += 1
-    common = min(common, len(tokens) - 1)
-    llama.n_tokens = common
-    llama.eval(tokens[common:])
-    return len(tokens) - common
 
 
 def _score(llama: Any, reply: list[int]) -> float:

@@ -60,7 +60,12 @@ def plan(old: Sequence[int], new: Sequence[int], min_run: int = MIN_RUN) -> list
     `min_run` tokens found further on in `old`, in order in both (what lies between is read anew)."""
     old, new = list(old), list(new)
     prefix = common_prefix(old, new)
-    runs = [Run(0, 0, prefix)] if prefix else []
+    return ([Run(0, 0, prefix)] if prefix else []) + _later_runs(old, new, prefix, min_run)
+
+
+def _later_runs(old: list[int], new: list[int], prefix: int, min_run: int) -> list[Run]:
+    """`plan`'s stretches after the common prefix of `prefix` tokens."""
+    runs = []
     index: dict[tuple[int, ...], list[int]] = {}
     for at in range(prefix, len(old) - KEY + 1):
         index.setdefault(tuple(old[at : at + KEY]), []).append(at)
@@ -89,8 +94,8 @@ def reusable(old: Sequence[int], new: Sequence[int], min_run: int = MIN_RUN) -> 
     alone = [Run(0, 0, prefix)] if prefix else []
     if len(old) - prefix < min_run:
         return alone
-    runs = plan(old, new, min_run)
-    return runs if sum(run.length for run in runs[1:]) >= min_run else alone
+    later = _later_runs(old, new, prefix, min_run)
+    return alone + later if sum(run.length for run in later) >= min_run else alone
 
 
 def to_read(new: Sequence[int], runs: Sequence[Run]) -> int:
@@ -155,9 +160,8 @@ def line_up(llama: Any, tokens: Sequence[int], min_run: int = MIN_RUN) -> int:
 def _rearrange(llama: Any, memory: Any, runs: Sequence[Run], tokens: Sequence[int]) -> int:
     import llama_cpp
 
-    kept = sorted(runs, key=lambda run: run.old)
     edge = 0
-    for run in kept:  # remove every cell no run keeps
+    for run in runs:  # remove every cell no run keeps (runs are in order in the old context too)
         if run.old > edge and not llama_cpp.llama_memory_seq_rm(memory, 0, edge, run.old):
             raise RuntimeError("the cache cannot remove part of a sequence")
         edge = run.old + run.length

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from bot.llm.kv_reuse import line_up, two_sequences
+from bot.llm.kv_reuse import common_prefix, line_up, two_sequences
 
 
 class SessionStates:
@@ -98,16 +98,15 @@ def counting_llama_class() -> type:
             self.evaluated += len(tokens)
             super().eval(tokens)
 
+        def held_prefix(self, tokens: Sequence[int]) -> int:
+            """How many of `tokens` the context already holds, at most all but the last (which is read
+            again for fresh logits); the context is cut back to them."""
+            self.n_tokens = min(common_prefix(self._input_ids.tolist(), tokens), len(tokens) - 1)
+            return self.n_tokens
+
         def eval_suffix(self, tokens: Sequence[int]) -> None:
             """Evaluate tokens, reusing the longest prefix already in the context."""
-            common = 0
-            for a, b in zip(self._input_ids.tolist(), tokens, strict=False):
-                if a != b:
-                    break
-                common += 1
-            common = min(common, len(tokens) - 1)  # the last token is re-evaluated for fresh logits
-            self.n_tokens = common
-            self.eval(tokens[common:])
+            self.eval(tokens[self.held_prefix(tokens) :])
 
     return CountingLlama
 

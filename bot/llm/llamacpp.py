@@ -23,7 +23,7 @@ from bot.bounded import LRUDict
 from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import GaveWay, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
-from bot.llm.kv_reuse import common_prefix, line_up
+from bot.llm.kv_reuse import line_up
 from bot.llm.llama_context import SessionStates, counting_llama_class
 from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
 from bot.llm.template import chat_formatter
@@ -335,9 +335,8 @@ class LlamaBackend:
         llm = self._llm
         if llm.shift:
             llm.evaluated += line_up(llm, tokens)
-        held = llm.input_ids[: llm.n_tokens].tolist()
-        start = min(common_prefix(held, tokens), len(tokens) - 1)
-        llm.n_tokens = start
+            llm.shift = False  # lined up once: the generation that follows matches the prefix alone
+        start = llm.held_prefix(tokens)
         while start < len(tokens) - 1:
             if self._worker.pending > 1:
                 raise GaveWay("a reply needs the model")
