@@ -34,6 +34,7 @@ DEFAULT_LABELS = (
 )
 
 
+MAX_PARALLEL = 16  # reply slots of the embedded model
 MAX_CONTEXT = 1 << 20  # tokens; every model's own limit is checked against its file at load
 CPUS = os.cpu_count() or 1
 MAX_IMAGE_REQUESTS = 16  # renders at once on an image server: more only queue on its GPU
@@ -64,6 +65,9 @@ class ModelConfig:
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key, if any
     max_concurrent: int = 1  # openai: requests at once (match the server's parallel slots)
     n_ctx: int = 4096
+    # llamacpp: replies written at once, each channel's in its own slot of n_ctx tokens of cache (decoded
+    # together: several busy channels share the cores instead of queueing). Memory grows with it.
+    parallel: int = 4
     n_gpu_layers: int = 0
     n_threads: int = 0  # decode threads; 0: one less than the CPU count (at least 1)
     n_threads_batch: int = 0  # prompt-reading threads; 0: all CPUs
@@ -312,6 +316,7 @@ def _validate(config: Config, source: str) -> None:
         ),
         (config.model.queue_size >= 1, "model.queue_size", "must be at least 1"),
         (1 <= config.model.max_concurrent <= 64, "model.max_concurrent", "must be between 1 and 64"),
+        (1 <= config.model.parallel <= MAX_PARALLEL, "model.parallel", f"must be 1 to {MAX_PARALLEL}"),
         (
             config.model.backend != "openai" or _web_address(config.model.base_url),
             "model.base_url",

@@ -74,13 +74,14 @@ async def test_the_moved_cache_is_in_place_and_answers_from_the_new_prompt(model
     assert 0 < moved.stats.evaluated_tokens < 20, moved.stats
 
     def positions() -> tuple[int, int, int, int]:
-        llm = model._llm
-        memory = llama_cpp.llama_get_memory(llm.ctx)
+        slots = llama_cpp.llama_get_memory(model._loop.ctx)
+        [slot] = [slot for slot in model._loop.slots if slot.session == "count"]
+        own = llama_cpp.llama_get_memory(model._llm.ctx)  # where the new summary was read, beside a scratch
         return (
-            llama_cpp.llama_memory_seq_pos_min(memory, 0),
-            llama_cpp.llama_memory_seq_pos_max(memory, 0),
-            llm.n_tokens,
-            llama_cpp.llama_memory_seq_pos_max(memory, 1),
+            llama_cpp.llama_memory_seq_pos_min(slots, slot.seq),
+            llama_cpp.llama_memory_seq_pos_max(slots, slot.seq),
+            len(slot.tokens),
+            llama_cpp.llama_memory_seq_pos_max(own, 1),
         )
 
     low, high, n_tokens, scratch = model._worker.submit(positions).result()

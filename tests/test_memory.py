@@ -201,15 +201,19 @@ async def test_forget_me_leaves_no_word_in_history_index_summaries_or_prompt(
     assert "Zed: My secret name is Quillfeather" in built.text  # recalled...
     assert "Zed said he is Quillfeather" in built.text  # ...and summarised
 
-    # The model holds an evaluated conversation with the member's words (this channel's, saved aside).
+    # The model holds an evaluated conversation with the member's words (this channel's, in its slot).
     warm = model.generate(built.text, max_tokens=1, session="with the words")
     async for _chunk in warm.chunks():
         pass
     async for _chunk in model.generate("Hello", max_tokens=1, session="another").chunks():
         pass
-    assert "with the words" in model._sessions._saved
+
+    def kept() -> list[object]:  # contexts kept: in reply slots, and saved aside in RAM
+        return [slot.session for slot in model._loop.slots if slot.tokens] + list(model._sessions._saved)
+
+    assert "with the words" in kept()
     assert await engine.admin.forget_member(42, [CHANNEL]) == 1
-    assert model._sessions._saved == {} and model._llm.n_tokens == 0  # no kept context holds them
+    assert kept() == [] and model._llm.n_tokens == 0  # no kept context holds them
     assert await store.index_holds('"quillfeather" OR "marrowgate"') == 1  # Sam's own question only
     assert await store.summaries_of(CHANNEL) == {}
     history = await engine.scene.history(CHANNEL, [mira])

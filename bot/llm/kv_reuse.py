@@ -26,7 +26,6 @@ _log = logging.getLogger(__name__)
 MIN_RUN = 32  # fewest tokens a kept stretch must have: shorter ones are cheaper read again than moved
 KEY = 8  # tokens that index the old context: a stretch is looked for where its first KEY tokens occur
 CANDIDATES = 16  # places in the old context tried for each stretch (chat lines repeat themselves)
-SIDE = 1  # the scratch sequence new text is evaluated in, beside the kept cells of sequence 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,7 @@ def to_read(new: Sequence[int], runs: Sequence[Run]) -> int:
     return max(len(new) - kept, 1)
 
 
+SIDE = 1  # the scratch sequence new text is evaluated in, beside the kept cells of sequence 0
 _defaults_lock = threading.Lock()
 
 
@@ -131,11 +131,11 @@ def two_sequences() -> Iterator[None]:
 
 
 def line_up(llama: Any, tokens: Sequence[int], min_run: int = MIN_RUN) -> int:
-    """Arrange `llama`'s evaluated context so that it holds as much of `tokens` as it can from what it
-    held: afterwards its first `n_tokens` are `tokens`' own, and the caller evaluates the rest. Returns the
-    tokens evaluated here (the new text between kept stretches). Does nothing where the prefix already
-    covers what the context holds, or where the model's cache cannot shift (then the prefix is reused as
-    before); any failure leaves an empty context, read afresh."""
+    """Arrange `llama`'s evaluated context (its sequence 0) so that it holds as much of `tokens` as it
+    can from what it held: afterwards its first `n_tokens` are `tokens`' own, and the caller evaluates
+    the rest. Returns the tokens evaluated here (the new text between kept stretches). Does nothing where
+    the prefix already covers what the context holds, or where the model's cache cannot shift (then the
+    prefix is reused as before); any failure leaves an empty context, read afresh."""
     import llama_cpp
 
     runs = reusable(llama.input_ids[: llama.n_tokens].tolist(), tokens, min_run)
@@ -143,63 +143,80 @@ def line_up(llama: Any, tokens: Sequence[int], min_run: int = MIN_RUN) -> int:
         return 0  # nothing beyond the prefix is kept: the usual prefix match does the same
     ctx = llama._ctx.ctx
     memory = llama_cpp.llama_get_memory(ctx)
-    if memory is None or llama_cpp.llama_n_seq_max(ctx) <= SIDE:
+    if not can_shift(ctx) or llama_cpp.llama_n_seq_max(ctx) < 2:
         return 0
-    if not llama_cpp.llama_memory_can_shift(memory):
-        return 0  # sliding-window or recurrent caches: the prefix match alone
     try:
-        read = _rearrange(llama, memory, runs, tokens)
+        at = move_runs(memory, 0, runs)
+        read = 0
+        for start, end in gaps(runs):
+            _insert(llama, memory, tokens[start:end], start)
+            read += end - start
     except RuntimeError as exc:  # a decode refused: start from nothing rather than from a broken cache
         _log.warning("could not reuse the evaluated context (%s); reading the prompt afresh", exc)
-        llama_cpp.llama_memory_seq_rm(memory, -1, -1, -1)
+        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
         llama.n_tokens = 0
         return 0
-    return read
-
-
-def _rearrange(llama: Any, memory: Any, runs: Sequence[Run], tokens: Sequence[int]) -> int:
-    import llama_cpp
-
-    edge = 0
-    for run in runs:  # remove every cell no run keeps (runs are in order in the old context too)
-        if run.old > edge and not llama_cpp.llama_memory_seq_rm(memory, 0, edge, run.old):
-            raise RuntimeError("the cache cannot remove part of a sequence")
-        edge = run.old + run.length
-    llama_cpp.llama_memory_seq_rm(memory, 0, edge, -1)
-    # Moving left in order and right in reverse order, no run lands on cells another move still selects.
-    left = [run for run in runs if run.new <= run.old]
-    right = [run for run in reversed(runs) if run.new > run.old]
-    for run in left + right:
-        if run.new != run.old:
-            llama_cpp.llama_memory_seq_add(memory, 0, run.old, run.old + run.length, run.new - run.old)
-    read = 0
-    at = 0
-    for run in runs:
-        if run.new > at:
-            _insert(llama, memory, tokens[at : run.new], at)
-            read += run.new - at
-        at = run.new + run.length
     llama.input_ids[:at] = tokens[:at]
     llama.n_tokens = at
     llama._requires_eval = True  # the logits at hand are the scratch sequence's, not the prompt's end
     return read
 
 
-def _insert(llama: Any, memory: Any, tokens: Sequence[int], at: int) -> None:
-    """Evaluate `tokens` at positions from `at`, seeing only what precedes them. llama.cpp accepts a batch
-    only at the end of its sequence, and sequence 0 goes on past `at`: so they are read in the scratch
-    sequence, which is given the cells before `at`, then handed to sequence 0."""
+def can_shift(ctx: Any) -> bool:
+    """Whether the context's cache can move cells (not sliding-window or recurrent ones)."""
     import llama_cpp
 
-    llama_cpp.llama_memory_seq_cp(memory, 0, SIDE, 0, at)
+    memory = llama_cpp.llama_get_memory(ctx)
+    return memory is not None and bool(llama_cpp.llama_memory_can_shift(memory))
+
+
+def gaps(runs: Sequence[Run]) -> list[tuple[int, int]]:
+    """The stretches of the new prompt between kept runs, read anew (start, end)."""
+    found, at = [], 0
+    for run in runs:
+        if run.new > at:
+            found.append((at, run.new))
+        at = run.new + run.length
+    return found
+
+
+def move_runs(memory: Any, seq: int, runs: Sequence[Run]) -> int:
+    """Remove every cell of `seq` no run keeps and shift the kept ones to their new positions; returns
+    where the last run ends."""
+    import llama_cpp
+
+    edge = 0
+    for run in runs:  # remove every cell no run keeps (runs are in order in the old context too)
+        if run.old > edge and not llama_cpp.llama_memory_seq_rm(memory, seq, edge, run.old):
+            raise RuntimeError("the cache cannot remove part of a sequence")
+        edge = run.old + run.length
+    llama_cpp.llama_memory_seq_rm(memory, seq, edge, -1)
+    # Moving left in order and right in reverse order, no run lands on cells another move still selects.
+    left = [run for run in runs if run.new <= run.old]
+    right = [run for run in reversed(runs) if run.new > run.old]
+    for run in left + right:
+        if run.new != run.old:
+            llama_cpp.llama_memory_seq_add(memory, seq, run.old, run.old + run.length, run.new - run.old)
+    return runs[-1].new + runs[-1].length
+
+
+def _insert(llama: Any, memory: Any, tokens: Sequence[int], at: int) -> None:
+    """Evaluate `tokens` at positions from `at` in sequence 0, seeing only what precedes them. llama.cpp
+    accepts a batch only at the end of its sequence, and sequence 0 goes on past `at`: so they are read
+    in the scratch sequence (which shares sequence 0's cache: the context's is unified), given the cells
+    before `at`, then handed to sequence 0."""
+    import llama_cpp
+
+    seq, side = 0, SIDE
+    llama_cpp.llama_memory_seq_cp(memory, seq, side, 0, at)
     try:
         batch = llama._batch
         for start in range(0, len(tokens), llama.n_batch):
             part = list(tokens[start : start + llama.n_batch])
             batch.set_batch(batch=part, n_past=at + start, logits_all=False)
             for i in range(len(part)):
-                batch.batch.seq_id[i][0] = SIDE
+                batch.batch.seq_id[i][0] = side
             llama._ctx.decode(batch)
-        llama_cpp.llama_memory_seq_cp(memory, SIDE, 0, at, at + len(tokens))
+        llama_cpp.llama_memory_seq_cp(memory, side, seq, at, at + len(tokens))
     finally:
-        llama_cpp.llama_memory_seq_rm(memory, SIDE, -1, -1)
+        llama_cpp.llama_memory_seq_rm(memory, side, -1, -1)

@@ -62,12 +62,14 @@ def check_settings(config: ModelConfig, path: Path, metadata: dict[str, Any]) ->
             f"key 'model.n_ctx' = {config.n_ctx} is more than {path.name}'s training context of {trained}"
             " tokens; lower it"
         )
-    needed = context_cache_bytes(metadata, config.n_ctx)
+    # The caches hold the model's own sequence and one per reply slot, each of n_ctx tokens.
+    needed = context_cache_bytes(metadata, config.n_ctx * (config.parallel + 1))
     memory = physical_memory()
     if config.n_gpu_layers == 0 and needed and memory and needed > memory * 0.8:
         raise ModelError(
-            f"key 'model.n_ctx' = {config.n_ctx} needs {needed / 2**30:.1f} GiB for {path.name}'s context"
-            f" cache, more than this machine's {memory / 2**30:.1f} GiB of memory allows; lower it"
+            f"keys 'model.n_ctx' = {config.n_ctx} and 'model.parallel' = {config.parallel} need"
+            f" {needed / 2**30:.1f} GiB for {path.name}'s context cache, more than this machine's"
+            f" {memory / 2**30:.1f} GiB of memory allows; lower one"
         )
 
 

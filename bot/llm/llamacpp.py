@@ -1,7 +1,9 @@
 """The embedded backend: llama.cpp in this process.
 
-One `Llama` object lives on one worker thread; every call (generate, classify) is a job on that thread,
-served in order. The event loop only awaits results, so Discord's heartbeat never waits for the model.
+One `Llama` object lives on one worker thread; every call is a job on that thread, served in order.
+Replies are written together by the decode loop (batch.py), one job while any is in hand, in a context
+of their own; the emotion and speaker questions and background work run on the Llama's own context
+between its steps. The event loop only awaits results, so Discord's heartbeat never waits for the model.
 The queue is bounded: a full queue raises BusyError at once instead of queueing forever.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import re
 import threading
 import time
@@ -23,24 +24,24 @@ from bot.bounded import LRUDict
 from bot.config import ModelConfig, decode_threads, prompt_threads
 from bot.errors import GaveWay, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
+from bot.llm.batch import DecodeLoop, Reply
 from bot.llm.kv_reuse import line_up
-from bot.llm.llama_context import SessionStates, counting_llama_class
+from bot.llm.llama_context import SessionStates, counting_llama_class, repetition_sampler
 from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
+from bot.llm.options import TURN_MARKER, answer_end_tokens, option_probabilities
 from bot.llm.template import chat_formatter
 from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "a random seed"
 
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
 # Private-use characters around every message's content in a rendered prompt: what lies between them is
 # tokenized as text, never as control tokens. They never reach the model.
 CONTENT_OPEN, CONTENT_CLOSE = "\ue000", "\ue001"
 _CONTENT = re.compile(f"({CONTENT_OPEN}[^{CONTENT_CLOSE}]*{CONTENT_CLOSE})")
-TURN_MARKER = "XYZZY"  # stands for an assistant message's text when reading the template's turn end
-CLASSIFY_PRUNE = 1e-2  # options this much less likely than the best first token are not expanded
-CLASSIFY_EXPAND = 4  # at most this many distinct first tokens are followed to the end of their option
 PREFILL_CHUNK = 128  # prompt tokens background work reads between looks for a waiting reply (0.5 s, 2 cores)
 MAX_PIECES = 1 << 16  # prompt pieces whose tokens are remembered: a 32k window has about 1,700
 
@@ -54,22 +55,6 @@ def mark_content(text: str) -> str:
 
 def unmarked(text: str) -> str:
     return text.replace(CONTENT_OPEN, "").replace(CONTENT_CLOSE, "")
-
-
-def answer_end_tokens(llama: Any, rendered_turn: str) -> tuple[int, ...]:
-    """Tokens that end a one-word answer: the chat template's own end-of-turn token (read from an
-    assistant turn rendered around TURN_MARKER: Llama 3's <|eot_id|> is not its EOS), EOS, and a
-    newline or punctuation right after the word."""
-    ends = {llama.token_eos()}
-    rendered_turn = unmarked(rendered_turn)
-    after = rendered_turn.split(TURN_MARKER, 1)[1].strip() if TURN_MARKER in rendered_turn else ""
-    if after:
-        ends.add(llama.tokenize(after.encode("utf-8"), add_bos=False, special=True)[0])
-    for text in ("\n", ".", "!", ","):
-        ids = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-        if len(ids) == 1:
-            ends.add(ids[0])
-    return tuple(sorted(t for t in ends if t >= 0))
 
 
 def sampling(config: ModelConfig) -> dict[str, Any]:
@@ -104,12 +89,21 @@ class LlamaBackend:
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = chat_formatter(template, eos, self._bos)
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
+        self._loop = DecodeLoop(
+            llama,
+            config.parallel,
+            config.n_ctx,
+            config.queue_size,
+            worker,
+            self._sessions,
+            self._cancel_all,
+            self._timed_out,
+        )
         # Tokens of recent prompt pieces; the prompt builder's thread and the model's share them.
         self._pieces: LRUDict[tuple[str, bool], array[int]] = LRUDict(MAX_PIECES)
         self._pieces_lock = threading.Lock()
-        self._answer_ends = answer_end_tokens(
-            llama, self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
-        )
+        turn = self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
+        self._answer_ends = answer_end_tokens(llama, unmarked(turn))
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -128,7 +122,7 @@ class LlamaBackend:
             try:
                 llama = counting_llama_class()(
                     model_path=str(path),
-                    n_ctx=config.n_ctx,
+                    n_ctx=config.n_ctx,  # its own sequence (the reply slots have a context of their own)
                     n_gpu_layers=config.n_gpu_layers,
                     n_threads=decode_threads(config),
                     n_threads_batch=prompt_threads(config),
@@ -146,7 +140,9 @@ class LlamaBackend:
 
     @property
     def pending(self) -> int:
-        return self._worker.pending
+        """Replies in hand and other jobs waiting for the model."""
+        loop = self._loop
+        return self._worker.pending - loop.running + loop.replies
 
     @property
     def threads(self) -> tuple[int, int]:
@@ -156,7 +152,12 @@ class LlamaBackend:
 
     async def forget(self) -> None:
         """Drop the evaluated context, so the next call starts cold (benchmarks measure cold turns)."""
-        await self._worker.run(self._llm.reset)
+        await self._worker.run(self._forget_all)
+
+    def _forget_all(self) -> None:
+        self._sessions.clear()
+        self._llm.reset()
+        self._loop.forget()
 
     # -- tokenizer and template (thread-safe: they read only the vocabulary) -------------------------------
 
@@ -227,13 +228,76 @@ class LlamaBackend:
         `give_way`, the prompt is read in chunks and GaveWay raised between them, or between tokens, when
         another job waits."""
         inside = opens_thinking(prompt)
+        source = self._stream if give_way else self._reply  # background work, or a reply in a slot
         generation = Generation(
             chunks=lambda: answer_only(
-                self._stream(prompt, list(stop), max_tokens, generation.stats, session, shift, give_way),
-                inside,
+                source(prompt, list(stop), max_tokens, generation.stats, session, shift), inside
             )
         )
         return generation
+
+    async def _reply(
+        self,
+        prompt: str,
+        stop: list[str],
+        max_tokens: int | None,
+        stats: GenerationStats,
+        session: Hashable,
+        shift: bool,
+    ) -> AsyncIterator[str]:
+        """A reply written in a slot of the decode loop, beside other channels' replies."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        config = self.config
+
+        def emit(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:  # its event loop has closed: nobody reads it, the other replies go on
+                reply.cancel.set()
+
+        def sampler() -> Any:
+            kwargs = sampling(config)
+            seed = kwargs.pop("seed")
+            return repetition_sampler(
+                self._llm,
+                config,
+                reply.tokens,
+                temp=kwargs.pop("temperature"),
+                seed=LLAMA_DEFAULT_SEED if seed is None else seed,
+                **kwargs,
+            )
+
+        reply = Reply(
+            prompt=lambda: self._prompt_tokens(prompt),
+            stop=stop,
+            max_tokens=max_tokens or config.max_reply_tokens,
+            session=session,
+            shift=shift,
+            sampler=sampler,
+            stats=stats,
+            emit=emit,
+            cancel=threading.Event(),
+            timeout=config.timeout_seconds,
+        )
+        self._loop.add(reply)
+        finished = False
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    finished = True
+                    raise value
+                else:
+                    finished = True
+                    return
+        finally:
+            reply.cancel.set()
+            while not finished:  # the loop lets go of it at its next step: then its slot is consistent
+                kind, _ = await asyncio.shield(queue.get())
+                finished = kind != "text"
 
     async def _stream(
         self,
@@ -243,8 +307,8 @@ class LlamaBackend:
         stats: GenerationStats,
         session: Hashable,
         shift: bool,
-        give_way: bool,
     ) -> AsyncIterator[str]:
+        """Background work, on the model's own sequence: it gives way to replies (GaveWay)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
@@ -271,7 +335,7 @@ class LlamaBackend:
                 first: float | None = None
                 llm.repetition, llm.history = config, tokens  # DRY reads the conversation too
                 llm.shift = shift
-                if give_way and not self._read_giving_way(tokens, cancel, deadline):
+                if not self._read_giving_way(tokens, cancel, deadline):
                     emit("done", None)
                     return
                 chunks = llm.create_completion(
@@ -294,7 +358,7 @@ class LlamaBackend:
                     if cancel.is_set() or self._cancel_all.is_set():
                         stats.finish_reason = "cancelled"
                         break
-                    if give_way and self._worker.pending > 1:
+                    if self._worker.pending > 1:
                         raise GaveWay("a reply needs the model")
                     if time.monotonic() > deadline:
                         raise self._timed_out()
@@ -361,73 +425,25 @@ class LlamaBackend:
     def _classify(self, prompt: str, options: list[str], session: Hashable = None) -> dict[str, float]:
         """Each option's probability under the model's full next-token distributions: every token of the
         option, then the end of the answer (the template's end-of-turn token, EOS or punctuation), so an
-        option that only starts like a common word gains nothing. Options share a token trie, so a
-        common prefix is evaluated once."""
-        import numpy as np
-
+        option that only starts like a common word gains nothing (see options.py)."""
         llm = self._llm
         self._sessions.switch_to(session)
         tokens = self._prompt_tokens(prompt)
         if len(tokens) + CLASSIFY_MAX_TOKENS >= self.n_ctx:
             raise ModelError("the emotion question does not fit the context")
+        self._loop.lend(session, tokens)
         llm.eval_suffix(tokens)
-        base = llm.n_tokens
         sequences = {o: self._answer_tokens(o)[:CLASSIFY_MAX_TOKENS] for o in options}
-        n_vocab = llm.n_vocab()
-        ends = list(self._answer_ends)
-
-        def log_probs() -> np.ndarray:
-            import llama_cpp
-
-            pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-            scores = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
-            top = scores.max()
-            return scores - (top + np.log(np.exp(scores - top).sum()))
-
-        probs = dict.fromkeys(options, 0.0)
-        end = -1
-        first = log_probs()
-        starts = [sequences[o][0] for o in options if sequences[o]]
-        floor = float(np.exp(first[starts].max())) * CLASSIFY_PRUNE if starts else 0.0
-        # Each expanded first token costs one model evaluation: only the likeliest few are worth it.
-        expanded = set(sorted(set(starts), key=lambda t: -first[t])[:CLASSIFY_EXPAND])
-
-        def walk(prefix: tuple[int, ...], mass: float, candidates: list[str], lp: np.ndarray) -> None:
-            children: dict[int, list[str]] = {}
-            for option in candidates:
-                seq = sequences[option]
-                children.setdefault(seq[len(prefix)] if len(seq) > len(prefix) else end, []).append(option)
-            for token, group in children.items():
-                if token == end:
-                    # The answer stops here: any of the end tokens may follow.
-                    weight = mass * float(np.exp(lp[ends]).sum())
-                    for option in group:
-                        probs[option] += weight / len(group)
-                    continue
-                weight = mass * float(np.exp(lp[token]))
-                if weight < floor or (not prefix and token not in expanded):
-                    continue  # too unlikely to matter: not worth a model evaluation
-                llm.n_tokens = base + len(prefix)
-                llm.eval([token])
-                walk((*prefix, token), weight, group, log_probs())
-
-        walk((), 1.0, options, first)
-        total = sum(probs.values())
-        if total > 0 and math.isfinite(total):
-            return {o: p / total for o, p in probs.items()}
-        return {o: 1.0 / len(options) for o in options}
+        return option_probabilities(llm, sequences, self._answer_ends)
 
     async def forget_contexts(self) -> None:
         """Drop every channel's saved context and the one evaluated now, on the model's own thread: the
         next turn of each channel reads its prompt again, without the erased words."""
 
-        def forget() -> None:
-            self._sessions.clear()
-            self._llm.reset()
-
-        await self._worker.run(forget)
+        await self._worker.run(self._forget_all)
 
     async def close(self) -> None:
         self._cancel_all.set()
         await asyncio.to_thread(self._worker.shutdown)
+        self._loop.close()  # before the model it was made from
         self._llm.close()
