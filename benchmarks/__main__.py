@@ -1,5 +1,5 @@
-"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|recall|repetition|autonomy|window`: the
-figures in docs/."""
+"""`./run bench llm|emotion|expressions|discord|gpu|cast|memory|recall|repetition|autonomy|window|
+concurrency`: the figures in docs/."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
             "repetition",
             "autonomy",
             "window",
+            "concurrency",
         ],
         help="llm: turn latency and prompt reuse; emotion: judges on GoEmotions dev; expressions: renders; "
         "cast: prompt reuse with two members and with two personas alternating; "
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "repetition: replies repeating earlier ones, without and with DRY, and cast copies; "
         "autonomy: the model time of a persona speaking up on its own, and a reply's wait behind it; "
         "window: what a moved prompt window reads and costs at 4k/16k/32k, shifted or read again; "
+        "concurrency: 1/2/4/8 channels at once on the embedded model against raw batched decode; "
         "discord: the whole bot on the local server; gpu: LLM and inpainting resident on one CUDA GPU",
     )
     parser.add_argument(
@@ -76,6 +78,10 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         from benchmarks.window import bench_window
 
         return await bench_window(config, args.quick, args.data)
+    if args.what == "concurrency":
+        from benchmarks.concurrency import bench_concurrency
+
+        return await bench_concurrency(config, args.quick)
     if args.what == "autonomy":
         from benchmarks.autonomy import bench_autonomy
 
