@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bot.llm import bundled_model_path
@@ -20,9 +20,11 @@ READY_WITHIN = 120.0  # seconds for the server to load the model and answer
 
 
 @contextlib.contextmanager
-def model_server(n_ctx: int = 2048, log: Path | None = None, api_key: str = "") -> Iterator[str]:
+def model_server(
+    n_ctx: int = 2048, log: Path | None = None, api_key: str = "", flags: Sequence[str] = ()
+) -> Iterator[str]:
     """A running server; yields its base URL (http://127.0.0.1:PORT/v1). With `api_key`, it refuses
-    requests without that key."""
+    requests without that key; `flags` are more of its command-line settings."""
     port = free_port()
     out = log.open("w") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -39,6 +41,7 @@ def model_server(n_ctx: int = 2048, log: Path | None = None, api_key: str = "") 
             "--n_ctx",
             str(n_ctx),
             *(["--api_key", api_key] if api_key else []),
+            *flags,
         ],
         stdout=out,
         stderr=subprocess.STDOUT,
