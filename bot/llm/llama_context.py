@@ -208,14 +208,18 @@ DRY_BREAKERS = ("\n", ":", '"', "*")
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "a random seed"
 
 
-def reply_sampler(llama: Any, config: Any, history: Sequence[int], options: dict[str, Any]) -> Any:
-    """The sampler chain of a reply written in a slot: `options` as `sampling` gives them (llama-cpp-python's
-    names), DRY fed `history`."""
-    options = dict(options)
-    seed = options.pop("seed", None)
-    temp = options.pop("temperature", 0.8)
+def reply_sampler(llama: Any, config: Any, history: Sequence[int]) -> Any:
+    """The sampler chain of a reply written in a slot: the config's settings, DRY fed `history`."""
     return repetition_sampler(
-        llama, config, history, temp=temp, seed=LLAMA_DEFAULT_SEED if seed is None else seed, **options
+        llama,
+        config,
+        history,
+        temp=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        min_p=config.min_p,
+        repeat_penalty=config.repeat_penalty,
+        seed=LLAMA_DEFAULT_SEED if config.seed < 0 else config.seed,
     )
 
 

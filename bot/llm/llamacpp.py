@@ -262,7 +262,7 @@ class LlamaBackend:
             max_tokens=max_tokens or config.max_reply_tokens,
             session=session,
             shift=shift,
-            sampler=lambda: reply_sampler(self._llm, config, reply.tokens, sampling(config)),
+            sampler=lambda: reply_sampler(self._llm, config, reply.tokens),
             stats=stats,
             emit=emit,
             cancel=threading.Event(),
