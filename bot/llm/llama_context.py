@@ -205,24 +205,6 @@ def counting_llama_class() -> type:
 DRY_BREAKERS = ("\n", ":", '"', "*")
 
 
-LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "a random seed"
-
-
-def reply_sampler(llama: Any, config: Any, history: Sequence[int]) -> Any:
-    """The sampler chain of a reply written in a slot: the config's settings, DRY fed `history`."""
-    return repetition_sampler(
-        llama,
-        config,
-        history,
-        temp=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        min_p=config.min_p,
-        repeat_penalty=config.repeat_penalty,
-        seed=LLAMA_DEFAULT_SEED if config.seed < 0 else config.seed,
-    )
-
-
 def repetition_sampler(llama: Any, settings: Any, history: Sequence[int], **kwargs: Any) -> Any:
     """llama-cpp-python's sampler chain (penalties, grammar, top-k, typical, top-p, min-p, temperature)
     with DRY after the penalties, fed the conversation's last `dry_range` tokens first, and XTC before

@@ -26,7 +26,7 @@ from bot.errors import GaveWay, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.batch import DecodeLoop, Reply
 from bot.llm.kv_reuse import line_up
-from bot.llm.llama_context import SessionStates, counting_llama_class, reply_sampler
+from bot.llm.llama_context import SessionStates, counting_llama_class, repetition_sampler
 from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
 from bot.llm.options import TURN_MARKER, answer_end_tokens, option_probabilities
 from bot.llm.template import chat_formatter
@@ -35,6 +35,7 @@ from bot.workers import ModelWorker
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's "a random seed"
 
 CLASSIFY_MAX_TOKENS = 8  # tokens of an option that are scored; labels are one to four tokens
 # Private-use characters around every message's content in a rendered prompt: what lies between them is
@@ -133,8 +134,7 @@ class LlamaBackend:
             return llama
 
         llama = await worker.run(build)
-        # On the worker too: the reply slots' context allocates its cache (hundreds of MB) as it is made.
-        backend = await worker.run(lambda: cls(llama, config, worker, path))
+        backend = cls(llama, config, worker, path)
         _log.info("loaded %s (n_ctx=%d, gpu layers=%d)", path.name, backend.n_ctx, config.n_gpu_layers)
         return backend
 
@@ -256,13 +256,25 @@ class LlamaBackend:
             except RuntimeError:  # its event loop has closed: nobody reads it, the other replies go on
                 reply.cancel.set()
 
+        def sampler() -> Any:
+            kwargs = sampling(config)
+            seed = kwargs.pop("seed")
+            return repetition_sampler(
+                self._llm,
+                config,
+                reply.tokens,
+                temp=kwargs.pop("temperature"),
+                seed=LLAMA_DEFAULT_SEED if seed is None else seed,
+                **kwargs,
+            )
+
         reply = Reply(
             prompt=lambda: self._prompt_tokens(prompt),
             stop=stop,
             max_tokens=max_tokens or config.max_reply_tokens,
             session=session,
             shift=shift,
-            sampler=lambda: reply_sampler(self._llm, config, reply.tokens),
+            sampler=sampler,
             stats=stats,
             emit=emit,
             cancel=threading.Event(),
@@ -433,9 +445,5 @@ class LlamaBackend:
     async def close(self) -> None:
         self._cancel_all.set()
         await asyncio.to_thread(self._worker.shutdown)
-
-        def free() -> None:
-            self._loop.close()  # before the model it was made from
-            self._llm.close()
-
-        await asyncio.to_thread(free)
+        self._loop.close()  # before the model it was made from
+        self._llm.close()
