@@ -15,10 +15,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from unittest import mock
 
 from benchmarks.common import load_average, loaded_model, machine
 from bot.config import DEFAULT_LABELS, Config
 from bot.core.prompt import PromptBuilder, Turn
+from bot.emotion import negation
 from bot.emotion.encoder_judge import EncoderJudge, load_shipped
 from bot.emotion.evaluation import (
     Example,
@@ -31,6 +33,7 @@ from bot.emotion.evaluation import (
 )
 from bot.emotion.judge import EmotionJudge, combine
 from bot.emotion.labels import project
+from bot.emotion.negation import denied
 from bot.emotion.smoothing import smooth
 from bot.errors import ModelError
 from bot.personas import PersonaLibrary
@@ -173,6 +176,18 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         calm = [led for bare, led in pairs if bare == "neutral"]
         flips.append((judge_name, len(calm), sum(led != "neutral" for led in calm)))
 
+    # A denied feeling ("I'm not scared"): how often the face shows it where the labels do not, with the
+    # damping (bot/emotion/negation.py) and without it, the same judges in the same run.
+    denials = [(e, denied(e.text)) for e in examples]
+    denials = [(e, faces) for e, faces in denials if faces and not faces & set(gold(e, labels))]
+    shown_denied: list[tuple[str, int, int, int]] = []
+    for judge_name, read in readers.items():
+        counts = []
+        for factor in (negation.DENIED, 1.0):
+            with mock.patch.object(negation, "DENIED", factor):
+                counts.append(sum(best(read(e.text)) in faces for e, faces in denials))
+        shown_denied.append((judge_name, len(denials), *counts))
+
     # Time per judgement, as the chat judges: one reply at a time, on dev rows and on long replies.
     timing_sets = {
         "dev rows": [e.text for e in examples[:600]],
@@ -267,6 +282,10 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     print("|---|---|---|")
     for judge_name, calm_n, flipped in flips:
         print(f"| {judge_name} | {calm_n} | {flipped} ({flipped / max(1, calm_n):.1%}) |")
+    print("\n| a denied feeling, rows not labelled with it | rows | shown as the face | without damping |")
+    print("|---|---|---|---|")
+    for judge_name, n, damped, undamped in shown_denied:
+        print(f"| {judge_name} | {n} | {damped} | {undamped} |")
     print("\n| time per judgement | on | p50 | p95 |\n|---|---|---|---|")
     for judge_name, set_name, p50, p95 in timings:
         print(f"| {judge_name} | {set_name} | {p50 * 1000:.2f} ms | {p95 * 1000:.2f} ms |")

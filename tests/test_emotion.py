@@ -14,6 +14,7 @@ from bot.emotion.evaluation import HELD_OUT_FORMULAS, Example, formula_pairs, go
 from bot.emotion.judge import combine, probe_examples
 from bot.emotion.labels import GOEMOTIONS, TO_DEFAULT, canonical, project, projection, unjudgeable
 from bot.emotion.llm_judge import answer_variants, calibrate, classification_messages, fold_variants
+from bot.emotion.negation import DENIED, damp, denied
 from bot.emotion.smoothing import smooth
 from bot.emotion.text import calmest, formula_free, strip_roleplay, without_formula_sentences
 from bot.llm import TURN_MARKER, answer_end_tokens
@@ -101,6 +102,42 @@ DIALOGUE = [
 @pytest.mark.parametrize(("reply", "face"), DIALOGUE)
 def test_the_classifier_reads_dialogue(reply: str, face: str) -> None:
     assert best(classifier_judge().classify_text(reply, DEFAULT_LABELS)) == face
+
+
+@pytest.mark.parametrize(
+    ("sentence", "faces"),
+    [
+        ("I'm not scared of storms.", {"fear"}),
+        ("I’m not really that scared.", {"fear"}),  # curly apostrophe; words between
+        ("You don't have to be nervous.", {"fear"}),
+        ("There's nothing to worry about.", {"fear"}),
+        ("I'm not upset.", {"sadness", "anger"}),  # a word of two feelings denies both
+        ("I'm not sad, I'm furious!", {"sadness"}),  # anger stated, not denied
+        ("I'm not sad. I'm sad.", set()),  # the same feeling stated too: not denied
+        ("I've never been so happy!", set()),
+        ("Nothing makes me more excited.", set()),
+        ("I can't stop laughing!", set()),
+        ("I couldn't help smiling.", set()),
+        ("Isn't it funny?", set()),
+        ("Why aren't you happy?", {"joy"}),
+        ("You won't believe how happy I am!", set()),
+        ("I don't know if she's scared.", set()),
+        ("I'm not gonna lie, I'm happy.", set()),
+        ("Not happy. Not even a little.", {"joy"}),
+    ],
+)
+def test_a_denied_feeling_is_found_in_its_clause(sentence: str, faces: set[str]) -> None:
+    assert denied(sentence) == faces
+
+
+def test_a_denied_feeling_is_damped_in_the_reading_and_nothing_else() -> None:
+    reading = dict.fromkeys(GOEMOTIONS, 0.01) | {"fear": 0.5, "nervousness": 0.2, "neutral": 0.1}
+    damped = damp(reading, frozenset({"fear"}))
+    assert abs(sum(damped.values()) - 1.0) < 1e-9
+    assert damped["fear"] / damped["neutral"] == pytest.approx(DENIED * 5)
+    assert damped["nervousness"] / damped["joy"] == pytest.approx(DENIED * 20)
+    assert damped["joy"] / damped["neutral"] == pytest.approx(0.1)
+    assert damp(reading, frozenset()) == reading
 
 
 def test_negation_curly_apostrophes_and_long_replies() -> None:

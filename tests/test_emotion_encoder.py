@@ -214,6 +214,30 @@ MEANT = {
     "Thank you so much!": "joy",
     "Sorry!": "sadness",
 }
+# Feelings denied: the face is never the feeling denied (the encoder read all but three of these as it,
+# before bot/emotion/negation.py).
+DENIALS = {
+    "I'm not scared of storms.": "fear",
+    "I don't hate you, I'm just tired.": "anger",
+    "I'm not angry with you.": "anger",
+    "I wasn't surprised at all.": "surprise",
+    "You don't have to be nervous around me.": "fear",
+    "I'm not upset with you.": "anger",
+    "I never cry.": "sadness",
+    "I don't think he's angry.": "anger",
+    "Don't be sad, we'll find her.": "sadness",
+    "There's nothing to worry about.": "fear",
+    "It's not funny.": "amusement",
+    "No, I'm not happy about it.": "joy",
+}
+# A feeling intensified, or stated beside a denied one, is not denied.
+AFFIRMED = {
+    "I've never been so happy!": "joy",
+    "I can't stop laughing!": "amusement",
+    "I couldn't be more proud of you.": "joy",
+    "I'm not sad, I'm furious!": "anger",
+    "You won't believe how happy I am!": "joy",
+}
 SURPRISED = [
     "Wait, you're moving to Norway?",
     "He sold the whole farm?!",
@@ -236,6 +260,14 @@ def test_politeness_formulas_do_not_flip_the_face(encoder: EncoderJudge) -> None
 def test_the_formulas_words_meant_keep_their_face(encoder: EncoderJudge) -> None:
     for reader in (encoder, shipped()):
         assert {line: face(reader, line) for line in MEANT} == MEANT
+
+
+@needs_encoder
+def test_a_denied_feeling_never_sets_the_face(encoder: EncoderJudge) -> None:
+    for reader in (encoder, shipped()):
+        shown = {line: face(reader, line) for line in DENIALS}
+        assert [line for line, feeling in DENIALS.items() if shown[line] == feeling] == [], shown
+    assert {line: face(encoder, line) for line in AFFIRMED} == AFFIRMED
 
 
 @needs_encoder

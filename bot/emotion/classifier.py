@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.emotion.labels import GOEMOTIONS
+from bot.emotion.negation import damp, denied
 from bot.emotion.text import calmest, features, reply_parts
 from bot.errors import ModelError
 
@@ -88,6 +89,7 @@ class TextClassifier:
         read one at a time and pooled (see the module's docstring)."""
         parts = reply_parts(text, names, apart=self.pool_power > 0)
         read = calmest(parts, lambda texts: [self.probabilities(t) for t in texts], _calm)
+        read = [damp(r, denied(part)) for r, part in zip(read, parts, strict=True)]
         if len(read) == 1:
             return read[0]
         weights = [(1.0 - p["neutral"]) ** self.pool_power + 1e-6 for p in read]

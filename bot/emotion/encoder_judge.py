@@ -22,6 +22,7 @@ import numpy as np
 from bot.emotion.classifier import TextClassifier, shipped
 from bot.emotion.encoder import SentenceEncoder, check_files, encoder_dir, merge_deltas
 from bot.emotion.labels import GOEMOTIONS
+from bot.emotion.negation import denied, factors
 from bot.emotion.text import calmest, reply_parts, strip_roleplay
 from bot.errors import ModelError
 
@@ -132,12 +133,19 @@ class EncoderJudge:
             lambda texts: list(self._probabilities(self.encoder.embed_packed(texts))),
             lambda r: int(r.argmax()) == neutral,
         )
-        read = np.stack(rows)
+        read = np.stack([self._deny(row, denied(part)) for row, part in zip(rows, parts, strict=True)])
         if len(parts) == 1:
             return dict(zip(self.labels, read[0].tolist(), strict=True))
         weights = (1.0 - read[:, neutral]) ** self.pool_power + 1e-6
         pooled = (weights[:, None] * read).sum(0) / weights.sum()
         return dict(zip(self.labels, pooled.tolist(), strict=True))
+
+    def _deny(self, row: np.ndarray, faces: frozenset[str]) -> np.ndarray:
+        """A sentence's reading with the feelings it denies damped (bot/emotion/negation.py)."""
+        if not faces:
+            return row
+        damped = row * np.array(factors(self.labels, faces), np.float32)
+        return damped / damped.sum()
 
     def read_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """read_reply for many texts (batched where each is read whole)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.emotion.labels import GOEMOTIONS, projection
+from bot.emotion.negation import denied
 
 _NEGATION = re.compile(r"\b(?:not|no|never|nothing|nobody)\b|n't\b", re.IGNORECASE)
 # Emotion words that chat mostly uses as formulas: an apology for a refusal, "I'm afraid", "I need".
@@ -90,7 +91,8 @@ def dialogue_sets(
     `short` (four words or fewer), `questions`, `negations`, `long` (one comment with an emotion set
     among one to three neutral ones, labelled with its emotion) and `long neutral` (three to six neutral
     comments in a row: a long reply that shows no emotion), `formulas` (neutral comments holding a word
-    chat uses as a formula: sorry, afraid, need, thanks, please, no...: the face must stay neutral) and
+    chat uses as a formula: sorry, afraid, need, thanks, please, no...: the face must stay neutral),
+    `denied feelings` (comments that deny a feeling: "I'm not surprised", "don't worry") and
     `surprised questions` (comments asking a question, labelled surprise or confusion: 93 rows of dev; the
     40 that end with their question are too few to tell two judges apart). Deterministic for a seed."""
     rng = random.Random(seed)
@@ -113,6 +115,7 @@ def dialogue_sets(
         "long": long,
         "long neutral": long_neutral,
         "formulas": [e for e in neutral if _FORMULA.search(e.text)],
+        "denied feelings": [e for e in examples if denied(e.text)],
         "surprised questions": [
             e for e in examples if "?" in e.text and {"surprise", "confusion"} & set(gold(e, labels))
         ],
