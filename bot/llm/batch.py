@@ -91,6 +91,8 @@ class DecodeLoop:
         cancel_all: threading.Event,
         timed_out: Callable[[], BaseException],
     ) -> None:
+        import llama_cpp
+
         self._llm = llama
         self._n_ctx = n_ctx
         self._queue_size = queue_size
@@ -99,7 +101,7 @@ class DecodeLoop:
         self._cancel_all = cancel_all
         self._timed_out = timed_out
         self.ctx = _slot_context(llama, slots, n_ctx)
-        self._memory = _memory(self.ctx)
+        self._memory = llama_cpp.llama_get_memory(self.ctx)
         self.slots = [Slot(i) for i in range(slots)]
         self._waiting: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -169,10 +171,21 @@ class DecodeLoop:
         own = llm.input_ids[: llm.n_tokens].tolist()
         if common_prefix(slot.tokens, tokens) <= common_prefix(own, tokens):
             return
+        self._to_own(slot)
+
+    def _to_own(self, slot: Slot) -> None:
+        """The Llama's own sequence made a copy of the slot's (empty where the copy fails)."""
+        llm = self._llm
         held = slot.tokens if copy_sequence(self.ctx, slot.seq, llm.ctx, 0) else []
         llm.input_ids[: len(held)] = held
         llm.n_tokens = len(held)
         llm._requires_eval = True
+
+    def _from_own(self, slot: Slot) -> None:
+        """The slot made a copy of the Llama's own sequence (empty where the copy fails)."""
+        llm = self._llm
+        own = llm.input_ids[: llm.n_tokens].tolist()
+        slot.tokens = own if copy_sequence(llm.ctx, 0, self.ctx, slot.seq) else []
 
     def _run(self) -> None:
         try:
@@ -247,7 +260,7 @@ class DecodeLoop:
         own = self._llm.input_ids[: self._llm.n_tokens].tolist()
         if common_prefix(own, tokens) > common_prefix(slot.tokens, tokens):
             # The Llama's own sequence read more of this prompt (the speaker question reads the window).
-            slot.tokens = own if copy_sequence(self._llm.ctx, 0, self.ctx, slot.seq) else []
+            self._from_own(slot)
         if reply.shift:
             read = self._line_up(slot, tokens)
             reply.evaluated += read
@@ -272,14 +285,10 @@ class DecodeLoop:
                 self._empty(slot)
                 slot.session = None
             return 0
-        llm = self._llm
         self._states.set_aside()
-        held = slot.tokens if copy_sequence(self.ctx, slot.seq, llm.ctx, 0) else []
-        llm.input_ids[: len(held)] = held
-        llm.n_tokens = len(held)
-        read = line_up(llm, tokens)
-        moved = copy_sequence(llm.ctx, 0, self.ctx, slot.seq)
-        slot.tokens = list(tokens[: llm.n_tokens]) if moved else []
+        self._to_own(slot)
+        read = line_up(self._llm, tokens)
+        self._from_own(slot)
         return read
 
     def _step(self) -> None:
@@ -408,12 +417,6 @@ def _slot_context(llama: Any, slots: int, n_ctx: int) -> Any:
     if not ctx:
         raise ModelError(f"llama.cpp could not make a context for {slots} reply slots of {n_ctx} tokens")
     return ctx
-
-
-def _memory(ctx: Any) -> Any:
-    import llama_cpp
-
-    return llama_cpp.llama_get_memory(ctx)
 
 
 def _overlap(text: str, stop: str) -> int:
