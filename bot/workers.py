@@ -72,6 +72,42 @@ class ModelWorker:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+class WorkerEvents:
+    """What a job on a worker thread sends its reader on the event loop: text, then "done" or "error".
+    Made on the event loop. A reader whose event loop has closed (a front-end or test that finished) is
+    let go, `cancel` set, rather than an error raised on the worker thread, where it would stop every
+    other job sharing that thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.cancel = threading.Event()
+        self._finished = False
+
+    def emit(self, kind: str, value: Any = None) -> None:
+        """From the worker thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+        except RuntimeError:  # its event loop has closed: nobody reads it
+            self.cancel.set()
+
+    async def text(self) -> str | None:
+        """The next text; None once the job is done; its error raised."""
+        kind, value = await self._queue.get()
+        if kind == "text":
+            return str(value)
+        self._finished = True
+        if kind == "error":
+            raise value
+        return None
+
+    async def let_go(self) -> None:
+        """Wait, shielded from cancellation, until the job has sent its end (it may have texts in flight)."""
+        while not self._finished:
+            kind, _ = await asyncio.shield(self._queue.get())
+            self._finished = kind != "text"
+
+
 async def maybe_await(value: Awaitable[None] | None) -> None:
     """Await what a callback returned, if it returned an awaitable (callbacks may be plain functions)."""
     if value is not None:

@@ -31,7 +31,7 @@ from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, 
 from bot.llm.options import TURN_MARKER, answer_end_tokens, option_probabilities
 from bot.llm.template import chat_formatter
 from bot.llm.thinking import answer_only, opens_thinking
-from bot.workers import ModelWorker
+from bot.workers import ModelWorker, WorkerEvents
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,7 +134,8 @@ class LlamaBackend:
             return llama
 
         llama = await worker.run(build)
-        backend = cls(llama, config, worker, path)
+        # On the worker too: the reply slots' context allocates its cache (hundreds of MB) as it is made.
+        backend = await worker.run(lambda: cls(llama, config, worker, path))
         _log.info("loaded %s (n_ctx=%d, gpu layers=%d)", path.name, backend.n_ctx, config.n_gpu_layers)
         return backend
 
@@ -246,15 +247,8 @@ class LlamaBackend:
         shift: bool,
     ) -> AsyncIterator[str]:
         """A reply written in a slot of the decode loop, beside other channels' replies."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        events = WorkerEvents()
         config = self.config
-
-        def emit(kind: str, value: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-            except RuntimeError:  # its event loop has closed: nobody reads it, the other replies go on
-                reply.cancel.set()
 
         def sampler() -> Any:
             kwargs = sampling(config)
@@ -276,28 +270,17 @@ class LlamaBackend:
             shift=shift,
             sampler=sampler,
             stats=stats,
-            emit=emit,
-            cancel=threading.Event(),
+            emit=events.emit,
+            cancel=events.cancel,
             timeout=config.timeout_seconds,
         )
         self._loop.add(reply)
-        finished = False
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "text":
-                    yield value
-                elif kind == "error":
-                    finished = True
-                    raise value
-                else:
-                    finished = True
-                    return
+            while (text := await events.text()) is not None:
+                yield text
         finally:
-            reply.cancel.set()
-            while not finished:  # the loop lets go of it at its next step: then its slot is consistent
-                kind, _ = await asyncio.shield(queue.get())
-                finished = kind != "text"
+            events.cancel.set()
+            await events.let_go()  # the loop lets go of it at its next step: then its slot is consistent
 
     async def _stream(
         self,
@@ -309,13 +292,9 @@ class LlamaBackend:
         shift: bool,
     ) -> AsyncIterator[str]:
         """Background work, on the model's own sequence: it gives way to replies (GaveWay)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
+        events = WorkerEvents()
+        emit, cancel = events.emit, events.cancel
         config = self.config
-
-        def emit(kind: str, value: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
         def work() -> None:
             if cancel.is_set():
@@ -371,14 +350,8 @@ class LlamaBackend:
 
         future = self._worker.submit(work)
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "text":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
+            while (text := await events.text()) is not None:
+                yield text
         finally:
             cancel.set()
             if not future.done():
