@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from bot.emotion.labels import TO_DEFAULT
+from bot.emotion.text import negates
 
 # Feeling words -> the default labels (faces) they name. Comparatives ("happier") are left out on purpose:
 # "couldn't be happier" affirms.
@@ -43,16 +44,11 @@ DENIED = 0.1
 # past a word that opens a clause of its own ("you won't believe *how* happy", "I don't know *if*").
 _REACH = 3
 _OPENS_CLAUSE = frozenset({"how", "what", "why", "when", "where", "who", "which", "if", "whether", "because"})
-_NEGATORS = frozenset({"not", "no", "never", "nothing", "nobody", "without", "cannot", "neither", "nor"})
 # After these negators "so", "this", "as" intensify ("never been so happy"); "more" does after any.
 _NEVER = frozenset({"never", "nothing", "nobody", "no"})
 _CAN_NOT_HELP = frozenset({"stop", "help", "wait"})
 _CLAUSE = re.compile(r"[.,;:!]+|\s-+\s|\bbut\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?", re.IGNORECASE)
-
-
-def _negator(word: str) -> bool:
-    return word in _NEGATORS or word.endswith("n't")
 
 
 def denied(sentence: str) -> frozenset[str]:
@@ -72,7 +68,7 @@ def denied(sentence: str) -> frozenset[str]:
 
 def _is_denied(words: list[str], at: int, question: bool) -> bool:
     for start in range(max(0, at - _REACH - 1), at):
-        if not _negator(words[start]):
+        if not negates(words[start]):
             continue
         between = words[start + 1 : at]
         if _OPENS_CLAUSE & set(between):

@@ -139,6 +139,11 @@ def tokens(text: str) -> list[str]:
     return [t.lower() for t in _WORD.findall(text)]
 
 
+def negates(word: str) -> bool:
+    """A lower-case word that negates what follows it ("not", "never", "don't")."""
+    return word in _NEGATORS or word.endswith("n't")
+
+
 def features(text: str) -> list[str]:
     """Unigrams, with the emotion words of action verbs added and negated words marked, then bigrams of
     the words as written (they carry set phrases)."""
@@ -151,7 +156,7 @@ def features(text: str) -> list[str]:
             negated = max(0, negated - 1) if mark else negated
             unigrams.append(mark + word)
             unigrams += (mark + cue for cue in ACTION_WORDS.get(word, ()))
-            if word in _NEGATORS or word.endswith("n't"):
+            if negates(word):
                 negated = NEGATION_SCOPE
             words.append(word)
     return unigrams + [f"{a} {b}" for a, b in itertools.pairwise(words)]
