@@ -175,3 +175,39 @@ async def test_a_reply_whose_reader_went_away_leaves_the_others_going(model: Lla
     assert writing.generation.stats.finish_reason == "length"
     assert writing.generation.stats.generated_tokens == 80
     await until(lambda: model.pending == 0)  # the abandoned reply was let go
+
+
+async def test_replies_in_slots_apart_decode_on_the_prompt_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-unified cache decodes only neighbouring sequences in one pass: replies in slots 0 and 2 are two
+    one-token passes, which llama.cpp runs on the decode threads. A step of several replies runs on the
+    prompt-reading threads throughout; a lone reply keeps the decode threads (steady beside a busy core)."""
+    import llama_cpp
+
+    backend = await LlamaBackend.load(
+        ModelConfig(n_ctx=1024, parallel=3, n_threads=1, n_threads_batch=2, temperature=0.0)
+    )
+    decodes: list[tuple[list[int], int]] = []
+    decode = llama_cpp.llama_decode
+
+    def watched(ctx, batch):  # type: ignore[no-untyped-def]
+        if ctx == backend._loop.ctx:
+            seqs = sorted({batch.seq_id[i][0] for i in range(batch.n_tokens)})
+            decodes.append((seqs, llama_cpp.llama_n_threads(ctx)))
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", watched)
+    try:
+        prompt = backend.render(LONG)
+        left = Stream(backend.generate(prompt, max_tokens=30, session="left"))  # slot 0
+        middle = Stream(backend.generate(prompt, max_tokens=2, session="middle"))  # slot 1, ends first
+        right = Stream(backend.generate(prompt, max_tokens=30, session="right"))  # slot 2
+        await asyncio.gather(left.task, middle.task, right.task)
+        await until(lambda: backend.pending == 0)
+        apart = [threads for seqs, threads in decodes if seqs == [0, 2]]
+        assert apart and set(apart) == {2}, decodes  # the two replies left, a slot apart, on both threads
+        assert all(threads == 2 for seqs, threads in decodes if len(seqs) > 1), decodes
+        alone = Stream(backend.generate(prompt, max_tokens=3, session="left"))
+        await alone.task
+        assert decodes[-1] == ([0], 1), decodes[-3:]  # a lone reply decodes on the decode thread
+    finally:
+        await backend.close()

@@ -107,6 +107,9 @@ class DecodeLoop:
         self._lock = threading.Lock()
         self._running = False
         self._batch: Any = None
+        params = llama.context_params
+        self._threads = int(params.n_threads), int(params.n_threads_batch)
+        self._shared = False  # the last step decoded several sequences (see _set_threads)
 
     # -- from the event loop --------------------------------------------------------------------------
 
@@ -299,6 +302,7 @@ class DecodeLoop:
             self._batch = llama_cpp.llama_batch_init(self._llm.n_batch, 0, 1)
         batch = self._batch
         outputs: list[tuple[Reply, int]] = []
+        sequences: set[int] = set()
         n = 0
 
         def put(token: int, slot: Slot, logits: bool) -> None:
@@ -309,6 +313,7 @@ class DecodeLoop:
             batch.seq_id[n][0] = slot.seq
             batch.logits[n] = logits
             slot.tokens.append(token)
+            sequences.add(slot.seq)
             n += 1
 
         now = time.monotonic()
@@ -342,6 +347,7 @@ class DecodeLoop:
                 outputs.append((reply, n - 1))
         if n == 0:
             return
+        self._set_threads(len(sequences) > 1)
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self.ctx, batch)
         if status != 0:
@@ -349,6 +355,18 @@ class DecodeLoop:
         self._llm.evaluated += n - len(writing)
         for reply, index in outputs:
             self._sample(reply, index)
+
+    def _set_threads(self, shared: bool) -> None:
+        """A step of several sequences runs on the prompt-reading threads throughout. A non-unified cache
+        decodes only neighbouring sequences together, so writers in slots 1 and 3 are two one-token
+        passes, which llama.cpp would run on the (fewer) decode threads: 1.5x slower on two cores."""
+        if shared == self._shared:
+            return
+        import llama_cpp
+
+        decode, prompt = self._threads
+        llama_cpp.llama_set_n_threads(self.ctx, prompt if shared else decode, prompt)
+        self._shared = shared
 
     def _sample(self, reply: Reply, index: int) -> None:
         import llama_cpp
