@@ -8,6 +8,11 @@ reply being written by a token, so eight busy channels share the cores the way l
 does, instead of each waiting for the others' whole replies. A new turn's prompt is read in chunks inside
 those same steps: reading it does not stall the replies already being written.
 
+A step of several sequences runs on the prompt-reading threads: the cache decodes only neighbouring
+sequences in one pass, and a lone token of a reply a slot apart from the others would otherwise get the
+decode threads (fewer, for a lone reply beside a busy core). Reading prompts is bound by the cores, not by
+the batch: eight channels' new messages take about eight times one's, whatever the batching.
+
 The loop is one job on the model's worker thread, running while any reply is in hand. Other jobs (the
 emotion question, background work, forgetting) are served between its steps: the loop steps aside
 (submits itself again behind them) whenever one waits.
