@@ -10,11 +10,12 @@ not built here)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from benchmarks.common import scratch_store, table
@@ -243,16 +244,30 @@ async def _raw_reads(llm: Any, counts: tuple[int, ...], read: int) -> dict[int, 
     }
 
 
+@contextlib.contextmanager
+def _slots_batch(llm: Any, sequences: int, per_slot: int) -> Iterator[tuple[Any, list[Any], Any]]:
+    """The reply slots' context, its first `sequences` slots holding a conversation, and a batch of
+    `per_slot` tokens for each; afterwards every slot cut back to its conversation, the batch freed."""
+    import llama_cpp
+
+    ctx = llm._loop.ctx
+    slots = [slot for slot in llm._loop.slots if slot.tokens][:sequences]
+    batch = llama_cpp.llama_batch_init(len(slots) * per_slot, 0, 1)
+    try:
+        yield ctx, slots, batch
+    finally:
+        memory = llama_cpp.llama_get_memory(ctx)
+        for slot in slots:
+            llama_cpp.llama_memory_seq_rm(memory, slot.seq, len(slot.tokens), -1)
+        llama_cpp.llama_batch_free(batch)
+
+
 def _raw_read(llm: Any, sequences: int, read: int) -> float:
     """Seconds llama.cpp takes to read a new message of `read` tokens for each of `sequences` slots in one
     batch: the soonest the last of that many channels' first tokens can come."""
     import llama_cpp
 
-    ctx = llm._loop.ctx
-    memory = llama_cpp.llama_get_memory(ctx)
-    slots = [slot for slot in llm._loop.slots if slot.tokens][:sequences]
-    batch = llama_cpp.llama_batch_init(len(slots) * read, 0, 1)
-    try:
+    with _slots_batch(llm, sequences, read) as (ctx, slots, batch):
         n = 0
         for slot in slots:
             for i, token in enumerate(slot.tokens[-read:]):  # any tokens cost the same to read
@@ -263,12 +278,7 @@ def _raw_read(llm: Any, sequences: int, read: int) -> float:
         start = time.perf_counter()
         if llama_cpp.llama_decode(ctx, batch) != 0:
             raise RuntimeError("raw prompt reading failed")
-        seconds = time.perf_counter() - start
-    finally:
-        for slot in slots:
-            llama_cpp.llama_memory_seq_rm(memory, slot.seq, len(slot.tokens), -1)
-        llama_cpp.llama_batch_free(batch)
-    return seconds
+        return time.perf_counter() - start
 
 
 def _raw_rate(llm: Any, sequences: int) -> float:
@@ -276,29 +286,22 @@ def _raw_rate(llm: Any, sequences: int) -> float:
     it holds, greedy, nothing else done between steps: the limit a reply loop could reach."""
     import llama_cpp
 
-    ctx = llm._loop.ctx
-    memory = llama_cpp.llama_get_memory(ctx)
-    slots = [slot for slot in llm._loop.slots if slot.tokens][:sequences]
     greedy = llama_cpp.llama_sampler_init_greedy()
-    batch = llama_cpp.llama_batch_init(len(slots), 0, 1)
     try:
-        tokens = [slot.tokens[-1] for slot in slots]
-        start = time.perf_counter()
-        for step in range(RAW_STEPS):
-            for i, slot in enumerate(slots):
-                batch.token[i], batch.pos[i] = tokens[i], len(slot.tokens) + step
-                batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, slot.seq, True
-            batch.n_tokens = len(slots)
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("raw decode failed")
-            tokens = [llama_cpp.llama_sampler_sample(greedy, ctx, i) for i in range(len(slots))]
-        seconds = time.perf_counter() - start
+        with _slots_batch(llm, sequences, 1) as (ctx, slots, batch):
+            tokens = [slot.tokens[-1] for slot in slots]
+            start = time.perf_counter()
+            for step in range(RAW_STEPS):
+                for i, slot in enumerate(slots):
+                    batch.token[i], batch.pos[i] = tokens[i], len(slot.tokens) + step
+                    batch.n_seq_id[i], batch.seq_id[i][0], batch.logits[i] = 1, slot.seq, True
+                batch.n_tokens = len(slots)
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("raw decode failed")
+                tokens = [llama_cpp.llama_sampler_sample(greedy, ctx, i) for i in range(len(slots))]
+            return len(slots) * RAW_STEPS / (time.perf_counter() - start)
     finally:
-        for slot in slots:
-            llama_cpp.llama_memory_seq_rm(memory, slot.seq, len(slot.tokens), -1)
-        llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_sampler_free(greedy)
-    return len(slots) * RAW_STEPS / seconds
 
 
 async def bench_concurrency(config: Config, quick: bool) -> int:
