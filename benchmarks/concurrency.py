@@ -215,9 +215,9 @@ async def _rounds(
                     for repeat in range(repeats if turns == 1 else 1):
                         rounds.append(await _round(engine, timed, channels[:count], turns, repeat))
             if steady:  # conversations grow with every turn: the limit at the lengths before and after
-                began = (await _raw_rates(llm, (len(channels),)))[len(channels)]
+                began = await _raw_rate_on_worker(llm, len(channels))
                 rounds.append(await _steady(engine, timed, channels, steady))
-                ended = (await _raw_rates(llm, (len(channels),)))[len(channels)]
+                ended = await _raw_rate_on_worker(llm, len(channels))
             if raw_too:  # the limit is the better of before and after: this VM's speed drifts
                 after = await _raw_rates(llm, counts)
                 raw = {n: max(rate, after[n]) for n, rate in raw.items()}
@@ -232,7 +232,11 @@ async def _rounds(
 
 
 async def _raw_rates(llm: Any, counts: tuple[int, ...]) -> dict[int, float]:
-    return {n: await llm._worker.run(functools.partial(_raw_rate, llm, n)) for n in sorted({1, *counts})}
+    return {n: await _raw_rate_on_worker(llm, n) for n in sorted({1, *counts})}
+
+
+async def _raw_rate_on_worker(llm: Any, sequences: int) -> float:
+    return await llm._worker.run(functools.partial(_raw_rate, llm, sequences))
 
 
 async def _raw_reads(llm: Any, counts: tuple[int, ...], read: int) -> dict[int, float]:
