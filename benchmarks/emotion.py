@@ -29,6 +29,7 @@ from bot.emotion.evaluation import (
     formula_pairs,
     gold,
     read_goemotions,
+    read_lines,
     score,
 )
 from bot.emotion.judge import EmotionJudge, combine
@@ -40,6 +41,7 @@ from bot.personas import PersonaLibrary
 
 REPLY_TOKENS = 60
 CONTEXT_LINE = "So, what do you make of all that?"  # the member's line before each judged reply
+SITUATIONS = Path(__file__).with_name("situations.tsv")
 LLM_SAMPLE = 200  # dev rows judged by the LLM (each is a model call); the classifier reads them all
 
 # A plain keyword lexicon: the baseline any judge must beat.
@@ -153,7 +155,9 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     # Reply-shaped sets built from the same rows: short replies, questions, negations, long replies,
     # politeness formulas, surprised questions; each judge beside always-neutral.
     shaped = []
-    for name, subset in dialogue_sets(examples, labels).items():
+    # Plus written situations (held out: never trained on), events that carry an emotion unnamed.
+    sets = dialogue_sets(examples, labels) | {"situations (written)": read_lines(SITUATIONS)}
+    for name, subset in sets.items():
         subset_golds = [gold(e, labels) for e in subset]
         neutral = score(["neutral"] * len(subset), subset_golds, labels)
         for judge_name, read in readers.items():
@@ -186,6 +190,25 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
             undamped = sum(best(read(e.text)) in faces for e, faces in denials)
         damped = sum(best(read(e.text)) in faces for e, faces in denials)
         shown_denied.append((judge_name, len(denials), damped, undamped))
+
+    # Events told without a feeling word: the encoder with its second opinion (a head fitted again with
+    # written situations, asked where the head reads neutral) and without it, in the same run.
+    second_opinion: list[tuple[str, int, float, float]] = []
+    if encoder is not None:
+        alone = dataclasses.replace(encoder, situations=None)
+        for set_name, subset in (
+            ("GoEmotions dev", examples),
+            ("formulas", sets["formulas"]),
+            ("situations (written)", sets["situations (written)"]),
+        ):
+            subset_golds = [gold(e, labels) for e in subset]
+            right = {
+                name: score(
+                    [best(project(reader.read_reply(e.text), labels)) for e in subset], subset_golds, labels
+                ).accuracy
+                for name, reader in (("with", encoder), ("alone", alone))
+            }
+            second_opinion.append((set_name, len(subset), right["with"], right["alone"]))
 
     # Time per judgement, as the chat judges: one reply at a time, on dev rows and on long replies.
     timing_sets = {
@@ -285,6 +308,11 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     print("|---|---|---|---|")
     for reader_name, rows_n, damped_n, undamped_n in shown_denied:
         print(f"| {reader_name} | {rows_n} | {damped_n} | {undamped_n} |")
+    if second_opinion:
+        print("\n| the encoder on | rows | with its second opinion (the judge) | the head alone |")
+        print("|---|---|---|---|")
+        for set_name, rows_n, with_second, head_alone in second_opinion:
+            print(f"| {set_name} | {rows_n} | {with_second:.3f} | {head_alone:.3f} |")
     print("\n| time per judgement | on | p50 | p95 |\n|---|---|---|---|")
     for judge_name, set_name, p50, p95 in timings:
         print(f"| {judge_name} | {set_name} | {p50 * 1000:.2f} ms | {p95 * 1000:.2f} ms |")

@@ -1,10 +1,14 @@
 """Fits the emotion encoder's adapter and head (bot/emotion/data/emotion-encoder.npz).
 
-    .venv/bin/python scripts/train_emotion_encoder.py ../shared/goemotions [--out FILE]
+    .venv/bin/python scripts/train_emotion_encoder.py ../shared/goemotions [--out FILE] [--head-only]
 
 all-MiniLM-L6-v2 (bot/emotion/encoder.py) gets low-rank updates (LoRA) on every linear layer of its six
 transformer layers and a softmax head over GoEmotions' 28 labels, fitted together on train.tsv plus the
-project's own chat lines (bot/emotion/data/chat_lines.tsv: politeness formulas, questions of disbelief).
+project's own chat lines (bot/emotion/data/chat_lines.tsv: politeness formulas, questions of disbelief)
+and, where --situation-weight is set, situations (bot/emotion/data/situations.tsv: events that carry an
+emotion without naming it; the judge's second opinion, see docs/emotion.md).
+With --head-only the adapter is kept as a head file holds it (--adapter, the shipped one by default) and
+only the head is fitted again, over the encoder as the bot runs it (merged, int8): about 20 minutes.
 Everything chosen is chosen on dev.tsv only: the epoch kept (accuracy plus macro-F1 over the 10 default
 labels), then, with the encoder merged and in int8 as the bot runs it, a temperature (calibrated
 probabilities), a prior correction (no label takes more than MAX_SHARE of the faces) and how a reply's
@@ -33,8 +37,8 @@ from train_emotion import (  # the classifier's fit: the same soft targets and t
 
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion.encoder import SentenceEncoder, add_lora, encoder_dir
-from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, EncoderJudge, save
-from bot.emotion.evaluation import Example, dialogue_sets, gold, read_goemotions, score
+from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, SITUATIONS, EncoderJudge, read_head, save
+from bot.emotion.evaluation import Example, dialogue_sets, gold, read_goemotions, read_lines, score
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import GOEMOTIONS, project
 from bot.emotion.text import strip_roleplay
@@ -44,15 +48,12 @@ RANK, ALPHA = 8, 16.0
 BATCH = 32
 MAX_SHARE = 0.45
 POOL_POWERS = (1.0, 1.1, 1.2, 1.3, 1.5)
-
-
-def chat_lines(path: Path = CHAT_LINES) -> list[Example]:
-    rows = []
-    for line in path.read_text("utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            label, text = line.split("\t", 1)
-            rows.append(Example(text, (label,)))
-    return rows
+# Copies of each situation line in training: none in the main fit. The judge's second opinion
+# (emotion-situations.npz) is fitted with --head-only --situation-weight 20, the weight 5-fold
+# cross-validation over the situations picks; on its own such a head lets formulas and a bare "No." set
+# faces, hence only a second opinion (docs/emotion.md, "Situations").
+SITUATION_WEIGHT = 0
+HEAD_L2 = 3e-5  # the head-only fit's weight decay, chosen on dev
 
 
 # Augmentation from train's own neutral comments: a formula put before a neutral statement leaves it
@@ -186,6 +187,25 @@ def fit(
     return best[1], best[2], best[3], best[4]
 
 
+def fit_head(judge: EncoderJudge, train: list[Example], steps: int = 200) -> EncoderJudge:
+    """A new softmax head over the judge's own embeddings (adapter merged, int8), uncalibrated."""
+    x = torch.from_numpy(judge.embed_texts([e.text for e in train]))
+    y = targets(train)
+    w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+    b = torch.zeros(y.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = -(y * torch.log_softmax(x @ w + b, 1)).sum(1).mean() + HEAD_L2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    weights, bias = w.detach().T.contiguous().numpy(), b.detach().numpy()
+    return dataclasses.replace(judge, weights=weights, bias=bias, temperature=1.0, pool_power=0.0)
+
+
 def calibrate(judge: EncoderJudge, dev: list[Example], prior: np.ndarray) -> EncoderJudge:
     """Temperature, prior correction and pooling, chosen on dev with the encoder as the bot runs it."""
     embeddings = torch.from_numpy(judge.embed_texts([e.text for e in dev]))
@@ -245,22 +265,37 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="read only this many rows of each file")
     parser.add_argument("--chat-weight", type=int, default=3, help="copies of each chat line in training")
+    parser.add_argument(
+        "--situation-weight", type=int, default=SITUATION_WEIGHT, help="copies of each situation line"
+    )
+    parser.add_argument("--head-only", action="store_true", help="keep the adapter, fit the head again")
+    parser.add_argument(
+        "--adapter", type=Path, default=HEAD_FILE, help="head file whose adapter --head-only keeps"
+    )
     args = parser.parse_args()
     folder = encoder_dir()
     if folder is None:
         raise SystemExit("the sentence encoder is not installed (./run installs it)")
     torch.manual_seed(SEED)
     train = read_goemotions(args.data / "train.tsv", args.limit)
-    train += chat_lines() * args.chat_weight + augment(train, random.Random(SEED))
+    train += read_lines(CHAT_LINES) * args.chat_weight + augment(train, random.Random(SEED))
+    train += read_lines(SITUATIONS) * args.situation_weight
     dev = read_goemotions(args.data / "dev.tsv", args.limit)
     prior = np.maximum((targets(train).sum(0) / len(train)).numpy(), 1e-6)
-    encoder = SentenceEncoder.load(folder)
-    a, b, w, bias = fit(encoder, train, dev, args.epochs, limit_dev=len(dev))
-    # Calibrated as it ships: the adapter rounded to float16, as save() writes it.
-    a = {name: m.astype(np.float16).astype(np.float32) for name, m in a.items()}
-    b = {name: m.astype(np.float16).astype(np.float32) for name, m in b.items()}
-    plain = SentenceEncoder.load(folder)
-    judge = EncoderJudge.build(plain, a, b, w, bias, temperature=1.0, pool_power=0.0)
+    if args.head_only:
+        kept = read_head(args.adapter)
+        a, b = kept.a, kept.b
+        plain = SentenceEncoder.load(folder)
+        judge = EncoderJudge.build(plain, a, b, kept.weights, kept.bias, temperature=1.0, pool_power=0.0)
+        judge = fit_head(judge, train)
+    else:
+        encoder = SentenceEncoder.load(folder)
+        a, b, w, bias = fit(encoder, train, dev, args.epochs, limit_dev=len(dev))
+        # Calibrated as it ships: the adapter rounded to float16, as save() writes it.
+        a = {name: m.astype(np.float16).astype(np.float32) for name, m in a.items()}
+        b = {name: m.astype(np.float16).astype(np.float32) for name, m in b.items()}
+        plain = SentenceEncoder.load(folder)
+        judge = EncoderJudge.build(plain, a, b, w, bias, temperature=1.0, pool_power=0.0)
     judge = calibrate(judge, dev, prior)
     accuracy, macro_f1, share = evaluate(judge, dev)
     save(args.out, judge, a, b)

@@ -10,7 +10,16 @@ import pytest
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion import EmotionJudge
 from bot.emotion.classifier import shipped
-from bot.emotion.evaluation import HELD_OUT_FORMULAS, Example, formula_pairs, gold, read_goemotions, score
+from bot.emotion.encoder_judge import SITUATIONS
+from bot.emotion.evaluation import (
+    HELD_OUT_FORMULAS,
+    Example,
+    formula_pairs,
+    gold,
+    read_goemotions,
+    read_lines,
+    score,
+)
 from bot.emotion.judge import combine, probe_examples
 from bot.emotion.labels import GOEMOTIONS, TO_DEFAULT, canonical, project, projection, unjudgeable
 from bot.emotion.llm_judge import answer_variants, calibrate, classification_messages, fold_variants
@@ -215,6 +224,31 @@ def test_a_formula_can_calm_a_sentence_but_never_set_its_face() -> None:
     # the reply whole without its formulas, then as written; a reply with none is read once
     assert asked == [["It is closed.", "You broke it.", "I hate it.", "Fine."], parts]
     assert calmest(["Fine.", "Go."], read, lambda text: True) == ["Fine.", "Go."] and len(asked) == 3
+
+
+def test_the_situations_measured_are_none_the_encoder_was_trained_with() -> None:
+    trained = read_lines(SITUATIONS)
+    measured = read_lines(REPO / "benchmarks" / "situations.tsv")
+
+    def key(example: Example) -> str:
+        return " ".join(strip_roleplay(example.text).lower().strip(" .!?").split())
+
+    assert len(trained) >= 100 and len(measured) >= 50
+    assert not {key(e) for e in trained} & {key(e) for e in measured}
+    # Both hold events of every kind a face shows, and plain statements.
+    for rows in (trained, measured):
+        assert {"fear", "sadness", "joy", "anger", "surprise", "embarrassment", "neutral"} <= {
+            TO_DEFAULT[e.labels[0]] for e in rows
+        }
+
+
+def test_written_lines_with_a_label_that_is_not_goemotions_are_refused(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.tsv"
+    lines.write_text("# a comment\nfear\tThe door opened.\nscared\tThe lights went out.\n", "utf-8")
+    with pytest.raises(ValueError, match=r"lines\.tsv:3: expected a GoEmotions label"):
+        read_lines(lines)
+    lines.write_text("fear\tThe door opened.\n\n# done\n", "utf-8")
+    assert read_lines(lines) == [Example("The door opened.", ("fear",))]
 
 
 def test_formula_pairs_use_formulas_the_encoder_was_not_trained_with() -> None:

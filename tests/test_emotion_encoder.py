@@ -4,6 +4,8 @@ wherever it cannot."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -16,9 +18,21 @@ import pytest
 
 import bot.emotion.judge as judge_module
 from bot.config import DEFAULT_LABELS, EmotionConfig
+from bot.emotion import encoder_judge
 from bot.emotion.classifier import shipped
 from bot.emotion.encoder import PINNED, LoadedOnce, SentenceEncoder, encoder_dir
-from bot.emotion.encoder_judge import CLASSIFIER_WEIGHT, HEAD_FILE, EncoderJudge, load_shipped
+from bot.emotion.encoder_judge import (
+    CLASSIFIER_WEIGHT,
+    HEAD_FILE,
+    SECOND_OPINION,
+    SITUATIONS_HEAD_FILE,
+    EncoderJudge,
+    Head,
+    load_shipped,
+    read_head,
+    save,
+    situations_head,
+)
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import project
 from bot.emotion.text import formula_free, strip_roleplay
@@ -114,6 +128,80 @@ def test_a_changed_adapter_file_is_refused_by_its_digest(tmp_path: Path) -> None
     assert folder is not None
     with pytest.raises(ModelError, match=r"emotion-encoder.npz is not the pinned one"):
         EncoderJudge.load(head, folder)
+
+
+@needs_encoder
+def test_a_situations_head_changed_or_fitted_over_another_adapter_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = read_head(HEAD_FILE)
+    situations_head(main)  # the shipped pair: accepted
+    changed = tmp_path / SITUATIONS_HEAD_FILE.name
+    data = bytearray(SITUATIONS_HEAD_FILE.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"emotion-situations.npz is not the pinned one"):
+        situations_head(main, changed)
+    # Pinned, but fitted over another adapter: its reading would not be of the judge's embeddings.
+    other = tmp_path / "other" / SITUATIONS_HEAD_FILE.name
+    other.parent.mkdir()
+    second = read_head(SITUATIONS_HEAD_FILE)
+    name = next(iter(second.a))
+    moved = {n: m + (0.01 if n == name else 0.0) for n, m in second.a.items()}
+    judge = EncoderJudge(None, second.weights, second.bias, second.temperature)  # type: ignore[arg-type]
+    save(other, judge, moved, second.b)
+    monkeypatch.setattr(
+        encoder_judge, "SITUATIONS_HEAD_SHA256", hashlib.sha256(other.read_bytes()).hexdigest()
+    )
+    with pytest.raises(ModelError, match=r"fitted over another adapter than emotion-encoder.npz"):
+        situations_head(main, other)
+
+
+# -- situations: events told without a feeling word ------------------------------------------------------
+
+
+def test_the_second_opinion_is_taken_only_where_the_head_reads_neutral_and_it_is_sure() -> None:
+    """Three sentences, embedded as one-hot rows: the head reads joy / neutral / neutral; the second head
+    is sure of fear on every row but the last, where its fear falls below SECOND_OPINION."""
+    labels = ("joy", "fear", "neutral")
+    head = np.array([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)  # rows 2, 3: ties
+    bias = np.array([0.0, 0.0, 1.0], np.float32)
+    sure = np.log(SECOND_OPINION + 0.05) - np.log((1 - SECOND_OPINION - 0.05) / 2)
+    unsure = np.log(SECOND_OPINION - 0.05) - np.log((1 - SECOND_OPINION + 0.05) / 2)
+    second = Head(
+        np.array([[0, 0, 0], [sure, sure, unsure], [0, 0, 0]], np.float32), np.zeros(3, np.float32), 1.0
+    )
+    judge = EncoderJudge(None, head.T.copy(), bias, 1.0, labels=labels, situations=second)  # type: ignore[arg-type]
+    read = judge._probabilities(np.eye(3, dtype=np.float32))
+    assert [labels[i] for i in read.argmax(axis=1)] == ["joy", "fear", "neutral"]
+    assert abs(read[1, 1] - (SECOND_OPINION + 0.05)) < 1e-5  # the second head's reading, as it is
+    alone = dataclasses.replace(judge, situations=None)._probabilities(np.eye(3, dtype=np.float32))
+    assert np.array_equal(read[[0, 2]], alone[[0, 2]])
+
+
+# Events told without a feeling word (from benchmarks/situations.tsv: never trained on): the head reads
+# each as neutral, the second opinion shows its emotion; plain statements of the same shape stay neutral.
+SITUATIONS = {
+    "The boat is sinking!": "fear",
+    "Run, the bridge is collapsing!": "fear",
+    "He broke up with me over text.": "sadness",
+    "I got promoted!": "joy",
+    "*throws the letter down* You forged my signature.": "anger",
+}
+STATEMENTS = [
+    "The ferry crosses twice a day.",
+    "I'll need your name for the booking.",
+    "He drives a blue van.",
+]
+
+
+@needs_encoder
+def test_an_event_told_without_a_feeling_word_shows_its_emotion(encoder: EncoderJudge) -> None:
+    assert encoder.situations is not None
+    assert {line: face(encoder, line) for line in SITUATIONS} == SITUATIONS
+    head_alone = dataclasses.replace(encoder, situations=None)
+    assert {face(head_alone, line) for line in SITUATIONS} == {"neutral"}
+    assert [face(encoder, line) for line in STATEMENTS] == ["neutral"] * len(STATEMENTS)
 
 
 # -- in the chat: never waited for, never missed -----------------------------------------------------------

@@ -5,8 +5,12 @@ sentence and *action* at a time, pooled toward the sentences that show an emotio
 sentences in one packed sequence; its reading is then weighed with the classifier's (a product of the two,
 the classifier's raised to CLASSIFIER_WEIGHT): the keywords settle some replies the encoder is unsure of.
 
-`load_shipped()` builds it from the installed encoder and the shipped adapter file; both are checked
-against pinned SHA-256 digests, and any failure is a ModelError (the caller falls back to the classifier).
+Where it reads a sentence as neutral, a second head is asked, fitted again over the same adapter with
+situations written for this project added (events told without a feeling word: "I got fired", "There's
+a monster on the stairs!"), and its reading is taken when it is sure of an emotion.
+
+`load_shipped()` builds it from the installed encoder and the shipped head files; each is checked against
+a pinned SHA-256 digest, and any failure is a ModelError (the caller falls back to the classifier).
 """
 
 from __future__ import annotations
@@ -29,15 +33,37 @@ from bot.errors import ModelError
 DATA = Path(__file__).parent / "data"
 HEAD_FILE = DATA / "emotion-encoder.npz"
 CHAT_LINES = DATA / "chat_lines.tsv"
+SITUATIONS = DATA / "situations.tsv"
+# The second opinion's head, written by `scripts/train_emotion_encoder.py --head-only --situation-weight 20
+# --out bot/emotion/data/emotion-situations.npz`; its adapter must be the main head's.
+SITUATIONS_HEAD_FILE = DATA / "emotion-situations.npz"
 # The shipped adapter and head (written by scripts/train_emotion_encoder.py); checked on load like the
 # encoder's own files, so a damaged or swapped file is refused rather than judged with.
 HEAD_SHA256 = "be87e8812ff35dc2c01ce79f2a7ce07b8052a73412a5df66e00de63a80fc5bd4"
+SITUATIONS_HEAD_SHA256 = "a41bf46b55880e3fe1545607dfc3e7a79f05d5e9fa640b4d6251db80263f3d49"
+# The second opinion is taken where its strongest emotion reaches this: the lowest of 0.4/0.5/0.6/0.75
+# that leaves GoEmotions dev (accuracy, macro-F1) and the formulas set no worse (docs/emotion.md).
+SECOND_OPINION = 0.6
 MAX_SEGMENTS = 8  # a longer reply is read as this many runs of sentences
 BATCH = 64
 # The classifier's share in the judgement, chosen on GoEmotions dev (`./run bench emotion`, docs/emotion.md):
 # at 0.15 dev accuracy and macro-F1 rise (0.728/0.658 to 0.734/0.667), and so do questions, negations,
 # formulas and long neutral replies; at 0.3 dev falls again (0.733/0.660), and so do long replies.
 CLASSIFIER_WEIGHT = 0.15
+
+
+@dataclass(frozen=True)
+class Head:
+    """A softmax head over the encoder's embeddings."""
+
+    weights: np.ndarray  # (28, dim) float32
+    bias: np.ndarray  # (28,) float32
+    temperature: float
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        z = (embeddings @ self.weights.T + self.bias) / self.temperature
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -50,6 +76,7 @@ class EncoderJudge:
     labels: tuple[str, ...] = GOEMOTIONS
     int8: bool = False
     classifier: TextClassifier | None = None  # weighed in at CLASSIFIER_WEIGHT where given
+    situations: Head | None = None  # the second opinion where the head reads neutral
 
     @classmethod
     def build(
@@ -77,21 +104,17 @@ class EncoderJudge:
     ) -> EncoderJudge:
         if check:
             check_files(head_file.parent, {head_file.name: HEAD_SHA256})
-        try:
-            with np.load(head_file, allow_pickle=False) as data:
-                names = bytes(data["layers"]).decode("utf-8").split("\n")
-                labels = tuple(bytes(data["labels"]).decode("utf-8").split("\n"))
-                a = {name: data[f"a{i}"].astype(np.float32) for i, name in enumerate(names)}
-                b = {name: data[f"b{i}"].astype(np.float32) for i, name in enumerate(names)}
-                weights, bias = data["weights"].astype(np.float32), data["bias"].astype(np.float32)
-                temperature, pool_power = float(data["temperature"]), float(data["pool_power"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise ModelError(f"emotion encoder head {head_file} cannot be read: {exc}") from None
-        if labels != GOEMOTIONS or weights.shape[0] != len(GOEMOTIONS) or bias.shape != (len(GOEMOTIONS),):
-            raise ModelError(f"emotion encoder head {head_file} has inconsistent shapes or labels")
+        head = read_head(head_file)
         encoder = SentenceEncoder.load(encoder_folder, check=check)
         return cls.build(
-            encoder, a, b, weights, bias, temperature=temperature, pool_power=pool_power, quantize=quantize
+            encoder,
+            head.a,
+            head.b,
+            head.weights,
+            head.bias,
+            temperature=head.temperature,
+            pool_power=head.pool_power,
+            quantize=quantize,
         )
 
     # -- reading --------------------------------------------------------------------------------------
@@ -107,9 +130,14 @@ class EncoderJudge:
         return out
 
     def _probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        z = (embeddings @ self.weights.T + self.bias) / self.temperature
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
+        read = Head(self.weights, self.bias, self.temperature).probabilities(embeddings)
+        if self.situations is None:
+            return read
+        neutral = self.labels.index("neutral")
+        second = self.situations.probabilities(embeddings)
+        sure = np.delete(second, neutral, axis=1).max(axis=1) >= SECOND_OPINION
+        take = (read.argmax(axis=1) == neutral) & sure
+        return np.where(take[:, None], second, read)
 
     def read_reply(self, text: str, names: Iterable[str] = ()) -> dict[str, float]:
         """The 28 probabilities for a whole reply (sums to 1), the classifier's weighed in where given."""
@@ -155,6 +183,43 @@ class EncoderJudge:
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in read]
 
 
+@dataclass(frozen=True)
+class HeadFile:
+    """What a head file holds: the adapter (float32) and the head with its calibration."""
+
+    a: dict[str, np.ndarray]
+    b: dict[str, np.ndarray]
+    weights: np.ndarray  # (28, dim)
+    bias: np.ndarray  # (28,)
+    temperature: float
+    pool_power: float
+
+
+def read_head(head_file: Path) -> HeadFile:
+    """The adapter and head saved by save(); ModelError when the file is unreadable or inconsistent."""
+    try:
+        with np.load(head_file, allow_pickle=False) as data:
+            names = bytes(data["layers"]).decode("utf-8").split("\n")
+            labels = tuple(bytes(data["labels"]).decode("utf-8").split("\n"))
+            head = HeadFile(
+                {name: data[f"a{i}"].astype(np.float32) for i, name in enumerate(names)},
+                {name: data[f"b{i}"].astype(np.float32) for i, name in enumerate(names)},
+                data["weights"].astype(np.float32),
+                data["bias"].astype(np.float32),
+                float(data["temperature"]),
+                float(data["pool_power"]),
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelError(f"emotion encoder head {head_file} cannot be read: {exc}") from None
+    if (
+        labels != GOEMOTIONS
+        or head.weights.shape[0] != len(GOEMOTIONS)
+        or head.bias.shape != (len(GOEMOTIONS),)
+    ):
+        raise ModelError(f"emotion encoder head {head_file} has inconsistent shapes or labels")
+    return head
+
+
 def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
     """Write the adapter and head (float16: a few hundred kB)."""
     names = list(a)
@@ -173,9 +238,23 @@ def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mappin
     path.write_bytes(buffer.getvalue())
 
 
+def situations_head(main: HeadFile, path: Path = SITUATIONS_HEAD_FILE) -> Head:
+    """The second opinion's head; ModelError when its file fails its check or was fitted over another
+    adapter than the main head's (its reading would then not be of the embeddings the judge makes)."""
+    check_files(path.parent, {path.name: SITUATIONS_HEAD_SHA256})
+    second = read_head(path)
+    same = second.a.keys() == main.a.keys() and all(
+        np.array_equal(second.a[n], main.a[n]) and np.array_equal(second.b[n], main.b[n]) for n in main.a
+    )
+    if not same:
+        raise ModelError(f"emotion encoder head {path} was fitted over another adapter than {HEAD_FILE.name}")
+    return Head(second.weights, second.bias, second.temperature)
+
+
 def load_shipped() -> EncoderJudge:
     """The shipped judge; ModelError when the encoder is not installed or a file fails its check."""
     folder = encoder_dir()
     if folder is None:
         raise ModelError("the sentence encoder package is not installed")
-    return dataclasses.replace(EncoderJudge.load(HEAD_FILE, folder), classifier=shipped())
+    judge = EncoderJudge.load(HEAD_FILE, folder)
+    return dataclasses.replace(judge, classifier=shipped(), situations=situations_head(read_head(HEAD_FILE)))

@@ -44,6 +44,18 @@ def read_goemotions(path: Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
+def read_lines(path: Path) -> list[Example]:
+    """Lines written for this project: label<TAB>line (a GoEmotions label), "#" comments."""
+    examples = []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            label, _, text = line.partition("\t")
+            if label not in GOEMOTIONS or not text.strip():
+                raise ValueError(f"{path}:{number}: expected a GoEmotions label<TAB>line")
+            examples.append(Example(text, (label,)))
+    return examples
+
+
 def gold(example: Example, labels: Sequence[str]) -> tuple[str, ...]:
     """The example's labels mapped onto a label set, first-listed first, without repeats."""
     mapping = projection(labels)
