@@ -155,6 +155,7 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     # Reply-shaped sets built from the same rows: short replies, questions, negations, long replies,
     # politeness formulas, surprised questions; each judge beside always-neutral.
     shaped = []
+    by_encoder_on: dict[str, list[str]] = {}  # the encoder's faces per set, for the second opinion below
     # Plus written situations (held out: never trained on), events that carry an emotion unnamed.
     sets = dialogue_sets(examples, labels) | {"situations (written)": read_lines(SITUATIONS)}
     for name, subset in sets.items():
@@ -162,6 +163,8 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         neutral = score(["neutral"] * len(subset), subset_golds, labels)
         for judge_name, read in readers.items():
             predicted = [best(read(e.text)) for e in subset]
+            if judge_name == "encoder (meaning)":
+                by_encoder_on[name] = predicted
             shaped.append(
                 (
                     name,
@@ -196,19 +199,22 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
     second_opinion: list[tuple[str, int, float, float]] = []
     if encoder is not None:
         alone = dataclasses.replace(encoder, situations=None)
+        by_encoder_on["GoEmotions dev"] = by_encoder
         for set_name, subset in (
             ("GoEmotions dev", examples),
             ("formulas", sets["formulas"]),
             ("situations (written)", sets["situations (written)"]),
         ):
             subset_golds = [gold(e, labels) for e in subset]
-            right = {
-                name: score(
-                    [best(project(reader.read_reply(e.text), labels)) for e in subset], subset_golds, labels
-                ).accuracy
-                for name, reader in (("with", encoder), ("alone", alone))
-            }
-            second_opinion.append((set_name, len(subset), right["with"], right["alone"]))
+            by_head_alone = [best(project(alone.read_reply(e.text), labels)) for e in subset]
+            second_opinion.append(
+                (
+                    set_name,
+                    len(subset),
+                    score(by_encoder_on[set_name], subset_golds, labels).accuracy,
+                    score(by_head_alone, subset_golds, labels).accuracy,
+                )
+            )
 
     # Time per judgement, as the chat judges: one reply at a time, on dev rows and on long replies.
     timing_sets = {

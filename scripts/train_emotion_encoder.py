@@ -285,9 +285,7 @@ def main() -> None:
     if args.head_only:
         kept = read_head(args.adapter)
         a, b = kept.a, kept.b
-        plain = SentenceEncoder.load(folder)
-        judge = EncoderJudge.build(plain, a, b, kept.weights, kept.bias, temperature=1.0, pool_power=0.0)
-        judge = fit_head(judge, train)
+        judge = fit_head(EncoderJudge.from_head(kept, folder), train)
     else:
         encoder = SentenceEncoder.load(folder)
         a, b, w, bias = fit(encoder, train, dev, args.epochs, limit_dev=len(dev))

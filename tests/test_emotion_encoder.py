@@ -119,7 +119,9 @@ def test_a_changed_encoder_file_is_refused_by_its_digest(tmp_path: Path) -> None
 
 
 @needs_encoder
-def test_a_changed_adapter_file_is_refused_by_its_digest(tmp_path: Path) -> None:
+def test_a_changed_adapter_file_is_refused_by_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     head = tmp_path / HEAD_FILE.name
     data = bytearray(HEAD_FILE.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -128,6 +130,9 @@ def test_a_changed_adapter_file_is_refused_by_its_digest(tmp_path: Path) -> None
     assert folder is not None
     with pytest.raises(ModelError, match=r"emotion-encoder.npz is not the pinned one"):
         EncoderJudge.load(head, folder)
+    monkeypatch.setattr(encoder_judge, "HEAD_FILE", head)  # the bot's own load checks it too
+    with pytest.raises(ModelError, match=r"emotion-encoder.npz is not the pinned one"):
+        load_shipped()
 
 
 @needs_encoder

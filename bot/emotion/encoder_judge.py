@@ -102,9 +102,13 @@ class EncoderJudge:
     def load(
         cls, head_file: Path, encoder_folder: Path, *, check: bool = True, quantize: bool = True
     ) -> EncoderJudge:
-        if check:
-            check_files(head_file.parent, {head_file.name: HEAD_SHA256})
-        head = read_head(head_file)
+        head = read_head(head_file, HEAD_SHA256 if check else None)
+        return cls.from_head(head, encoder_folder, check=check, quantize=quantize)
+
+    @classmethod
+    def from_head(
+        cls, head: HeadFile, encoder_folder: Path, *, check: bool = True, quantize: bool = True
+    ) -> EncoderJudge:
         encoder = SentenceEncoder.load(encoder_folder, check=check)
         return cls.build(
             encoder,
@@ -195,8 +199,11 @@ class HeadFile:
     pool_power: float
 
 
-def read_head(head_file: Path) -> HeadFile:
-    """The adapter and head saved by save(); ModelError when the file is unreadable or inconsistent."""
+def read_head(head_file: Path, sha256: str | None = None) -> HeadFile:
+    """The adapter and head saved by save(); ModelError when the file is unreadable or inconsistent, or
+    not the one pinned by `sha256` where that is given."""
+    if sha256 is not None:
+        check_files(head_file.parent, {head_file.name: sha256})
     try:
         with np.load(head_file, allow_pickle=False) as data:
             names = bytes(data["layers"]).decode("utf-8").split("\n")
@@ -241,8 +248,7 @@ def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mappin
 def situations_head(main: HeadFile, path: Path = SITUATIONS_HEAD_FILE) -> Head:
     """The second opinion's head; ModelError when its file fails its check or was fitted over another
     adapter than the main head's (its reading would then not be of the embeddings the judge makes)."""
-    check_files(path.parent, {path.name: SITUATIONS_HEAD_SHA256})
-    second = read_head(path)
+    second = read_head(path, SITUATIONS_HEAD_SHA256)
     same = second.a.keys() == main.a.keys() and all(
         np.array_equal(second.a[n], main.a[n]) and np.array_equal(second.b[n], main.b[n]) for n in main.a
     )
@@ -256,5 +262,6 @@ def load_shipped() -> EncoderJudge:
     folder = encoder_dir()
     if folder is None:
         raise ModelError("the sentence encoder package is not installed")
-    judge = EncoderJudge.load(HEAD_FILE, folder)
-    return dataclasses.replace(judge, classifier=shipped(), situations=situations_head(read_head(HEAD_FILE)))
+    main = read_head(HEAD_FILE, HEAD_SHA256)
+    judge = EncoderJudge.from_head(main, folder)
+    return dataclasses.replace(judge, classifier=shipped(), situations=situations_head(main))
