@@ -221,16 +221,30 @@ async def bench_emotion(config: Config, args: argparse.Namespace) -> int:
         "dev rows": [e.text for e in examples[:600]],
         "long replies": [e.text for e in dialogue_sets(examples, labels)["long"][:300]],
     }
+    # The encoder through transformers' own forward too (before bot/emotion/lean_bert.py), text by text
+    # beside the others: the same load on the cores for each.
+    timed = dict(readers)
+    if encoder is not None:
+
+        def through_transformers(text: str) -> dict[str, float]:
+            encoder.encoder.lean = False
+            try:
+                return readers["encoder (meaning)"](text)
+            finally:
+                encoder.encoder.lean = True
+
+        timed["encoder, transformers' forward"] = through_transformers
     timings = []
-    for judge_name, read in readers.items():
-        for set_name, texts in timing_sets.items():
-            times = []
-            for text in texts:
+    for set_name, texts in timing_sets.items():
+        times: dict[str, list[float]] = {judge_name: [] for judge_name in timed}
+        for text in texts:
+            for judge_name, read in timed.items():
                 began = time.perf_counter()
                 read(text)
-                times.append(time.perf_counter() - began)
-            times.sort()
-            timings.append((judge_name, set_name, times[len(times) // 2], times[int(len(times) * 0.95)]))
+                times[judge_name].append(time.perf_counter() - began)
+        for judge_name, spent in times.items():
+            spent.sort()
+            timings.append((judge_name, set_name, spent[len(spent) // 2], spent[int(len(spent) * 0.95)]))
 
     # The face as the chat shows it: smoothing over consecutive replies keeps weak or marginal changes out.
     shown: list[str] = []

@@ -36,7 +36,7 @@ from train_emotion import (  # the classifier's fit: the same soft targets and t
 )
 
 from bot.config import DEFAULT_LABELS, EmotionConfig
-from bot.emotion.encoder import SentenceEncoder, add_lora, encoder_dir
+from bot.emotion.encoder import SentenceEncoder, encoder_dir
 from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, SITUATIONS, EncoderJudge, read_head, save
 from bot.emotion.evaluation import Example, dialogue_sets, gold, read_goemotions, read_lines, score
 from bot.emotion.judge import EmotionJudge
@@ -145,7 +145,7 @@ def fit(
     rng = random.Random(SEED)
     for p in encoder.model.parameters():
         p.requires_grad_(False)
-    lora = add_lora(encoder.model, RANK, ALPHA)
+    lora = encoder.add_lora(RANK, ALPHA)
     hidden = int(encoder.model.config.hidden_size)  # type: ignore[union-attr, arg-type]
     head = torch.nn.Linear(hidden, len(GOEMOTIONS))
     params = [p for layer in lora.values() for p in (layer.a, layer.b)]

@@ -224,6 +224,12 @@ def test_a_formula_can_calm_a_sentence_but_never_set_its_face() -> None:
     # the reply whole without its formulas, then as written; a reply with none is read once
     assert asked == [["It is closed.", "You broke it.", "I hate it.", "Fine."], parts]
     assert calmest(["Fine.", "Go."], read, lambda text: True) == ["Fine.", "Go."] and len(asked) == 3
+    # every sentence with a formula calm without it: nothing the formulas could change, read once
+    assert calmest(["Sorry, it is closed.", "I hate it."], read, lambda text: text != "I hate it.") == [
+        "It is closed.",
+        "I hate it.",
+    ]
+    assert len(asked) == 4
 
 
 def test_the_situations_measured_are_none_the_encoder_was_trained_with() -> None:

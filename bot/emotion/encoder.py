@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from bot.emotion.lean_bert import LeanBert
 from bot.errors import ModelError
 
 _log = logging.getLogger(__name__)
@@ -169,6 +170,27 @@ class SentenceEncoder:
     def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.lean = True  # False: transformers' own forward reads (what bench emotion compares with)
+        self._lean: tuple[torch.nn.Module, LeanBert | None] | None = None
+
+    def add_lora(self, rank: int, alpha: float) -> dict[str, LoRALinear]:
+        """add_lora() on this encoder's model, for training: embed() then reads through the updates."""
+        self._lean = None
+        return add_lora(self.model, rank, alpha)
+
+    def _lean_forward(self) -> LeanBert | None:
+        """The model's lean forward, built again when the model is replaced (quantised); None for a model
+        it does not cover, which transformers' own forward then runs."""
+        if not self.lean:
+            return None
+        if self._lean is None or self._lean[0] is not self.model:
+            try:
+                lean: LeanBert | None = LeanBert(self.model)
+            except ValueError as exc:
+                _log.info("sentence encoder: %s; transformers' forward runs it", exc)
+                lean = None
+            self._lean = (self.model, lean)
+        return self._lean[1]
 
     @classmethod
     def load(cls, folder: Path, *, check: bool = True) -> SentenceEncoder:
@@ -233,13 +255,19 @@ class SentenceEncoder:
         hidden = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return torch.nn.functional.normalize(pooled, dim=1)
+        return _pooled(hidden, batch["attention_mask"])
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        batch = self.batch(texts)
         with torch.inference_mode():
-            return self.forward(self.batch(texts)).numpy()
+            lean = self._lean_forward()
+            if lean is None:
+                return self.forward(batch).numpy()
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            # As transformers masks padding for sdpa: keys only, and no mask where nothing is padded.
+            keys = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+            hidden = lean(ids, torch.arange(ids.shape[1])[None], keys)
+            return _pooled(hidden, mask).numpy()
 
     def embed_packed(self, texts: Sequence[str]) -> np.ndarray:
         """embed() for the sentences of one reply, run as one sequence without padding: each text sees
@@ -256,12 +284,22 @@ class SentenceEncoder:
         # Additive mask (0 attend, a large negative elsewhere): both sdpa and eager attention take it.
         mask = torch.zeros(blocked.shape).masked_fill(blocked, torch.finfo(torch.float32).min)
         positions = torch.cat([torch.arange(int(n)) for n in lengths])
+        tokens = torch.tensor([[t for i in ids for t in i]])
         with torch.inference_mode():
-            hidden = self.model(
-                input_ids=torch.tensor([[t for i in ids for t in i]]),
-                attention_mask=mask[None, None],
-                position_ids=positions[None],
-            ).last_hidden_state[0]
+            lean = self._lean_forward()
+            if lean is None:
+                hidden = self.model(
+                    input_ids=tokens, attention_mask=mask[None, None], position_ids=positions[None]
+                ).last_hidden_state[0]
+            else:
+                hidden = lean(tokens, positions[None], mask[None, None])[0]
             pooled = torch.zeros(len(ids), hidden.shape[1]).index_add_(0, owner, hidden)
             pooled /= lengths[:, None].clamp_min(1)
             return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+
+def _pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens that are not padding, L2-normalised."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return torch.nn.functional.normalize(pooled, dim=1)

@@ -91,13 +91,14 @@ def calmest(
     """Each sentence's reading, read past the formula it opens with: without it, unless only the sentence
     with it reads calm. A formula can take an emotion away ("Sorry, we don't deliver on Sundays" is not
     the complaint "we don't deliver on Sundays" reads as) but never set one by itself. The reply is read
-    whole without its formulas (one call to `read`), and with them only where it has any: an int8
-    encoder's reading of a sentence depends a little on the sentences read beside it, and a reply whose
-    formulas are all read past must read exactly as it would without them."""
+    whole without its formulas (one call to `read`), and with them only where a sentence with one reads
+    other than calm without it (nothing else can change): an int8 encoder's reading of a sentence depends
+    a little on the sentences read beside it, and a reply whose formulas are all read past must read
+    exactly as it would without them."""
     parts = list(parts)
     bare = [formula_free(p) for p in parts]
     without = list(read([b if b is not None else p for b, p in zip(bare, parts, strict=True)]))
-    if all(b is None for b in bare):
+    if all(b is None or calm(o) for b, o in zip(bare, without, strict=True)):
         return without
     with_them = read(parts)
     return [
