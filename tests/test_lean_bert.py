@@ -63,7 +63,8 @@ def test_the_lean_forward_gives_transformers_outputs(int8: bool) -> None:
     assert np.abs(encoder.embed(TEXTS[1:2]) - transformers_embed(encoder, TEXTS[1:2])).max() < 1e-6
     # Packed: one sequence, positions restarting at each sentence, a block-diagonal mask.
     assert np.abs(encoder.embed_packed(TEXTS) - transformers_packed(encoder, TEXTS)).max() < 1e-6
-    assert isinstance(encoder._lean_forward(), LeanBert)
+    lean = encoder._lean_forward()
+    assert isinstance(lean, LeanBert) and lean.stacked == int8  # int8: query, key and value in one product
 
 
 def test_quantised_after_a_reading_the_next_reads_int8() -> None:
@@ -106,4 +107,6 @@ def test_the_shipped_encoder_reads_exactly_as_through_transformers() -> None:
     assert encoder.quantize()
     texts = ["Okay.", "I can't believe you would do this to me!", "*She looks away.* There's a monster..."]
     assert np.array_equal(encoder.embed(texts), transformers_embed(encoder, texts))
+    lean = encoder._lean_forward()
+    assert lean is not None and lean.stacked
     assert np.array_equal(encoder.embed_packed(texts), transformers_packed(encoder, texts))

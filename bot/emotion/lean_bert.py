@@ -5,7 +5,7 @@ where that work was a fifth of the time (about 3 ms a sentence on a 2-core VM); 
 transformers model, whose gradients the low-rank updates need.
 
 Built from the model as it runs (merged and quantised): its linear layers are called as they are, int8
-or float.
+or float, except that an int8 layer's query, key and value are one product (below).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 from torch.nn import functional
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+Projections = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 @dataclass(frozen=True)
 class _Layer:
-    query: Linear
-    key: Linear
-    value: Linear
+    projections: Projections  # query, key and value
+    stacked: bool  # in one int8 product
     attention_out: Linear
     attention_norm: tuple[torch.Tensor, torch.Tensor]
     intermediate: Linear
@@ -37,6 +37,41 @@ def _linear(module: torch.nn.Module) -> Linear:
     # quantised kernel and settings, a float one is functional.linear.
     forward: Linear = module.forward
     return forward
+
+
+def _projections(query: Any, key: Any, value: Any) -> tuple[Projections, bool]:
+    """A layer's query, key and value. Where all three are int8, one product with their weights stacked,
+    each row keeping its matrix's scale: the same int8 numbers, so the same results, but the input is
+    quantised once instead of three times and the call made once (0.3 ms against 0.5 ms for a 20-token
+    sentence on a 2-core VM)."""
+    packed = _stacked_int8((query, key, value))
+    if packed is None:
+        linears = [_linear(module) for module in (query, key, value)]
+        return (lambda x: tuple(linear(x) for linear in linears)), False
+    width = int(query.out_features)
+    return (lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True).split(width, -1)), True
+
+
+def _stacked_int8(modules: tuple[Any, ...]) -> Any | None:
+    """The packed weights of int8 layers stacked into one, or None where any is not int8 as torch's
+    dynamic quantisation makes it (per-tensor qint8 weights, read with reduce_range)."""
+    weights, biases = [], []
+    for module in modules:
+        if not isinstance(module, torch.ao.nn.quantized.dynamic.Linear) or module.version < 4:
+            return None
+        weight, bias = module._packed_params._weight_bias()
+        if weight.qscheme() != torch.per_tensor_affine or bias is None:
+            return None
+        weights.append(weight)
+        biases.append(bias)
+    ints = torch.cat([w.int_repr() for w in weights])
+    scales = torch.cat([torch.full((w.shape[0],), w.q_scale(), dtype=torch.double) for w in weights])
+    zeros = torch.cat([torch.full((w.shape[0],), w.q_zero_point(), dtype=torch.long) for w in weights])
+    floats = torch.cat([w.dequantize() for w in weights])
+    stacked = torch.quantize_per_channel(floats, scales, zeros, 0, torch.qint8)
+    if not torch.equal(stacked.int_repr(), ints):  # the same int8 numbers, or no stacking
+        return None
+    return torch.ops.quantized.linear_prepack(stacked, torch.cat(biases))
 
 
 def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +98,7 @@ class LeanBert:
         self.scaling = (int(config.hidden_size) // self.heads) ** -0.5
         self.layers = [
             _Layer(
-                query=_linear(layer.attention.self.query),
-                key=_linear(layer.attention.self.key),
-                value=_linear(layer.attention.self.value),
+                *_projections(*(getattr(layer.attention.self, name) for name in ("query", "key", "value"))),
                 attention_out=_linear(layer.attention.output.dense),
                 attention_norm=_norm(layer.attention.output.LayerNorm),
                 intermediate=_linear(layer.intermediate.dense),
@@ -74,6 +107,11 @@ class LeanBert:
             )
             for layer in model.encoder.layer
         ]
+
+    @property
+    def stacked(self) -> bool:
+        """Every layer's query, key and value in one int8 product."""
+        return all(layer.stacked for layer in self.layers)
 
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -86,12 +124,9 @@ class LeanBert:
         batch, tokens = input_ids.shape
         split = (batch, tokens, self.heads, -1)
         for layer in self.layers:
+            query, key, value = (p.view(split).transpose(1, 2) for p in layer.projections(x))
             attended = functional.scaled_dot_product_attention(
-                layer.query(x).view(split).transpose(1, 2),
-                layer.key(x).view(split).transpose(1, 2),
-                layer.value(x).view(split).transpose(1, 2),
-                attn_mask=attention_mask,
-                scale=self.scaling,
+                query, key, value, attn_mask=attention_mask, scale=self.scaling
             )
             attended = attended.transpose(1, 2).reshape(batch, tokens, -1)
             x = self._norm(layer.attention_out(attended) + x, layer.attention_norm)
