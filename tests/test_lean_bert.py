@@ -4,6 +4,7 @@ path the bot reads through: padded batches, packed sentences, int8, and the low-
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +66,22 @@ def test_the_lean_forward_gives_transformers_outputs(int8: bool) -> None:
     assert np.abs(encoder.embed_packed(TEXTS) - transformers_packed(encoder, TEXTS)).max() < 1e-6
     lean = encoder._lean_forward()
     assert isinstance(lean, LeanBert) and lean.stacked == int8  # int8: query, key and value in one product
+
+
+def test_a_stacking_that_would_change_the_numbers_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Query, key and value stack into one int8 product only where the probe reads the same numbers as
+    the three layers; otherwise each is read alone, and the embeddings stay transformers' own."""
+    quantize_per_channel = torch.quantize_per_channel
+
+    def rounded_otherwise(weights: torch.Tensor, scales: torch.Tensor, *rest: Any) -> torch.Tensor:
+        return quantize_per_channel(weights, scales * 1.01, *rest)
+
+    monkeypatch.setattr(torch, "quantize_per_channel", rounded_otherwise)
+    encoder = tiny()
+    assert encoder.quantize()
+    lean = encoder._lean_forward()
+    assert lean is not None and not lean.stacked
+    assert np.abs(encoder.embed(TEXTS) - transformers_embed(encoder, TEXTS)).max() < 1e-6
 
 
 def test_quantised_after_a_reading_the_next_reads_int8() -> None:

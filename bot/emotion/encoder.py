@@ -186,7 +186,7 @@ class SentenceEncoder:
         if self._lean is None or self._lean[0] is not self.model:
             try:
                 lean: LeanBert | None = LeanBert(self.model)
-            except ValueError as exc:
+            except (ValueError, AttributeError, RuntimeError) as exc:  # a BERT of another kind or version
                 _log.info("sentence encoder: %s; transformers' forward runs it", exc)
                 lean = None
             self._lean = (self.model, lean)

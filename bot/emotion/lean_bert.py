@@ -64,14 +64,23 @@ def _stacked_int8(modules: tuple[Any, ...]) -> Any | None:
             return None
         weights.append(weight)
         biases.append(bias)
-    ints = torch.cat([w.int_repr() for w in weights])
     scales = torch.cat([torch.full((w.shape[0],), w.q_scale(), dtype=torch.double) for w in weights])
     zeros = torch.cat([torch.full((w.shape[0],), w.q_zero_point(), dtype=torch.long) for w in weights])
-    floats = torch.cat([w.dequantize() for w in weights])
-    stacked = torch.quantize_per_channel(floats, scales, zeros, 0, torch.qint8)
-    if not torch.equal(stacked.int_repr(), ints):  # the same int8 numbers, or no stacking
+    try:
+        stacked = torch.quantize_per_channel(
+            torch.cat([w.dequantize() for w in weights]), scales, zeros, 0, torch.qint8
+        )
+        packed = torch.ops.quantized.linear_prepack(stacked, torch.cat(biases))
+        # Checked on a probe: the same numbers as the three layers, or no stacking (a quantised engine
+        # without per-row scales, a rounding that moved a weight).
+        probe = torch.linspace(-2.0, 2.0, 3 * modules[0].in_features).reshape(1, 3, -1)
+        same = torch.equal(
+            torch.ops.quantized.linear_dynamic(probe, packed, reduce_range=True),
+            torch.cat([module(probe) for module in modules], -1),
+        )
+    except RuntimeError:
         return None
-    return torch.ops.quantized.linear_prepack(stacked, torch.cat(biases))
+    return packed if same else None
 
 
 def _norm(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
