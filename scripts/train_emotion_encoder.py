@@ -37,7 +37,7 @@ from train_emotion import (  # the classifier's fit: the same soft targets and t
 
 from bot.config import DEFAULT_LABELS, EmotionConfig
 from bot.emotion.encoder import SentenceEncoder, encoder_dir
-from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, SITUATIONS, EncoderJudge, read_head, save
+from bot.emotion.encoder_judge import CHAT_LINES, HEAD_FILE, SITUATIONS, EncoderJudge, Head, read_head, save
 from bot.emotion.evaluation import Example, dialogue_sets, gold, read_goemotions, read_lines, score
 from bot.emotion.judge import EmotionJudge
 from bot.emotion.labels import GOEMOTIONS, project
@@ -178,7 +178,7 @@ def fit(
         a = {name: layer.a.detach().numpy().copy() for name, layer in lora.items()}
         b = {name: (layer.b.detach() * layer.scale).numpy().copy() for name, layer in lora.items()}
         w, bias = head.weight.detach().numpy().copy() * 10.0, head.bias.detach().numpy().copy()
-        judge = EncoderJudge(encoder, w, bias, temperature=1.0)
+        judge = EncoderJudge(encoder, Head(w, bias, temperature=1.0))
         accuracy, macro_f1, share = evaluate(judge, dev[:limit_dev])
         print(f"epoch {epoch + 1}: dev accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}, share {share:.2f}")
         if best is None or accuracy + macro_f1 > best[0]:
@@ -203,19 +203,22 @@ def fit_head(judge: EncoderJudge, train: list[Example], steps: int = 200) -> Enc
 
     optimizer.step(closure)
     weights, bias = w.detach().T.contiguous().numpy(), b.detach().numpy()
-    return dataclasses.replace(judge, weights=weights, bias=bias, temperature=1.0, pool_power=0.0)
+    return dataclasses.replace(judge, head=Head(weights, bias, temperature=1.0), pool_power=0.0)
 
 
 def calibrate(judge: EncoderJudge, dev: list[Example], prior: np.ndarray) -> EncoderJudge:
     """Temperature, prior correction and pooling, chosen on dev with the encoder as the bot runs it."""
     embeddings = torch.from_numpy(judge.embed_texts([e.text for e in dev]))
-    logits = embeddings @ torch.from_numpy(judge.weights).T + torch.from_numpy(judge.bias)
-    judge = dataclasses.replace(judge, temperature=fit_temperature(logits, targets(dev)))
+    head = judge.head
+    logits = embeddings @ torch.from_numpy(head.weights).T + torch.from_numpy(head.bias)
+    head = dataclasses.replace(head, temperature=fit_temperature(logits, targets(dev)))
+    judge = dataclasses.replace(judge, head=head)
     best: tuple[float, EncoderJudge] | None = None
     labels = list(DEFAULT_LABELS)
     golds = [gold(e, labels) for e in dev]
     for alpha in np.linspace(0.0, 1.0, 11):
-        shifted = dataclasses.replace(judge, bias=judge.bias - alpha * judge.temperature * np.log(prior))
+        shift = alpha * head.temperature * np.log(prior)
+        shifted = dataclasses.replace(judge, head=dataclasses.replace(head, bias=head.bias - shift))
         read = shifted._probabilities(embeddings.numpy())  # the dev rows read whole, embedded once
         predictions = []
         for row in read:
@@ -293,13 +296,13 @@ def main() -> None:
         a = {name: m.astype(np.float16).astype(np.float32) for name, m in a.items()}
         b = {name: m.astype(np.float16).astype(np.float32) for name, m in b.items()}
         plain = SentenceEncoder.load(folder)
-        judge = EncoderJudge.build(plain, a, b, w, bias, temperature=1.0, pool_power=0.0)
+        judge = EncoderJudge.build(plain, a, b, Head(w, bias, temperature=1.0), pool_power=0.0)
     judge = calibrate(judge, dev, prior)
     accuracy, macro_f1, share = evaluate(judge, dev)
     save(args.out, judge, a, b)
     print(
-        f"int8, T={judge.temperature:.2f}, pool power {judge.pool_power:g}: dev accuracy {accuracy:.3f}, "
-        f"macro-F1 {macro_f1:.3f}, largest share {share:.2f}; wrote {args.out} "
+        f"int8, T={judge.head.temperature:.2f}, pool power {judge.pool_power:g}: "
+        f"dev accuracy {accuracy:.3f}, macro-F1 {macro_f1:.3f}, largest share {share:.2f}; wrote {args.out} "
         f"({args.out.stat().st_size:,} bytes)"
     )
 

@@ -153,7 +153,7 @@ def test_a_situations_head_changed_or_fitted_over_another_adapter_is_refused(
     second = read_head(SITUATIONS_HEAD_FILE)
     name = next(iter(second.a))
     moved = {n: m + (0.01 if n == name else 0.0) for n, m in second.a.items()}
-    judge = EncoderJudge(None, second.weights, second.bias, second.temperature)  # type: ignore[arg-type]
+    judge = EncoderJudge(None, second.head)  # type: ignore[arg-type]
     save(other, judge, moved, second.b)
     monkeypatch.setattr(
         encoder_judge, "SITUATIONS_HEAD_SHA256", hashlib.sha256(other.read_bytes()).hexdigest()
@@ -176,7 +176,7 @@ def test_the_second_opinion_is_taken_only_where_the_head_reads_neutral_and_it_is
     second = Head(
         np.array([[0, 0, 0], [sure, sure, unsure], [0, 0, 0]], np.float32), np.zeros(3, np.float32), 1.0
     )
-    judge = EncoderJudge(None, head.T.copy(), bias, 1.0, labels=labels, situations=second)  # type: ignore[arg-type]
+    judge = EncoderJudge(None, Head(head.T.copy(), bias, 1.0), labels=labels, situations=second)  # type: ignore[arg-type]
     read = judge._probabilities(np.eye(3, dtype=np.float32))
     assert [labels[i] for i in read.argmax(axis=1)] == ["joy", "fear", "neutral"]
     assert abs(read[1, 1] - (SECOND_OPINION + 0.05)) < 1e-5  # the second head's reading, as it is

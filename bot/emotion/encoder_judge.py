@@ -69,9 +69,7 @@ class Head:
 @dataclass(frozen=True)
 class EncoderJudge:
     encoder: SentenceEncoder
-    weights: np.ndarray  # (28, dim) float32
-    bias: np.ndarray  # (28,) float32
-    temperature: float
+    head: Head
     pool_power: float = 0.0
     labels: tuple[str, ...] = GOEMOTIONS
     int8: bool = False
@@ -84,41 +82,31 @@ class EncoderJudge:
         encoder: SentenceEncoder,
         a: Mapping[str, np.ndarray],
         b: Mapping[str, np.ndarray],
-        weights: np.ndarray,
-        bias: np.ndarray,
+        head: Head,
         *,
-        temperature: float,
         pool_power: float,
         quantize: bool = True,
     ) -> EncoderJudge:
         """Merge the adapter into a plain encoder (in place), then run it in int8 where possible."""
         merge_deltas(encoder.model, {name: b[name] @ a[name] for name in a})
         int8 = encoder.quantize() if quantize else False
-        return cls(
-            encoder, weights.astype(np.float32), bias.astype(np.float32), temperature, pool_power, int8=int8
-        )
+        float32 = Head(head.weights.astype(np.float32), head.bias.astype(np.float32), head.temperature)
+        return cls(encoder, float32, pool_power, int8=int8)
 
     @classmethod
     def load(
         cls, head_file: Path, encoder_folder: Path, *, check: bool = True, quantize: bool = True
     ) -> EncoderJudge:
-        head = read_head(head_file, HEAD_SHA256 if check else None)
-        return cls.from_head(head, encoder_folder, check=check, quantize=quantize)
+        saved = read_head(head_file, HEAD_SHA256 if check else None)
+        return cls.from_head(saved, encoder_folder, check=check, quantize=quantize)
 
     @classmethod
     def from_head(
-        cls, head: HeadFile, encoder_folder: Path, *, check: bool = True, quantize: bool = True
+        cls, saved: HeadFile, encoder_folder: Path, *, check: bool = True, quantize: bool = True
     ) -> EncoderJudge:
         encoder = SentenceEncoder.load(encoder_folder, check=check)
         return cls.build(
-            encoder,
-            head.a,
-            head.b,
-            head.weights,
-            head.bias,
-            temperature=head.temperature,
-            pool_power=head.pool_power,
-            quantize=quantize,
+            encoder, saved.a, saved.b, saved.head, pool_power=saved.pool_power, quantize=quantize
         )
 
     # -- reading --------------------------------------------------------------------------------------
@@ -127,14 +115,14 @@ class EncoderJudge:
         """Embeddings of texts (markup stripped), in batches of similar length."""
         cleaned = [strip_roleplay(t) for t in texts]
         order = sorted(range(len(cleaned)), key=lambda i: len(cleaned[i]))
-        out = np.zeros((len(cleaned), self.weights.shape[1]), np.float32)
+        out = np.zeros((len(cleaned), self.head.weights.shape[1]), np.float32)
         for start in range(0, len(order), BATCH):
             chunk = order[start : start + BATCH]
             out[chunk] = self.encoder.embed([cleaned[i] for i in chunk])
         return out
 
     def _probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        read = Head(self.weights, self.bias, self.temperature).probabilities(embeddings)
+        read = self.head.probabilities(embeddings)
         if self.situations is None:
             return read
         neutral = self.labels.index("neutral")
@@ -193,9 +181,7 @@ class HeadFile:
 
     a: dict[str, np.ndarray]
     b: dict[str, np.ndarray]
-    weights: np.ndarray  # (28, dim)
-    bias: np.ndarray  # (28,)
-    temperature: float
+    head: Head
     pool_power: float
 
 
@@ -208,23 +194,26 @@ def read_head(head_file: Path, sha256: str | None = None) -> HeadFile:
         with np.load(head_file, allow_pickle=False) as data:
             names = bytes(data["layers"]).decode("utf-8").split("\n")
             labels = tuple(bytes(data["labels"]).decode("utf-8").split("\n"))
-            head = HeadFile(
+            saved = HeadFile(
                 {name: data[f"a{i}"].astype(np.float32) for i, name in enumerate(names)},
                 {name: data[f"b{i}"].astype(np.float32) for i, name in enumerate(names)},
-                data["weights"].astype(np.float32),
-                data["bias"].astype(np.float32),
-                float(data["temperature"]),
+                Head(
+                    data["weights"].astype(np.float32),
+                    data["bias"].astype(np.float32),
+                    float(data["temperature"]),
+                ),
                 float(data["pool_power"]),
             )
     except (OSError, KeyError, ValueError) as exc:
         raise ModelError(f"emotion encoder head {head_file} cannot be read: {exc}") from None
+    head = saved.head
     if (
         labels != GOEMOTIONS
         or head.weights.shape[0] != len(GOEMOTIONS)
         or head.bias.shape != (len(GOEMOTIONS),)
     ):
         raise ModelError(f"emotion encoder head {head_file} has inconsistent shapes or labels")
-    return head
+    return saved
 
 
 def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
@@ -235,9 +224,9 @@ def save(path: Path, judge: EncoderJudge, a: Mapping[str, np.ndarray], b: Mappin
     arrays |= {
         "layers": np.frombuffer("\n".join(names).encode("utf-8"), np.uint8),
         "labels": np.frombuffer("\n".join(GOEMOTIONS).encode("utf-8"), np.uint8),
-        "weights": judge.weights.astype(np.float32),
-        "bias": judge.bias.astype(np.float32),
-        "temperature": np.array(judge.temperature, np.float32),
+        "weights": judge.head.weights.astype(np.float32),
+        "bias": judge.head.bias.astype(np.float32),
+        "temperature": np.array(judge.head.temperature, np.float32),
         "pool_power": np.array(judge.pool_power, np.float32),
     }
     buffer = io.BytesIO()
@@ -254,7 +243,7 @@ def situations_head(main: HeadFile, path: Path = SITUATIONS_HEAD_FILE) -> Head:
     )
     if not same:
         raise ModelError(f"emotion encoder head {path} was fitted over another adapter than {HEAD_FILE.name}")
-    return Head(second.weights, second.bias, second.temperature)
+    return second.head
 
 
 def load_shipped() -> EncoderJudge:
