@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,16 @@ async def test_truncated_gguf_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(bundled_model_path().read_bytes()[:4096])
     with pytest.raises(ModelError, match=r"cut\.gguf: broken GGUF header: the file ends inside its header"):
         await LlamaBackend.load(ModelConfig(path=str(path)))
+
+
+async def test_a_model_cut_in_its_weights_is_a_clear_error_and_leaves_no_thread(tmp_path: Path) -> None:
+    path = tmp_path / "cut.gguf"
+    data = bundled_model_path().read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header whole: only llama.cpp's load finds it broken
+    before = {t for t in threading.enumerate() if t.name.startswith("model")}
+    with pytest.raises(ModelError, match=r"cut\.gguf: llama\.cpp could not load the model"):
+        await LlamaBackend.load(ModelConfig(path=str(path)))
+    assert {t for t in threading.enumerate() if t.name.startswith("model")} == before
 
 
 def test_prompt_uses_the_models_own_chat_template(model: LlamaBackend) -> None:

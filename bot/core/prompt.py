@@ -7,7 +7,6 @@ evaluated prefix and a warm turn reads only the new messages.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -18,11 +17,8 @@ from bot.llm.base import Message
 from bot.memory import PromptMemory, RecalledLine
 from bot.personas import Persona
 
-_log = logging.getLogger(__name__)
-
 # Tokens kept free beyond the reply budget: the template's end-of-turn markers and rounding.
 TEMPLATE_MARGIN = 16
-OPENING_USER_TURN = "(The roleplay begins.)"
 RECALL_HEADING = "Earlier lines of this conversation that may matter now:"
 RECALL_WRAP = 8  # the recall message's own role markers and heading, beyond its lines
 MEMORY_SHARE = 8  # each memory part takes at most 1/8 of the prompt budget, whatever the config says
@@ -149,33 +145,6 @@ class PromptBuilder:
     def count(self, text: str) -> int:
         return len(self.model.tokenize(text))
 
-    def render(self, messages: Sequence[Message]) -> str:
-        """Render with the model's template, adapting to templates that reject some message orders."""
-        try:
-            return self.model.render(messages)
-        except Exception as exc:  # jinja raise_exception(): e.g. "roles must alternate user/assistant"
-            _log.debug("chat template refused the messages (%s); adapting", exc)
-        adapted = [dict(m) for m in messages]
-        # Fold trailing and non-leading system messages into the neighbouring user turn.
-        for i in range(len(adapted) - 1, 0, -1):
-            if adapted[i]["role"] == "system":
-                text = adapted.pop(i)["content"]
-                j = next((k for k in range(i - 1, -1, -1) if adapted[k]["role"] == "user"), None)
-                if j is not None:
-                    adapted[j]["content"] += f"\n\n[{text}]"
-        # Templates that want a user turn before the first assistant turn.
-        first = 1 if adapted and adapted[0]["role"] == "system" else 0
-        if len(adapted) > first and adapted[first]["role"] == "assistant":
-            adapted.insert(first, {"role": "user", "content": OPENING_USER_TURN})
-        try:
-            return self.model.render(adapted)
-        except Exception:
-            # Some templates have no system role at all: prepend it to the first user turn.
-            if adapted and adapted[0]["role"] == "system":
-                system = adapted.pop(0)["content"]
-                adapted[0]["content"] = f"{system}\n\n{adapted[0]['content']}"
-            return self.model.render(adapted)
-
     def check_persona(self, persona: Persona) -> int:
         """Tokens left for the conversation; InputError naming the persona when it alone fills the context."""
         fixed = self.count(system_message(persona, "User", "")) + self.count(persona.greeting)
@@ -267,7 +236,7 @@ class PromptBuilder:
 
         def attempt(start: int) -> tuple[str, int]:
             recalled, cost = recall_at(start)
-            text = self.render(messages_at(start, recalled))
+            text = self.model.render(messages_at(start, recalled))
             # Counted as the model evaluates it (template markers as special tokens): counted as plain
             # text, the markers cost 1.3-1.7 times as much and the window filled well short of the budget.
             return text, counted(text) - cost - member_cost + reserve
@@ -284,7 +253,7 @@ class PromptBuilder:
         recalled, _ = recall_at(start)
         if n_fit > self.budget and recalled:
             recalled = []  # the last turn alone is that long: the recalled lines give way first
-            text = self.render(messages_at(start, recalled))
+            text = self.model.render(messages_at(start, recalled))
         n_tokens = counted(text)
         if n_tokens > self.budget:
             raise InputError(

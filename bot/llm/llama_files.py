@@ -53,8 +53,13 @@ def check_gguf(path: Path) -> dict[str, Any]:
 
 
 def check_settings(config: ModelConfig, path: Path, metadata: dict[str, Any]) -> None:
-    """Settings the model or the machine cannot honour, refused before llama.cpp allocates (a huge n_ctx
-    would try to allocate tens of GB, then crash)."""
+    """A model or settings that cannot serve a chat, refused before llama.cpp loads and allocates (a huge
+    n_ctx would try to allocate tens of GB, then crash; a large model takes a minute to load)."""
+    if not metadata.get("tokenizer.chat_template"):
+        raise ModelError(
+            f"{path} has no chat template in its metadata (tokenizer.chat_template), so its turns cannot be"
+            " told apart: often a base model; use its chat or instruct version"
+        )
     arch = metadata.get("general.architecture", "")
     trained = int(metadata.get(f"{arch}.context_length", 0) or 0)
     if trained and config.n_ctx > trained:

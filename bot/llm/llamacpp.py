@@ -29,7 +29,7 @@ from bot.llm.kv_reuse import line_up
 from bot.llm.llama_context import SessionStates, counting_llama_class, repetition_sampler
 from bot.llm.llama_files import bundled_model_path, check_gguf, check_settings, model_identity
 from bot.llm.options import TURN_MARKER, answer_end_tokens, option_probabilities
-from bot.llm.template import chat_formatter
+from bot.llm.template import chat_formatter, render_adapted
 from bot.llm.thinking import answer_only, opens_thinking
 from bot.workers import ModelWorker, WorkerEvents
 
@@ -69,6 +69,11 @@ def sampling(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+def _let_go(worker: ModelWorker, llama: Any) -> None:
+    worker.shutdown()
+    llama.close()
+
+
 class LlamaBackend:
     """llama-cpp-python behind the worker. Create with `await LlamaBackend.load(config, root)`."""
 
@@ -81,9 +86,7 @@ class LlamaBackend:
         self.identity = model_identity(path)
         self.n_ctx = llama.n_ctx()
         self._cancel_all = threading.Event()
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelError(f"{path} has no chat template in its metadata (tokenizer.chat_template)")
+        template = llama.metadata["tokenizer.chat_template"]  # check_settings refused a file without one
         self._bos = self._token_text(llama.token_bos())
         eos = self._token_text(llama.token_eos())
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
@@ -102,7 +105,10 @@ class LlamaBackend:
         # Tokens of recent prompt pieces; the prompt builder's thread and the model's share them.
         self._pieces: LRUDict[tuple[str, bool], array[int]] = LRUDict(MAX_PIECES)
         self._pieces_lock = threading.Lock()
-        turn = self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
+        try:
+            turn = self.render([{"role": "assistant", "content": TURN_MARKER}], add_generation_prompt=False)
+        except Exception as exc:  # the template's raise_exception(), or an error in the template itself
+            raise ModelError(f"{path}: its chat template renders no conversation: {exc}") from None
         self._answer_ends = answer_end_tokens(llama, unmarked(turn))
 
     def _token_text(self, token: int) -> str:
@@ -133,9 +139,18 @@ class LlamaBackend:
                 raise ModelError(f"{path}: llama.cpp could not load the model: {exc}") from None
             return llama
 
-        llama = await worker.run(build)
-        # On the worker too: the reply slots' context allocates its cache (hundreds of MB) as it is made.
-        backend = await worker.run(lambda: cls(llama, config, worker, path))
+        try:
+            llama = await worker.run(build)
+        except BaseException:
+            await asyncio.to_thread(worker.shutdown)
+            raise
+        try:
+            # On the worker too: the reply slots' context allocates its cache (hundreds of MB) as it is made.
+            backend = await worker.run(lambda: cls(llama, config, worker, path))
+        except BaseException:
+            # The model and its thread let go, not kept until the process ends (a caller may go on).
+            await asyncio.to_thread(_let_go, worker, llama)
+            raise
         _log.info("loaded %s (n_ctx=%d, gpu layers=%d)", path.name, backend.n_ctx, config.n_gpu_layers)
         return backend
 
@@ -171,10 +186,13 @@ class LlamaBackend:
         marks, so that `_prompt_tokens` reads it as text and only the template's own structure becomes
         control tokens: a member who types <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
+        return render_adapted(self._render_as_is, messages)
+
+    def _render_as_is(self, messages: list[Message]) -> str:
         marked = [{**m, "content": mark_content(m["content"])} for m in messages]
         # Templates that can switch thinking off read `enable_thinking` (Qwen3's); the rest ignore it.
         response = self._formatter(messages=marked, enable_thinking=self.config.thinking)
-        return response.prompt
+        return str(response.prompt)
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one backend per process; labels repeat every turn
     def _answer_tokens(self, option: str) -> tuple[int, ...]:

@@ -1,5 +1,6 @@
 """The model's chat template (from the GGUF, so untrusted), rendered by llama-cpp-python's formatter in
-Jinja's immutable sandbox, with the sandbox's safety verdicts remembered.
+Jinja's immutable sandbox, with the sandbox's safety verdicts remembered, and the conversation reshaped
+where the template refuses its order of turns.
 
 The sandbox decides whether an attribute may be read from its name and the type of the object it is read
 from (private names, internals of functions and frames, methods that mutate lists and dicts), then checks
@@ -9,7 +10,15 @@ for a (type, name) pair never changes, so it is decided once.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from bot.llm.base import Message
+
+_log = logging.getLogger(__name__)
+
+OPENING_USER_TURN = "(The roleplay begins.)"  # before a greeting, for templates that start with a user
 
 
 class RememberedVerdicts:
@@ -35,3 +44,48 @@ def chat_formatter(template: str, eos_token: str, bos_token: str) -> Any:
     environment: Any = formatter._environment.environment  # the compiled template's sandbox
     environment.is_safe_attribute = RememberedVerdicts(environment.is_safe_attribute)
     return formatter
+
+
+def render_adapted(render: Callable[[list[Message]], str], messages: Sequence[Message]) -> str:
+    """The messages through `render` (a chat template), reshaped where the template refuses them: many
+    (Mistral's, Gemma's) take only user and assistant turns alternating from a user turn, and raise on
+    anything else, and some take no system turn at all. Each shape is tried only where the one before it
+    was refused; the template's own error is raised where it refuses the last."""
+    try:
+        return render(list(messages))
+    except Exception as exc:  # jinja's raise_exception(): "roles must alternate user/assistant/..."
+        _log.debug("chat template refused the messages (%s); adapting", exc)
+    adapted = alternating(messages)
+    try:
+        return render(adapted)
+    except Exception:
+        return render(system_in_first_user_turn(adapted))
+
+
+def alternating(messages: Sequence[Message]) -> list[Message]:
+    """A system turn first (if any), then user and assistant turns alternating from a user turn: an opening
+    user turn before a leading assistant turn (the greeting), a later system turn folded into the user
+    turn before it (in brackets), and turns of the same role in a row (two members speaking) joined."""
+    system = [dict(messages[0])] if messages and messages[0]["role"] == "system" else []
+    shaped: list[Message] = []
+    for message in messages[len(system) :]:
+        role, text = message["role"], message["content"]
+        if role == "system":
+            role, text = "user", f"[{text}]"
+        if not shaped and role == "assistant":
+            shaped.append({"role": "user", "content": OPENING_USER_TURN})
+        if shaped and shaped[-1]["role"] == role:
+            shaped[-1] = {**shaped[-1], "content": f"{shaped[-1]['content']}\n\n{text}"}
+        else:
+            shaped.append({**message, "role": role, "content": text})
+    return system + shaped
+
+
+def system_in_first_user_turn(messages: list[Message]) -> list[Message]:
+    """For templates with no system turn: its text opens the first user turn."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
