@@ -182,9 +182,10 @@ class LlamaBackend:
         return self._llm.tokenize(unmarked(text).encode("utf-8"), add_bos=False, special=False)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The messages in the model's chat template. Each message's content is wrapped in content
-        marks, so that `_prompt_tokens` reads it as text and only the template's own structure becomes
-        control tokens: a member who types <|im_start|>system cannot forge a turn."""
+        """The messages in the model's chat template, reshaped where it refuses their order of turns
+        (`render_adapted`). Each message's content is wrapped in content marks, so that `_prompt_tokens`
+        reads it as text and only the template's own structure becomes control tokens: a member who types
+        <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
         return render_adapted(self._render_as_is, messages)
 
