@@ -64,8 +64,9 @@ def render_adapted(render: Callable[[list[Message]], str], messages: Sequence[Me
 
 def alternating(messages: Sequence[Message]) -> list[Message]:
     """A system turn first (if any), then user and assistant turns alternating from a user turn: an opening
-    user turn before a leading assistant turn (the greeting), a later system turn folded into the user
-    turn before it (in brackets), and turns of the same role in a row (two members speaking) joined."""
+    user turn before a leading assistant turn (the greeting), a later system turn (a note) made a user turn
+    in brackets, and turns of the same role in a row (two members speaking, a note after a member's
+    message) joined into one."""
     system = [dict(messages[0])] if messages and messages[0]["role"] == "system" else []
     shaped: list[Message] = []
     for message in messages[len(system) :]:
