@@ -69,9 +69,10 @@ def sampling(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _let_go(worker: ModelWorker, llama: Any) -> None:
+def _let_go(worker: ModelWorker, llama: Any | None) -> None:
     worker.shutdown()
-    llama.close()
+    if llama is not None:
+        llama.close()
 
 
 class LlamaBackend:
@@ -139,16 +140,13 @@ class LlamaBackend:
                 raise ModelError(f"{path}: llama.cpp could not load the model: {exc}") from None
             return llama
 
+        llama = None
         try:
             llama = await worker.run(build)
-        except BaseException:
-            await asyncio.to_thread(worker.shutdown)
-            raise
-        try:
             # On the worker too: the reply slots' context allocates its cache (hundreds of MB) as it is made.
             backend = await worker.run(lambda: cls(llama, config, worker, path))
         except BaseException:
-            # The model and its thread let go, not kept until the process ends (a caller may go on).
+            # The thread and any model loaded let go, not kept until the process ends (a caller may go on).
             await asyncio.to_thread(_let_go, worker, llama)
             raise
         _log.info("loaded %s (n_ctx=%d, gpu layers=%d)", path.name, backend.n_ctx, config.n_gpu_layers)
