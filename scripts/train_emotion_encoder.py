@@ -210,7 +210,7 @@ def calibrate(judge: EncoderJudge, dev: list[Example], prior: np.ndarray) -> Enc
     """Temperature, prior correction and pooling, chosen on dev with the encoder as the bot runs it."""
     embeddings = torch.from_numpy(judge.embed_texts([e.text for e in dev]))
     head = judge.head
-    logits = embeddings @ torch.from_numpy(head.weights).T + torch.from_numpy(head.bias)
+    logits = torch.from_numpy(head.logits(embeddings.numpy()))
     head = dataclasses.replace(head, temperature=fit_temperature(logits, targets(dev)))
     judge = dataclasses.replace(judge, head=head)
     best: tuple[float, EncoderJudge] | None = None

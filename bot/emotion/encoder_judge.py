@@ -60,8 +60,11 @@ class Head:
     bias: np.ndarray  # (28,) float32
     temperature: float
 
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        return embeddings @ self.weights.T + self.bias
+
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        z = (embeddings @ self.weights.T + self.bias) / self.temperature
+        z = self.logits(embeddings) / self.temperature
         p = np.exp(z - z.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)
 
