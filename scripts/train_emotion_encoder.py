@@ -3,10 +3,11 @@
     .venv/bin/python scripts/train_emotion_encoder.py ../shared/goemotions [--out FILE] [--head-only]
 
 all-MiniLM-L6-v2 (bot/emotion/encoder.py) gets low-rank updates (LoRA) on every linear layer of its six
-transformer layers and a softmax head over GoEmotions' 28 labels, fitted together on train.tsv plus the
-project's own chat lines (bot/emotion/data/chat_lines.tsv: politeness formulas, questions of disbelief)
-and, where --situation-weight is set, situations (bot/emotion/data/situations.tsv: events that carry an
-emotion without naming it; the judge's second opinion, see docs/emotion.md).
+transformer layers (or of its first --depth layers, which the judge then runs alone) and a softmax head
+over GoEmotions' 28 labels, fitted together on train.tsv plus the project's own chat lines
+(bot/emotion/data/chat_lines.tsv: politeness formulas, questions of disbelief) and, where
+--situation-weight is set, situations (bot/emotion/data/situations.tsv: events that carry an emotion
+without naming it; the judge's second opinion, see docs/emotion.md).
 With --head-only the adapter is kept as a head file holds it (--adapter, the shipped one by default) and
 only the head is fitted again, over the encoder as the bot runs it (merged, int8): about 20 minutes.
 Everything chosen is chosen on dev.tsv only: the epoch kept (accuracy plus macro-F1 over the 10 default
@@ -271,6 +272,9 @@ def main() -> None:
     parser.add_argument(
         "--situation-weight", type=int, default=SITUATION_WEIGHT, help="copies of each situation line"
     )
+    parser.add_argument(
+        "--depth", type=int, default=None, help="fit on the encoder's first DEPTH layers (default: all)"
+    )
     parser.add_argument("--head-only", action="store_true", help="keep the adapter, fit the head again")
     parser.add_argument(
         "--adapter", type=Path, default=HEAD_FILE, help="head file whose adapter --head-only keeps"
@@ -291,6 +295,8 @@ def main() -> None:
         judge = fit_head(EncoderJudge.from_head(kept, folder), train)
     else:
         encoder = SentenceEncoder.load(folder)
+        if args.depth is not None:
+            encoder.keep_layers(args.depth)
         a, b, w, bias = fit(encoder, train, dev, args.epochs, limit_dev=len(dev))
         # Calibrated as it ships: the adapter rounded to float16, as save() writes it.
         a = {name: m.astype(np.float16).astype(np.float32) for name, m in a.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import bot.emotion.judge as judge_module
 from bot.config import DEFAULT_LABELS, EmotionConfig
@@ -28,6 +29,7 @@ from bot.emotion.encoder_judge import (
     SITUATIONS_HEAD_FILE,
     EncoderJudge,
     Head,
+    HeadFile,
     load_shipped,
     read_head,
     save,
@@ -160,6 +162,37 @@ def test_a_situations_head_changed_or_fitted_over_another_adapter_is_refused(
     )
     with pytest.raises(ModelError, match=r"fitted over another adapter than emotion-encoder.npz"):
         situations_head(main, other)
+
+
+@needs_encoder
+def test_an_adapter_fitted_on_the_first_layers_is_read_through_those_layers_only() -> None:
+    """A head file's adapter names the layers it was fitted on: the judge runs those and reads the last of
+    them (fewer layers, less time), and an adapter naming more layers than the encoder has is refused."""
+    folder = encoder_dir()
+    assert folder is not None
+    main = read_head(HEAD_FILE)
+    first = [name for name in main.a if int(name.split(".")[2]) < 4]
+    shallow = HeadFile({n: main.a[n] for n in first}, {n: main.b[n] for n in first}, main.head, 0.0)
+    judge = EncoderJudge.from_head(shallow, folder, quantize=False)
+    assert len(judge.encoder.model.encoder.layer) == 4
+    # transformers' own forward through all six layers, the same updates merged: its fourth layer's output.
+    whole = SentenceEncoder.load(folder)
+    for name in first:
+        whole.model.get_submodule(name).weight.data += torch.from_numpy(shallow.b[name] @ shallow.a[name])
+    text = "I can't believe you remembered my birthday!"
+    batch = whole.batch([text])
+    with torch.inference_mode():
+        hidden = whole.model(**batch, output_hidden_states=True).hidden_states[4]
+    expected = torch.nn.functional.normalize(hidden.mean(1), dim=1).numpy()
+    assert np.abs(judge.encoder.embed([text]) - expected).max() < 1e-4
+    assert np.abs(judge.encoder.embed([text]) - whole.embed([text])).max() > 0.05  # not all six read
+
+    deeper = {name.replace("encoder.layer.5.", "encoder.layer.6."): m for name, m in main.a.items()}
+    beyond = HeadFile(
+        main.a | deeper, main.b | {n: main.b[n.replace(".6.", ".5.")] for n in deeper}, main.head, 0.0
+    )
+    with pytest.raises(ModelError, match=r"the sentence encoder has 6 layers; an adapter asks for 7"):
+        EncoderJudge.from_head(beyond, folder)
 
 
 # -- situations: events told without a feeling word ------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -124,6 +124,14 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float) -> dict[str, LoRAL
     return wrapped
 
 
+def adapted_depth(names: Iterable[str]) -> int:
+    """How many transformer layers an adapter's layer names reach (its layers are the first ones)."""
+    indices = [name.split(".")[2] for name in names if name.startswith("encoder.layer.")]
+    if not indices or not all(i.isdigit() for i in indices):
+        raise ModelError("the emotion encoder's adapter names no transformer layer")
+    return 1 + max(int(i) for i in indices)
+
+
 def merge_deltas(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> None:
     """Add fitted LoRA updates (full-size weight deltas) into a plain model's linear layers."""
     expected = set(adapted_names(model))
@@ -177,6 +185,18 @@ class SentenceEncoder:
         """add_lora() on this encoder's model, for training: embed() then reads through the updates."""
         self._lean = None
         return add_lora(self.model, rank, alpha)
+
+    def keep_layers(self, depth: int) -> None:
+        """Read through the first `depth` transformer layers only: an adapter fitted on fewer layers than
+        the encoder has reads their output (the time a judgement takes follows the layers run)."""
+        stack = self.model.get_submodule("encoder")
+        layers = stack.layer
+        assert isinstance(layers, torch.nn.ModuleList)
+        if not 0 < depth <= len(layers):
+            raise ModelError(f"the sentence encoder has {len(layers)} layers; an adapter asks for {depth}")
+        stack.layer = layers[:depth]
+        self.model.config.num_hidden_layers = depth  # type: ignore[union-attr]
+        self._lean = None
 
     def _lean_forward(self) -> LeanBert | None:
         """The model's lean forward, built again when the model is replaced (quantised); None for a model

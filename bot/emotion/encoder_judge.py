@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.emotion.classifier import TextClassifier, shipped
-from bot.emotion.encoder import SentenceEncoder, check_files, encoder_dir, merge_deltas
+from bot.emotion.encoder import SentenceEncoder, adapted_depth, check_files, encoder_dir, merge_deltas
 from bot.emotion.labels import GOEMOTIONS
 from bot.emotion.negation import denied, factors
 from bot.emotion.text import calmest, reply_parts, strip_roleplay
@@ -90,7 +90,9 @@ class EncoderJudge:
         pool_power: float,
         quantize: bool = True,
     ) -> EncoderJudge:
-        """Merge the adapter into a plain encoder (in place), then run it in int8 where possible."""
+        """Merge the adapter into a plain encoder (in place, which then runs the layers the adapter was
+        fitted on), then run it in int8 where possible."""
+        encoder.keep_layers(adapted_depth(a))
         merge_deltas(encoder.model, {name: b[name] @ a[name] for name in a})
         int8 = encoder.quantize() if quantize else False
         float32 = Head(head.weights.astype(np.float32), head.bias.astype(np.float32), head.temperature)
