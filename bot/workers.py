@@ -102,7 +102,11 @@ class WorkerEvents:
         return None
 
     async def let_go(self) -> None:
-        """Wait, shielded from cancellation, until the job has sent its end (it may have texts in flight)."""
+        """Wait, shielded from cancellation, until the job has sent its end (it may have texts in flight).
+        Not where the reader's event loop has closed (its stream finalised after the loop): there is nothing
+        to wait on, and the worker lets the job go when its next text finds the loop closed."""
+        if self._loop.is_closed():
+            return
         while not self._finished:
             kind, _ = await asyncio.shield(self._queue.get())
             self._finished = kind != "text"

@@ -157,13 +157,24 @@ async def test_a_reply_starts_from_what_the_model_read_for_its_speaker_question(
 async def test_a_reply_whose_reader_went_away_leaves_the_others_going(model: LlamaBackend) -> None:
     """A reply's reader can vanish with its event loop (a closed front-end, a finished test) while the
     reply is still being written: the loop stops writing it and the other replies carry on."""
+    import gc
+    import sys
     import threading
+
+    unraisable: list[BaseException | None] = []
 
     def abandon() -> None:
         loop = asyncio.new_event_loop()
         stream = model.generate(model.render(LONG), max_tokens=150, session="abandoned").chunks()
         loop.run_until_complete(anext(stream))
         loop.close()  # the reader's loop is gone, its reply still in a slot
+        # The stream is finalised with no loop to run its clean-up on: it must end quietly.
+        hook, sys.unraisablehook = sys.unraisablehook, lambda seen: unraisable.append(seen.exc_value)
+        try:
+            del stream
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
 
     writing = Stream(model.generate(model.render(LONG), max_tokens=80, session="writer"))
     await until(lambda: bool(writing.chunks))
@@ -175,6 +186,7 @@ async def test_a_reply_whose_reader_went_away_leaves_the_others_going(model: Lla
     assert writing.generation.stats.finish_reason == "length"
     assert writing.generation.stats.generated_tokens == 80
     await until(lambda: model.pending == 0)  # the abandoned reply was let go
+    assert unraisable == []
 
 
 async def test_replies_in_slots_apart_decode_on_the_prompt_threads(monkeypatch: pytest.MonkeyPatch) -> None:
