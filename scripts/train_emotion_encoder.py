@@ -280,6 +280,8 @@ def main() -> None:
         "--adapter", type=Path, default=HEAD_FILE, help="head file whose adapter --head-only keeps"
     )
     args = parser.parse_args()
+    if args.depth is not None and args.head_only:
+        parser.error("--depth is for a new adapter; --head-only keeps the layers its adapter names")
     folder = encoder_dir()
     if folder is None:
         raise SystemExit("the sentence encoder is not installed (./run installs it)")
