@@ -215,6 +215,12 @@ async def test_a_prompt_too_long_for_the_server_is_one_clear_line(tmp_path: Path
         huge = backend.render([{"role": "user", "content": "The tide is high. " * 900}])  # ~4,500 tokens
         with pytest.raises(ModelError, match=r"longer than its context; set \[model\] n_ctx"):
             _ = [c async for c in backend.generate(huge).chunks()]
+        # The empty answer, tried in every shape, does not make later requests reshaped.
+        recorder = Recorder(backend)
+        brief = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+        prompt = backend.render(brief)
+        _ = [c async for c in backend.generate(prompt, max_tokens=4).chunks()]
+        assert [m["role"] for m in recorder.requests[0]["messages"]] == ["system", "user"]
     finally:
         await backend.close()
 
@@ -455,3 +461,40 @@ async def test_a_server_that_reports_no_sizes_is_estimated_and_says_so(
         assert backend.count_prompt(prompt) == len(backend.tokenize(prompt))
     finally:
         await backend.close()
+
+
+async def test_a_strict_chat_template_on_the_server_gets_the_turns_alternating(tmp_path: Path) -> None:
+    """A server whose model's template takes only user and assistant turns alternating from a user turn
+    (Mistral's, Gemma's; this one takes no system turn either) answers 500 to the bot's order of turns
+    (system, greeting, members): the bot sends them reshaped, from then on in that shape only, and keeps
+    its history as it was."""
+    from .test_chat_templates import MISTRAL, model_with_template
+
+    with model_server(model=model_with_template(tmp_path, MISTRAL)) as base_url:
+        # Asked without streaming, the server answers 500 naming the roles; the judge still gets its answer.
+        backend = await load_backend(server_config(tmp_path, base_url).model)
+        try:
+            from bot.emotion.llm_judge import LLMJudge
+
+            labels = ["neutral", "joy", "amusement", "sadness", "anger"]
+            system = [{"role": "system", "content": "You are Mira, a lighthouse keeper."}]
+            probs = await LLMJudge(backend).probabilities(system, "*laughs* Ha!", "Mira", labels)  # type: ignore[arg-type]
+            assert max(probs.values()) > 1 / len(labels)  # the server's answer, not a uniform fallback
+        finally:
+            await backend.close()
+        async with open_engine(server_config(tmp_path, base_url)) as engine:
+            assert isinstance(engine.llm, OpenAIBackend)
+            recorder = Recorder(engine.llm)
+            first = await engine.turn(3, "Sam", "Hello Mira! What a storm tonight.")
+            tried = len(recorder.requests)
+            second = await engine.turn(3, "Ana", "Is the lamp lit?")
+            history = await engine.store.history(3, "mira")
+    assert first.text and second.text
+    assert [m.content for m in history[1::2]] == [first.text, second.text]
+    later = recorder.requests[tried:]
+    assert later  # the second turn's reply (and its emotion, where the LLM judges) asked in one shape:
+    for request in later:
+        roles = [m["role"] for m in request["messages"]]
+        assert roles == [("user", "assistant")[i % 2] for i in range(len(roles))]
+        assert "Mira" in request["messages"][0]["content"]  # the persona's system text, folded in
+        assert "Is the lamp lit?" in request["messages"][-1]["content"]

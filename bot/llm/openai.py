@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Hashable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import openai
 
@@ -27,6 +27,7 @@ from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm.base import Generation, GenerationStats, Message
 from bot.llm.llama_context import DRY_BREAKERS
 from bot.llm.server_probe import PROBE_TIMEOUT_SECONDS, TemplateCost, measure, post_json, probe_extras
+from bot.llm.server_shapes import create_shaped
 from bot.llm.thinking import answer_only
 
 _log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class OpenAIBackend:
         self._counts: LRUDict[str, int] = LRUDict(MAX_TOKENIZED)
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._pending = 0
+        self._shape = 0  # the first of template.SHAPES the server's chat template took
 
     # -- connecting: what the server is and what it can do ----------------------------------------------
 
@@ -290,9 +292,8 @@ class OpenAIBackend:
             start = time.perf_counter()
             first: float | None = None
             try:
-                stream = await self.client.chat.completions.create(
-                    model=self.name,
-                    messages=cast(Any, chat),  # plain role/content dicts
+                stream = await self._create(
+                    chat,
                     max_tokens=max_tokens or config.max_reply_tokens,
                     temperature=config.temperature,
                     top_p=config.top_p,
@@ -355,9 +356,8 @@ class OpenAIBackend:
             ]
         await self._slot()
         try:
-            response = await self.client.chat.completions.create(
-                model=self.name,
-                messages=cast(Any, chat),
+            response = await self._create(
+                chat,
                 max_tokens=1,
                 logprobs=True,
                 top_logprobs=TOP_LOGPROBS,
@@ -371,6 +371,20 @@ class OpenAIBackend:
         content = response.choices[0].logprobs.content if response.choices[0].logprobs else None
         top = {t.token: math.exp(t.logprob) for t in (content[0].top_logprobs if content else [])}
         return option_scores(top, options)
+
+    async def _create(self, chat: list[Message], **request: Any) -> Any:
+        """A chat completion, the messages in the first shape the server's chat template takes, from the
+        shape taken last (bot/llm/server_shapes.py)."""
+        create = self.client.chat.completions.create
+        response, shape = await create_shaped(create, chat, self._shape, {"model": self.name, **request})
+        if shape > self._shape:
+            self._shape = shape
+            _log.info(
+                "model server %s: its chat template refused the turns in the bot's order; they are sent"
+                " as user and assistant turns alternating from now on",
+                self.config.base_url,
+            )
+        return response
 
     async def forget_contexts(self) -> None:
         """Nothing kept here: the server's own prompt cache is the server's to manage."""

@@ -51,15 +51,12 @@ def render_adapted(render: Callable[[list[Message]], str], messages: Sequence[Me
     (Mistral's, Gemma's) take only user and assistant turns alternating from a user turn, and raise on
     anything else, and some take no system turn at all. Each shape is tried only where the one before it
     was refused; the template's own error is raised where it refuses the last."""
-    try:
-        return render(list(messages))
-    except Exception as exc:  # jinja's raise_exception(): "roles must alternate user/assistant/..."
-        _log.debug("chat template refused the messages (%s); adapting", exc)
-    adapted = alternating(messages)
-    try:
-        return render(adapted)
-    except Exception:
-        return render(system_in_first_user_turn(adapted))
+    for shape in SHAPES[:-1]:
+        try:
+            return render(shape(messages))
+        except Exception as exc:  # jinja's raise_exception(): "roles must alternate user/assistant/..."
+            _log.debug("chat template refused the messages (%s); adapting", exc)
+    return render(SHAPES[-1](messages))
 
 
 def alternating(messages: Sequence[Message]) -> list[Message]:
@@ -90,3 +87,11 @@ def system_in_first_user_turn(messages: list[Message]) -> list[Message]:
     if rest and rest[0]["role"] == "user":
         return [{**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
+
+
+# The shapes a conversation is tried in, in order, where a chat template refuses the one before.
+SHAPES: tuple[Callable[[Sequence[Message]], list[Message]], ...] = (
+    list,
+    alternating,
+    lambda messages: system_in_first_user_turn(alternating(messages)),
+)

@@ -21,10 +21,15 @@ READY_WITHIN = 120.0  # seconds for the server to load the model and answer
 
 @contextlib.contextmanager
 def model_server(
-    n_ctx: int = 2048, log: Path | None = None, api_key: str = "", flags: Sequence[str] = ()
+    n_ctx: int = 2048,
+    log: Path | None = None,
+    api_key: str = "",
+    flags: Sequence[str] = (),
+    model: Path | None = None,
 ) -> Iterator[str]:
     """A running server; yields its base URL (http://127.0.0.1:PORT/v1). With `api_key`, it refuses
-    requests without that key; `flags` are more of its command-line settings."""
+    requests without that key; `flags` are more of its command-line settings; `model` is a GGUF other
+    than the bundled one."""
     port = free_port()
     out = log.open("w") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
@@ -33,7 +38,7 @@ def model_server(
             "-m",
             "llama_cpp.server",
             "--model",
-            str(bundled_model_path()),
+            str(model or bundled_model_path()),
             "--host",
             "127.0.0.1",
             "--port",
