@@ -242,23 +242,27 @@ def a1111_server(state: A1111) -> Iterator[A1111]:
 
 
 def diffusers_inpainter(pipe: Any) -> Inpainter:
-    """Inpaint as the request says, with a real diffusers pipeline (the tests' tiny one)."""
+    """Inpaint as the request says, with a real diffusers pipeline (the tests' tiny one), one render at a
+    time as AUTOMATIC1111 does: requests in flight together wait here. A pipeline called from two
+    threads at once races on its tokenizer's shared settings ("Expected size 64 but got size 77")."""
+    one_at_a_time = threading.Lock()
 
     def inpaint(image: Image.Image, mask: Image.Image, body: dict[str, Any]) -> Image.Image:
         import torch
 
-        out = pipe(
-            prompt=body["prompt"],
-            negative_prompt=body.get("negative_prompt") or None,
-            image=image,
-            mask_image=mask,
-            width=body["width"],
-            height=body["height"],
-            num_inference_steps=body["steps"],
-            strength=body["denoising_strength"],
-            guidance_scale=body["cfg_scale"],
-            generator=torch.Generator().manual_seed(body["seed"]),
-        ).images[0]
+        with one_at_a_time:
+            out = pipe(
+                prompt=body["prompt"],
+                negative_prompt=body.get("negative_prompt") or None,
+                image=image,
+                mask_image=mask,
+                width=body["width"],
+                height=body["height"],
+                num_inference_steps=body["steps"],
+                strength=body["denoising_strength"],
+                guidance_scale=body["cfg_scale"],
+                generator=torch.Generator().manual_seed(body["seed"]),
+            ).images[0]
         return out.resize(image.size)
 
     return inpaint
