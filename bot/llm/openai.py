@@ -291,29 +291,33 @@ class OpenAIBackend:
         try:
             start = time.perf_counter()
             first: float | None = None
+            # One deadline for the whole reply, from the request: the stream's first event is read with
+            # the request (to see whether the server's template refused the turns).
+            deadline = asyncio.get_running_loop().time() + config.timeout_seconds
             try:
-                stream = await self._create(
-                    chat,
-                    max_tokens=max_tokens or config.max_reply_tokens,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    seed=None if config.seed < 0 else config.seed,
-                    stop=stop or None,  # local servers take more than OpenAI's four
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    extra_body={
-                        "top_k": config.top_k,
-                        "min_p": config.min_p,
-                        "repeat_penalty": config.repeat_penalty,
-                        **anti_repetition(config),
-                        **thinking_switch(config),
-                        **({"n_cache_reuse": SERVER_REUSE_CHUNK} if shift else {}),
-                    },
-                )
-            except openai.OpenAIError as exc:
+                async with asyncio.timeout_at(deadline):
+                    stream = await self._create(
+                        chat,
+                        max_tokens=max_tokens or config.max_reply_tokens,
+                        temperature=config.temperature,
+                        top_p=config.top_p,
+                        seed=None if config.seed < 0 else config.seed,
+                        stop=stop or None,  # local servers take more than OpenAI's four
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        extra_body={
+                            "top_k": config.top_k,
+                            "min_p": config.min_p,
+                            "repeat_penalty": config.repeat_penalty,
+                            **anti_repetition(config),
+                            **thinking_switch(config),
+                            **({"n_cache_reuse": SERVER_REUSE_CHUNK} if shift else {}),
+                        },
+                    )
+            except (TimeoutError, openai.OpenAIError) as exc:
                 raise describe(exc, config) from None
             try:
-                async with asyncio.timeout(config.timeout_seconds):
+                async with asyncio.timeout_at(deadline):
                     async for event in stream:
                         if event.usage is not None:
                             _record_usage(stats, event.usage)
