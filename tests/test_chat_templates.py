@@ -71,19 +71,22 @@ def model_threads() -> set[threading.Thread]:
 
 def test_a_strict_template_gets_the_conversation_alternating_with_nothing_lost() -> None:
     strict = chat_formatter(MISTRAL, "</s>", "<s>")
-    assert render_adapted(lambda m: str(strict(messages=m).prompt), CONVERSATION) == (
+    text, shape = render_adapted(lambda m: str(strict(messages=m).prompt), CONVERSATION)
+    assert shape == 2  # alternating, the system text in the first user turn (template.SHAPES)
+    assert text == (
         f"<s>[INST] You are Mira, a lighthouse keeper.\n\n{OPENING_USER_TURN} [/INST]"
         "*waves* Welcome to the lighthouse!</s>"
         "[INST] Ana: Hello Mira.\n\nBo: Is the lamp lit?\n\n[Mira answers briefly.] [/INST]"
     )
-    # A conversation the template takes is rendered as it is.
+    # A conversation the template takes is rendered as it is (shape 0).
     plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    assert render_adapted(lambda m: str(strict(messages=m).prompt), plain) == "<s>[INST] Hi [/INST]Hello</s>"
+    rendered = render_adapted(lambda m: str(strict(messages=m).prompt), plain)
+    assert rendered == ("<s>[INST] Hi [/INST]Hello</s>", 0)
 
 
 @pytest.mark.parametrize(("template", "opening"), [(MISTRAL, "[INST] "), (GEMMA, "<start_of_turn>user\n")])
 async def test_a_model_whose_template_wants_alternating_turns_loads_and_chats(
-    tmp_path: Path, template: str, opening: str
+    tmp_path: Path, template: str, opening: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backend = await LlamaBackend.load(
         ModelConfig(path=str(model_with_template(tmp_path, template)), max_reply_tokens=8, temperature=0.0)
@@ -93,6 +96,12 @@ async def test_a_model_whose_template_wants_alternating_turns_loads_and_chats(
         assert prompt.removeprefix("<|im_start|>").startswith(opening), prompt  # after the model's BOS
         for message in CONVERSATION:
             assert prompt.count(message["content"]) == 1, (message, prompt)
+        # The shape the template took is where the next render starts: one render, not one per shape.
+        renders: list[object] = []
+        as_is = backend._render_as_is
+        monkeypatch.setattr(backend, "_render_as_is", lambda m: renders.append(m) or as_is(m))
+        assert unmarked(backend.render(CONVERSATION)) == prompt
+        assert len(renders) == 1
         reply = "".join([c async for c in backend.generate(backend.render(CONVERSATION)).chunks()])
         assert reply.strip()
         # The emotion question (the conversation, the reply, a question) and its calibration

@@ -92,6 +92,7 @@ class LlamaBackend:
         eos = self._token_text(llama.token_eos())
         self._add_bos = llama.metadata.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self._formatter = chat_formatter(template, eos, self._bos)
+        self._shape = 0  # the first of template.SHAPES the template took, where renders start
         self._sessions = SessionStates(llama, config.state_cache_mb << 20)
         self._loop = DecodeLoop(
             llama,
@@ -181,11 +182,14 @@ class LlamaBackend:
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The messages in the model's chat template, reshaped where it refuses their order of turns
-        (`render_adapted`). Each message's content is wrapped in content marks, so that `_prompt_tokens`
-        reads it as text and only the template's own structure becomes control tokens: a member who types
-        <|im_start|>system cannot forge a turn."""
+        (`render_adapted`), from the shape it took last: a strict template refuses the bot's order of turns
+        in nearly every conversation, and each refused render is a whole render. Each message's content is
+        wrapped in content marks, so that `_prompt_tokens` reads it as text and only the template's own
+        structure becomes control tokens: a member who types <|im_start|>system cannot forge a turn."""
         self._formatter.add_generation_prompt = add_generation_prompt
-        return render_adapted(self._render_as_is, messages)
+        prompt, shape = render_adapted(self._render_as_is, messages, self._shape)
+        self._shape = max(self._shape, shape)  # a render on another thread may have moved it on already
+        return prompt
 
     def _render_as_is(self, messages: list[Message]) -> str:
         marked = [{**m, "content": mark_content(m["content"])} for m in messages]

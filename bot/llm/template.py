@@ -46,17 +46,20 @@ def chat_formatter(template: str, eos_token: str, bos_token: str) -> Any:
     return formatter
 
 
-def render_adapted(render: Callable[[list[Message]], str], messages: Sequence[Message]) -> str:
+def render_adapted(
+    render: Callable[[list[Message]], str], messages: Sequence[Message], start: int = 0
+) -> tuple[str, int]:
     """The messages through `render` (a chat template), reshaped where the template refuses them: many
     (Mistral's, Gemma's) take only user and assistant turns alternating from a user turn, and raise on
-    anything else, and some take no system turn at all. Each shape is tried only where the one before it
-    was refused; the template's own error is raised where it refuses the last."""
-    for shape in SHAPES[:-1]:
+    anything else, and some take no system turn at all. Each shape from SHAPES[start] is tried only where
+    the one before it was refused; the template's own error is raised where it refuses the last. Returns
+    the text and the index of the shape it took, for the caller to start from next time."""
+    for index in range(start, len(SHAPES) - 1):
         try:
-            return render(shape(messages))
+            return render(SHAPES[index](messages)), index
         except Exception as exc:  # jinja's raise_exception(): "roles must alternate user/assistant/..."
             _log.debug("chat template refused the messages (%s); adapting", exc)
-    return render(SHAPES[-1](messages))
+    return render(SHAPES[-1](messages)), len(SHAPES) - 1
 
 
 def alternating(messages: Sequence[Message]) -> list[Message]:
