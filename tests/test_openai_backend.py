@@ -12,6 +12,7 @@ import pytest
 
 from bot.config import Config, ModelConfig, load_config
 from bot.core.app import open_engine
+from bot.emotion.llm_judge import LLMJudge
 from bot.errors import BusyError, GenerationTimeout, ModelError
 from bot.llm import Generation, load_backend
 from bot.llm.openai import WORD_JOINER, OpenAIBackend, defuse, option_scores
@@ -19,6 +20,7 @@ from bot.llm.openai import WORD_JOINER, OpenAIBackend, defuse, option_scores
 from .support.configs import write_config
 from .support.local_http import free_port
 from .support.model_server import model_server
+from .test_chat_templates import MISTRAL, model_with_template
 
 pytestmark = pytest.mark.slow
 
@@ -468,17 +470,13 @@ async def test_a_strict_chat_template_on_the_server_gets_the_turns_alternating(t
     (Mistral's, Gemma's; this one takes no system turn either) answers 500 to the bot's order of turns
     (system, greeting, members): the bot sends them reshaped, from then on in that shape only, and keeps
     its history as it was."""
-    from .test_chat_templates import MISTRAL, model_with_template
-
     with model_server(model=model_with_template(tmp_path, MISTRAL)) as base_url:
         # Asked without streaming, the server answers 500 naming the roles; the judge still gets its answer.
         backend = await load_backend(server_config(tmp_path, base_url).model)
         try:
-            from bot.emotion.llm_judge import LLMJudge
-
             labels = ["neutral", "joy", "amusement", "sadness", "anger"]
             system = [{"role": "system", "content": "You are Mira, a lighthouse keeper."}]
-            probs = await LLMJudge(backend).probabilities(system, "*laughs* Ha!", "Mira", labels)  # type: ignore[arg-type]
+            probs = await LLMJudge(backend).probabilities(system, "*laughs* Ha!", "Mira", labels)
             assert max(probs.values()) > 1 / len(labels)  # the server's answer, not a uniform fallback
         finally:
             await backend.close()
